@@ -1,0 +1,1 @@
+"""Sub-commands of the ``multispike`` CLI (one module each, discovered automatically)."""
