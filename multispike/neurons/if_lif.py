@@ -211,6 +211,21 @@ class BaseNeuron(MemoryModule):
     def dynamics_kwargs(self) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # --- statistics protocol (used by multispike.metrics; every neuron family implements it) ---
+    levels: int = 1  # largest spike count one neuron can emit in one step (L for M-HT, 2^(S-1) for M-LIF)
+    lanes: int = 1  # number of binary spike lanes (S for one-hot M-LIF)
+
+    def spike_events(self, y: torch.Tensor) -> torch.Tensor:
+        """Value-weighted unit events per element of an output ``y`` of this neuron (a spike of count k
+        costs k accumulates downstream). For IF/LIF this is the binary spike s whatever the payload."""
+        if self.payload == "threshold":
+            return (y != 0).to(y.dtype)
+        return y
+
+    def active_lanes(self, y: torch.Tensor) -> torch.Tensor:
+        """Number of active binary lanes per element (what a lane-based spike rate counts)."""
+        return (y != 0).to(y.dtype)
+
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         backend = resolve_backend(self.family, self.backend, x_seq.device.type)
         fn = get_kernel(self.family, backend)
