@@ -14,6 +14,7 @@ from torch import nn
 from .neurons.base import StepModule, check_positive_int, check_sequence
 
 __all__ = ["SeqToANNContainer", "MultiStepContainer", "DirectEncoder", "MeanOverTime", "to_time_major",
+           "align_time", "parse_align", "TemporalAlign", "ResidualAdd", "ALIGN_METHODS",
            "flatten_time", "unflatten_time"]
 
 
@@ -88,3 +89,84 @@ class MeanOverTime(nn.Module):
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         check_sequence(x_seq, "MeanOverTime")
         return x_seq.mean(0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Temporal alignment between layers that run different numbers of timesteps (QAC, algorithms.md §4.4).
+# ----------------------------------------------------------------------------------------------------
+ALIGN_METHODS = ("repl", "trunc", "aver")
+
+
+def parse_align(mode: str) -> tuple[str, str]:
+    """Parse ``"A+B"`` (expansion method, reduction method), e.g. ``"aver+aver"`` or ``"repl+trunc"``."""
+    parts = mode.lower().replace(" ", "").split("+") if isinstance(mode, str) else []
+    if len(parts) != 2 or parts[0] not in ("repl", "aver") or parts[1] not in ("trunc", "aver"):
+        raise ValueError(f"unknown alignment mode {mode!r}: use '<expansion>+<reduction>' with expansion in "
+                         f"{{repl, aver}} and reduction in {{trunc, aver}}, e.g. 'aver+aver' (default)")
+    return parts[0], parts[1]
+
+
+_warned_uneven: set[tuple[int, int]] = set()
+
+
+def align_time(x_seq: torch.Tensor, T_out: int, mode: str = "aver+aver") -> torch.Tensor:
+    """Align a ``[T_in, B, ...]`` sequence to ``T_out`` steps.
+
+    * replication (expansion): ``X̂[t] = X[⌊t·T_in/T_out⌋]``; uneven when ``T_out mod T_in != 0`` (warns once).
+    * truncation (reduction): ``X̂[t] = X[t]`` for ``t < T_out``.
+    * averaging (both): ``X̂[t] = mean_i X[i]`` for every t - also applied when ``T_in == T_out``
+      (QAC's "QCFS + aver"); replication and truncation are the identity then.
+    """
+    T_out = check_positive_int(T_out, "T_out", fix="Per-layer timesteps must be >= 1.")
+    expand, reduce = parse_align(mode)
+    T_in = x_seq.shape[0]
+    method = expand if T_out > T_in else reduce if T_out < T_in else ("aver" if "aver" in (expand, reduce) else None)
+    if T_in == T_out and (method is None or T_in == 1):
+        return x_seq
+    if method == "aver":
+        mean = x_seq.mean(0, keepdim=True)
+        return mean.expand(T_out, *x_seq.shape[1:])
+    if method == "trunc":
+        return x_seq[:T_out]
+    if T_out % T_in and (T_in, T_out) not in _warned_uneven:
+        import warnings
+        _warned_uneven.add((T_in, T_out))
+        warnings.warn(f"replication from T={T_in} to T={T_out} steps is uneven (T_out is not a multiple of T_in): "
+                      f"some steps are repeated more often than others (QAC §4.4)", stacklevel=2)
+    idx = torch.div(torch.arange(T_out, device=x_seq.device) * T_in, T_out, rounding_mode="floor")
+    return x_seq.index_select(0, idx)
+
+
+class TemporalAlign(nn.Module):
+    """Module form of :func:`align_time`: aligns its ``[T_in, B, ...]`` input to ``T`` steps."""
+
+    def __init__(self, T: int, mode: str = "aver+aver") -> None:
+        super().__init__()
+        self.T = check_positive_int(T, "T", fix="Per-layer timesteps must be >= 1.")
+        parse_align(mode)
+        self.mode = mode
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        check_sequence(x_seq, "TemporalAlign")
+        return align_time(x_seq, self.T, self.mode)
+
+    def extra_repr(self) -> str:
+        return f"T={self.T}, mode={self.mode!r}"
+
+
+class ResidualAdd(nn.Module):
+    """``x + shortcut`` for time-major tensors; if their T differ, the shortcut is aligned to ``x``'s T.
+
+    Zoo models route every residual addition through this module so mixed-timestep conversion can
+    choose the alignment (``align`` attribute, default ``"aver+aver"``).
+    """
+
+    def __init__(self, align: str = "aver+aver") -> None:
+        super().__init__()
+        parse_align(align)
+        self.align = align
+
+    def forward(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != shortcut.shape[0]:
+            shortcut = align_time(shortcut, x.shape[0], self.align)
+        return x + shortcut
