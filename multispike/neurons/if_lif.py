@@ -321,7 +321,7 @@ class LIFNeuron(BaseNeuron):
 
     def extra_repr(self) -> str:
         name = "decay" if self.leak_mode == "post_reset" else "tau"
-        return f"{name}={float(self.leak_param):.4g}, leak_mode={self.leak_mode!r}, {super().extra_repr()}"
+        return f"{name}={float(self.leak_param.detach()):.4g}, leak_mode={self.leak_mode!r}, {super().extra_repr()}"
 
 
 # SpikingJelly-compatible aliases.

@@ -73,4 +73,4 @@ class QCFS(nn.Module):
         return qcfs(z, self.threshold, self.levels, self.shift)
 
     def extra_repr(self) -> str:
-        return f"levels={self.levels}, threshold={float(self.threshold):.4g}, shift={self.shift}"
+        return f"levels={self.levels}, threshold={float(self.threshold.detach()):.4g}, shift={self.shift}"
