@@ -258,9 +258,16 @@ def _default_if_factory(act: nn.Module, theta: float, index: int, name: str, v_i
     return IFNeuron(v_threshold=theta, v_init=v0, payload="threshold", fire_ge=True, step_mode="m")
 
 
+class _LeafTracer(torch.fx.Tracer):
+    """Keeps quantizers, neurons and residual adders as single graph nodes (FX would trace into them)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, _QUANT_TYPES + (ResidualAdd, MemoryModule)) or super().is_leaf_module(m, qualname)
+
+
 def _trace_plain(model: nn.Module, report: ConversionReport, maxpool: str) -> torch.fx.GraphModule:
     try:
-        gm = torch.fx.symbolic_trace(model)
+        gm = torch.fx.GraphModule(model, _LeafTracer().trace(model), type(model).__name__)
     except Exception as exc:  # noqa: BLE001 - re-raised with advice
         raise ConversionError(
             f"could not trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}). Make the "
@@ -297,7 +304,7 @@ def _trace_plain(model: nn.Module, report: ConversionReport, maxpool: str) -> to
                     new = graph.call_module(name, (node.args[0],))
                 node.replace_all_uses_with(new)
                 graph.erase_node(node)
-                report.add(name, f"{node.op}:{_fn_name(target)}", "functional",
+                report.add(name, f"{node.op}:{_fn_name(target)}", "rewritten",
                            "functional ReLU turned into a module before replacement")
                 continue
             if node.op == "call_function" and target in _MAXPOOL_FUNCTIONS:
