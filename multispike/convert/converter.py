@@ -389,11 +389,11 @@ def convert_to_snn(
         graph = net
         if maxpool == "avg":
             for name in swap_maxpool(net):
-                report.add(name, "MaxPool", "swapped", "-> AvgPool (same kernel/stride/padding)")
+                report.add(name, "MaxPool", "swapped", "-> AvgPool (same kernel/stride/padding; changes the function: train the ANN with AvgPool)")
     else:
         if maxpool == "avg":
             for name in swap_maxpool(net):
-                report.add(name, "MaxPool", "swapped", "-> AvgPool (same kernel/stride/padding)")
+                report.add(name, "MaxPool", "swapped", "-> AvgPool (same kernel/stride/padding; changes the function: train the ANN with AvgPool)")
         graph = _trace_plain(net, report, maxpool)
 
     if report.unsupported:
