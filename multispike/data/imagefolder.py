@@ -1,0 +1,173 @@
+"""ImageNet-style folder trees: ``<root>/<class>/<image>``, decoded with Pillow to uint8 CHW tensors.
+
+Each sample is decoded on access (so a large tree costs no memory up front), resized so its shorter
+side is ``resize`` pixels and centre-cropped to ``size x size``: the standard ImageNet evaluation
+geometry (``resize = size * 256 / 224``). Random augmentation is *not* done here: it runs per batch
+on tensors (:mod:`multispike.data.loader`), after stacking.
+
+Small trees can be decoded once into a single uint8 tensor (``preload=True`` or :meth:`ImageFolder.load_all`)
+and fed to :class:`~multispike.data.loader.TensorLoader`; large ones go through a
+``torch.utils.data.DataLoader`` (the class is a map-style ``Dataset``).
+
+Example::
+
+    ds = ImageFolder("imagenet/val", size=224)
+    x, y = ds[0]                       # uint8 [3, 224, 224], int
+    images, labels = ImageFolder("tiny/train", size=32).load_all()
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..neurons.base import check_positive_int
+
+__all__ = ["IMG_EXTENSIONS", "ImageFolder", "decode_image", "find_image_classes"]
+
+IMG_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+_MODES = {"RGB": 3, "L": 1}
+
+
+def _pil():
+    # Pillow arrives with matplotlib but is only needed here; import it on first decode.
+    try:
+        from PIL import Image
+    except ImportError as exc:  # pragma: no cover - Pillow ships with matplotlib, a core dependency
+        raise ImportError("ImageFolder needs Pillow to decode images: pip install pillow") from exc
+    return Image
+
+
+def decode_image(path: str | os.PathLike, size: int, resize: int | None = None, mode: str = "RGB") -> torch.Tensor:
+    """Decode one image file to a uint8 ``[C, size, size]`` tensor.
+
+    The shorter side is resized to ``resize`` (bilinear with antialiasing, Pillow's default filter for
+    downscaling quality) and the centre ``size x size`` window is cut out. ``resize=None`` means
+    ``round(size * 256 / 224)``; ``resize=size`` crops the largest centred square.
+
+    Raises:
+        ValueError: the file cannot be decoded (names the file), or ``resize < size``.
+    """
+    size = check_positive_int(size, "size")
+    resize = int(round(size * 256 / 224)) if resize is None else check_positive_int(resize, "resize")
+    if resize < size:
+        raise ValueError(f"resize ({resize}) must be >= size ({size}): the centre crop is taken from the resized "
+                         "image. Use resize=size to crop the largest centred square.")
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
+    Image = _pil()
+    try:
+        with Image.open(path) as im:
+            im = im.convert(mode)
+            w, h = im.size
+            scale = resize / min(w, h)
+            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+            if (nw, nh) != (w, h):
+                im = im.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+            arr = np.asarray(im, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow raises these for unreadable/truncated files
+        raise ValueError(f"cannot decode image {path}: {exc}. Remove or replace the file.") from exc
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def find_image_classes(root: str | os.PathLike,
+                       extensions: Sequence[str] = IMG_EXTENSIONS) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Scan ``root/<class>/**/<file>``; classes sorted by name, files sorted within each class.
+
+    Returns:
+        ``(classes, samples)`` with ``samples = [(path, class_index), ...]``.
+
+    Raises:
+        FileNotFoundError: ``root`` is missing, not a folder, has no class sub-folders, or holds no image
+            with one of ``extensions``.
+    """
+    root = Path(root)
+    exts = tuple(e.lower() for e in extensions)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist (expected <root>/<class>/<image> with "
+                                f"extensions {', '.join(exts)}). Pass the path of an existing tree.")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise FileNotFoundError(f"image folder {root} has no class sub-folders; expected <root>/<class>/<image> "
+                                f"(one folder per class, e.g. {root}/n01440764/x.JPEG).")
+    samples: list[tuple[Path, int]] = []
+    empty: list[str] = []
+    for idx, name in enumerate(classes):
+        files = sorted(p for p in (root / name).rglob("*")
+                       if p.suffix.lower() in exts and p.is_file() and not p.name.startswith("."))
+        if not files:
+            empty.append(name)
+        samples.extend((p, idx) for p in files)
+    if not samples:
+        raise FileNotFoundError(f"image folder {root}: its {len(classes)} class folder(s) hold no images with "
+                                f"extensions {', '.join(exts)}.")
+    if empty:
+        raise FileNotFoundError(f"image folder {root}: class folder(s) {', '.join(empty[:5])}"
+                                f"{' ...' if len(empty) > 5 else ''} hold no images with extensions "
+                                f"{', '.join(exts)}; an empty class can never be predicted and usually means an "
+                                f"incomplete copy - restore its images or remove the folder.")
+    return classes, samples
+
+
+class ImageFolder(Dataset):
+    """Map-style dataset over ``<root>/<class>/<image>`` returning ``(uint8 [C, size, size], label)``.
+
+    Args:
+        root: the tree's root (one sub-folder per class; class index = position in sorted names).
+        size: output height and width.
+        resize: shorter side before the centre crop; ``None`` = ``round(size * 256 / 224)``.
+        mode: ``"RGB"`` (3 channels) or ``"L"`` (1 channel).
+        extensions: accepted file suffixes (case-insensitive).
+        preload: decode every image now into :attr:`images` (``[N, C, size, size]`` uint8); then
+            ``__getitem__`` indexes memory. Meant for trees that fit in RAM.
+    """
+
+    def __init__(self, root: str | os.PathLike, size: int = 224, resize: int | None = None, mode: str = "RGB",
+                 extensions: Sequence[str] = IMG_EXTENSIONS, preload: bool = False):
+        self.root = Path(root)
+        self.size = check_positive_int(size, "size")
+        self.resize = int(round(self.size * 256 / 224)) if resize is None else check_positive_int(resize, "resize")
+        if self.resize < self.size:
+            raise ValueError(f"resize ({self.resize}) must be >= size ({self.size})")
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
+        self.mode = mode
+        self.classes, self.samples = find_image_classes(self.root, extensions)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.targets = torch.tensor([t for _, t in self.samples], dtype=torch.int64)
+        self.images: torch.Tensor | None = None
+        if preload:
+            self.images = self._decode_all()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if self.images is not None:
+            return self.images[index], int(self.targets[index])
+        path, target = self.samples[index]
+        return decode_image(path, self.size, self.resize, self.mode), target
+
+    def _decode_all(self) -> torch.Tensor:
+        out = torch.empty((len(self.samples), _MODES[self.mode], self.size, self.size), dtype=torch.uint8)
+        for i, (path, _) in enumerate(self.samples):
+            out[i] = decode_image(path, self.size, self.resize, self.mode)
+        return out
+
+    def load_all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode (once) and return ``(images uint8 [N, C, size, size], labels int64 [N])``."""
+        if self.images is None:
+            self.images = self._decode_all()
+        return self.images, self.targets
+
+    def __repr__(self) -> str:
+        return (f"ImageFolder(root={str(self.root)!r}, n={len(self)}, classes={len(self.classes)}, size={self.size}, "
+                f"resize={self.resize}, mode={self.mode!r}, preloaded={self.images is not None})")
