@@ -221,6 +221,12 @@ def test_synthetic_cifar_bad_contents(tmp_path):
     _write_pickle(folder / "test_batch", {"data": np.zeros((2, 3072), np.uint8)}, 4)
     with pytest.raises(CorruptDatasetError, match="missing key"):
         load_cifar10(tmp_path, "test")
+    # Truncation anywhere (inside the array bytes, or before the final STOP) is caught, naming the file.
+    good = pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]}, protocol=4)
+    for cut in (len(good) // 2, len(good) - 1):
+        (folder / "test_batch").write_bytes(good[:cut])
+        with pytest.raises(CorruptDatasetError, match=rf"{folder / 'test_batch'}.*truncated"):
+            load_cifar10(tmp_path, "test")
 
 
 # ====================================================================================================

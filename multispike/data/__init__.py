@@ -9,20 +9,23 @@
 
 Event-camera data lives in :mod:`multispike.data.events` (imported on demand; it registers into the catalog).
 """
-from .catalog import (DATASETS, ENV_VAR, DatasetInfo, DatasetStatus, dataset_status, default_data_root, get_dataset,
-                      list_datasets, load_dataset, locate, make_loader, register_dataset, resolve_data_root)
+from .catalog import (DATASETS, ENV_VAR, DatasetInfo, DatasetStatus, data_root_source, dataset_status,
+                      default_data_root, get_dataset, list_datasets, load_dataset, locate, make_loader,
+                      register_dataset, resolve_data_root)
 from .cifar import (CorruptDatasetError, StaticSplit, UnsafePickleError, find_cifar_dir, load_cifar, load_cifar10,
                     load_cifar100, restricted_load)
-from .embedded import DIGITS_MEAN, DIGITS_STD, digits_split_indices, load_digits_all, load_digits_split
+from .embedded import (DIGITS_CLASSES, DIGITS_MEAN, DIGITS_STD, digits_split_indices, load_digits_all,
+                       load_digits_split, load_digits_static)
 from .imagefolder import ImageFolder, decode_image, find_image_classes
 from .loader import Augment, TensorLoader, crop_at, normalize, random_crop, random_hflip
 
 __all__ = [
-    "DATASETS", "ENV_VAR", "DatasetInfo", "DatasetStatus", "dataset_status", "default_data_root", "get_dataset",
+    "DATASETS", "ENV_VAR", "DatasetInfo", "DatasetStatus", "data_root_source", "dataset_status", "default_data_root", "get_dataset",
     "list_datasets", "load_dataset", "locate", "make_loader", "register_dataset", "resolve_data_root",
     "CorruptDatasetError", "StaticSplit", "UnsafePickleError", "find_cifar_dir", "load_cifar", "load_cifar10",
     "load_cifar100", "restricted_load",
-    "DIGITS_MEAN", "DIGITS_STD", "digits_split_indices", "load_digits_all", "load_digits_split",
+    "DIGITS_CLASSES", "DIGITS_MEAN", "DIGITS_STD", "digits_split_indices", "load_digits_all", "load_digits_split",
+    "load_digits_static",
     "ImageFolder", "decode_image", "find_image_classes",
     "Augment", "TensorLoader", "crop_at", "normalize", "random_crop", "random_hflip",
 ]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -206,6 +207,10 @@ def _load_plugins() -> None:
         except ImportError as exc:
             # An optional extra (e.g. aedat) may be absent: keep the catalog usable, remember why.
             _plugin_errors[mod] = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a broken plugin must not take `multispike datasets` down with it
+            _plugin_errors[mod] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"multispike.data.catalog: importing dataset plugin {mod} failed ({exc!r}); "
+                          "its datasets have no reader", RuntimeWarning, stacklevel=2)
 
 
 def list_datasets() -> list[str]:
@@ -299,12 +304,14 @@ def dataset_status(root: str | os.PathLike | None = None) -> list[DatasetStatus]
     for name in sorted(DATASETS):
         info = DATASETS[name]
         found, checked = _search(info, root)
-        fix = None
+        notes = []
         if found is None:
-            fix = _fix(info)
-        elif info.loader is None:
+            notes.append(_fix(info))
+        if info.loader is None:
             why = _plugin_errors.get(info.provided_by or "", "")
-            fix = f"no reader installed (provided by {info.provided_by or 'a plugin'}{': ' + why if why else ''})"
+            notes.append(f"no reader installed (provided by {info.provided_by or 'a plugin'}"
+                         f"{': ' + why if why else ''})")
+        fix = "; ".join(notes) or None
         path = found if found is not None else (checked[0] if checked else None)
         rows.append(DatasetStatus(
             name=name, kind=info.kind, description=info.description, found=found is not None,
