@@ -1,1 +1,32 @@
-"""multispike.train"""
+"""Training: the engine (ANN / QAT / SNN / hybrid), losses (CE on the time mean, TET), optimizers and
+per-iteration schedules, crash-safe checkpoints, YAML configs and DDP plumbing.
+
+Example::
+
+    from multispike.train import resolve_config, run_training
+    cfg = resolve_config("configs/cpu/vgg_small_if_cifar10.yaml", {"out": "runs/x"})
+    summary = run_training(cfg)      # also: multispike train --config ... (alone or under torchrun)
+"""
+from .checkpoint import (Checkpoint, CheckpointError, atomic_write_bytes, atomic_write_text, capture_rng_state,
+                         load_checkpoint, load_model_state, restore_rng_state, save_checkpoint)
+from .config import (MODES, RESUME_MUST_MATCH, ConfigError, TrainConfig, add_config_arguments, config_conflicts,
+                     config_from_args, load_yaml_config, resolve_config, save_config)
+from .distributed import (DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, seed_everything,
+                          sync_bn_stats, unwrap_model, wrap_model)
+from .engine import (EXIT_AFTER_STEPS_ENV, Trainer, build_loaders, build_model, load_convert_hook, prefix_correct,
+                     quantizer_report, run_training, subset_indices)
+from .losses import CEOnMean, TETLoss, build_loss, ce_on_mean, tet_loss
+from .optim import DEFAULT_NEURON_PARAM_PATTERNS, LRSchedule, build_optimizer, build_param_groups, match_neuron_param
+
+__all__ = [
+    "Checkpoint", "CheckpointError", "atomic_write_bytes", "atomic_write_text", "capture_rng_state",
+    "load_checkpoint", "load_model_state", "restore_rng_state", "save_checkpoint",
+    "MODES", "RESUME_MUST_MATCH", "ConfigError", "TrainConfig", "add_config_arguments", "config_conflicts",
+    "config_from_args", "load_yaml_config", "resolve_config", "save_config",
+    "DistInfo", "all_reduce_sum", "cleanup_distributed", "init_distributed", "seed_everything", "sync_bn_stats",
+    "unwrap_model", "wrap_model",
+    "EXIT_AFTER_STEPS_ENV", "Trainer", "build_loaders", "build_model", "load_convert_hook", "prefix_correct",
+    "quantizer_report", "run_training", "subset_indices",
+    "CEOnMean", "TETLoss", "build_loss", "ce_on_mean", "tet_loss",
+    "DEFAULT_NEURON_PARAM_PATTERNS", "LRSchedule", "build_optimizer", "build_param_groups", "match_neuron_param",
+]

@@ -1,0 +1,436 @@
+"""Training configuration: one flat dataclass whose keys are the YAML keys and the CLI flags.
+
+Resolution order (timm's two-stage idea, ecosystem.md §8 "Config"): the dataclass defaults, then the YAML
+file given by ``--config`` (flat ``key: value``; an unknown key is an error naming it and suggesting the
+closest one), then the flags given explicitly on the command line. ``lr`` is ``--lr``,
+``weight_decay`` is ``--weight-decay``, booleans have ``--x/--no-x``, dictionaries take ``KEY=VALUE`` pairs
+(values parsed as YAML scalars). The resolved config is written as ``config.json`` and ``args.yaml`` beside
+every result (:func:`save_config`).
+
+Example::
+
+    cfg = resolve_config(yaml_path="configs/cpu/vgg_small_if_cifar10.yaml", overrides={"epochs": 2})
+    save_config(cfg, "runs/x")
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .checkpoint import atomic_write_text
+from .losses import LOSSES
+from .optim import DEFAULT_NEURON_PARAM_PATTERNS, OPTIMIZERS, SCHEDULES
+
+__all__ = ["TrainConfig", "ConfigError", "MODES", "AMP_MODES", "RESUME_MUST_MATCH", "load_yaml_config",
+           "resolve_config", "save_config", "add_config_arguments", "config_from_args", "config_conflicts"]
+
+MODES = ("ann", "qat", "snn", "hybrid")
+AMP_MODES = ("none", "bf16", "fp16")
+DIST_BN = ("reduce", "broadcast", "none")
+
+#: Keys whose value must be the same when resuming: changing them makes the checkpoint meaningless for this
+#: run (another network, other data, another optimizer state layout) or breaks the bit-exact replay.
+RESUME_MUST_MATCH = ("mode", "model", "neuron", "timesteps", "dataset", "num_classes", "in_channels", "levels",
+                     "lanes", "v_threshold", "neuron_kwargs", "model_kwargs", "subset", "opt", "loss", "seed",
+                     "batch_size", "ann_checkpoint")
+
+
+class ConfigError(ValueError):
+    """An unknown key, a value of the wrong type or out of range, or conflicting settings."""
+
+
+def _f(default: Any, help: str, group: str, choices: tuple | None = None, **kw) -> Any:
+    meta = {"help": help, "group": group}
+    if choices is not None:
+        meta["choices"] = choices
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (see ``multispike train --help`` for the flags)."""
+
+    # --- data ------------------------------------------------------------------------------------------
+    dataset: str = _f("cifar10", "dataset name in the multispike.data catalog", "data")
+    data_dir: str | None = _f(None, "dataset root (default: $MULTISPIKE_DATA, else ../shared/datasets)", "data")
+    subset: int | None = _f(None, "train on a class-stratified subset of N training images (seeded)", "data")
+    eval_subset: int | None = _f(None, "evaluate on the first N test images", "data")
+    batch_size: int = _f(64, "images per process and step (global batch = batch_size x world size)", "data")
+    eval_batch_size: int | None = _f(None, "evaluation batch size (default: batch_size)", "data")
+    augment: bool = _f(True, "training augmentation (random crop with padding, horizontal flip)", "data")
+    crop_padding: int = _f(4, "zero padding of the random crop in pixels (0 disables cropping)", "data")
+    hflip: bool = _f(True, "random horizontal flips", "data")
+    normalize: bool = _f(True, "normalise inputs with the dataset's channel mean/std", "data")
+
+    # --- model -----------------------------------------------------------------------------------------
+    model: str | None = _f(None, "zoo model name (multispike.models.list_models())", "model")
+    neuron: str = _f("if", "neuron/activation name: relu, qcfs, qac, if, lif, lmht, mlif", "model")
+    timesteps: int = _f(4, "T, the number of timesteps (1 for an ANN)", "model")
+    num_classes: int | None = _f(None, "classes (default: from the dataset)", "model")
+    in_channels: int | None = _f(None, "input channels (default: from the dataset)", "model")
+    levels: int | None = _f(None, "neuron_kwargs 'levels' (L of LM-HT, levels of QCFS)", "model")
+    lanes: int | None = _f(None, "neuron_kwargs 'lanes' (S of one-hot M-LIF)", "model")
+    v_threshold: float | None = _f(None, "neuron_kwargs 'v_threshold' (initial firing threshold)", "model")
+    neuron_kwargs: dict = _f({}, "extra neuron constructor arguments, KEY=VALUE", "model")
+    model_kwargs: dict = _f({}, "extra create_model arguments, KEY=VALUE", "model")
+
+    # --- training --------------------------------------------------------------------------------------
+    mode: str = _f("snn", "ann: plain CE; qat: quantization-aware (logs T_l/bit widths); snn: BPTT/STBP; "
+                   "hybrid: load an ANN checkpoint, convert, fine-tune", "training", MODES)
+    loss: str | None = _f(None, "ce (ann/qat default), ce_mean (CE on the time mean; snn/hybrid default) or tet",
+                          "training", LOSSES)
+    tet_lambda: float = _f(1e-3, "TET: weight λ of the MSE regulariser", "training")
+    tet_phi: float = _f(1.0, "TET: MSE target φ", "training")
+    label_smoothing: float = _f(0.0, "label smoothing ε in [0, 1)", "training")
+    epochs: int = _f(1, "training epochs", "training")
+    clip_grad: float | None = _f(None, "clip the global gradient L2 norm to this value", "training")
+    amp: str = _f("none", "mixed precision on CUDA (ignored with a warning on CPU)", "training", AMP_MODES)
+    ann_checkpoint: str | None = _f(None, "hybrid: the ANN checkpoint (its saved config rebuilds the ANN)",
+                                    "training")
+    convert_hook: str | None = _f(None, "hybrid: 'module:function' called as function(ann_model, config) -> "
+                                  "SNN model", "training")
+
+    # --- optimizer -------------------------------------------------------------------------------------
+    opt: str = _f("sgd", "optimizer", "optimizer", OPTIMIZERS)
+    lr: float = _f(0.1, "base learning rate", "optimizer")
+    momentum: float = _f(0.9, "SGD momentum", "optimizer")
+    nesterov: bool = _f(False, "SGD with Nesterov momentum", "optimizer")
+    weight_decay: float = _f(5e-4, "weight decay", "optimizer")
+    betas: list = _f([0.9, 0.999], "Adam/AdamW betas", "optimizer")
+    eps: float = _f(1e-8, "Adam/AdamW epsilon", "optimizer")
+    decay_norm_and_bias: bool = _f(True, "apply weight decay to biases and normalisation weights too", "optimizer")
+    neuron_lr: float | None = _f(None, "learning rate of thresholds/leaks/T-GIM (default: lr)", "optimizer")
+    neuron_weight_decay: float | None = _f(None, "weight decay of the neuron group (default: weight_decay)",
+                                           "optimizer")
+    neuron_lr_scheduled: bool = _f(True, "apply the lr schedule to the neuron group (off: fixed neuron_lr)",
+                                   "optimizer")
+    neuron_param_patterns: list = _f(list(DEFAULT_NEURON_PARAM_PATTERNS),
+                                     "fnmatch patterns of neuron-group parameter names (no dot: the attribute "
+                                     "name; with a dot: the full name)", "optimizer")
+
+    # --- schedule --------------------------------------------------------------------------------------
+    sched: str = _f("cosine", "learning-rate schedule (per iteration)", "schedule", SCHEDULES)
+    warmup_epochs: float = _f(0.0, "linear warm-up length in epochs", "schedule")
+    warmup_lr: float = _f(0.0, "learning rate at the start of the warm-up", "schedule")
+    min_lr: float = _f(0.0, "cosine: final learning rate", "schedule")
+    milestones: list = _f([], "multistep: epochs at which the lr is multiplied by decay_rate", "schedule")
+    decay_epochs: float = _f(30.0, "step: decay period in epochs", "schedule")
+    decay_rate: float = _f(0.1, "step/multistep: multiplicative decay γ", "schedule")
+
+    # --- run -------------------------------------------------------------------------------------------
+    out: str = _f("runs/train", "output directory (log.jsonl, config.json, args.yaml, checkpoints/)", "run")
+    resume: str | None = _f(None, "continue a killed run: bare --resume (= 'auto') uses <out>/checkpoints/last.json; "
+                                 "or give a run directory or checkpoint file", "run")
+    overwrite: bool = _f(False, "start afresh in an --out that already holds checkpoints (deletes them)", "run")
+    seed: int = _f(0, "random seed (each rank adds its rank)", "run")
+    deterministic: bool = _f(False, "request deterministic kernels (torch.use_deterministic_algorithms)", "run")
+    device: str = _f("auto", "auto, cpu, cuda or cuda:<i>", "run")
+    sync_bn: bool = _f(False, "convert BatchNorm to SyncBatchNorm (CUDA + DDP only)", "run")
+    dist_bn: str = _f("reduce", "DDP: reconcile BN running stats each epoch by averaging (reduce) or copying "
+                      "rank 0's (broadcast)", "run", DIST_BN)
+    checkpoint_every_steps: int = _f(0, "also checkpoint every N optimizer steps (0: only at epoch ends)", "run")
+    keep_checkpoints: int = _f(2, "keep the N newest checkpoints (plus the best; 0 keeps all)", "run")
+    eval_every: int = _f(1, "evaluate every N epochs (and always after the last)", "run")
+    progress: bool = _f(True, "tqdm progress bars (rank 0 only)", "run")
+    num_threads: int | None = _f(None, "torch.set_num_threads for CPU training", "run")
+
+    # ------------------------------------------------------------------------------------------------------
+    def resolved_loss(self) -> str:
+        """The loss actually used: ``loss`` or the mode's default."""
+        if self.loss is not None:
+            return self.loss
+        return "ce" if self.mode in ("ann", "qat") else "ce_mean"
+
+    def neuron_arguments(self) -> dict:
+        """``neuron_kwargs`` with the ``levels``/``lanes``/``v_threshold`` shortcuts merged in (shortcuts win)."""
+        kw = dict(self.neuron_kwargs)
+        for key in ("levels", "lanes", "v_threshold"):
+            value = getattr(self, key)
+            if value is not None:
+                kw[key] = value
+        return kw
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "TrainConfig":
+        """Range checks that need more than a type (raises :class:`ConfigError`)."""
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ConfigError(msg)
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value is not None and value not in choices:
+                raise ConfigError(f"{f.name}={value!r} is not allowed; choose one of {', '.join(choices)}")
+        need(self.timesteps >= 1, f"timesteps must be >= 1, got {self.timesteps}")
+        need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        need(self.eval_batch_size is None or self.eval_batch_size >= 1,
+             f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        need(self.subset is None or self.subset >= 1, f"subset must be >= 1 images, got {self.subset}")
+        need(self.eval_subset is None or self.eval_subset >= 1, f"eval_subset must be >= 1, got {self.eval_subset}")
+        need(self.crop_padding >= 0, f"crop_padding must be >= 0 pixels, got {self.crop_padding}")
+        need(0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        need(0.0 <= self.tet_lambda <= 1.0, f"tet_lambda must be in [0, 1], got {self.tet_lambda}")
+        need(self.lr >= 0, f"lr must be >= 0, got {self.lr}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(self.clip_grad is None or self.clip_grad > 0, f"clip_grad must be > 0 (or unset), got {self.clip_grad}")
+        need(len(self.betas) == 2, f"betas must be two numbers, got {self.betas}")
+        need(self.checkpoint_every_steps >= 0, f"checkpoint_every_steps must be >= 0, got "
+                                               f"{self.checkpoint_every_steps}")
+        need(self.keep_checkpoints >= 0, f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
+        need(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
+        need(self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
+        need(self.mode == "hybrid" or self.model is not None,
+             "no model given: set --model (or 'model:' in the YAML config); see multispike.models.list_models()")
+        if self.mode == "hybrid":
+            need(self.ann_checkpoint is not None, "mode 'hybrid' needs --ann-checkpoint (a checkpoint of the ANN)")
+            need(self.convert_hook is not None, "mode 'hybrid' needs --convert-hook 'module:function' that turns the "
+                                                "loaded ANN into the SNN")
+        if self.resolved_loss() in ("ce_mean", "tet"):
+            need(self.mode in ("snn", "hybrid"), f"loss {self.resolved_loss()!r} needs per-step outputs; use it with "
+                                                 f"mode snn or hybrid (mode is {self.mode!r})")
+        return self
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    args = typing.get_args(tp)
+    if (typing.get_origin(tp) in (typing.Union, types.UnionType)) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return tp, False
+
+
+#: Names other trainers use for our keys (timm, SpikingJelly, nanoGPT); checked before the fuzzy match.
+_SYNONYMS = {"learning_rate": "lr", "optimizer": "opt", "scheduler": "sched", "lr_schedule": "sched", "t": "timesteps",
+             "time_steps": "timesteps", "wd": "weight_decay", "arch": "model", "bs": "batch_size",
+             "output": "out", "output_dir": "out", "data": "data_dir", "data_path": "data_dir", "smoothing":
+             "label_smoothing", "warmup_lr_init": "warmup_lr", "lr_min": "min_lr", "decay_milestones": "milestones",
+             "clip_grad_norm": "clip_grad", "num_epochs": "epochs", "threshold_lr": "neuron_lr"}
+
+
+def _suggest(key: str, choices: list[str]) -> str:
+    if key.lower() in _SYNONYMS:
+        return f"; did you mean {_SYNONYMS[key.lower()]!r}?"
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(choices))}"
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Check ``value`` against the declared type of ``key`` and convert int -> float where harmless."""
+    tp, optional = _unwrap_optional(_HINTS[key])
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{source}: {key} must not be null (expected {tp.__name__})")
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{source}: {key} must be {expected}, got {value!r} ({type(value).__name__})")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise bad("an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # PyYAML reads '1e-3' (no dot) as a string; accept numeric strings for floats.
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            raise bad("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if tp is list:
+        if not isinstance(value, (list, tuple)):
+            raise bad("a list")
+        if key in ("betas", "milestones"):
+            return [_coerce_number(key, v, source) for v in value]
+        if key == "neuron_param_patterns" and not all(isinstance(v, str) for v in value):
+            raise bad("a list of strings")
+        return list(value)
+    if tp is dict:
+        if not isinstance(value, Mapping):
+            raise bad("a mapping of KEY: VALUE")
+        return dict(value)
+    raise AssertionError(f"unhandled config type {tp}")  # pragma: no cover
+
+
+def _coerce_number(key: str, v: Any, source: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: every entry of {key} must be a number, got {v!r}") from None
+    return float(v)
+
+
+def load_yaml_config(path: str | Path) -> dict:
+    """Read a flat YAML config and check every key and value type.
+
+    Raises:
+        ConfigError: unknown key (with the closest valid key), wrong type, or a non-mapping file.
+        FileNotFoundError: the file does not exist.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a flat mapping of key: value, got {type(data).__name__}")
+    out = {}
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in _FIELDS:
+            raise ConfigError(f"{path}: unknown config key {raw_key!r}{_suggest(key, list(_FIELDS))}")
+        out[key] = _coerce(key, value, str(path))
+    return out
+
+
+def resolve_config(yaml_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Defaults <- YAML file <- ``overrides`` (e.g. explicit CLI flags); validated.
+
+    A mapping override (``neuron_kwargs``, ``model_kwargs``) is merged into the YAML's mapping key by key.
+    """
+    values: dict[str, Any] = {}
+    if yaml_path is not None:
+        values.update(load_yaml_config(yaml_path))
+    for key, value in (overrides or {}).items():
+        k = key.replace("-", "_")
+        if k not in _FIELDS:
+            raise ConfigError(f"unknown config key {key!r}{_suggest(k, list(_FIELDS))}")
+        value = _coerce(k, value, "override")
+        if isinstance(value, dict) and isinstance(values.get(k), dict):
+            # KEY=VALUE flags refine the YAML's mapping instead of replacing it.
+            value = {**values[k], **value}
+        values[k] = value
+    return TrainConfig(**values).validate()
+
+
+def config_conflicts(saved: Mapping[str, Any], current: TrainConfig,
+                     keys: tuple[str, ...] = RESUME_MUST_MATCH) -> list[str]:
+    """Keys of :data:`RESUME_MUST_MATCH` whose value differs, as ``"key: saved -> current"`` lines."""
+    now = current.to_dict()
+    out = []
+    for key in keys:
+        if key in saved and saved[key] != now.get(key):
+            out.append(f"{key}: {saved[key]!r} (checkpoint) vs {now.get(key)!r} (now)")
+    return out
+
+
+def save_config(config: TrainConfig | Mapping[str, Any], out_dir: str | Path, extra: Mapping[str, Any] | None = None
+                ) -> None:
+    """Write the resolved config as ``config.json`` and ``args.yaml`` in ``out_dir`` (atomically)."""
+    data = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
+    if extra:
+        data = {**data, **extra}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.json", json.dumps(data, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / "args.yaml", yaml.safe_dump(data, sort_keys=True))
+
+
+# ----------------------------------------------------------------------------------------------------
+# argparse integration
+# ----------------------------------------------------------------------------------------------------
+_GROUP_TITLES = {"data": "Dataset", "model": "Model", "training": "Training", "optimizer": "Optimizer",
+                 "schedule": "Learning-rate schedule", "run": "Run, checkpoints and devices"}
+
+
+def _parse_kv(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    if not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return key, raw
+
+
+def _optional(conv):
+    def parse(text: str):
+        if text.lower() in ("none", "null"):
+            return None
+        return conv(text)
+    parse.__name__ = conv.__name__
+    return parse
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and one flag per :class:`TrainConfig` key.
+
+    Every flag uses ``default=argparse.SUPPRESS`` so that :func:`config_from_args` can tell explicit flags
+    (which override the YAML file) from defaults.
+    """
+    parser.add_argument("-c", "--config", default=None, metavar="YAML",
+                        help="YAML file of defaults (keys = the flag names with '_'); explicit flags override it")
+    groups = {name: parser.add_argument_group(title) for name, title in _GROUP_TITLES.items()}
+    for name, f in _FIELDS.items():
+        tp, optional = _unwrap_optional(_HINTS[name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flag = "--" + name.replace("_", "-")
+        help_text = f.metadata["help"]
+        if "default" not in help_text:
+            help_text += f" (default: {default!r})"
+        kw: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=help_text)
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        if tp is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif tp is dict:
+            kw.update(nargs="+", type=_parse_kv, metavar="KEY=VALUE")
+        elif tp is list:
+            kw.update(nargs="*", type=str if name == "neuron_param_patterns" else float,
+                      metavar="PATTERN" if name == "neuron_param_patterns" else "X")
+        else:
+            conv = {int: int, float: float, str: str}[tp]
+            kw["type"] = _optional(conv) if optional else conv
+            if "choices" not in kw:
+                kw["metavar"] = name.upper()
+        if name == "resume":
+            kw.update(nargs="?", const="auto", metavar="PATH")
+        groups[f.metadata["group"]].add_argument(flag, **kw)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Build the config from a namespace produced by a parser with :func:`add_config_arguments`."""
+    overrides = {}
+    for name in _FIELDS:
+        if hasattr(args, name):
+            value = getattr(args, name)
+            if _unwrap_optional(_HINTS[name])[0] is dict and isinstance(value, list):
+                value = dict(value)
+            overrides[name] = value
+    return resolve_config(getattr(args, "config", None), overrides)

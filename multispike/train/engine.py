@@ -1,0 +1,675 @@
+"""The training engine: ANN, quantization-aware, direct SNN (BPTT/STBP) and hybrid training.
+
+Modes (``TrainConfig.mode``):
+
+* ``ann`` - plain cross-entropy on ``model(x)`` (``[B, K]`` logits).
+* ``qat`` - the same loop; every epoch the log records each quantizer's ``timesteps`` (T_l) and
+  ``bit_width`` (any module with those attributes, e.g. QAC's quantizers) and their mean.
+* ``snn`` - BPTT/STBP on ``model.forward_sequence(x)`` (``[T, B, K]``): CE on the time mean (LM-HT's recipe,
+  algorithms.md §2.5) or TET (§7.6).
+* ``hybrid`` - load an ANN checkpoint, rebuild that ANN from the config stored in it, turn it into an SNN with
+  a caller-supplied hook ``convert(ann_model, config) -> snn_model`` (LM-HT §2.6, M-LIF §5.6), then train
+  like ``snn``.
+
+Every batch: forward, loss, backward, optional gradient clipping, one optimizer step with the
+per-iteration lr, then ``multispike.reset_net(model)`` so no neuron state leaks into the next batch (and
+before every evaluation batch). Evaluation reports the accuracy of the cumulative-mean prediction
+``argmax_k (1/t)·Σ_{τ≤t} O(τ)`` for every prefix t ≤ T (:func:`prefix_correct`).
+
+Reproducibility: seeds ``seed + rank``; the data order is a function of ``(seed, epoch)`` (the loader's
+``set_epoch``); checkpoints store the generator states of every rank, the step and the position inside the
+epoch, so ``--resume`` after a kill reaches the same weights bit for bit as a run that was never
+interrupted (same world size and thread count; checked by the tests).
+
+Example::
+
+    from multispike.train import resolve_config, run_training
+    cfg = resolve_config("configs/cpu/vgg_small_if_cifar10.yaml", {"epochs": 1, "out": "runs/x"})
+    summary = run_training(cfg)
+    summary["final_acc"], summary["final_acc_per_t"]
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from ..neurons.base import reset_net
+from .checkpoint import (Checkpoint, CheckpointError, atomic_write_text, capture_rng_state, load_checkpoint,
+                         load_model_state, restore_rng_state, save_checkpoint)
+from .config import TrainConfig, config_conflicts, save_config
+from .distributed import (DistInfo, all_gather_object, all_reduce_sum, barrier, init_distributed, seed_everything,
+                          sync_bn_stats, unwrap_model, wrap_model)
+from .losses import build_loss
+from .optim import LRSchedule, build_optimizer, build_param_groups
+
+__all__ = ["Trainer", "prefix_correct", "quantizer_report", "build_model", "build_loaders", "subset_indices",
+           "load_convert_hook", "run_training", "EXIT_AFTER_STEPS_ENV"]
+
+#: Test hook: when set to N, the process calls ``os._exit(75)`` right after optimizer step N (after any
+#: checkpoint of that step) - an abrupt death without cleanup, like a SIGKILL, at a reproducible point.
+EXIT_AFTER_STEPS_ENV = "MULTISPIKE_TEST_EXIT_AFTER_STEPS"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metrics helpers
+# ----------------------------------------------------------------------------------------------------
+def prefix_correct(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Correct predictions of the cumulative-mean readout for every prefix ``t = 1..T``.
+
+    ``pred_t = argmax_k (1/t)·Σ_{τ=1}^{t} O(τ)_k``; returns an int64 tensor ``[T]`` of counts over the batch.
+
+    Args:
+        outputs: per-step logits ``[T, B, K]``.
+        target: class indices ``[B]``.
+
+    Example::
+
+        c = prefix_correct(model.forward_sequence(x), y)   # c[-1] == (model(x).argmax(-1) == y).sum()
+    """
+    if outputs.dim() != 3 or target.shape != outputs.shape[1:2]:
+        raise ValueError(f"prefix_correct: expected logits [T, B, K] and targets [B], got {tuple(outputs.shape)} and "
+                         f"{tuple(target.shape)}")
+    T = outputs.shape[0]
+    steps = torch.arange(1, T + 1, device=outputs.device, dtype=torch.float32).view(T, 1, 1)
+    cum_mean = outputs.float().cumsum(0) / steps
+    return (cum_mean.argmax(-1) == target.unsqueeze(0)).sum(1)
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.detach().cpu().tolist()
+    return value
+
+
+def quantizer_report(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """``{module name: {"timesteps": T_l, "bit_width": b}}`` for every module exposing either attribute."""
+    report = {}
+    for name, module in unwrap_model(model).named_modules():
+        entry = {}
+        for attr in ("timesteps", "bit_width"):
+            try:
+                value = getattr(module, attr)
+            except AttributeError:
+                continue
+            except Exception as exc:  # noqa: BLE001 - a property that cannot be evaluated yet: report it
+                entry[attr] = f"unavailable ({type(exc).__name__}: {exc})"
+                continue
+            entry[attr] = _scalar(value)
+        if entry and not isinstance(module, (nn.Sequential, nn.ModuleList)):
+            report[name or "<root>"] = entry
+    return report
+
+
+def _mean_numeric(values: Iterable[Any]) -> float | None:
+    nums = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return sum(nums) / len(nums) if nums else None
+
+
+class _SequenceForward(nn.Module):
+    """Calls ``model.forward_sequence`` from ``forward``, so DDP's hooks see the call."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_sequence(x)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Trainer
+# ----------------------------------------------------------------------------------------------------
+class Trainer:
+    """Runs the training loop of one process (rank) on a built model and loaders.
+
+    Args:
+        model: the network (time-major zoo model, or any module; ``forward_sequence`` is needed for the
+            ``ce_mean``/``tet`` losses and enables per-prefix evaluation).
+        train_loader: iterable of ``(x, y)`` batches with ``__len__`` and ``set_epoch(e)`` (e.g.
+            :class:`multispike.data.TensorLoader`); the order must depend only on (seed, epoch, rank).
+        eval_loader: evaluation batches (or None).
+        config: the resolved :class:`TrainConfig`.
+        dist: process placement (default: detect torchrun via :func:`init_distributed`).
+        model_name: recorded in checkpoints (default ``config.model``).
+
+    Attributes:
+        step: optimizer steps completed.
+        epoch: the epoch being (or next to be) trained, 0-based.
+    """
+
+    def __init__(self, model: nn.Module, train_loader: Any, eval_loader: Any, config: TrainConfig,
+                 dist: DistInfo | None = None, model_name: str | None = None) -> None:
+        self.cfg = config
+        self.dist = dist if dist is not None else init_distributed(config.device)
+        self.model_name = model_name or config.model or type(model).__name__
+        self.train_loader, self.eval_loader = train_loader, eval_loader
+        self.loss_name = config.resolved_loss()
+        self.sequence_loss = self.loss_name in ("ce_mean", "tet")
+        if self.sequence_loss and not hasattr(model, "forward_sequence"):
+            raise TypeError(f"loss {self.loss_name!r} needs per-step outputs, but {type(model).__name__} has no "
+                            f"forward_sequence(x) -> [T, B, classes]; use loss 'ce' or a zoo model")
+        self.per_step_eval = config.mode in ("snn", "hybrid") and hasattr(model, "forward_sequence")
+        self.model = model.to(self.dist.device)
+        inner = _SequenceForward(self.model) if self.sequence_loss else self.model
+        self.net = wrap_model(inner, self.dist, sync_bn=config.sync_bn)
+        if config.sync_bn:  # SyncBatchNorm conversion builds new modules: keep self.model pointing at them
+            self.model = unwrap_model(self.net).model if self.sequence_loss else unwrap_model(self.net)
+        self.loss_fn = build_loss(self.loss_name, config.label_smoothing, config.tet_lambda, config.tet_phi)
+        groups = build_param_groups(self.model, config.lr, config.weight_decay, neuron_lr=config.neuron_lr,
+                                    neuron_weight_decay=config.neuron_weight_decay,
+                                    neuron_lr_scheduled=config.neuron_lr_scheduled,
+                                    neuron_patterns=tuple(config.neuron_param_patterns),
+                                    decay_norm_and_bias=config.decay_norm_and_bias)
+        self.optimizer = build_optimizer(config.opt, groups, config.lr, momentum=config.momentum,
+                                         nesterov=config.nesterov, weight_decay=config.weight_decay,
+                                         betas=config.betas, eps=config.eps)
+        self.steps_per_epoch = len(train_loader)
+        self.schedule = LRSchedule(config.sched, config.lr, self.steps_per_epoch, config.epochs,
+                                   warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr,
+                                   milestones=tuple(config.milestones), decay_epochs=config.decay_epochs,
+                                   decay_rate=config.decay_rate, min_lr=config.min_lr)
+        cuda = self.dist.device.type == "cuda"
+        if config.amp != "none" and not cuda:
+            if self.dist.is_primary:
+                warnings.warn(f"amp={config.amp!r} ignored: mixed precision is only used on CUDA (device is "
+                              f"{self.dist.device})", stacklevel=2)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp) if cuda else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.amp == "fp16")
+        self.step = 0
+        self.epoch = 0
+        self.best_acc: float | None = None
+        self.best_epoch: int | None = None
+        self.history: list[dict] = []
+        self.out = Path(config.out)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.log_path = self.out / "log.jsonl"
+        self._resume_batch = 0
+        self._resume_rng: dict | None = None
+        self._epoch_sums = torch.zeros(3, dtype=torch.float64)   # loss·n, correct, n (this rank, this epoch)
+        exit_after = os.environ.get(EXIT_AFTER_STEPS_ENV)
+        self._exit_after = int(exit_after) if exit_after else None
+
+    # -- bookkeeping -----------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        """Append one JSON line to ``log.jsonl`` (rank 0 only)."""
+        if not self.dist.is_primary:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _print(self, text: str) -> None:
+        if self.dist.is_primary:
+            from tqdm import tqdm
+            tqdm.write(text, file=sys.stdout)
+
+    # -- one step ----------------------------------------------------------------------------------------
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on a batch; returns ``(loss, correct count)`` (detached, this rank).
+
+        The lr of step ``self.step`` is set first; neurons are reset after the step.
+        """
+        x = x.to(self.dist.device, non_blocking=True)
+        y = y.to(self.dist.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            out = self.net(x)
+        out = out.float()
+        loss = self.loss_fn(out, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step} (epoch {self.epoch}); lower "
+                                     f"--lr, enable --clip-grad, or check the data")
+        self.scaler.scale(loss).backward()
+        if self.cfg.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+        self.schedule.apply(self.optimizer, self.step)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        reset_net(self.model)
+        self.step += 1
+        logits = out.mean(0) if out.dim() == 3 else out
+        return loss.detach(), (logits.argmax(-1) == y).sum()
+
+    # -- epochs ------------------------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict:
+        """Train one epoch (from ``self._resume_batch`` when resuming mid-epoch); returns its metrics."""
+        from tqdm import tqdm
+
+        self.epoch = epoch
+        self.model.train()
+        if hasattr(self.train_loader, "set_epoch"):
+            self.train_loader.set_epoch(epoch)
+        start = self._resume_batch
+        it = iter(self.train_loader)
+        # Skipping by iterating replays the loader's own generators exactly; the global RNG is restored
+        # afterwards, at the point where the checkpoint captured it.
+        for _ in range(start):
+            next(it)
+        if self._resume_rng is not None:
+            restore_rng_state(self._resume_rng)
+            self._resume_rng = None
+        self._resume_batch = 0
+        bar = tqdm(total=self.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+                   disable=not (self.cfg.progress and self.dist.is_primary), dynamic_ncols=True, leave=False)
+        t0, seen = time.perf_counter(), 0
+        for batch_idx, (x, y) in enumerate(it, start=start):
+            loss, correct = self.train_step(x, y)
+            n = y.shape[0]
+            seen += n
+            self._epoch_sums += torch.tensor([loss.item() * n, correct.item(), n], dtype=torch.float64)
+            ips = seen * self.dist.world_size / max(time.perf_counter() - t0, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}",
+                            img_s=f"{ips:.1f}")
+            last_in_epoch = batch_idx + 1 == self.steps_per_epoch
+            every = self.cfg.checkpoint_every_steps
+            if every and self.step % every == 0 and not last_in_epoch:
+                self.save(epoch=epoch, next_batch=batch_idx + 1)
+            if self._exit_after is not None and self.step >= self._exit_after:
+                bar.close()
+                os._exit(75)
+        bar.close()
+        elapsed = time.perf_counter() - t0
+        sums = all_reduce_sum(self._epoch_sums, self.dist)
+        self._epoch_sums.zero_()
+        n = max(sums[2].item(), 1.0)
+        return {"train_loss": sums[0].item() / n, "train_acc": sums[1].item() / n, "train_samples": int(sums[2]),
+                "train_time_s": elapsed, "images_per_s": seen * self.dist.world_size / max(elapsed, 1e-9)}
+
+    @torch.no_grad()
+    def evaluate(self, loader: Any = None) -> dict:
+        """Accuracy of the time-mean prediction, accuracy at every prefix t ≤ T, and the CE of the time mean.
+
+        Under DDP each rank evaluates its shard and the counts are summed.
+        """
+        import torch.nn.functional as F
+        from tqdm import tqdm
+
+        loader = self.eval_loader if loader is None else loader
+        if loader is None:
+            return {}
+        model = self.model
+        was_training = model.training
+        model.eval()
+        correct: torch.Tensor | None = None
+        loss_sum, count = 0.0, 0
+        t0 = time.perf_counter()
+        bar = tqdm(loader, desc="eval", disable=not (self.cfg.progress and self.dist.is_primary),
+                   dynamic_ncols=True, leave=False)
+        for x, y in bar:
+            x = x.to(self.dist.device, non_blocking=True)
+            y = y.to(self.dist.device, non_blocking=True)
+            reset_net(model)
+            with self._autocast():
+                out = model.forward_sequence(x) if self.per_step_eval else model(x)
+            out = out.float()
+            if out.dim() == 2:
+                out = out.unsqueeze(0)
+            c = prefix_correct(out, y).cpu().double()
+            correct = c if correct is None else correct + c
+            loss_sum += F.cross_entropy(out.mean(0), y, reduction="sum").item()
+            count += y.shape[0]
+        reset_net(model)
+        model.train(was_training)
+        if correct is None:
+            correct = torch.zeros(1, dtype=torch.float64)
+        # All ranks must agree on T for the reduction; it is a property of the model, so they do.
+        totals = all_reduce_sum(torch.cat([correct, torch.tensor([loss_sum, count], dtype=torch.float64)]),
+                                self.dist)
+        n = max(totals[-1].item(), 1.0)
+        per_t = (totals[:-2] / n).tolist()
+        return {"eval_acc": per_t[-1], "eval_acc_per_t": per_t, "eval_loss": totals[-2].item() / n,
+                "eval_samples": int(totals[-1]), "eval_time_s": time.perf_counter() - t0}
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def _meta(self, epoch: int, next_batch: int) -> dict:
+        rng = all_gather_object(capture_rng_state(), self.dist)
+        # Partial epoch metrics, summed over ranks; only rank 0 restores them on resume.
+        sums = all_reduce_sum(self._epoch_sums, self.dist).tolist()
+        return {
+            "model": self.model_name,
+            "config": self.cfg.to_dict(),
+            "world_size": self.dist.world_size,
+            "rng": rng,
+            "next_epoch": epoch,
+            "next_batch": next_batch,
+            "epoch_sums": sums,
+            "scheduler": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "best_acc": self.best_acc,
+            "best_epoch": self.best_epoch,
+            "torch_version": torch.__version__,
+        }
+
+    def save(self, epoch: int, next_batch: int = 0, best: bool = False) -> None:
+        """Checkpoint (collective: every rank must call it; rank 0 writes).
+
+        Args:
+            epoch: the epoch to continue with (``next_batch == 0``: the epoch after the completed one).
+            next_batch: batches of ``epoch`` already done (mid-epoch checkpoint).
+        """
+        meta = self._meta(epoch, next_batch)
+        if self.dist.is_primary:
+            completed = epoch if next_batch == 0 else epoch + next_batch / self.steps_per_epoch
+            meta["epochs_completed"] = completed
+            save_checkpoint(self.ckpt_dir, self.model, self.optimizer, meta, epoch=epoch, step=self.step,
+                            keep=self.cfg.keep_checkpoints, best=best)
+        barrier(self.dist)
+
+    def load(self, ckpt: Checkpoint) -> None:
+        """Restore model, optimizer, scaler, step, epoch position and (same world size) RNG states."""
+        meta = ckpt.meta
+        saved_model = meta.get("model")
+        if saved_model is not None and saved_model != self.model_name:
+            raise CheckpointError(f"checkpoint {ckpt.path} is for model {saved_model!r}, but this run builds "
+                                  f"{self.model_name!r}; use --model {saved_model} or another checkpoint")
+        conflicts = config_conflicts(meta.get("config", {}), self.cfg)
+        if conflicts:
+            raise CheckpointError(f"cannot resume from {ckpt.path}: the config conflicts with the checkpoint's in "
+                                  f"{len(conflicts)} key(s): " + "; ".join(conflicts) +
+                                  ". Use the original values (see config.json of that run) or start a new --out.")
+        load_model_state(self.model, ckpt.model_state, source=f"checkpoint {ckpt.path}")
+        if ckpt.optimizer_state is None:
+            raise CheckpointError(f"checkpoint {ckpt.path} holds no optimizer state (weights only); it can "
+                                  f"initialise a model but not resume a run")
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        saved_groups = ckpt.optimizer_state["param_groups"]
+        if len(saved_groups) != len(fresh) or any(len(a["params"]) != len(b["params"]) for a, b in
+                                                  zip(saved_groups, self.optimizer.param_groups)):
+            raise CheckpointError(f"checkpoint {ckpt.path}: optimizer parameter groups do not match this run "
+                                  f"(different neuron_param_patterns or decay_norm_and_bias?)")
+        self.optimizer.load_state_dict(ckpt.optimizer_state)
+        for group, hyper in zip(self.optimizer.param_groups, fresh):
+            group.update(hyper)   # the current config's hyper-parameters win; buffers come from the file
+        if meta.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(meta["scaler"])
+        self.step = int(meta["step"])
+        self.epoch = int(meta["next_epoch"])
+        self._resume_batch = int(meta.get("next_batch", 0))
+        if self._resume_batch and int(meta.get("world_size", 1)) == self.dist.world_size and \
+                meta["scheduler"].get("steps_per_epoch") != self.steps_per_epoch:
+            raise CheckpointError(f"checkpoint {ckpt.path} was taken mid-epoch with {meta['scheduler']['steps_per_epoch']}"
+                                  f" steps per epoch, this run has {self.steps_per_epoch}; the data differ")
+        self.best_acc, self.best_epoch = meta.get("best_acc"), meta.get("best_epoch")
+        if self.dist.is_primary and meta.get("epoch_sums") is not None:
+            self._epoch_sums = torch.tensor(meta["epoch_sums"], dtype=torch.float64)
+        rng = meta.get("rng") or []
+        if len(rng) == self.dist.world_size:
+            self._resume_rng = rng[self.dist.rank]
+        else:
+            warnings.warn(f"checkpoint was written by {len(rng)} process(es), this run has {self.dist.world_size}: "
+                          f"random streams are re-seeded, so the run continues correctly but not bit-identically",
+                          stacklevel=2)
+            seed_everything(self.cfg.seed + 1000 * self.step, self.dist.rank)
+            if self._resume_batch:
+                warnings.warn("mid-epoch resume with another world size: the rest of this epoch uses the new "
+                              "sharding from the checkpointed batch index on", stacklevel=2)
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def _prepare_log_for_resume(self) -> None:
+        """Drop log lines of epochs that will be re-run (written after the checkpoint we resume from)."""
+        if not self.dist.is_primary or not self.log_path.exists():
+            return
+        kept = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut by the kill
+            if rec.get("event") == "epoch" and rec.get("epoch", 0) < self.epoch + 1:
+                kept.append(line)
+        atomic_write_text(self.log_path, "".join(k + "\n" for k in kept))
+        self.history = [json.loads(k) for k in kept]
+
+    def fit(self, resume: Checkpoint | None = None) -> dict:
+        """Train ``config.epochs`` epochs (continuing from ``resume``); returns the summary record."""
+        cfg = self.cfg
+        if resume is not None:
+            self.load(resume)
+            self._prepare_log_for_resume()
+            self._print(f"resumed from {resume.path} at epoch {self.epoch + 1}, batch {self._resume_batch}, "
+                        f"step {self.step}")
+        t_start = time.perf_counter()
+        final_eval: dict = {}
+        for epoch in range(self.epoch, cfg.epochs):
+            record: dict[str, Any] = {"event": "epoch", "epoch": epoch + 1, "epochs": cfg.epochs}
+            record.update(self.train_epoch(epoch))
+            sync_bn_stats(self.model, self.dist, cfg.dist_bn)
+            record.update(step=self.step, lr=self.optimizer.param_groups[0]["lr"],
+                          lr_groups={g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)})
+            is_last = epoch + 1 == cfg.epochs
+            best = False
+            if self.eval_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or is_last):
+                final_eval = self.evaluate()
+                record.update(final_eval)
+                if self.best_acc is None or final_eval["eval_acc"] > self.best_acc:
+                    self.best_acc, self.best_epoch, best = final_eval["eval_acc"], epoch + 1, True
+            quant = quantizer_report(self.model)
+            if quant:  # QAT: per-layer T_l and bit widths, and their mean (QAC's "T (avg)")
+                record["quantizers"] = quant
+                record["mean_timesteps"] = _mean_numeric(q.get("timesteps") for q in quant.values())
+                record["mean_bit_width"] = _mean_numeric(q.get("bit_width") for q in quant.values())
+            self.log(record)
+            self.history.append(record)
+            self._print(self._epoch_line(record))
+            self.save(epoch=epoch + 1, best=best)
+            self.epoch = epoch + 1
+        if not final_eval:   # nothing evaluated in this process (e.g. resumed a finished run)
+            if self.history and "eval_acc" in self.history[-1]:
+                final_eval = self.history[-1]
+            elif self.eval_loader is not None:
+                final_eval = self.evaluate()
+        summary = self._summary(final_eval, time.perf_counter() - t_start)
+        self.log(summary)
+        if self.dist.is_primary:
+            atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        return summary
+
+    def _epoch_line(self, r: Mapping[str, Any]) -> str:
+        text = (f"epoch {r['epoch']}/{r['epochs']}  loss {r['train_loss']:.4f}  train acc {100 * r['train_acc']:.2f}%"
+                f"  lr {r['lr']:.3g}  {r['images_per_s']:.1f} img/s")
+        if "eval_acc" in r:
+            per_t = " ".join(f"{100 * a:.2f}" for a in r["eval_acc_per_t"])
+            text += f"  eval acc {100 * r['eval_acc']:.2f}%"
+            if len(r["eval_acc_per_t"]) > 1:
+                text += f"  (t=1..{len(r['eval_acc_per_t'])}: {per_t})"
+        if r.get("mean_timesteps") is not None:
+            text += f"  mean T_l {r['mean_timesteps']:.3g}"
+        return text
+
+    def _summary(self, final_eval: Mapping[str, Any], elapsed: float) -> dict:
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return {
+            "event": "summary", "model": self.model_name, "mode": self.cfg.mode, "loss": self.loss_name,
+            "dataset": self.cfg.dataset, "timesteps": getattr(self.model, "T", self.cfg.timesteps), "epochs": self.cfg.epochs,
+            "steps": self.step, "params": n_params, "world_size": self.dist.world_size,
+            "device": str(self.dist.device), "torch_version": torch.__version__,
+            "final_acc": final_eval.get("eval_acc"), "final_acc_per_t": final_eval.get("eval_acc_per_t"),
+            "best_acc": self.best_acc, "best_epoch": self.best_epoch, "time_s": elapsed,
+            "final_train_loss": self.history[-1]["train_loss"] if self.history else None,
+        }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Building models and data from a config
+# ----------------------------------------------------------------------------------------------------
+def subset_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """A class-stratified, seeded choice of ``n`` indices (sorted).
+
+    Classes are visited round-robin over a seeded permutation, so every class gets ``⌊n/K⌋`` or ``⌈n/K⌉``
+    samples while it has them.
+    """
+    N = labels.shape[0]
+    if n >= N:
+        return torch.arange(N)
+    gen = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(N, generator=gen)
+    lab = labels[perm]
+    within = torch.empty(N, dtype=torch.int64)
+    for c in torch.unique(lab):
+        pos = (lab == c).nonzero().flatten()
+        within[pos] = torch.arange(pos.numel())
+    # sort by (rank within class, position in the permutation): round-robin over classes
+    key = within * N + torch.arange(N)
+    chosen = perm[torch.argsort(key)[:n]]
+    return chosen.sort().values
+
+
+def build_loaders(cfg: TrainConfig, dist: DistInfo) -> tuple[Any, Any, Any]:
+    """Train and test :class:`~multispike.data.TensorLoader` for ``cfg.dataset`` (sharded by rank)."""
+    from ..data import Augment, TensorLoader, load_dataset
+
+    images, labels, info = load_dataset(cfg.dataset, cfg.data_dir, "train")
+    if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4):
+        raise TypeError(f"dataset {cfg.dataset!r} yields {getattr(images, 'dtype', type(images).__name__)} "
+                        f"{tuple(getattr(images, 'shape', ()))}; the train command handles uint8 image datasets "
+                        f"[N, C, H, W]. For other data build loaders yourself and call "
+                        f"multispike.train.run_training(cfg, train_loader=..., eval_loader=...)")
+    if cfg.subset is not None:
+        idx = subset_indices(labels, cfg.subset, cfg.seed)
+        images, labels = images[idx], labels[idx]
+    test_images, test_labels, _ = load_dataset(cfg.dataset, cfg.data_dir, "test")
+    if cfg.eval_subset is not None:
+        test_images, test_labels = test_images[:cfg.eval_subset], test_labels[:cfg.eval_subset]
+    augment = Augment(crop_padding=cfg.crop_padding if cfg.augment else 0, hflip=cfg.hflip and cfg.augment)
+    mean, std = (info.mean, info.std) if cfg.normalize else (None, None)
+    device = dist.device if dist.device.type == "cuda" else None
+    train = TensorLoader(images, labels, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=augment, mean=mean,
+                         std=std, rank=dist.rank, world_size=dist.world_size, device=device)
+    # Evaluation shards the test set without shuffling; the at most world_size-1 left-over images are skipped
+    # (identically in every run), and all ranks see equal shard sizes so the counts add up.
+    test = TensorLoader(test_images, test_labels, cfg.eval_batch_size or cfg.batch_size, shuffle=False, seed=cfg.seed,
+                        mean=mean, std=std, rank=dist.rank, world_size=dist.world_size, device=device)
+    return train, test, info
+
+
+def build_model(cfg: TrainConfig, num_classes: int, in_channels: int | None) -> nn.Module:
+    """``create_model`` from the config (model, neuron, T, neuron_kwargs, model_kwargs)."""
+    from ..models import create_model
+
+    return create_model(cfg.model, num_classes=num_classes, neuron=cfg.neuron, T=cfg.timesteps,
+                        in_channels=in_channels, neuron_kwargs=cfg.neuron_arguments(), **cfg.model_kwargs)
+
+
+def load_convert_hook(spec: str | Callable) -> Callable[[nn.Module, TrainConfig], nn.Module]:
+    """Resolve ``"package.module:function"`` (or a callable) to the hybrid-mode conversion hook."""
+    if callable(spec):
+        return spec
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ValueError(f"convert_hook must be 'package.module:function', got {spec!r}")
+    module_name, attr = spec.split(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"convert_hook {spec!r}: cannot import {module_name!r} ({exc})") from exc
+    fn = module
+    for part in attr.split("."):
+        if not hasattr(fn, part):
+            raise ValueError(f"convert_hook {spec!r}: {module_name} has no attribute {attr!r}")
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise ValueError(f"convert_hook {spec!r} is not callable")
+    return fn
+
+
+def _hybrid_model(cfg: TrainConfig, convert_fn: Callable | None) -> tuple[nn.Module, str]:
+    ckpt = load_checkpoint(cfg.ann_checkpoint)
+    ann_cfg = ckpt.meta.get("config") or {}
+    name = ckpt.meta.get("model") or ann_cfg.get("model")
+    if not name:
+        raise CheckpointError(f"ANN checkpoint {ckpt.path} does not record its model; it cannot be rebuilt")
+    from ..models import create_model
+    ann_nk = dict(ann_cfg.get("neuron_kwargs") or {})
+    for key in ("levels", "lanes", "v_threshold"):
+        if ann_cfg.get(key) is not None:
+            ann_nk[key] = ann_cfg[key]
+    ann = create_model(name, num_classes=ann_cfg.get("num_classes") or 10, neuron=ann_cfg.get("neuron", "relu"),
+                       T=ann_cfg.get("timesteps", 1), in_channels=ann_cfg.get("in_channels"), neuron_kwargs=ann_nk,
+                       **(ann_cfg.get("model_kwargs") or {}))
+    load_model_state(ann, ckpt.model_state, source=f"ANN checkpoint {ckpt.path}")
+    hook = load_convert_hook(convert_fn if convert_fn is not None else cfg.convert_hook)
+    snn = hook(ann, cfg)
+    if not isinstance(snn, nn.Module):
+        raise TypeError(f"convert hook returned {type(snn).__name__}, expected an nn.Module")
+    return snn, name
+
+
+def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_loader: Any = None,
+                 eval_loader: Any = None, convert_fn: Callable | None = None, dist: DistInfo | None = None) -> dict:
+    """Run a complete training job as the config describes (what ``multispike train`` calls).
+
+    Any of ``model``/``train_loader``/``eval_loader`` may be supplied instead of being built from the config
+    (tests, event data, custom models). ``convert_fn(ann_model, cfg)`` overrides ``cfg.convert_hook`` in
+    hybrid mode.
+
+    Writes to ``cfg.out`` (rank 0): ``config.json``, ``args.yaml``, ``log.jsonl``, ``summary.json`` and
+    ``checkpoints/``. Returns the summary record.
+    """
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    owns_dist = dist is None
+    dist = dist if dist is not None else init_distributed(cfg.device)
+    try:
+        seed_everything(cfg.seed, dist.rank, cfg.deterministic)
+        out = Path(cfg.out)
+        resume_ckpt = None
+        if cfg.resume is not None:
+            resume_ckpt = load_checkpoint(out if cfg.resume == "auto" else cfg.resume)
+        elif (out / "checkpoints" / "last.json").exists():
+            if not cfg.overwrite:
+                raise ValueError(f"{out} already holds checkpoints of a run; pass --resume to continue it, "
+                                 f"--overwrite to discard them, or choose another --out")
+            barrier(dist)
+            if dist.is_primary:
+                shutil.rmtree(out / "checkpoints")
+                for name in ("log.jsonl", "summary.json"):
+                    (out / name).unlink(missing_ok=True)
+            barrier(dist)
+        info = None
+        if train_loader is None:
+            train_loader, built_eval, info = build_loaders(cfg, dist)
+            eval_loader = built_eval if eval_loader is None else eval_loader
+        if cfg.num_classes is None:
+            cfg.num_classes = info.num_classes if info is not None else getattr(model, "num_classes", None)
+        if cfg.in_channels is None:
+            if info is not None and info.input_shape:
+                cfg.in_channels = info.input_shape[0]
+            elif model is not None and hasattr(model, "in_channels"):
+                cfg.in_channels = model.in_channels
+        model_name = cfg.model
+        if model is None:
+            if cfg.mode == "hybrid":
+                model, ann_name = _hybrid_model(cfg, convert_fn)
+                model_name = cfg.model = cfg.model or ann_name
+            else:
+                if cfg.num_classes is None:
+                    raise ValueError("num_classes is unknown: set --num-classes")
+                model = build_model(cfg, cfg.num_classes, cfg.in_channels)
+        if dist.is_primary:
+            save_config(cfg, out, extra={"world_size": dist.world_size, "device": str(dist.device)})
+        trainer = Trainer(model, train_loader, eval_loader, cfg, dist=dist, model_name=model_name)
+        return trainer.fit(resume=resume_ckpt)
+    finally:
+        if owns_dist:
+            from .distributed import cleanup_distributed
+            cleanup_distributed()
