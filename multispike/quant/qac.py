@@ -1,0 +1,575 @@
+"""QAC quantizer with learnable per-layer timesteps (algorithms.md §4.1-§4.3).
+
+The quantizer is QCFS with ϑ = α, Q = T and φ = ½ (round half up, §0)::
+
+    Q(x) = (α/T) · clip(⌊x·T/α + ½⌋, 0, T)          # T+1 output values {0, d, 2d, …, α}, d = α/T
+
+Two of the three linked quantities (levels T = 2ⁿ or t, step d, clip α; ``α = d·T``) are learnable, the
+third is derived. Each parameterisation is its own ``torch.autograd.Function`` whose parameter gradients
+are exactly the straight-through results of the table in §4.1 (``r = Q(x) − x``)::
+
+    case  learnable  derived        0 ≤ x ≤ α               x > α
+    n_d      (n, d)  α = d·T        (0, r/d)                (ln2·T·d, T)
+    n_alpha  (n, α)  d = α/T        (−ln2·r, r/α)           (0, 1)
+    d_alpha  (d, α)  T = α/d        (r/d, 0)                (0, 1)
+    t_alpha  (t, α)  d = α/t        (−r/t, r/α)             (0, 1)
+
+All parameter gradients are 0 for x < 0; the input gradient is 1 on [0, α] and 0 outside (STE/PACT).
+
+The continuous level count (t, 2ⁿ or α/d) becomes the integer per-layer timestep
+``T_l = max(1, round(t))`` (round half up) or ``ceil(t)`` (§4.2); the forward pass uses T_l and the
+backward pass is straight-through (dT/dt = 1), so the table is evaluated at T_l. In the two cases that
+learn the step d (``n_d``, ``d_alpha``) the step is exact and the clip actually used is ``α = d·T_l``.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Mapping, NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from .qcfs import QCFS
+
+__all__ = ["QACQuantizer", "PARAMETERISATIONS", "T_ROUNDING", "timesteps_from_continuous", "qac_quantize",
+           "quantizer_summary", "average_timestep", "AverageTimestep", "prepare_qat", "QATReport",
+           "find_functional_activations", "is_timestep_layer"]
+
+PARAMETERISATIONS = ("t_alpha", "n_d", "n_alpha", "d_alpha")
+T_ROUNDING = ("round", "ceil")
+
+# Lower bounds that keep the derived quantities finite (α > 0, d > 0) during training.
+_ALPHA_MIN = 1e-6
+_STEP_MIN = 1e-8
+_LN2 = math.log(2.0)
+
+
+def timesteps_from_continuous(value: float, t_to_T: str = "round", t_max: int = 64) -> int:
+    """Integer timestep ``T_l`` from a continuous level count (§4.2).
+
+    ``round`` is round half up (``⌊v + ½⌋``, §0: 2.5 -> 3), ``ceil`` is ``⌈v⌉``; ``v`` is first clamped
+    to ``[1, t_max]``, so the result is always in ``[1, t_max]``.
+    """
+    if not math.isfinite(value):
+        raise ValueError(f"QAC: the continuous timestep must be finite, got {value!r}; lower the learning rate "
+                         f"of the quantizer parameters")
+    v = min(max(float(value), 1.0), float(t_max))
+    T = math.floor(v + 0.5) if t_to_T == "round" else math.ceil(v)
+    return int(min(max(T, 1), t_max))
+
+
+def qac_quantize(x: torch.Tensor, alpha: torch.Tensor | float, T: int) -> torch.Tensor:
+    """Forward value of the quantizer, ``(α/T)·clip(⌊x·T/α + ½⌋, 0, T)``, without any gradient rule.
+
+    The product is formed as ``level·α/T`` (the integer level times α first), which is how an IF neuron's
+    time-averaged payload ``θ·Σs/T`` is formed, so the two agree bit for bit when ``α`` is a power of two.
+    """
+    levels = torch.clamp(torch.floor(x * T / alpha + 0.5), 0, T)
+    return levels * alpha / T
+
+
+def _regions(x: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks of the table's columns: inside ``0 ≤ x ≤ α`` and above ``x > α`` (below gets nothing)."""
+    inside = (x >= 0) & (x <= alpha)
+    above = x > alpha
+    return inside.to(x.dtype), above.to(x.dtype)
+
+
+def _save_meta(ctx, p1: torch.Tensor, p2: torch.Tensor) -> None:
+    # Only shape/dtype of the parameters are kept (not the tensors), so the module may project its
+    # parameters in place between forward and backward without tripping autograd's version check.
+    ctx.meta = ((p1.shape, p1.dtype), (p2.shape, p2.dtype))
+
+
+def _param_grad(ctx, index: int, per_element: torch.Tensor) -> torch.Tensor | None:
+    """Reduce an elementwise gradient to the shape and dtype of the ``index``-th parameter (1 or 2)."""
+    if not ctx.needs_input_grad[index]:
+        return None
+    shape, dtype = ctx.meta[index - 1]
+    return per_element.sum().reshape(shape).to(dtype)
+
+
+class _QuantizeTAlpha(torch.autograd.Function):
+    """Case 4, learnable (t, α): ∂Q/∂t = −r/T_l, ∂Q/∂α = r/α inside; (0, 1) above."""
+
+    @staticmethod
+    def forward(ctx, x, t, alpha, T: int):
+        a = alpha.detach().to(x.dtype)
+        q = qac_quantize(x, a, T)
+        ctx.save_for_backward(x, q, a)
+        ctx.T = T
+        _save_meta(ctx, t, alpha)
+        return q
+
+    @staticmethod
+    def backward(ctx, g):
+        x, q, a = ctx.saved_tensors
+        inside, above = _regions(x, a)
+        r = q - x
+        return (g * inside, _param_grad(ctx, 1, g * inside * (-r / ctx.T)),
+                _param_grad(ctx, 2, g * (inside * r / a + above)), None)
+
+
+class _QuantizeNAlpha(torch.autograd.Function):
+    """Case 2, learnable (n, α), T = 2ⁿ: ∂Q/∂n = −ln2·r, ∂Q/∂α = r/α inside; (0, 1) above."""
+
+    @staticmethod
+    def forward(ctx, x, n, alpha, T: int):
+        a = alpha.detach().to(x.dtype)
+        q = qac_quantize(x, a, T)
+        ctx.save_for_backward(x, q, a)
+        _save_meta(ctx, n, alpha)
+        return q
+
+    @staticmethod
+    def backward(ctx, g):
+        x, q, a = ctx.saved_tensors
+        inside, above = _regions(x, a)
+        r = q - x
+        return (g * inside, _param_grad(ctx, 1, g * inside * (-_LN2 * r)),
+                _param_grad(ctx, 2, g * (inside * r / a + above)), None)
+
+
+class _QuantizeND(torch.autograd.Function):
+    """Case 1, learnable (n, d), α = d·2ⁿ: ∂Q/∂n = 0, ∂Q/∂d = r/d inside; (ln2·T·d, T) above."""
+
+    @staticmethod
+    def forward(ctx, x, n, d, T: int):
+        dd = d.detach().to(x.dtype)
+        q = qac_quantize(x, dd * T, T)
+        ctx.save_for_backward(x, q, dd)
+        ctx.T = T
+        _save_meta(ctx, n, d)
+        return q
+
+    @staticmethod
+    def backward(ctx, g):
+        x, q, dd = ctx.saved_tensors
+        T = ctx.T
+        inside, above = _regions(x, dd * T)
+        r = q - x
+        return (g * inside, _param_grad(ctx, 1, g * above * (_LN2 * T * dd)),
+                _param_grad(ctx, 2, g * (inside * r / dd + above * T)), None)
+
+
+class _QuantizeDAlpha(torch.autograd.Function):
+    """Case 3, learnable (d, α), T = α/d: ∂Q/∂d = r/d, ∂Q/∂α = 0 inside; (0, 1) above."""
+
+    @staticmethod
+    def forward(ctx, x, d, alpha, T: int):
+        dd = d.detach().to(x.dtype)
+        q = qac_quantize(x, dd * T, T)
+        ctx.save_for_backward(x, q, dd)
+        ctx.T = T
+        _save_meta(ctx, d, alpha)
+        return q
+
+    @staticmethod
+    def backward(ctx, g):
+        x, q, dd = ctx.saved_tensors
+        inside, above = _regions(x, dd * ctx.T)
+        r = q - x
+        return (g * inside, _param_grad(ctx, 1, g * inside * r / dd), _param_grad(ctx, 2, g * above), None)
+
+
+_FUNCTIONS: dict[str, type[torch.autograd.Function]] = {
+    "t_alpha": _QuantizeTAlpha,
+    "n_alpha": _QuantizeNAlpha,
+    "n_d": _QuantizeND,
+    "d_alpha": _QuantizeDAlpha,
+}
+
+
+class QACQuantizer(nn.Module):
+    """QAC activation quantizer with a learnable clip and a learnable per-layer timestep (§4.1, §4.2).
+
+    ``Q(x) = (α/T_l)·clip(⌊x·T_l/α + ½⌋, 0, T_l)``, where ``T_l`` is the integer timestep this layer will
+    run for after conversion (:func:`multispike.convert.mixed_timestep.to_mixed_timestep_snn`).
+
+    Args:
+        param: which pair is learnable - ``"t_alpha"`` (case 4, used by QAC for all results),
+            ``"n_d"`` (case 1), ``"n_alpha"`` (case 2) or ``"d_alpha"`` (case 3).
+        alpha: initial clip α > 0 (QCFS default 8.0).
+        t: initial continuous timestep in ``[1, t_max]`` (default 4.0); cases 1-2 start from ``n = log₂ t``,
+            cases 1 and 3 from ``d = α/t``.
+        t_to_T: ``"round"`` (round half up, default) or ``"ceil"``: how the continuous level count becomes
+            the integer ``T_l`` (straight-through in backward).
+        t_max: upper bound of ``T_l`` (64); also bounds case 3's ``d ≥ α/t_max`` so ``T = α/d`` stays finite.
+
+    In training mode every forward first projects the parameters back into their valid range
+    (``t ∈ [1, t_max]``, ``n ∈ [0, log₂ t_max]``, ``α > 0``, ``α/t_max ≤ d ≤ α`` in case 3), i.e. projected
+    gradient descent; :meth:`project_` does the same on demand.
+
+    Example::
+
+        >>> import torch
+        >>> q = QACQuantizer(alpha=1.0, t=4.0)
+        >>> q(torch.tensor([-0.3, 0.1, 0.2, 0.9, 3.0])).tolist()
+        [0.0, 0.0, 0.25, 1.0, 1.0]
+        >>> q.timesteps, q.bit_width, q.alpha
+        (4, 2.0, 1.0)
+    """
+
+    timestep_layer = True  # marks modules that quantizer_summary / average_timestep report
+
+    def __init__(self, param: str = "t_alpha", alpha: float = 8.0, t: float = 4.0, t_to_T: str = "round",
+                 t_max: int = 64) -> None:
+        super().__init__()
+        if param not in PARAMETERISATIONS:
+            raise ValueError(f"QACQuantizer: param must be one of {PARAMETERISATIONS}, got {param!r} "
+                             f"('t_alpha' is the paper's case 4)")
+        if t_to_T not in T_ROUNDING:
+            raise ValueError(f"QACQuantizer: t_to_T must be one of {T_ROUNDING}, got {t_to_T!r}")
+        if isinstance(t_max, bool) or not isinstance(t_max, int) or t_max < 1:
+            raise ValueError(f"QACQuantizer: t_max must be an integer >= 1, got {t_max!r}")
+        alpha = float(alpha)
+        if not (math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"QACQuantizer: alpha must be a finite number > 0, got {alpha!r} (QCFS uses 8.0)")
+        t = float(t)
+        if not (math.isfinite(t) and 1.0 <= t <= t_max):
+            raise ValueError(f"QACQuantizer: t must be in [1, t_max={t_max}] (a layer runs at least one timestep), "
+                             f"got {t!r}; use t >= 1 or raise t_max")
+        self.param = param
+        self.t_to_T = t_to_T
+        self.t_max = t_max
+        if param == "t_alpha":
+            self.t = nn.Parameter(torch.tensor(t))
+            self.clip = nn.Parameter(torch.tensor(alpha))
+        elif param == "n_alpha":
+            self.n = nn.Parameter(torch.tensor(math.log2(t)))
+            self.clip = nn.Parameter(torch.tensor(alpha))
+        elif param == "n_d":
+            self.n = nn.Parameter(torch.tensor(math.log2(t)))
+            self.d = nn.Parameter(torch.tensor(alpha / t))
+        else:  # d_alpha
+            self.d = nn.Parameter(torch.tensor(alpha / t))
+            self.clip = nn.Parameter(torch.tensor(alpha))
+
+    # --- the learnable pair, in the order the autograd functions take them -------------------------------
+    def learnable_pair(self) -> tuple[nn.Parameter, nn.Parameter]:
+        """The two learnable parameters ``(p1, p2)`` of this parameterisation, e.g. ``(t, α)`` for case 4."""
+        return {"t_alpha": (getattr(self, "t", None), getattr(self, "clip", None)),
+                "n_alpha": (getattr(self, "n", None), getattr(self, "clip", None)),
+                "n_d": (getattr(self, "n", None), getattr(self, "d", None)),
+                "d_alpha": (getattr(self, "d", None), getattr(self, "clip", None))}[self.param]
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Project the learnable parameters back into their valid range, in place."""
+        if self.param in ("t_alpha", "n_alpha", "d_alpha"):
+            self.clip.clamp_(min=_ALPHA_MIN)
+        if self.param == "t_alpha":
+            self.t.clamp_(1.0, float(self.t_max))
+        if self.param in ("n_alpha", "n_d"):
+            self.n.clamp_(0.0, math.log2(self.t_max))
+        if self.param == "n_d":
+            self.d.clamp_(min=_STEP_MIN)
+        if self.param == "d_alpha":
+            # Case 3 diverges as d -> 0 (T = α/d -> ∞, the paper's "INF"): keep T = α/d in [1, t_max].
+            a = float(self.clip)
+            self.d.clamp_(a / self.t_max, a)
+
+    # --- derived quantities -------------------------------------------------------------------------------
+    @property
+    def continuous_timesteps(self) -> float:
+        """The continuous level count before rounding: ``t``, ``2ⁿ`` or ``α/d``."""
+        if self.param == "t_alpha":
+            return float(self.t.detach())
+        if self.param in ("n_alpha", "n_d"):
+            return 2.0 ** float(self.n.detach())
+        return float(self.clip.detach()) / max(float(self.d.detach()), _STEP_MIN)
+
+    @property
+    def timesteps(self) -> int:
+        """The integer timestep ``T_l`` this layer runs for (``max(1, round(t))`` or ``ceil``)."""
+        return timesteps_from_continuous(self.continuous_timesteps, self.t_to_T, self.t_max)
+
+    @property
+    def bit_width(self) -> float:
+        """``n_l = log₂ T_l`` (can be non-integer)."""
+        return math.log2(self.timesteps)
+
+    def alpha_tensor(self) -> torch.Tensor:
+        """The clip α actually used (``d·T_l`` when d is learnable), as a detached tensor in the params' dtype."""
+        if self.param in ("n_d", "d_alpha"):
+            return self.d.detach() * self.timesteps
+        return self.clip.detach().clone()
+
+    @property
+    def alpha(self) -> float:
+        """The clip α actually used - the threshold θ_l of the converted IF neuron."""
+        return float(self.alpha_tensor())
+
+    @property
+    def threshold(self) -> torch.Tensor:
+        """α as a detached tensor - the name QCFS uses for its clip ϑ, so code written for QCFS
+        (``module.threshold``) reads the clip of either quantizer."""
+        return self.alpha_tensor()
+
+    @property
+    def step(self) -> float:
+        """Quantization step ``d = α/T_l``."""
+        return self.alpha / self.timesteps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.project_()
+        p1, p2 = self.learnable_pair()
+        return _FUNCTIONS[self.param].apply(x, p1, p2, self.timesteps)
+
+    def extra_repr(self) -> str:
+        return (f"param={self.param!r}, T={self.timesteps} (t={self.continuous_timesteps:.4g}), "
+                f"alpha={self.alpha:.4g}, t_to_T={self.t_to_T!r}, t_max={self.t_max}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reporting
+# ----------------------------------------------------------------------------------------------------
+def is_timestep_layer(module: nn.Module) -> bool:
+    """Whether ``module`` has its own timestep: a QACQuantizer, a QCFS (T = levels) or an AlignedNeuron."""
+    return isinstance(module, QCFS) or bool(getattr(type(module), "timestep_layer", False))
+
+
+def _layer_T_alpha(module: nn.Module) -> tuple[int, float]:
+    if isinstance(module, QCFS):
+        return module.levels, float(module.threshold.detach())
+    return int(module.timesteps), float(module.alpha)
+
+
+def quantizer_summary(model: nn.Module) -> list[dict]:
+    """One JSON-ready dict per timestep layer of ``model``, in module order.
+
+    Works on a QAT model (QACQuantizer, QCFS) and on a converted mixed-timestep SNN (AlignedNeuron).
+    Keys: ``layer`` (module name), ``kind``, ``T`` (integer T_l), ``bit_width`` (log₂ T_l), ``alpha``
+    (clip α, equal to the SNN threshold θ_l) and, for QAC quantizers, ``t`` (the continuous value) and
+    ``param``. The training engine logs this every epoch.
+    """
+    rows = []
+    for name, m in model.named_modules():
+        if not is_timestep_layer(m):
+            continue
+        T, alpha = _layer_T_alpha(m)
+        row = {"layer": name or type(m).__name__, "kind": type(m).__name__, "T": T, "bit_width": math.log2(T),
+               "alpha": alpha}
+        if isinstance(m, QACQuantizer):
+            row.update(t=m.continuous_timesteps, param=m.param)
+        rows.append(row)
+    return rows
+
+
+class AverageTimestep(NamedTuple):
+    """``plain``: arithmetic mean of T_l over timestep layers (the paper's "T", e.g. 2.33);
+    ``op_weighted``: ``Σ T_l·ops_l / Σ ops_l`` (None when no op counts were given)."""
+
+    plain: float
+    op_weighted: float | None = None
+
+
+def average_timestep(model: nn.Module, weighted_by_ops: Mapping[str, float] | Sequence[float] | None = None
+                     ) -> AverageTimestep:
+    """Average timestep of ``model``'s quantized/spiking layers (§4.2).
+
+    Args:
+        model: a QAT model or a converted mixed-timestep SNN.
+        weighted_by_ops: per-layer operation counts (e.g. MACs of the synaptic op feeding each layer, at
+            one timestep), either a mapping from the layer names of :func:`quantizer_summary` to counts or a
+            sequence in that order.
+
+    Example::
+
+        >>> from torch import nn
+        >>> net = nn.Sequential(QACQuantizer(t=2.0), QACQuantizer(t=3.0), QACQuantizer(t=2.0))
+        >>> average_timestep(net, weighted_by_ops=[1.0, 2.0, 1.0])
+        AverageTimestep(plain=2.3333333333333335, op_weighted=2.5)
+    """
+    rows = quantizer_summary(model)
+    if not rows:
+        raise ValueError(f"average_timestep: {type(model).__name__} has no quantized or spiking layers "
+                         f"(QACQuantizer, QCFS or AlignedNeuron); run prepare_qat() or convert it first")
+    Ts = [r["T"] for r in rows]
+    plain = sum(Ts) / len(Ts)
+    if weighted_by_ops is None:
+        return AverageTimestep(plain, None)
+    if isinstance(weighted_by_ops, Mapping):
+        missing = [r["layer"] for r in rows if r["layer"] not in weighted_by_ops]
+        if missing:
+            raise ValueError(f"average_timestep: weighted_by_ops lacks op counts for layers {missing}; "
+                             f"give one count per layer of quantizer_summary(model)")
+        ops = [float(weighted_by_ops[r["layer"]]) for r in rows]
+    else:
+        ops = [float(v) for v in weighted_by_ops]
+        if len(ops) != len(rows):
+            raise ValueError(f"average_timestep: got {len(ops)} op counts for {len(rows)} timestep layers; give "
+                             f"one per layer, in the order of quantizer_summary(model)")
+    if any(not math.isfinite(o) or o < 0 for o in ops) or sum(ops) <= 0:
+        raise ValueError(f"average_timestep: op counts must be finite, >= 0 and not all 0, got {ops}")
+    return AverageTimestep(plain, sum(T * o for T, o in zip(Ts, ops)) / sum(ops))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Quantization-aware training preparation (§4.3 step 1)
+# ----------------------------------------------------------------------------------------------------
+_MAXPOOL_TO_AVG = {nn.MaxPool1d: nn.AvgPool1d, nn.MaxPool2d: nn.AvgPool2d, nn.MaxPool3d: nn.AvgPool3d}
+_ADAPTIVE_MAX_TO_AVG = {nn.AdaptiveMaxPool1d: nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool2d: nn.AdaptiveAvgPool2d,
+                        nn.AdaptiveMaxPool3d: nn.AdaptiveAvgPool3d}
+# Nonlinearities a quantizer cannot stand in for: converting them silently would change the network.
+UNSUPPORTED_ACTIVATIONS = (nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.Hardswish, nn.Hardtanh,
+                           nn.ReLU6, nn.PReLU, nn.Softplus, nn.Mish, nn.CELU, nn.SELU, nn.Hardsigmoid, nn.RReLU,
+                           nn.LogSigmoid, nn.Softsign, nn.Tanhshrink, nn.Threshold)
+_FUNCTIONAL_RELU_NAMES = ("relu", "relu_")
+
+
+@dataclass
+class QATReport:
+    """What :func:`prepare_qat` changed. ``replaced``: ``{"name", "old", "new"}`` per module;
+    ``unsupported``: modules or functional calls that were left alone; ``notes``: anything to know."""
+
+    model: str
+    param: str
+    replaced: list[dict] = field(default_factory=list)
+    unsupported: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_quantizers(self) -> int:
+        return sum(1 for r in self.replaced if r["new"] == "QACQuantizer")
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"n_quantizers": self.n_quantizers}
+
+
+def _named_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent_name, _, attr = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), attr
+
+
+def find_functional_activations(model: nn.Module) -> list[dict] | None:
+    """Functional ReLU calls (``F.relu``, ``torch.relu``, ``x.relu()``) in ``model.forward``, found with torch.fx.
+
+    multispike's own time-major modules (containers, neurons, quantizers, ``ResidualAdd``) are treated as
+    leaves. Returns ``None`` (and a warning is the caller's business) when the model cannot be traced
+    symbolically, e.g. because its forward branches on tensor values.
+    """
+    import torch.fx as fx
+
+    from ..layers import DirectEncoder, MeanOverTime, ResidualAdd, SeqToANNContainer, TemporalAlign
+    from ..neurons.base import StepModule
+
+    leaves = (SeqToANNContainer, StepModule, ResidualAdd, TemporalAlign, DirectEncoder, MeanOverTime, QACQuantizer,
+              QCFS)
+
+    class _Tracer(fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return isinstance(m, leaves) or super().is_leaf_module(m, qualname)
+
+    try:
+        graph = _Tracer().trace(model)
+    except Exception:  # noqa: BLE001 - any tracing failure only means "cannot check"
+        return None
+    sites = []
+    for node in graph.nodes:
+        target = node.target
+        hit = (node.op == "call_function" and getattr(target, "__name__", "") in _FUNCTIONAL_RELU_NAMES) or \
+              (node.op == "call_method" and target in _FUNCTIONAL_RELU_NAMES)
+        if hit:
+            stack = node.meta.get("nn_module_stack") or {}
+            where = next(reversed(stack.values()))[0] if stack else ""
+            where = where if isinstance(where, str) else ""
+            sites.append({"node": node.name, "call": f"{getattr(target, '__module__', 'Tensor')}.{node.target}"
+                          if node.op == "call_function" else f"Tensor.{target}", "module": where})
+    return sites
+
+
+def prepare_qat(model: nn.Module, param: str = "t_alpha", alpha: float = 8.0, t: float = 4.0,
+                t_to_T: str = "round", t_max: int = 64, init_from_qcfs: bool = True, strict: bool = True,
+                check_functional: bool = True) -> QATReport:
+    """Prepare ``model`` in place for QAC quantization-aware training (§4.3 step 1, §3.1).
+
+    * every ``nn.ReLU`` -> :class:`QACQuantizer` (``param``, ``alpha``, ``t``, ``t_to_T``, ``t_max``);
+    * every :class:`~multispike.quant.qcfs.QCFS` -> QACQuantizer, initialised from its ϑ and levels
+      (``alpha = ϑ``, ``t = levels``) when ``init_from_qcfs``;
+    * every ``MaxPool{1,2,3}d`` -> ``AvgPool`` with the same kernel, stride, padding and ceil mode, and
+      ``AdaptiveMaxPool`` -> ``AdaptiveAvgPool`` (a max over spike trains is not a max over rates).
+
+    Args:
+        strict: raise on constructs the quantizer cannot replace (other activations such as GELU,
+            dilated or index-returning max pools, functional ReLU calls); with ``strict=False`` they are
+            listed in ``report.unsupported`` and left alone.
+        check_functional: trace the forward with torch.fx to find functional ReLU calls.
+
+    Returns:
+        A :class:`QATReport` listing every replaced module (``name``, ``old``, ``new``).
+
+    Example::
+
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2))
+        >>> report = prepare_qat(net, t=3.0)
+        >>> [(r["name"], r["new"]) for r in report.replaced]
+        [('1', 'QACQuantizer'), ('2', 'AvgPool2d')]
+    """
+    if isinstance(model, (nn.ReLU, QCFS, *_MAXPOOL_TO_AVG, *_ADAPTIVE_MAX_TO_AVG)):
+        raise ValueError(f"prepare_qat: the model itself is a {type(model).__name__}; wrap it in a container "
+                         f"(nn.Sequential) so it can be replaced in place")
+    # Validate the quantizer arguments once, before touching the model.
+    QACQuantizer(param=param, alpha=alpha, t=t, t_to_T=t_to_T, t_max=t_max)
+    report = QATReport(model=type(model).__name__, param=param)
+    for name, m in list(model.named_modules()):
+        if not name:
+            continue
+        new: nn.Module | None = None
+        if isinstance(m, nn.ReLU):
+            new = QACQuantizer(param=param, alpha=alpha, t=t, t_to_T=t_to_T, t_max=t_max)
+        elif isinstance(m, QCFS):
+            a0, t0 = (float(m.threshold.detach()), float(m.levels)) if init_from_qcfs else (alpha, t)
+            if not 1.0 <= t0 <= t_max:
+                raise ValueError(f"prepare_qat: QCFS {name!r} has levels={m.levels} outside [1, t_max={t_max}]; "
+                                 f"raise t_max or use init_from_qcfs=False")
+            new = QACQuantizer(param=param, alpha=a0, t=t0, t_to_T=t_to_T, t_max=t_max)
+        elif type(m) in _MAXPOOL_TO_AVG:
+            dil = m.dilation if isinstance(m.dilation, tuple) else (m.dilation,)
+            if any(d != 1 for d in dil) or m.return_indices:
+                report.unsupported.append({"name": name, "type": type(m).__name__,
+                                           "why": "dilated or index-returning max pool has no AvgPool equivalent"})
+                continue
+            new = _MAXPOOL_TO_AVG[type(m)](m.kernel_size, m.stride, m.padding, ceil_mode=m.ceil_mode,
+                                           count_include_pad=True)
+        elif type(m) in _ADAPTIVE_MAX_TO_AVG:
+            if m.return_indices:
+                report.unsupported.append({"name": name, "type": type(m).__name__,
+                                           "why": "index-returning adaptive max pool"})
+                continue
+            new = _ADAPTIVE_MAX_TO_AVG[type(m)](m.output_size)
+        elif isinstance(m, UNSUPPORTED_ACTIVATIONS):
+            report.unsupported.append({"name": name, "type": type(m).__name__,
+                                       "why": "QAC replaces ReLU only; this nonlinearity has no IF equivalent"})
+            continue
+        if new is not None:
+            # Keep the model's dtype/device for the new parameters (a float64 model stays float64).
+            ref = next((p for p in m.parameters()), None) or next((p for p in model.parameters()), None)
+            if ref is not None and ref.is_floating_point():
+                new = new.to(device=ref.device, dtype=ref.dtype)
+            parent, attr = _named_parent(model, name)
+            setattr(parent, attr, new)
+            report.replaced.append({"name": name, "old": type(m).__name__, "new": type(new).__name__})
+    if check_functional:
+        sites = find_functional_activations(model)
+        if sites is None:
+            msg = (f"prepare_qat: could not trace {type(model).__name__}.forward with torch.fx, so functional "
+                   f"ReLU calls (F.relu, torch.relu) were not checked; use nn.ReLU modules")
+            report.notes.append(msg)
+            warnings.warn(msg, stacklevel=2)
+        else:
+            for s in sites:
+                report.unsupported.append({"name": s["module"] or s["node"], "type": s["call"],
+                                           "why": "functional ReLU: make it an nn.ReLU module (or use the generic "
+                                                  "converter in multispike.convert.converter) so it is quantized"})
+    if strict and report.unsupported:
+        lines = "; ".join(f"{u['name']} ({u['type']}): {u['why']}" for u in report.unsupported)
+        raise ValueError(f"prepare_qat: {type(model).__name__} contains constructs QAC cannot quantize: {lines}. "
+                         f"Pass strict=False to leave them in place.")
+    if report.n_quantizers == 0:
+        report.notes.append("no ReLU or QCFS module found: nothing was quantized")
+    return report
