@@ -38,7 +38,8 @@ def _lane_rule(r: float, S: int, bounds: str, fire_ge: bool) -> int:
     return S - 1
 
 
-def _reference(x, S, theta, beta, reset, reset_leak, bounds="paper", fire_ge=False, scaled=False):
+def _reference(x, S, theta, beta, reset, reset_leak, bounds="paper", fire_ge=False, scaled=False,
+               decay_input=False):
     """Scalar loops over every element: the update equations of §5.2 read literally."""
     T, n = x.shape[0], x[0].numel()
     flat = x.reshape(T, n).tolist()
@@ -49,6 +50,8 @@ def _reference(x, S, theta, beta, reset, reset_leak, bounds="paper", fire_ge=Fal
         for t in range(T):
             if reset == "soft" and not reset_leak:
                 u = beta * u + flat[t][i] - theta * prev_out          # MLIF-P eq. (6)
+            elif decay_input:
+                u = u + (flat[t][i] - u) * (1 - beta)                 # SpikingJelly LIF, τ = 1/(1 − β)
             else:
                 u = beta * u + flat[t][i]
             s = _lane_rule(u / (theta * unit), S, bounds, fire_ge)
@@ -62,15 +65,17 @@ def _reference(x, S, theta, beta, reset, reset_leak, bounds="paper", fire_ge=Fal
     return torch.tensor(out, dtype=x.dtype).reshape(x.shape)
 
 
-@pytest.mark.parametrize("reset,reset_leak", RESETS)
+@pytest.mark.parametrize("reset,reset_leak,decay_input", [(r, leak, False) for r, leak in RESETS]
+                         + [("soft", True, True), ("hard", True, True)])
 @pytest.mark.parametrize("S,bounds,scaled", [(1, "paper", False), (3, "paper", False), (4, "floor", False),
                                              (3, "paper", True)])
-def test_dynamics_match_literal_reference(reset, reset_leak, S, bounds, scaled):
+def test_dynamics_match_literal_reference(reset, reset_leak, decay_input, S, bounds, scaled):
     g = torch.Generator().manual_seed(S * 7 + len(reset))
     x = torch.randn(7, 3, 5, generator=g, dtype=torch.float64) * 1.5 + 1.0
     y, _, _ = mlif_multistep(x, lanes=S, v_threshold=0.6, leak=0.75, reset=reset, reset_leak=reset_leak,
-                             lane_bounds=bounds, scaled=scaled)
-    assert_close(y, _reference(x, S, 0.6, 0.75, reset, reset_leak, bounds, scaled=scaled), atol=1e-12, rtol=0)
+                             lane_bounds=bounds, scaled=scaled, decay_input=decay_input)
+    want = _reference(x, S, 0.6, 0.75, reset, reset_leak, bounds, scaled=scaled, decay_input=decay_input)
+    assert_close(y, want, atol=1e-12, rtol=0)
 
 
 def test_hand_worked_paper_and_code_forms():
@@ -124,6 +129,34 @@ def test_single_lane_equals_lif_forward_and_backward(reset, reset_leak, beta, de
     assert got[0].sum() > 0 and (got[0] == 0).any()          # both regimes occur
     # Bitwise equal, except that LIF's hard reset m·(1−s) + V_r·s adds a zero-valued V_r·s term whose
     # gradient changes the floating-point summation order of ∂/∂s.
+    tol = dict(atol=1e-14, rtol=1e-14) if reset == "hard" and not detach_reset else EXACT
+    for a, b in zip(got, want):
+        assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("reset", ["soft", "hard"])
+@pytest.mark.parametrize("detach_reset", [False, True])
+def test_single_lane_decay_input_equals_spikingjelly_lif(reset, detach_reset):
+    # SDT / MLIF-C transformers: SpikingJelly LIF, τ = 2 (β = 0.5), sigmoid α = 4
+    g = torch.Generator().manual_seed(8)
+    x0 = torch.randn(8, 3, 5, generator=g, dtype=torch.float64) * 2 + 1
+    w = torch.randn(8, 3, 5, generator=g, dtype=torch.float64)
+
+    def run(fn):
+        x = x0.clone().requires_grad_(True)
+        theta = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+        y = fn(x, theta)
+        (w * y).sum().backward()
+        return y.detach(), x.grad, theta.grad
+
+    got = run(lambda x, th: mlif_multistep(x, lanes=1, v_threshold=th, leak=0.5, decay_input=True, reset=reset,
+                                           reset_leak=True, shape="sigmoid", alpha=4.0,
+                                           detach_reset=detach_reset)[0])
+    want = run(lambda x, th: lif_multistep(x, v_threshold=th, tau=2.0, leak_mode="decay_input",
+                                           v_reset=None if reset == "soft" else 0.0, fire_ge=False,
+                                           surrogate=Sigmoid(4.0), surrogate_form="normalized",
+                                           detach_reset=detach_reset)[0])
+    assert got[0].sum() > 0
     tol = dict(atol=1e-14, rtol=1e-14) if reset == "hard" and not detach_reset else EXACT
     for a, b in zip(got, want):
         assert_close(a, b, **tol)
@@ -447,7 +480,7 @@ def test_bad_lane_count_is_a_clear_error(lanes):
     (dict(surrogate="difference"), "surrogate"), (dict(surrogate_shape="atan"), "surrogate shape"),
     (dict(gamma=0.0), "gamma"), (dict(surrogate_shape="sigmoid", alpha=-1.0), "alpha"),
     (dict(dropout=1.0), "dropout"), (dict(dropout=-0.1), "dropout"), (dict(leak=1.5), "leak"),
-    (dict(step_mode="x"), "step_mode"),
+    (dict(step_mode="x"), "step_mode"), (dict(decay_input=True), "decay_input"),
 ])
 def test_bad_module_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -462,6 +495,8 @@ def test_bad_function_inputs():
         mlif_multistep(x, v_threshold=torch.tensor(-2.0))
     with pytest.raises(ValueError, match="reset"):
         mlif_multistep(x, reset="zero")
+    with pytest.raises(ValueError, match="decay_input"):
+        mlif_multistep(x, decay_input=True, reset="soft", reset_leak=False)
     with pytest.raises(ValueError, match="lane_mask"):
         mlif_multistep(x, lanes=3, lane_mask=torch.ones(2, 2, 4))
     with pytest.raises(ValueError, match=r"\[T, B, \.\.\.\]"):

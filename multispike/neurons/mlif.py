@@ -18,6 +18,7 @@ Membrane update (post-reset membrane ``v``, merged payload ``o``)::
     soft, reset_leak=True  (MLIF-C static CNNs):  m(t) = β·v(t-1) + I(t);   v(t) = m(t) − θ·o(t)
     soft, reset_leak=False (MLIF-P eq. 6):         u(t) = β·u(t-1) + I(t) − θ·o(t-1)   (reset not leaked)
     hard (MLIF-C DVS / transformers):              m(t) = β·v(t-1) + I(t);   v(t) = m(t)·(1 − Σ_s o_s(t))
+    decay_input=True (SpikingJelly LIF, SDT):      m(t) = v(t-1) + (I(t) − v(t-1))·(1 − β)     (τ = 1/(1 − β))
 
 Surrogate gradients (§5.3). With ``g_k(u) = (1/(2^kθ))·h'(u/(2^kθ) − 1)`` (``h'`` the triangle
 ``γ·max(0, 1−|x|)`` or the sigmoid' ``α·σ(αx)(1−σ(αx))``), the per-lane window derivative is
@@ -259,6 +260,7 @@ def mlif_multistep(
     v_init: float | torch.Tensor = 0.0,
     reset: str = "soft",
     reset_leak: bool = False,
+    decay_input: bool = False,
     lane_bounds: str = "paper",
     scaled: bool = False,
     surrogate: str = "paper_difference",
@@ -284,6 +286,8 @@ def mlif_multistep(
         reset: ``"soft"`` (subtract θ·o) or ``"hard"`` (``v = m·(1 − Σ_s o_s)``).
         reset_leak: soft reset only. True: code form (reset subtracted at once and leaked at the next step);
             False: paper form ``u(t) = β·u(t−1) + I(t) − θ·o(t−1)``. Ignored for the hard reset.
+        decay_input: SpikingJelly's ``decay_input`` charge ``m = v + (I − v)·(1 − β)`` (the transformers of
+            MLIF-C: τ = 2, i.e. β = 0.5, hard reset); needs ``reset="hard"`` or ``reset_leak=True``.
         lane_bounds: ``"paper"`` ``(2^s, 2^{s+1}]`` or ``"floor"`` ``[2^s, 2^{s+1})``.
         scaled: emit ``2^{s−S+1}`` with edges at ``2^{s−S+1}·θ`` (soft reset subtracts θ·payload).
         surrogate: ``"paper_difference"`` (default), ``"code_sum"`` or ``"fast_unscaled"``.
@@ -328,6 +332,9 @@ def mlif_multistep(
             1, S, *([1] * (x_seq.dim() - 2)))
     soft = reset == "soft"
     paper_form = soft and not reset_leak
+    if decay_input and paper_form:
+        raise ValueError(f"{owner}: decay_input=True (SpikingJelly LIF charge) needs reset='hard' or the code form "
+                         f"reset_leak=True; the paper form subtracts the reset at the next step")
     if state is None:
         v = torch.zeros_like(x_seq[0]) + v_init
         last_reset = torch.zeros_like(x_seq[0]) if paper_form else None
@@ -341,6 +348,9 @@ def mlif_multistep(
         if paper_form:
             # u(t) = β·u(t−1) + I − θ·o(t−1) with u(t−1) = v(t−1) + θ·o(t−1) (same expression as lif_multistep)
             m = leak * (v + last_reset) + current - last_reset
+        elif decay_input:
+            # SpikingJelly: v + (I − (v − V_r))/τ with V_r = 0; (1 − β) = 1/τ is exact for τ = 2
+            m = v + (current - v) * (1.0 - leak)
         else:
             m = leak * v + current
         r = m / theta_edge
@@ -399,6 +409,8 @@ class OneHotMLIF(MemoryModule):
         backend: ``"torch"`` (reference), ``"auto"`` or a registered ``"mlif"`` kernel.
         store_lanes: keep the lane tensor of the last call in ``self.lanes_seq``.
         store_v_seq: keep the post-reset membrane sequence of the last call in ``self.v_seq``.
+        decay_input: SpikingJelly LIF charge ``m = v + (I − v)·(1 − β)`` (MLIF-C transformers: β = 0.5,
+            ``reset="hard"``, ``detach_reset=True``, ``scaled=True``, sigmoid α = 4, fixed θ = 1).
 
     Statistics protocol: ``lanes = S``, ``levels = 2^{S−1}``, :meth:`spike_events` (value-weighted events
     payload/unit) and :meth:`active_lanes` (one fired lane = one AC, §6.2).
@@ -419,13 +431,18 @@ class OneHotMLIF(MemoryModule):
                  surrogate: str = "paper_difference", surrogate_shape: str | SurrogateFunction = "triangle",
                  gamma: float = 0.3, alpha: float = 4.0, fire_ge: bool = False, detach_reset: bool = False,
                  v_init: float | torch.Tensor = 0.0, dropout: float = 0.0, step_mode: str = "m",
-                 backend: str = "torch", store_lanes: bool = False, store_v_seq: bool = False) -> None:
+                 backend: str = "torch", store_lanes: bool = False, store_v_seq: bool = False,
+                 decay_input: bool = False) -> None:
         super().__init__(step_mode=step_mode, backend=backend)
         owner = type(self).__name__
         self.lanes = _check_lanes(lanes, owner)
         self.levels = 2 ** (self.lanes - 1)
         self.reset_mode = _check_choice(reset, "reset", MLIF_RESETS, owner)
         self.reset_leak = bool(reset_leak)
+        self.decay_input = bool(decay_input)
+        if self.decay_input and self.reset_mode == "soft" and not self.reset_leak:
+            raise ValueError(f"{owner}: decay_input=True (SpikingJelly LIF charge) needs reset='hard' or "
+                             f"reset_leak=True (the paper form subtracts the reset at the next step)")
         self.lane_bounds = _check_choice(lane_bounds, "lane_bounds", LANE_BOUNDS, owner)
         self.surrogate = _check_choice(surrogate, "surrogate", MLIF_SURROGATES, owner)
         self.surrogate_function = _make_shape(surrogate_shape, gamma, alpha, owner)
@@ -487,7 +504,8 @@ class OneHotMLIF(MemoryModule):
     def dynamics_kwargs(self) -> dict:
         """Keyword arguments of :func:`mlif_multistep` (and of every fused ``"mlif"`` kernel)."""
         return dict(lanes=self.lanes, v_threshold=self.v_threshold, leak=self.leak, v_init=self.v_init,
-                    reset=self.reset_mode, reset_leak=self.reset_leak, lane_bounds=self.lane_bounds,
+                    reset=self.reset_mode, reset_leak=self.reset_leak, decay_input=self.decay_input,
+                    lane_bounds=self.lane_bounds,
                     scaled=self.scaled, surrogate=self.surrogate, shape=self.surrogate_function,
                     fire_ge=self.fire_ge, detach_reset=self.detach_reset)
 
@@ -547,6 +565,6 @@ class OneHotMLIF(MemoryModule):
         shape = self.surrogate_function
         width = (f"gamma={shape.alpha:g}" if isinstance(shape, Triangle) else f"alpha={shape.alpha:g}")
         return (f"lanes={self.lanes}, v_threshold={theta}, leak={beta}, reset={self.reset_mode!r}, "
-                f"reset_leak={self.reset_leak}, lane_bounds={self.lane_bounds!r}, scaled={self.scaled}, "
+                f"reset_leak={self.reset_leak}, decay_input={self.decay_input}, lane_bounds={self.lane_bounds!r}, scaled={self.scaled}, "
                 f"surrogate={self.surrogate!r}, shape={type(shape).__name__}({width}), fire_ge={self.fire_ge}, "
                 f"detach_reset={self.detach_reset}, dropout={self.dropout}, {super().extra_repr()}")
