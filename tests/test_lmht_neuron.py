@@ -1,6 +1,4 @@
 """LM-HT / M-HT neurons: the invariants of algorithms.md §2.9 items 1, 2, 5, 6, step modes, layouts, errors."""
-import math
-
 import pytest
 import torch
 from hypothesis import given, settings

@@ -108,7 +108,9 @@ def window_start_leak(leak: torch.Tensor | float, T: int, levels: int) -> torch.
     """Per-sub-step leak of the reparameterised neuron: ``λ̂_j = λ`` at window starts (j ≡ 0 mod L), else 1."""
     L = check_positive_int(levels, "levels", fix="Use L >= 1.")
     T = check_positive_int(T, "T", fix="Use T >= 1.")
-    leak = torch.as_tensor(leak, dtype=torch.get_default_dtype()).detach()
+    leak = leak.detach() if isinstance(leak, torch.Tensor) else torch.tensor(float(leak))
+    if not leak.is_floating_point():
+        leak = leak.to(torch.get_default_dtype())
     if leak.numel() != 1:
         raise ValueError(f"window_start_leak: the leak must be a scalar, got shape {tuple(leak.shape)}")
     sched = torch.ones(T * L, dtype=leak.dtype, device=leak.device)
