@@ -145,6 +145,14 @@ def test_resize_is_bilinear_and_makes_values_non_binary():
     assert enc(torch.ones(8, 2, 128, 128)).shape == (2, 2, 2, 48, 48)
 
 
+def test_resize_matches_pil_bilinear():
+    Image = pytest.importorskip("PIL.Image", reason="Pillow not installed")
+    lanes = (torch.rand(1, 1, 1, 128, 128, generator=torch.Generator().manual_seed(0)) > 0.7).float()
+    ours = resize_lanes(lanes, 48)[0, 0, 0]
+    pil = Image.fromarray(lanes[0, 0, 0].numpy(), mode="F").resize((48, 48), Image.BILINEAR)
+    assert_close(ours, torch.from_numpy(np.array(pil)), atol=1e-5, rtol=0)
+
+
 def _find_transform(x: torch.Tensor, y: torch.Tensor, max_roll: int) -> list[tuple[bool, int, int]]:
     found = []
     for flip in (False, True):

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .encoding import MultiLevelEncoder
-from .events import SensorSize, as_sensor_size, validate_events
+from .events import SensorSize, validate_events
 from .frames import FrameCache, frames_from_events
 from .readers import (CIFAR10DVS_SENSOR_SIZE, NMNIST_SENSOR_SIZE, read_cifar10dvs_aedat, read_events_npz,
                       read_nmnist_bin)
