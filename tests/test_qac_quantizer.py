@@ -69,7 +69,7 @@ def test_gradients_match_closed_forms(param, t):
     quant = _quantizer(param, alpha=2.0, t=t)
     T, alpha = quant.timesteps, quant.alpha
     assert T == timesteps_from_continuous(t)
-    d = float(quant.d) if param in ("n_d", "d_alpha") else alpha / T
+    d = float(quant.d.detach()) if param in ("n_d", "d_alpha") else alpha / T
     for frac in (*BELOW, *INSIDE, *ABOVE):
         x = frac * alpha
         q, gx, g1, g2 = _grads(quant, x)
@@ -89,7 +89,7 @@ def test_parameter_gradients_sum_over_elements(param):
     p1, p2 = quant.learnable_pair()
     e1 = e2 = 0.0
     q = quant(x.detach())
-    d = float(quant.d) if param in ("n_d", "d_alpha") else quant.alpha / quant.timesteps
+    d = float(quant.d.detach()) if param in ("n_d", "d_alpha") else quant.alpha / quant.timesteps
     for xi, qi, wi in zip(x.detach().flatten().tolist(), q.flatten().tolist(), w.flatten().tolist()):
         _, a, b = _closed_form(param, xi, qi, quant.timesteps, quant.alpha, d)
         e1, e2 = e1 + wi * a, e2 + wi * b
@@ -116,7 +116,7 @@ def test_gradients_match_finite_differences_away_from_steps(param):
     parameters, T continuous. Away from rounding and clipping steps this is the function whose exact derivative
     the table gives; the custom backward must agree at an integer T."""
     quant = _quantizer(param, alpha=2.0, t=4.0)
-    p1, p2 = (float(p) for p in quant.learnable_pair())
+    p1, p2 = (float(p.detach()) for p in quant.learnable_pair())
     T0, a0 = _continuous(param, p1, p2)
     assert T0 == quant.timesteps and abs(a0 - quant.alpha) < 1e-12
     d0 = a0 / T0
@@ -148,6 +148,10 @@ def test_t_to_integer_timesteps():
     assert [timesteps_from_continuous(v) for v in (1.0, 1.49, 1.5, 2.5, 2.6, 3.4999)] == [1, 1, 2, 3, 3, 3]
     assert [timesteps_from_continuous(v, "ceil") for v in (1.0, 1.01, 2.6, 3.0)] == [1, 2, 3, 3]
     assert timesteps_from_continuous(0.2) == 1 and timesteps_from_continuous(500.0, t_max=64) == 64
+    with pytest.raises(ValueError, match="t_to_T"):
+        timesteps_from_continuous(2.0, "floor")
+    with pytest.raises(ValueError, match="finite"):
+        timesteps_from_continuous(float("nan"))
     quant = QACQuantizer(t=2.6)
     assert quant.timesteps == 3 and quant.bit_width == pytest.approx(math.log2(3))
     assert QACQuantizer(t=2.1, t_to_T="ceil").timesteps == 3

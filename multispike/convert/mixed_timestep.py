@@ -109,6 +109,22 @@ class AlignedNeuron(StepModule):
             raise AttributeError(f"AlignedNeuron: the wrapped {type(self.neuron).__name__} has no v_threshold tensor")
         return float(theta.detach().mean())
 
+    # --- statistics protocol (multispike.metrics): delegated to the wrapped neuron, so monitors count the
+    # population once and read this layer's declared T
+    def spike_events(self, y: torch.Tensor) -> torch.Tensor:
+        return self.neuron.spike_events(y)
+
+    def active_lanes(self, y: torch.Tensor) -> torch.Tensor:
+        return self.neuron.active_lanes(y)
+
+    @property
+    def levels(self) -> int:
+        return int(getattr(self.neuron, "levels", 1))
+
+    @property
+    def lanes(self) -> int:
+        return int(getattr(self.neuron, "lanes", 1))
+
     def align_input(self, x_seq: torch.Tensor) -> torch.Tensor:
         """The aligned input current ``[T, B, ...]``."""
         if self.align is not None:

@@ -52,6 +52,8 @@ def timesteps_from_continuous(value: float, t_to_T: str = "round", t_max: int = 
     ``round`` is round half up (``⌊v + ½⌋``, §0: 2.5 -> 3), ``ceil`` is ``⌈v⌉``; ``v`` is first clamped
     to ``[1, t_max]``, so the result is always in ``[1, t_max]``.
     """
+    if t_to_T not in T_ROUNDING:
+        raise ValueError(f"QAC: t_to_T must be one of {T_ROUNDING}, got {t_to_T!r}")
     if not math.isfinite(value):
         raise ValueError(f"QAC: the continuous timestep must be finite, got {value!r}; lower the learning rate "
                          f"of the quantizer parameters")
@@ -63,8 +65,9 @@ def timesteps_from_continuous(value: float, t_to_T: str = "round", t_max: int = 
 def qac_quantize(x: torch.Tensor, alpha: torch.Tensor | float, T: int) -> torch.Tensor:
     """Forward value of the quantizer, ``(α/T)·clip(⌊x·T/α + ½⌋, 0, T)``, without any gradient rule.
 
-    The product is formed as ``level·α/T`` (the integer level times α first), which is how an IF neuron's
-    time-averaged payload ``θ·Σs/T`` is formed, so the two agree bit for bit when ``α`` is a power of two.
+    The product is formed as ``level·α/T`` (the integer level times α first), the way an IF neuron's
+    time-averaged payload ``(Σ_t θ·s(t))/T`` is formed, so the two agree bit for bit whenever the partial sums
+    ``j·α`` are exact in floating point (e.g. α = 1.5 or 2.0).
     """
     levels = torch.clamp(torch.floor(x * T / alpha + 0.5), 0, T)
     return levels * alpha / T
@@ -548,7 +551,8 @@ def prepare_qat(model: nn.Module, param: str = "t_alpha", alpha: float = 8.0, t:
             continue
         if new is not None:
             # Keep the model's dtype/device for the new parameters (a float64 model stays float64).
-            ref = next((p for p in m.parameters()), None) or next((p for p in model.parameters()), None)
+            ref = next(m.parameters(), None)
+            ref = next(model.parameters(), None) if ref is None else ref
             if ref is not None and ref.is_floating_point():
                 new = new.to(device=ref.device, dtype=ref.dtype)
             parent, attr = _named_parent(model, name)
