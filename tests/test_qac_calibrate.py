@@ -100,8 +100,8 @@ def test_a_learnable_threshold_keeps_its_parameter_object():
     theta = nn.Parameter(nrn.v_threshold.clone())
     nrn.v_threshold = theta
     report = calibrate(snn, ann, _data(1), epochs=2, lr=1e-2, target="float")
-    assert nrn.v_threshold is theta and float(theta) == pytest.approx(report.layers[0]["theta_after"])
-    assert float(theta) != report.layers[0]["theta_before"] and theta.requires_grad
+    assert nrn.v_threshold is theta and theta.item() == pytest.approx(report.layers[0]["theta_after"])
+    assert theta.item() != report.layers[0]["theta_before"] and theta.requires_grad
 
 
 def test_static_images_with_add_time_dim():

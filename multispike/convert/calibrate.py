@@ -117,10 +117,10 @@ def _channel_shape(step_shape: torch.Size, per: str) -> tuple[int, ...]:
 
 
 def calibrate(snn: nn.Module, ann: nn.Module, data_iter: Iterable, epochs: int = 10, lr: float = 1e-3,
-              target: str = "quantized", v_init_shape: str = "channel", surrogate: SurrogateFunction | str | None = None,
-              surrogate_form: str = "normalized", learn_threshold: bool = True, learn_v_init: bool = True,
-              eval_iter: Iterable | None = None, add_time_dim: bool = False, device: torch.device | str | None = None
-              ) -> CalibrationReport:
+              target: str = "quantized", v_init_shape: str = "channel",
+              surrogate: SurrogateFunction | str | None = None, surrogate_form: str = "normalized",
+              learn_threshold: bool = True, learn_v_init: bool = True, eval_iter: Iterable | None = None,
+              add_time_dim: bool = False, device: torch.device | str | None = None) -> CalibrationReport:
     """Learn v(0) and θ of every spiking layer of ``snn`` so its time-mean output matches ``ann`` (§4.5).
 
     ``snn`` is modified in place (only ``v_init`` and ``v_threshold`` of its neurons change; afterwards they are

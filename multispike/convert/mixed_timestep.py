@@ -20,6 +20,7 @@ import copy
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -252,8 +253,8 @@ class MixedTimestepReport:
 def fold_bn(model: nn.Module) -> list[dict]:
     """Fold every BN that directly follows a conv/linear in a ``Sequential``/``SeqToANNContainer`` (in place).
 
-    Delegates to :func:`multispike.convert.fuse.fold_bn` (``W' = W·γ/√(σ²+ε)``, ``b' = γ(b−μ)/√(σ²+ε) + β``);
-    returns ``[{"synapse": name, "bn": name}, ...]``.
+    Delegates to :func:`multispike.convert.fuse.fold_bn` (``W' = W·γ/√(σ²+ε)``,
+    ``b' = γ(b−μ)/√(σ²+ε) + β``); returns ``[{"synapse": name, "bn": name}, ...]``.
     """
     return [dict(r) for r in _fold_bn_pairs(model)]
 
@@ -287,7 +288,7 @@ def _is_quantizer(m: nn.Module) -> bool:
     return isinstance(m, _QUANTIZERS)
 
 
-def _replace_quantizers(module: nn.Module, prefix: str, make: "callable") -> None:
+def _replace_quantizers(module: nn.Module, prefix: str, make: Callable[[nn.Module, str], nn.Module]) -> None:
     """Replace every quantizer below ``module`` by ``make(quantizer, name)``.
 
     A quantizer inside a ``SeqToANNContainer`` (which runs on the merged ``T·B`` batch) splits the container:
@@ -306,7 +307,8 @@ def _replace_quantizers(module: nn.Module, prefix: str, make: "callable") -> Non
             _replace_quantizers(child, full, make)
 
 
-def _split_container(container: SeqToANNContainer, name: str, make) -> nn.Sequential:
+def _split_container(container: SeqToANNContainer, name: str, make: Callable[[nn.Module, str], nn.Module]
+                     ) -> nn.Sequential:
     parts: list[nn.Module] = []
     segment: list[nn.Module] = []
     for child_name, child in container.named_children():
@@ -330,8 +332,8 @@ def _check_supported(net: nn.Module, model_name: str) -> list[str]:
     """Raise on constructs with no exact spiking form; return notes on user modules that were kept unchecked."""
     bad, notes = [], []
     for name, m in net.named_modules():
-        if not name or isinstance(m, AlignedNeuron):
-            continue
+        if not name or isinstance(m, (AlignedNeuron, nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+            continue  # containers (an empty nn.Sequential is the usual identity shortcut) are checked via children
         inside_aligned = any(isinstance(net.get_submodule(".".join(name.split(".")[:k])), AlignedNeuron)
                              for k in range(1, len(name.split("."))))
         if inside_aligned:
@@ -420,8 +422,9 @@ def profile_timesteps(snn: nn.Module, example_input: torch.Tensor) -> dict:
 # ----------------------------------------------------------------------------------------------------
 # Conversion
 # ----------------------------------------------------------------------------------------------------
-def _convert(model: nn.Module, *, T_of, mode: str, align: str | None, v_init: str | float, fold: bool,
-             example_input: torch.Tensor | None, inplace: bool, encoder_T: int) -> tuple[nn.Module, MixedTimestepReport]:
+def _convert(model: nn.Module, *, T_of: Callable[[nn.Module], int], mode: str, align: str | None,
+             v_init: str | float, fold: bool, example_input: torch.Tensor | None, inplace: bool,
+             encoder_T: int) -> tuple[nn.Module, MixedTimestepReport]:
     model_name = type(model).__name__
     v_frac = _v_init_fraction(v_init)
     if align is not None:
