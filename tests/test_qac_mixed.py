@@ -360,3 +360,31 @@ def test_v_init_options_and_profile():
     prof = profile_timesteps(snn, _input(batch=1))
     assert set(prof["ops"]) == {"q1", "q2", "q3"} and prof["consumer"] == {"add": "q3"}
     assert math.isclose(prof["readout_ops"], 1280.0)
+
+
+# ------------------------------------------------------------------------------------------- zoo integration
+def test_zoo_resnet_trained_with_qac_converts_exactly():
+    """A zoo model built with neuron='qac' (TimeMajorModel: stem once, DirectEncoder, ResidualAdd blocks):
+    prepare/convert work on it, the converter sets its encoder to one step, and the SNN equals the QAT model."""
+    from multispike.models.registry import create_model
+    from multispike.quant.qac import find_functional_activations
+
+    torch.manual_seed(0)
+    model = create_model("resnet8_cifar", num_classes=10, neuron="qac", T=1, input_size=(3, 16, 16)).to(F64).eval()
+    assert find_functional_activations(model) == []  # traced through forward_body
+    gen = torch.Generator().manual_seed(0)
+    for i, q in enumerate(m for m in model.modules() if isinstance(m, QACQuantizer)):
+        with torch.no_grad():
+            q.t.fill_((2.0, 5.0, 3.0, 4.0, 1.0, 6.0)[i % 6])
+            q.clip.fill_(1.0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_var.uniform_(0.5, 1.5, generator=gen)
+                m.running_mean.uniform_(-0.2, 0.2, generator=gen)
+    x = torch.rand(2, 3, 16, 16, generator=gen, dtype=F64)
+    snn, report = to_mixed_timestep_snn(model, example_input=x)
+    assert len(report.layers) == sum(isinstance(m, QACQuantizer) for m in model.modules())
+    assert report.layers[0].T_in == 1 and len({l.T for l in report.layers}) > 3
+    assert all(r["T"] is not None for r in report.residual_adds)
+    assert_close(snn(x), model(x), atol=1e-12, rtol=0)

@@ -452,8 +452,9 @@ def find_functional_activations(model: nn.Module) -> list[dict] | None:
     """Functional ReLU calls (``F.relu``, ``torch.relu``, ``x.relu()``) in ``model.forward``, found with torch.fx.
 
     multispike's own time-major modules (containers, neurons, quantizers, ``ResidualAdd``) are treated as
-    leaves. Returns ``None`` (and a warning is the caller's business) when the model cannot be traced
-    symbolically, e.g. because its forward branches on tensor values.
+    leaves; for zoo models whose ``forward`` validates the input layout, ``forward_body`` is traced instead.
+    Returns ``None`` (and a warning is the caller's business) when the model cannot be traced symbolically,
+    e.g. because its forward branches on tensor values.
     """
     import torch.fx as fx
 
@@ -467,10 +468,26 @@ def find_functional_activations(model: nn.Module) -> list[dict] | None:
         def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
             return isinstance(m, leaves) or super().is_leaf_module(m, qualname)
 
+    class _Body(nn.Module):
+        # Zoo models (TimeMajorModel) validate the input layout in forward(); their layers live in forward_body().
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.model = inner
+
+        def forward(self, x):
+            return self.model.forward_body(x)
+
+    prefix = ""
     try:
         graph = _Tracer().trace(model)
     except Exception:  # noqa: BLE001 - any tracing failure only means "cannot check"
-        return None
+        if not callable(getattr(model, "forward_body", None)):
+            return None
+        try:
+            graph = _Tracer().trace(_Body(model))
+            prefix = "model."
+        except Exception:  # noqa: BLE001
+            return None
     sites = []
     for node in graph.nodes:
         target = node.target
@@ -480,6 +497,7 @@ def find_functional_activations(model: nn.Module) -> list[dict] | None:
             stack = node.meta.get("nn_module_stack") or {}
             where = next(reversed(stack.values()))[0] if stack else ""
             where = where if isinstance(where, str) else ""
+            where = where[len(prefix):] if prefix and where.startswith(prefix) else where
             sites.append({"node": node.name, "call": f"{getattr(target, '__module__', 'Tensor')}.{node.target}"
                           if node.op == "call_function" else f"Tensor.{target}", "module": where})
     return sites
