@@ -1,0 +1,156 @@
+"""PNG plots for evaluation reports (matplotlib, Agg canvas).
+
+Figures are drawn on :class:`matplotlib.figure.Figure` with an Agg canvas directly, never through
+``pyplot``, so importing this module neither changes the user's backend nor needs a display.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Mapping, Sequence
+
+__all__ = ["plot_accuracy_vs_T", "plot_layer_rates", "plot_layer_timesteps", "plot_energy_breakdown",
+           "plot_energy_comparison"]
+
+
+def _figure(width: float = 7.0, height: float = 4.0):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # pragma: no cover - matplotlib is a declared dependency of reports
+        raise ImportError("plots need matplotlib: pip install matplotlib") from exc
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+def _short(names: Sequence[str], width: int = 18) -> list[str]:
+    return [n if len(n) <= width else "…" + n[-(width - 1):] for n in names]
+
+
+def plot_accuracy_vs_T(curves: Mapping[str, Sequence[tuple[float, float]]], path: str | os.PathLike,
+                       title: str = "Accuracy vs timesteps") -> str:
+    """One line per run: accuracy (%) at every timestep prefix t."""
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    for name, pts in curves.items():
+        if not pts:
+            continue
+        ts, acc = zip(*pts)
+        ax.plot(ts, [100 * a for a in acc], marker="o", label=name)
+    ax.set_xlabel("timesteps t (prefix)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if len(curves) > 1 or any(curves.values()):
+        ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_layer_rates(layers: Iterable[Mapping[str, Any]], path: str | os.PathLike,
+                     title: str = "Per-layer spike statistics") -> str:
+    """Grouped bars per spiking layer: lane spike rate, count rate and event rate."""
+    layers = list(layers)
+    names = _short([l["name"] for l in layers])
+    fig = _figure(max(6.0, 0.45 * len(names) + 2), 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    keys = [("spike_rate", "spike rate (lanes / N·T)"), ("count_rate", "count rate (events / N·T·L)"),
+            ("event_rate", "events / N·T")]
+    width = 0.8 / len(keys)
+    for j, (k, label) in enumerate(keys):
+        vals = [l.get(k) or 0.0 for l in layers]
+        ax.bar([i + (j - 1) * width for i in range(len(names))], vals, width, label=label)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("rate")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_layer_timesteps(layers: Iterable[Mapping[str, Any]], path: str | os.PathLike,
+                         title: str = "Per-layer timesteps") -> str:
+    """Bars of the observed T of every spiking layer (differs across layers in mixed-timestep models)."""
+    layers = list(layers)
+    names = _short([l["name"] for l in layers])
+    fig = _figure(max(6.0, 0.4 * len(names) + 2), 3.8)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.bar(range(len(names)), [l.get("T") or 0 for l in layers], color="tab:purple")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("T (timesteps)")
+    ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_energy_breakdown(energy: Mapping[str, Any], path: str | os.PathLike,
+                          title: str = "Energy per sample") -> str:
+    """Left: per-layer energy of the value-weighted (multispike) count, stacked MAC / AC / additions.
+    Right: total energy under every convention next to the iso-architecture ANN."""
+    fig = _figure(11.0, 4.2)
+    ax = fig.add_subplot(1, 2, 1)
+    rows = energy["multispike"]["layers"]
+    names = _short([r["name"] for r in rows])
+    bottom = [0.0] * len(rows)
+    for key, label in (("e_mac_uj", "MAC (analog input)"), ("e_ac_uj", "AC (spike input)"), ("e_add_uj", "additions")):
+        vals = [r[key] for r in rows]
+        ax.bar(range(len(rows)), vals, bottom=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("µJ per sample")
+    ax.set_title(f"{title}: per layer (multispike count, {energy['constants']['name']})", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax2 = fig.add_subplot(1, 2, 2)
+    labels, vals = _energy_totals(energy)
+    ax2.bar(range(len(labels)), vals, color=["tab:gray"] + ["tab:blue"] * (len(labels) - 1))
+    ax2.set_xticks(range(len(labels)))
+    ax2.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax2.set_ylabel("µJ per sample")
+    ax2.set_title("totals by convention", fontsize=9)
+    ax2.grid(True, axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def _energy_totals(energy: Mapping[str, Any]) -> tuple[list[str], list[float]]:
+    labels = ["ANN (MAC)", "DIET SNN", "multispike", "LM-HT SOP", "NeuroBench"]
+    vals = [energy["diet"]["e_ann_uj"], energy["diet"]["e_snn_uj"], energy["multispike"]["e_uj"],
+            energy["lmht_sop"]["e_uj"], energy["neurobench"]["e_uj"]]
+    if "sdt" in energy:
+        labels.append("SDT")
+        vals.append(energy["sdt"]["e_uj"])
+    return labels, vals
+
+
+def plot_energy_comparison(runs: Mapping[str, Mapping[str, Any]], path: str | os.PathLike,
+                           title: str = "Energy per sample by run") -> str:
+    """Grouped bars: for every run, the totals under each convention (µJ)."""
+    fig = _figure(max(7.0, 1.6 * len(runs) + 3), 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    names = list(runs)
+    labels = _energy_totals(next(iter(runs.values())))[0] if runs else []
+    width = 0.8 / max(len(labels), 1)
+    for j, label in enumerate(labels):
+        vals = []
+        for n in names:
+            lab, v = _energy_totals(runs[n])
+            vals.append(dict(zip(lab, v)).get(label, 0.0))
+        ax.bar([i + (j - (len(labels) - 1) / 2) * width for i in range(len(names))], vals, width, label=label)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(_short(names, 24), rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("µJ per sample")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(True, axis="y", alpha=0.3)
+    return _save(fig, path)
