@@ -206,7 +206,7 @@ def test_qat_mode_logs_per_layer_timesteps(tmp_path):
 
         @property
         def timesteps(self):
-            return int(round(float(self.t)))
+            return int(round(float(self.t.detach())))
 
         @property
         def bit_width(self):
@@ -319,3 +319,9 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit(tmp_pat
     for ra, rb in zip(log_a, log_b):
         for key in ("train_loss", "train_acc", "eval_acc", "eval_acc_per_t", "lr", "step"):
             assert ra.get(key) == rb.get(key), key
+
+
+def test_sync_bn_on_cpu_is_a_clear_error(tmp_path):
+    train, test = _loaders()
+    with pytest.raises(ValueError, match="sync_bn needs CUDA"):
+        Trainer(Tiny(), train, test, _cfg(tmp_path, sync_bn=True, device="cpu"))

@@ -13,10 +13,11 @@ from .config import (MODES, RESUME_MUST_MATCH, ConfigError, TrainConfig, add_con
                      config_from_args, load_yaml_config, resolve_config, save_config)
 from .distributed import (DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, seed_everything,
                           sync_bn_stats, unwrap_model, wrap_model)
-from .engine import (EXIT_AFTER_STEPS_ENV, Trainer, build_loaders, build_model, load_convert_hook, prefix_correct,
-                     quantizer_report, run_training, subset_indices)
+from .engine import EXIT_AFTER_STEPS_ENV, Trainer, prefix_correct, quantizer_report
+from .hybrid import call_convert_hook, lmht_hybrid, mlif_hybrid
 from .losses import CEOnMean, TETLoss, build_loss, ce_on_mean, tet_loss
 from .optim import DEFAULT_NEURON_PARAM_PATTERNS, LRSchedule, build_optimizer, build_param_groups, match_neuron_param
+from .runner import build_loaders, build_model, load_convert_hook, run_training, subset_indices
 
 __all__ = [
     "Checkpoint", "CheckpointError", "atomic_write_bytes", "atomic_write_text", "capture_rng_state",
@@ -25,8 +26,9 @@ __all__ = [
     "config_from_args", "load_yaml_config", "resolve_config", "save_config",
     "DistInfo", "all_reduce_sum", "cleanup_distributed", "init_distributed", "seed_everything", "sync_bn_stats",
     "unwrap_model", "wrap_model",
-    "EXIT_AFTER_STEPS_ENV", "Trainer", "build_loaders", "build_model", "load_convert_hook", "prefix_correct",
-    "quantizer_report", "run_training", "subset_indices",
+    "EXIT_AFTER_STEPS_ENV", "Trainer", "prefix_correct", "quantizer_report",
+    "call_convert_hook", "lmht_hybrid", "mlif_hybrid",
+    "build_loaders", "build_model", "load_convert_hook", "run_training", "subset_indices",
     "CEOnMean", "TETLoss", "build_loss", "ce_on_mean", "tet_loss",
     "DEFAULT_NEURON_PARAM_PATTERNS", "LRSchedule", "build_optimizer", "build_param_groups", "match_neuron_param",
 ]

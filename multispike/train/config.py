@@ -39,9 +39,9 @@ DIST_BN = ("reduce", "broadcast", "none")
 
 #: Keys whose value must be the same when resuming: changing them makes the checkpoint meaningless for this
 #: run (another network, other data, another optimizer state layout) or breaks the bit-exact replay.
-RESUME_MUST_MATCH = ("mode", "model", "neuron", "timesteps", "dataset", "num_classes", "in_channels", "levels",
-                     "lanes", "v_threshold", "neuron_kwargs", "model_kwargs", "subset", "opt", "loss", "seed",
-                     "batch_size", "ann_checkpoint")
+RESUME_MUST_MATCH = ("mode", "model", "neuron", "timesteps", "dataset", "dataset_kwargs", "num_classes",
+                     "in_channels", "levels", "lanes", "v_threshold", "neuron_kwargs", "model_kwargs", "subset", "opt",
+                     "loss", "seed", "batch_size", "ann_checkpoint")
 
 
 class ConfigError(ValueError):
@@ -64,6 +64,8 @@ class TrainConfig:
     # --- data ------------------------------------------------------------------------------------------
     dataset: str = _f("cifar10", "dataset name in the multispike.data catalog", "data")
     data_dir: str | None = _f(None, "dataset root (default: $MULTISPIKE_DATA, else ../shared/datasets)", "data")
+    dataset_kwargs: dict = _f({}, "extra arguments of the dataset reader, KEY=VALUE (e.g. size=64 for imagefolder, "
+                              "label=coarse for cifar100)", "data")
     subset: int | None = _f(None, "train on a class-stratified subset of N training images (seeded)", "data")
     eval_subset: int | None = _f(None, "evaluate on the first N test images", "data")
     batch_size: int = _f(64, "images per process and step (global batch = batch_size x world size)", "data")

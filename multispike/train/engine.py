@@ -21,41 +21,36 @@ Reproducibility: seeds ``seed + rank``; the data order is a function of ``(seed,
 epoch, so ``--resume`` after a kill reaches the same weights bit for bit as a run that was never
 interrupted (same world size and thread count; checked by the tests).
 
-Example::
+Example (the whole job from a config is :func:`multispike.train.run_training`; the Trainer alone)::
 
-    from multispike.train import resolve_config, run_training
-    cfg = resolve_config("configs/cpu/vgg_small_if_cifar10.yaml", {"epochs": 1, "out": "runs/x"})
-    summary = run_training(cfg)
+    trainer = Trainer(model, train_loader, test_loader, resolve_config(overrides={"model": "vgg_small"}))
+    summary = trainer.fit()                      # or trainer.fit(resume=load_checkpoint("runs/x"))
     summary["final_acc"], summary["final_acc_per_t"]
 """
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
-import math
 import os
-import shutil
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
 
 from ..neurons.base import reset_net
-from .checkpoint import (Checkpoint, CheckpointError, atomic_write_text, capture_rng_state, load_checkpoint,
-                         load_model_state, restore_rng_state, save_checkpoint)
-from .config import TrainConfig, config_conflicts, save_config
+from .checkpoint import (Checkpoint, CheckpointError, atomic_write_text, capture_rng_state, load_model_state,
+                         restore_rng_state, save_checkpoint)
+from .config import TrainConfig, config_conflicts
 from .distributed import (DistInfo, all_gather_object, all_reduce_sum, barrier, init_distributed, seed_everything,
                           sync_bn_stats, unwrap_model, wrap_model)
 from .losses import build_loss
 from .optim import LRSchedule, build_optimizer, build_param_groups
 
-__all__ = ["Trainer", "prefix_correct", "quantizer_report", "build_model", "build_loaders", "subset_indices",
-           "load_convert_hook", "run_training", "EXIT_AFTER_STEPS_ENV"]
+__all__ = ["Trainer", "prefix_correct", "quantizer_report", "EXIT_AFTER_STEPS_ENV"]
 
 #: Test hook: when set to N, the process calls ``os._exit(75)`` right after optimizer step N (after any
 #: checkpoint of that step) - an abrupt death without cleanup, like a SIGKILL, at a reproducible point.
@@ -508,168 +503,3 @@ class Trainer:
             "best_acc": self.best_acc, "best_epoch": self.best_epoch, "time_s": elapsed,
             "final_train_loss": self.history[-1]["train_loss"] if self.history else None,
         }
-
-
-# ----------------------------------------------------------------------------------------------------
-# Building models and data from a config
-# ----------------------------------------------------------------------------------------------------
-def subset_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """A class-stratified, seeded choice of ``n`` indices (sorted).
-
-    Classes are visited round-robin over a seeded permutation, so every class gets ``⌊n/K⌋`` or ``⌈n/K⌉``
-    samples while it has them.
-    """
-    N = labels.shape[0]
-    if n >= N:
-        return torch.arange(N)
-    gen = torch.Generator().manual_seed(int(seed))
-    perm = torch.randperm(N, generator=gen)
-    lab = labels[perm]
-    within = torch.empty(N, dtype=torch.int64)
-    for c in torch.unique(lab):
-        pos = (lab == c).nonzero().flatten()
-        within[pos] = torch.arange(pos.numel())
-    # sort by (rank within class, position in the permutation): round-robin over classes
-    key = within * N + torch.arange(N)
-    chosen = perm[torch.argsort(key)[:n]]
-    return chosen.sort().values
-
-
-def build_loaders(cfg: TrainConfig, dist: DistInfo) -> tuple[Any, Any, Any]:
-    """Train and test :class:`~multispike.data.TensorLoader` for ``cfg.dataset`` (sharded by rank)."""
-    from ..data import Augment, TensorLoader, load_dataset
-
-    images, labels, info = load_dataset(cfg.dataset, cfg.data_dir, "train")
-    if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4):
-        raise TypeError(f"dataset {cfg.dataset!r} yields {getattr(images, 'dtype', type(images).__name__)} "
-                        f"{tuple(getattr(images, 'shape', ()))}; the train command handles uint8 image datasets "
-                        f"[N, C, H, W]. For other data build loaders yourself and call "
-                        f"multispike.train.run_training(cfg, train_loader=..., eval_loader=...)")
-    if cfg.subset is not None:
-        idx = subset_indices(labels, cfg.subset, cfg.seed)
-        images, labels = images[idx], labels[idx]
-    test_images, test_labels, _ = load_dataset(cfg.dataset, cfg.data_dir, "test")
-    if cfg.eval_subset is not None:
-        test_images, test_labels = test_images[:cfg.eval_subset], test_labels[:cfg.eval_subset]
-    augment = Augment(crop_padding=cfg.crop_padding if cfg.augment else 0, hflip=cfg.hflip and cfg.augment)
-    mean, std = (info.mean, info.std) if cfg.normalize else (None, None)
-    device = dist.device if dist.device.type == "cuda" else None
-    train = TensorLoader(images, labels, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=augment, mean=mean,
-                         std=std, rank=dist.rank, world_size=dist.world_size, device=device)
-    # Evaluation shards the test set without shuffling; the at most world_size-1 left-over images are skipped
-    # (identically in every run), and all ranks see equal shard sizes so the counts add up.
-    test = TensorLoader(test_images, test_labels, cfg.eval_batch_size or cfg.batch_size, shuffle=False, seed=cfg.seed,
-                        mean=mean, std=std, rank=dist.rank, world_size=dist.world_size, device=device)
-    return train, test, info
-
-
-def build_model(cfg: TrainConfig, num_classes: int, in_channels: int | None) -> nn.Module:
-    """``create_model`` from the config (model, neuron, T, neuron_kwargs, model_kwargs)."""
-    from ..models import create_model
-
-    return create_model(cfg.model, num_classes=num_classes, neuron=cfg.neuron, T=cfg.timesteps,
-                        in_channels=in_channels, neuron_kwargs=cfg.neuron_arguments(), **cfg.model_kwargs)
-
-
-def load_convert_hook(spec: str | Callable) -> Callable[[nn.Module, TrainConfig], nn.Module]:
-    """Resolve ``"package.module:function"`` (or a callable) to the hybrid-mode conversion hook."""
-    if callable(spec):
-        return spec
-    if not isinstance(spec, str) or ":" not in spec:
-        raise ValueError(f"convert_hook must be 'package.module:function', got {spec!r}")
-    module_name, attr = spec.split(":", 1)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"convert_hook {spec!r}: cannot import {module_name!r} ({exc})") from exc
-    fn = module
-    for part in attr.split("."):
-        if not hasattr(fn, part):
-            raise ValueError(f"convert_hook {spec!r}: {module_name} has no attribute {attr!r}")
-        fn = getattr(fn, part)
-    if not callable(fn):
-        raise ValueError(f"convert_hook {spec!r} is not callable")
-    return fn
-
-
-def _hybrid_model(cfg: TrainConfig, convert_fn: Callable | None) -> tuple[nn.Module, str]:
-    ckpt = load_checkpoint(cfg.ann_checkpoint)
-    ann_cfg = ckpt.meta.get("config") or {}
-    name = ckpt.meta.get("model") or ann_cfg.get("model")
-    if not name:
-        raise CheckpointError(f"ANN checkpoint {ckpt.path} does not record its model; it cannot be rebuilt")
-    from ..models import create_model
-    ann_nk = dict(ann_cfg.get("neuron_kwargs") or {})
-    for key in ("levels", "lanes", "v_threshold"):
-        if ann_cfg.get(key) is not None:
-            ann_nk[key] = ann_cfg[key]
-    ann = create_model(name, num_classes=ann_cfg.get("num_classes") or 10, neuron=ann_cfg.get("neuron", "relu"),
-                       T=ann_cfg.get("timesteps", 1), in_channels=ann_cfg.get("in_channels"), neuron_kwargs=ann_nk,
-                       **(ann_cfg.get("model_kwargs") or {}))
-    load_model_state(ann, ckpt.model_state, source=f"ANN checkpoint {ckpt.path}")
-    hook = load_convert_hook(convert_fn if convert_fn is not None else cfg.convert_hook)
-    snn = hook(ann, cfg)
-    if not isinstance(snn, nn.Module):
-        raise TypeError(f"convert hook returned {type(snn).__name__}, expected an nn.Module")
-    return snn, name
-
-
-def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_loader: Any = None,
-                 eval_loader: Any = None, convert_fn: Callable | None = None, dist: DistInfo | None = None) -> dict:
-    """Run a complete training job as the config describes (what ``multispike train`` calls).
-
-    Any of ``model``/``train_loader``/``eval_loader`` may be supplied instead of being built from the config
-    (tests, event data, custom models). ``convert_fn(ann_model, cfg)`` overrides ``cfg.convert_hook`` in
-    hybrid mode.
-
-    Writes to ``cfg.out`` (rank 0): ``config.json``, ``args.yaml``, ``log.jsonl``, ``summary.json`` and
-    ``checkpoints/``. Returns the summary record.
-    """
-    if cfg.num_threads is not None:
-        torch.set_num_threads(cfg.num_threads)
-    owns_dist = dist is None
-    dist = dist if dist is not None else init_distributed(cfg.device)
-    try:
-        seed_everything(cfg.seed, dist.rank, cfg.deterministic)
-        out = Path(cfg.out)
-        resume_ckpt = None
-        if cfg.resume is not None:
-            resume_ckpt = load_checkpoint(out if cfg.resume == "auto" else cfg.resume)
-        elif (out / "checkpoints" / "last.json").exists():
-            if not cfg.overwrite:
-                raise ValueError(f"{out} already holds checkpoints of a run; pass --resume to continue it, "
-                                 f"--overwrite to discard them, or choose another --out")
-            barrier(dist)
-            if dist.is_primary:
-                shutil.rmtree(out / "checkpoints")
-                for name in ("log.jsonl", "summary.json"):
-                    (out / name).unlink(missing_ok=True)
-            barrier(dist)
-        info = None
-        if train_loader is None:
-            train_loader, built_eval, info = build_loaders(cfg, dist)
-            eval_loader = built_eval if eval_loader is None else eval_loader
-        if cfg.num_classes is None:
-            cfg.num_classes = info.num_classes if info is not None else getattr(model, "num_classes", None)
-        if cfg.in_channels is None:
-            if info is not None and info.input_shape:
-                cfg.in_channels = info.input_shape[0]
-            elif model is not None and hasattr(model, "in_channels"):
-                cfg.in_channels = model.in_channels
-        model_name = cfg.model
-        if model is None:
-            if cfg.mode == "hybrid":
-                model, ann_name = _hybrid_model(cfg, convert_fn)
-                model_name = cfg.model = cfg.model or ann_name
-            else:
-                if cfg.num_classes is None:
-                    raise ValueError("num_classes is unknown: set --num-classes")
-                model = build_model(cfg, cfg.num_classes, cfg.in_channels)
-        if dist.is_primary:
-            save_config(cfg, out, extra={"world_size": dist.world_size, "device": str(dist.device)})
-        trainer = Trainer(model, train_loader, eval_loader, cfg, dist=dist, model_name=model_name)
-        return trainer.fit(resume=resume_ckpt)
-    finally:
-        if owns_dist:
-            from .distributed import cleanup_distributed
-            cleanup_distributed()

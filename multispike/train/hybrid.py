@@ -1,0 +1,99 @@
+"""Conversion hooks for ``mode: hybrid`` (ANN checkpoint -> SNN -> fine-tune).
+
+A hook is any callable ``hook(ann_model, config)`` or ``hook(ann_model, config, train_loader)`` returning the SNN;
+``--convert-hook package.module:function`` names it. The two paper recipes ship here:
+
+* :func:`lmht_hybrid` - LM-HT (algorithms.md §2.6): every QCFS of the ANN becomes an LM-HT neuron with
+  ``θ = ϑ``, ``v(0) = θ/2``, uniform T-GIM, ``λ = 1`` and ``in_scale = L`` on the first spiking layer
+  (:func:`multispike.convert.lmht.convert_qcfs_to_lmht`). ``L = config.levels``, ``T = config.timesteps``.
+* :func:`mlif_hybrid` - one-hot M-LIF (§5.6): BN folded, ReLU -> OneHotMLIF, thresholds initialised layer by
+  layer from percentiles of the input currents on training batches
+  (:func:`multispike.convert.mlif_init.mlif_hybrid_init`). ``S = config.lanes``, ``T = config.timesteps``.
+
+Options of each converter are read from ``config.neuron_kwargs`` (only the keys the converter accepts; an unknown
+key is an error naming the accepted ones).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Iterable
+
+from torch import nn
+
+from .config import TrainConfig
+
+__all__ = ["lmht_hybrid", "mlif_hybrid", "call_convert_hook"]
+
+_LMHT_OPTIONS = ("hybrid_bias_scale", "tgim", "learnable_leak", "detach_temporal", "detach_reset", "surrogate_width",
+                 "backend")
+_MLIF_OPTIONS = ("threshold_init", "q", "scale", "num_batches", "dropout", "fold_batchnorm")
+
+
+def _options(cfg: TrainConfig, allowed: tuple[str, ...], owner: str, passthrough: bool = False) -> tuple[dict, dict]:
+    """Split ``cfg.neuron_kwargs`` into converter options and (for M-LIF) neuron keywords."""
+    own, rest = {}, {}
+    for key, value in cfg.neuron_kwargs.items():
+        if key in ("levels", "lanes"):
+            continue
+        if key in allowed:
+            own[key] = value
+        elif passthrough:
+            rest[key] = value
+        else:
+            raise ValueError(f"{owner}: neuron_kwargs key {key!r} is not a conversion option; accepted: "
+                             f"{', '.join(allowed)}")
+    return own, rest
+
+
+def _set_T(snn: nn.Module, T: int) -> nn.Module:
+    if hasattr(snn, "set_timesteps"):
+        snn.set_timesteps(T)
+    return snn
+
+
+def lmht_hybrid(ann: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """QCFS ANN -> LM-HT SNN with ``L = cfg.levels`` and ``T = cfg.timesteps`` (LM-HT hybrid training, §2.6)."""
+    from ..convert.lmht import convert_qcfs_to_lmht
+
+    levels = cfg.neuron_arguments().get("levels")
+    if levels is None:
+        raise ValueError("lmht_hybrid needs the LM-HT level count: set --levels L (e.g. 2)")
+    opts, _ = _options(cfg, _LMHT_OPTIONS, "lmht_hybrid")
+    snn = convert_qcfs_to_lmht(ann, levels=int(levels), T=cfg.timesteps, **opts)
+    return _set_T(snn, cfg.timesteps)
+
+
+def mlif_hybrid(ann: nn.Module, cfg: TrainConfig, train_loader: Iterable | None = None) -> nn.Module:
+    """ReLU ANN -> one-hot M-LIF SNN with ``S = cfg.lanes`` and data-driven thresholds (§5.6).
+
+    ``neuron_kwargs`` keys among ``threshold_init, q, scale, num_batches, dropout, fold_batchnorm`` configure the
+    initialisation; every other key goes to :class:`~multispike.neurons.mlif.OneHotMLIF`.
+    """
+    from ..convert.mlif_init import mlif_hybrid_init
+
+    if train_loader is None:
+        raise ValueError("mlif_hybrid needs training batches for the percentile threshold initialisation")
+    lanes = cfg.neuron_arguments().get("lanes")
+    if lanes is None:
+        raise ValueError("mlif_hybrid needs the lane count: set --lanes S (e.g. 3)")
+    opts, neuron_kw = _options(cfg, _MLIF_OPTIONS, "mlif_hybrid", passthrough=True)
+    neuron_kw.pop("v_threshold", None)   # set by the percentile rule
+    _set_T(ann, cfg.timesteps)
+    snn, _report = mlif_hybrid_init(ann, train_loader, lanes=int(lanes), T=cfg.timesteps, neuron_kwargs=neuron_kw,
+                                    **opts)
+    return _set_T(snn, cfg.timesteps)
+
+
+def call_convert_hook(hook: Any, ann: nn.Module, cfg: TrainConfig, train_loader: Any) -> nn.Module:
+    """Call ``hook(ann, cfg)`` or ``hook(ann, cfg, train_loader)`` depending on what it accepts."""
+    try:
+        params = inspect.signature(hook).parameters.values()
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        takes_data = len(positional) >= 3 or any(p.kind is p.VAR_POSITIONAL for p in params)
+    except (TypeError, ValueError):
+        takes_data = False
+    snn = hook(ann, cfg, train_loader) if takes_data else hook(ann, cfg)
+    if not isinstance(snn, nn.Module):
+        raise TypeError(f"convert hook {getattr(hook, '__name__', hook)!r} returned {type(snn).__name__}, expected "
+                        f"an nn.Module")
+    return snn
