@@ -24,11 +24,32 @@ def _tuple(v, n: int) -> tuple[int, ...]:
     return tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * n
 
 
+def _axis_counts(n: int, k: int, s: int, d: int, pad_left: int, n_out: int, mode: str) -> torch.Tensor:
+    """Connections per input index along one axis, for padding modes that read real inputs in the pad
+    (reflect, circular, replicate): loop over the ``n_out·k`` (output, tap) pairs."""
+    counts = torch.zeros(n, dtype=_DT)
+    for o in range(n_out):
+        for t in range(k):
+            i = o * s - pad_left + t * d
+            if not 0 <= i < n:
+                if mode == "zeros":
+                    continue
+                i = i % n if mode == "circular" else min(max(i, 0), n - 1) if mode == "replicate" else \
+                    (-i if i < 0 else 2 * (n - 1) - i)
+            counts[i] += 1
+    return counts
+
+
 def conv_fanout(conv: nn.Conv1d | nn.Conv2d, in_shape: tuple[int, ...]) -> torch.Tensor:
     """Fan-out of every input element of ``conv`` for one sample of shape ``in_shape = (C_in, *spatial)``.
 
     Returns a float64 tensor of shape ``in_shape`` on the layer's device; ``fanout.sum()`` is the number of
     real connections (the dense MACs minus the taps that read padding).
+
+    The count factorises: every input channel feeds ``C_out/groups`` output channels, and along each spatial
+    axis the number of (output position, tap) pairs reading index i is the transposed convolution of ones
+    along that axis. So the map is ``(C_out/groups) · ⊗_axes conv_transpose1d(1, 1)`` - sinabs' transposed
+    convolution of ones, computed axis by axis instead of as one full float64 convolution.
 
     Example::
 
@@ -39,25 +60,33 @@ def conv_fanout(conv: nn.Conv1d | nn.Conv2d, in_shape: tuple[int, ...]) -> torch
     nd = conv.weight.dim() - 2
     if len(in_shape) != nd + 1:
         raise ValueError(f"conv_fanout: in_shape must be (C_in, {nd} spatial dims), got {tuple(in_shape)}")
-    device = conv.weight.device
-    if conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
-        k, s = _tuple(conv.kernel_size, nd), _tuple(conv.stride, nd)
-        p, d = _tuple(conv.padding, nd), _tuple(conv.dilation, nd)
-        spatial = in_shape[1:]
-        out = [(n + 2 * pi - di * (ki - 1) - 1) // si + 1 for n, ki, si, pi, di in zip(spatial, k, s, p, d)]
-        if min(out) < 1:
-            raise ValueError(f"conv_fanout: input {tuple(in_shape)} is smaller than the kernel of {conv}")
-        # output_padding restores the input size that integer division dropped (always < stride).
-        op = [n - ((o - 1) * si - 2 * pi + di * (ki - 1) + 1) for n, o, ki, si, pi, di in zip(spatial, out, k, s, p, d)]
-        ones_out = torch.ones(1, conv.out_channels, *out, dtype=_DT, device=device)
-        w = torch.ones(conv.out_channels, conv.in_channels // conv.groups, *k, dtype=_DT, device=device)
-        fn = F.conv_transpose1d if nd == 1 else F.conv_transpose2d if nd == 2 else F.conv_transpose3d
-        return fn(ones_out, w, None, s, p, tuple(op), conv.groups, d)[0]
-    x = torch.ones(1, *in_shape, dtype=_DT, device=device, requires_grad=True)
-    with torch.enable_grad():
-        y = conv._conv_forward(x, torch.ones(conv.weight.shape, dtype=_DT, device=device), None)
-        (g,) = torch.autograd.grad(y.sum(), x)
-    return g[0]
+    if in_shape[0] != conv.in_channels:
+        raise ValueError(f"conv_fanout: in_shape has {in_shape[0]} channels, {conv} expects {conv.in_channels}")
+    k, s, d = _tuple(conv.kernel_size, nd), _tuple(conv.stride, nd), _tuple(conv.dilation, nd)
+    spatial = tuple(in_shape[1:])
+    if isinstance(conv.padding, str):  # 'valid' or 'same' (stride 1): PyTorch puts the smaller half left
+        left = [0] * nd if conv.padding == "valid" else [di * (ki - 1) // 2 for ki, di in zip(k, d)]
+        total = [0] * nd if conv.padding == "valid" else [di * (ki - 1) for ki, di in zip(k, d)]
+    else:
+        left = list(_tuple(conv.padding, nd))
+        total = [2 * p for p in left]
+    out = [(n + tp - di * (ki - 1) - 1) // si + 1 for n, tp, ki, si, di in zip(spatial, total, k, s, d)]
+    if min(out) < 1:
+        raise ValueError(f"conv_fanout: input {tuple(in_shape)} is smaller than the kernel of {conv}")
+    axes = []
+    for n, o, ki, si, di, pl, tp in zip(spatial, out, k, s, d, left, total):
+        if conv.padding_mode == "zeros" and tp == 2 * pl:
+            # output_padding restores the input length that integer division dropped (always < stride).
+            op = n - ((o - 1) * si - 2 * pl + di * (ki - 1) + 1)
+            axes.append(F.conv_transpose1d(torch.ones(1, 1, o, dtype=_DT), torch.ones(1, 1, ki, dtype=_DT),
+                                           stride=si, padding=pl, output_padding=op, dilation=di)[0, 0])
+        else:
+            axes.append(_axis_counts(n, ki, si, di, pl, o, conv.padding_mode))
+    fan = axes[0]
+    for a in axes[1:]:
+        fan = torch.outer(fan.flatten(), a).view(*fan.shape, a.numel())
+    fan = fan * (conv.out_channels // conv.groups)
+    return fan.expand(in_shape[0], *spatial).clone().to(conv.weight.device)
 
 
 def _pool2d_args(pool: nn.AvgPool1d | nn.AvgPool2d) -> tuple:

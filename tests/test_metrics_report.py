@@ -1,0 +1,180 @@
+"""evaluate / write_report / compare_reports and the `multispike eval` command."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import multispike as ms
+from multispike.cli.main import main
+from multispike.layers import MeanOverTime, SeqToANNContainer
+from multispike.metrics import EvalResult, compare_reports, evaluate, load_result, write_report
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def small_snn(T_enc: int | None = None) -> nn.Module:
+    torch.manual_seed(0)
+    layers = [ms.DirectEncoder(T_enc)] if T_enc else []
+    layers += [SeqToANNContainer(nn.Conv2d(1, 4, 3, padding=1)), ms.IFNeuron(v_threshold=0.5, step_mode="m"),
+               SeqToANNContainer(nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16, 3)), MeanOverTime()]
+    return nn.Sequential(*layers)
+
+
+def static_data(n_batches: int = 2, B: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [(torch.rand(B, 1, 4, 4, generator=g), torch.randint(0, 3, (B,), generator=g)) for _ in range(n_batches)]
+
+
+def test_accuracy_at_every_timestep_prefix():
+    # Per-step logits [T=3, B=4, 3]; the prediction after t steps is argmax of their sum.
+    L = torch.tensor([[[0, 1, 0], [0, 2, 0], [0, 0, 1], [0, 0, 1]],
+                      [[3, 0, 0], [0, 0, 5], [0, 0, 1], [0, 0, 0.5]],
+                      [[1, 0, 0], [0, 1, 0], [0, 0, 1], [5, 0, 0]]], dtype=torch.float32)
+    y = torch.tensor([0, 1, 2, 0])
+    # cumulative predictions: t1 [1,1,2,2] -> 2/4; t2 [0,2,2,2] -> 2/4; t3 [0,2,2,0] -> 3/4
+    model = nn.Sequential(SeqToANNContainer(nn.Identity()), MeanOverTime())
+    res = evaluate(model, [(L, y)], input_mode="time_major", count_ops=False)
+    assert res.accuracy_vs_T == [(1, 0.5), (2, 0.5), (3, 0.75)]
+    assert res.accuracy == 0.75 and res.samples == 4 and res.meta["per_step_outputs"]
+
+
+def test_model_without_per_step_outputs_reports_final_only():
+    class MeanModel(nn.Module):
+        def forward(self, x):
+            return x.mean(0)
+
+    L = torch.eye(3).unsqueeze(0).repeat(2, 1, 1)
+    res = evaluate(MeanModel(), [(L, torch.arange(3))], T_max=2, input_mode="time_major", count_ops=False)
+    assert res.accuracy_vs_T == [(2, 1.0)] and not res.meta["per_step_outputs"]
+
+
+def test_evaluate_snn_collects_spikes_ops_energy_and_restores_state():
+    net = small_snn()
+    net.train()
+    res = evaluate(net, static_data(), T_max=3, name="tiny", membrane=True)
+    assert net.training  # restored
+    assert res.meta["input_mode"] == "repeat" and res.T == 3 and len(res.accuracy_vs_T) == 3
+    assert res.layer_timesteps == {"1": 3}
+    assert res.spikes["layers"][0]["membrane"] is not None
+    assert res.ops["layers"][0]["analog"] == 3 * 16 * 4 * 9  # direct encoding: MACs · T
+    assert res.energy["diet"]["delta"] > 0 and "memory" in res.energy
+    json.dumps(res.to_dict(), allow_nan=False)
+
+
+def test_evaluate_sets_and_restores_model_timesteps():
+    net = small_snn(T_enc=2)
+    res = evaluate(net, static_data(1), T_max=5)
+    assert res.meta["input_mode"] == "model" and len(res.accuracy_vs_T) == 5
+    assert net[0].T == 2
+
+
+def test_empty_evaluation_set_is_an_error():
+    with pytest.raises(ValueError, match="evaluation set is empty"):
+        evaluate(small_snn(), [], T_max=2)
+    with pytest.raises(ValueError, match="input_mode"):
+        evaluate(small_snn(), static_data(), T_max=2, input_mode="sideways")
+    with pytest.raises(ValueError, match="T_max"):
+        evaluate(small_snn(), static_data(), T_max=0)
+    with pytest.raises(ValueError, match="needs T_max"):
+        evaluate(small_snn(), static_data(), input_mode="repeat")
+    with pytest.raises(ValueError, match="inputs, targets"):
+        evaluate(small_snn(), [torch.rand(2, 1, 4, 4)], T_max=2)
+
+
+def test_write_report_and_plots(tmp_path):
+    res = evaluate(small_snn(), static_data(), T_max=2, name="tiny")
+    paths = write_report(res, tmp_path / "run")
+    for key in ("accuracy_plot", "rates_plot", "timesteps_plot", "energy_plot"):
+        data = open(paths[key], "rb").read()
+        assert data.startswith(PNG) and len(data) > 2000
+    md = (tmp_path / "run" / "report.md").read_text()
+    for heading in ("## Accuracy vs timesteps", "## Per-layer spike statistics", "## Operations per sample",
+                    "## Energy per sample", "ours, not the paper's", "![energy](energy.png)"):
+        assert heading in md
+    back = load_result(tmp_path / "run")
+    assert back.to_dict() == json.loads(json.dumps(res.to_dict()))
+    only_json = write_report(res, tmp_path / "nopng", plots_enabled=False)
+    assert set(only_json) == {"json", "markdown"}
+
+
+def test_compare_reports(tmp_path):
+    a = evaluate(small_snn(), static_data(), T_max=2, name="run")
+    b = evaluate(small_snn(), static_data(), T_max=4, name="run")
+    write_report(a, tmp_path / "a", plots_enabled=False)
+    paths = compare_reports([tmp_path / "a" / "result.json", b.to_dict()], tmp_path / "cmp")
+    assert open(paths["accuracy_plot"], "rb").read().startswith(PNG)
+    assert open(paths["energy_plot"], "rb").read().startswith(PNG)
+    rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["runs"]
+    assert [r["name"] for r in rows] == ["run", "run (2)"] and [r["T"] for r in rows] == [2, 4]
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| 4 | - | " in md  # run a has no t = 4
+    with pytest.raises(ValueError, match="no runs"):
+        compare_reports([], tmp_path / "none")
+    with pytest.raises(FileNotFoundError, match="no evaluation result"):
+        load_result(tmp_path / "missing")
+    with pytest.raises(ValueError, match="not a multispike evaluation result"):
+        EvalResult.from_dict({"x": 1})
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def test_cli_eval_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--help"])
+    assert exc.value.code == 0
+    assert "--compare" in capsys.readouterr().out
+
+
+def test_cli_eval_bad_input(tmp_path, capsys):
+    assert main(["eval", "--out", str(tmp_path)]) == 2
+    assert "nothing to do" in capsys.readouterr().err
+    assert main(["eval", "--model", "vgg_small", "--checkpoint", "x", "--out", str(tmp_path)]) == 2
+    assert main(["eval", "--weights", "w.safetensors", "--out", str(tmp_path)]) == 2
+    assert main(["eval", "--model", "resnet8_cifar", "--limit", "0", "--out", str(tmp_path)]) == 2
+    assert "--limit must be >= 1" in capsys.readouterr().err
+
+
+def _zoo_or_skip():
+    models = pytest.importorskip("multispike.models")
+    if "resnet8_cifar" not in models.list_models():
+        pytest.skip("the zoo has no resnet8_cifar yet")
+    return models
+
+
+def test_cli_eval_model_weights_and_compare(tmp_path, capsys):
+    models = _zoo_or_skip()
+    from safetensors.torch import save_file
+    net = models.create_model("resnet8_cifar", num_classes=10, neuron="if", T=2, in_channels=1)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    common = ["--dataset", "digits", "--limit", "24", "--batch-size", "12", "--no-progress"]
+    rc = main(["eval", "--model", "resnet8_cifar", "--neuron", "if", "--timesteps", "2",
+               "--weights", str(tmp_path / "w.safetensors"), "--out", str(tmp_path / "a"), *common])
+    assert rc == 0
+    res = load_result(tmp_path / "a")
+    assert res.samples == 24 and len(res.accuracy_vs_T) == 2 and res.meta["dataset"] == "digits"
+    assert (tmp_path / "a" / "energy.png").read_bytes().startswith(PNG)
+    rc = main(["eval", "--model", "resnet8_cifar", "--neuron", "if", "--timesteps", "3", "--no-plots",
+               "--out", str(tmp_path / "b"), "--compare", str(tmp_path / "a"), *common])
+    assert rc == 0 and (tmp_path / "b" / "comparison.md").exists()
+    assert "report written" in capsys.readouterr().out
+    bad = tmp_path / "bad.safetensors"
+    save_file({"nope": torch.zeros(1)}, str(bad))
+    assert main(["eval", "--model", "resnet8_cifar", "--neuron", "if", "--weights", str(bad),
+                 "--out", str(tmp_path / "c"), *common]) == 2
+
+
+def test_cli_eval_checkpoint(tmp_path):
+    models = _zoo_or_skip()
+    from multispike.train.checkpoint import save_checkpoint
+    net = models.create_model("resnet8_cifar", num_classes=10, neuron="if", T=2, in_channels=1)
+    cfg = {"model": "resnet8_cifar", "neuron": "if", "timesteps": 2, "num_classes": 10, "in_channels": 1,
+           "dataset": "digits", "normalize": True, "neuron_kwargs": {}, "model_kwargs": {}}
+    save_checkpoint(tmp_path / "run" / "checkpoints", net, None, {"model": "resnet8_cifar", "config": cfg},
+                    epoch=1, step=3)
+    rc = main(["eval", "--checkpoint", str(tmp_path / "run"), "--limit", "16", "--no-progress", "--no-plots",
+               "--out", str(tmp_path / "eval")])
+    assert rc == 0
+    res = load_result(tmp_path / "eval")
+    assert res.T == 2 and res.meta["dataset"] == "digits" and res.meta["checkpoint"].endswith(".json")
