@@ -124,7 +124,8 @@ def test_energy_report_round_trips_through_json():
 
 def test_delta_of_a_real_network_matches_hand_formula():
     torch.manual_seed(0)
-    net = nn.Sequential(ms.DirectEncoder(2), SeqToANNContainer(nn.Conv2d(3, 4, 3, padding=1)), ms.IFNeuron(step_mode="m"),
+    net = nn.Sequential(ms.DirectEncoder(2), SeqToANNContainer(nn.Conv2d(3, 4, 3, padding=1)),
+                        ms.IFNeuron(step_mode="m"),
                         SeqToANNContainer(nn.Flatten(), nn.Linear(64, 5)))
     res = count_ops(net, torch.rand(3, 3, 4, 4) * 2)
     e = diet_energy(res)

@@ -139,7 +139,8 @@ def diet_energy(ops: OpCountResult | Mapping, constants: Any = "45nm", encoding:
         e_ann += c.e_mac * l.dense_per_step
         e_snn += e
         rows.append({"name": l.name, "ann_ops": l.dense_per_step, "r": r, "snn_ops": snn_ops,
-                     "cost": "MAC" if mac else "AC", "repeated_encoding": repeated, "e_ann_uj": _uj(c.e_mac * l.dense_per_step), "e_snn_uj": _uj(e)})
+                     "cost": "MAC" if mac else "AC", "repeated_encoding": repeated,
+                     "e_ann_uj": _uj(c.e_mac * l.dense_per_step), "e_snn_uj": _uj(e)})
     return {"convention": "diet", "encoding": encoding, "constants": asdict(c), "e_ann_uj": _uj(e_ann),
             "e_snn_uj": _uj(e_snn), "delta": _ratio(e_ann, e_snn), "layers": rows}
 
@@ -160,7 +161,8 @@ def sop_energy(ops: OpCountResult | Mapping, constants: Any = "45nm") -> dict[st
     return {"convention": "lmht_sop", "constants": asdict(c), "sops": sops, "e_uj": _uj(c.e_ac * sops),
             "first_layer": syn[0].name, "first_layer_excluded": True,
             "analog_layers": [l.name for l in analog], "e_analog_uj": _uj(e_analog),
-            "layers": [{"name": l.name, "sops": l.acs, "e_uj": _uj(c.e_ac * l.acs)} for l in syn[1:] if l.input_spiking]}
+            "layers": [{"name": l.name, "sops": l.acs, "e_uj": _uj(c.e_ac * l.acs)}
+                       for l in syn[1:] if l.input_spiking]}
 
 
 def sdt_energy(ops: OpCountResult | Mapping, constants: Any = "45nm") -> dict[str, Any]:

@@ -2,14 +2,13 @@
 
 The fan-out of an input element is the number of (output element, kernel tap) pairs that read it. Near a
 border it is smaller than ``C_out·k²/stride²`` because taps that fall into the zero padding read nothing.
-Following sinabs (``synopcounter.py``), the map is one transposed convolution of ones; layers whose
-padding is not plain zeros (reflect, circular, ``'same'``) are handled by differentiating the sum of a
-ones-weight convolution of a ones input, which counts every connection including wrapped ones. Both give
-an exact integer count per input element.
+Following sinabs (``synopcounter.py``), the map is a transposed convolution of ones; because the count
+factorises over channels and spatial axes it is computed axis by axis (exact, and far cheaper than one
+float64 convolution of the layer's size). Padding modes that read real inputs in the pad (reflect,
+circular, replicate) are counted by enumerating the (output, tap) pairs of each axis. Pool windows are
+counted by differentiating a sum pool of ones. Every count is an exact integer.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -156,11 +155,3 @@ def adaptive_sum_pool(pool: nn.AdaptiveAvgPool1d | nn.AdaptiveAvgPool2d, x: torc
     else:
         y = torch.einsum("...hw,ih,jw->...ij", xd, mats[0], mats[1])
     return y.to(x.dtype)
-
-
-def fanout_total(fan: torch.Tensor) -> float:
-    """Sum of a fan-out map as a Python float (exact: integers well below 2^53)."""
-    v = float(fan.sum())
-    if not math.isfinite(v):
-        raise ValueError("fan-out map is not finite")
-    return v

@@ -252,7 +252,7 @@ class OpCounter:
         if self.input_events is not None:
             if not isinstance(x, torch.Tensor) or x.dim() < 2:
                 raise ValueError("OpCounter(input_events=...): the model input must be a time-major [T, B, ...] "
-                                 f"tensor, got {type(x).__name__ if not isinstance(x, torch.Tensor) else tuple(x.shape)}")
+                                 f"tensor, got {tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
             with torch.no_grad():
                 lanes = (x != 0).to(x.dtype)
                 events = lanes if self.input_events == "binary" else x.abs()
@@ -637,7 +637,8 @@ class OpCounter:
                 return
             q, k, v = cap["q"], cap["k"], cap["v"]
             if k.shape != v.shape or q.dim() < 3:
-                self._flag(name, module, f"k {tuple(k.shape)} and v {tuple(v.shape)} must have the same time-major shape")
+                self._flag(name, module, f"k {tuple(k.shape)} and v {tuple(v.shape)} must have the same time-major "
+                                         "shape")
                 return
             with torch.no_grad():
                 acc = self._layer(name, module, "attention", "ADD")

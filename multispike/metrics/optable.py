@@ -175,7 +175,8 @@ class OpCountResult:
                     f"(first layer {format_count(t['first_layer_macs_per_step'])}), analog MACs "
                     f"{format_count(t['analog_macs'])}, value-weighted ACs {format_count(t['acs'])}, additions "
                     f"{format_count(t['additions'])}; NeuroBench effective MACs "
-                    f"{format_count(t['neurobench_effective_macs'])} / ACs {format_count(t['neurobench_effective_acs'])}"
+                    f"{format_count(t['neurobench_effective_macs'])} / ACs "
+                    f"{format_count(t['neurobench_effective_acs'])}"
                     f" / dense {format_count(t['neurobench_dense'])}.")
         if self.unsupported:
             rows.append("")

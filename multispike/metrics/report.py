@@ -269,7 +269,10 @@ def evaluate(model: nn.Module, data: Iterable, T_max: int | None = None, *, inpu
                          "path, the split and --max-samples/--limit")
     elapsed = time.perf_counter() - t0
     T_out = len(correct)
-    curve = [(t + 1, correct[t] / total) for t in range(T_out)] if per_step_ok else [(T_max or T_out, correct[-1] / total)]
+    if per_step_ok:
+        curve = [(t + 1, correct[t] / total) for t in range(T_out)]
+    else:
+        curve = [(T_max or T_out, correct[-1] / total)]
     ops_res: OpCountResult | None = counter.result() if counter is not None else None
     energy_d = None
     if ops_res is not None and ops_res.synaptic:
@@ -393,6 +396,9 @@ def write_report(result: EvalResult | Mapping[str, Any], out_dir: str | os.PathL
         c = e["constants"]
         md += ["", "## Energy per sample", "",
                f"Constants `{c['name']}`: E_MAC = {c['e_mac']} pJ, E_AC = {c['e_ac']} pJ ({c['source']}).", ""]
+        if res.spikes is not None and not res.spikes.get("layers"):
+            md += ["This model has no spiking neurons: only the ANN row and the multispike count (which prices "
+                   "what actually ran) describe it; the SNN conventions below apply their formulas regardless.", ""]
         md += _md_table(["convention", "energy (µJ)", "δ = E_ANN / E", "definition"], _energy_rows(e))
         if "memory" in e:
             m = e["memory"]

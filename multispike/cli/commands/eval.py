@@ -38,7 +38,7 @@ def _kv(text: str) -> tuple[str, Any]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "eval", help="evaluate a model: accuracy per timestep, spike rates, op counts, energy; JSON/Markdown/PNG report",
+        "eval", help="evaluate a model: accuracy per timestep, spike rates, op counts, energy; JSON/Markdown/PNG",
         description=__doc__.split("\n\n")[0], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("model")
     src.add_argument("--model", help="zoo model name (see `multispike.models.list_models()`)")
