@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 import torch.nn.functional as F
 from torch import nn
 
@@ -209,6 +211,17 @@ CONV_CASES = [
 @pytest.mark.parametrize("conv,in_shape", CONV_CASES, ids=[f"case{i}" for i in range(len(CONV_CASES))])
 def test_fanout_at_borders_equals_brute_force(conv, in_shape):
     torch.testing.assert_close(conv_fanout(conv, in_shape), brute_fanout(conv, in_shape), **exact)
+
+
+@settings(max_examples=30, deadline=None)
+@given(k=st.integers(1, 4), s=st.integers(1, 3), p=st.integers(0, 2), d=st.integers(1, 2), g=st.sampled_from([1, 2]),
+       H=st.integers(1, 7), W=st.integers(1, 7), mode=st.sampled_from(["zeros", "reflect", "circular", "replicate"]))
+def test_fanout_property_random_geometry(k, s, p, d, g, H, W, mode):
+    assume(min(H, W) + 2 * p - d * (k - 1) - 1 >= 0)
+    assume(mode != "reflect" or p < min(H, W))
+    assume(mode != "circular" or p <= min(H, W))
+    conv = nn.Conv2d(2, 4, k, stride=s, padding=p, dilation=d, groups=g, padding_mode=mode)
+    torch.testing.assert_close(conv_fanout(conv, (2, H, W)), brute_fanout(conv, (2, H, W)), **exact)
 
 
 def test_fanout_sum_is_real_connections():

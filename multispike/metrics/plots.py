@@ -27,7 +27,7 @@ def _save(fig, path: str | os.PathLike) -> str:
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    fig.savefig(path, format="png", bbox_inches="tight")  # keeps legends placed outside the axes
     return path
 
 
@@ -40,17 +40,20 @@ def plot_accuracy_vs_T(curves: Mapping[str, Sequence[tuple[float, float]]], path
     """One line per run: accuracy (%) at every timestep prefix t."""
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
-    for name, pts in curves.items():
+    markers, styles = "os^Dv<>p", ("-", "--", ":", "-.")
+    for i, (name, pts) in enumerate(curves.items()):
         if not pts:
             continue
         ts, acc = zip(*pts)
-        ax.plot(ts, [100 * a for a in acc], marker="o", label=name)
+        # Distinct markers and dashes: runs with equal prefixes (e.g. T=4 vs T=16 of one SNN) overlap exactly.
+        ax.plot(ts, [100 * a for a in acc], marker=markers[i % len(markers)], linestyle=styles[i % len(styles)],
+                markersize=7 - min(i, 3), label=name)
     ax.set_xlabel("timesteps t (prefix)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    if len(curves) > 1 or any(curves.values()):
-        ax.legend(loc="lower right", fontsize=8)
+    if any(curves.values()):
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     return _save(fig, path)
 
 
@@ -71,7 +74,7 @@ def plot_layer_rates(layers: Iterable[Mapping[str, Any]], path: str | os.PathLik
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("rate")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(True, axis="y", alpha=0.3)
     return _save(fig, path)
 
@@ -109,7 +112,7 @@ def plot_energy_breakdown(energy: Mapping[str, Any], path: str | os.PathLike,
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("µJ per sample")
     ax.set_title(f"{title}: per layer (multispike count, {energy['constants']['name']})", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper right")
     ax.grid(True, axis="y", alpha=0.3)
     ax2 = fig.add_subplot(1, 2, 2)
     labels, vals = _energy_totals(energy)
@@ -124,11 +127,13 @@ def plot_energy_breakdown(energy: Mapping[str, Any], path: str | os.PathLike,
 
 def _energy_totals(energy: Mapping[str, Any]) -> tuple[list[str], list[float]]:
     labels = ["ANN (MAC)", "DIET SNN", "multispike", "LM-HT SOP", "NeuroBench"]
-    vals = [energy["diet"]["e_ann_uj"], energy["diet"]["e_snn_uj"], energy["multispike"]["e_uj"],
-            energy["lmht_sop"]["e_uj"], energy["neurobench"]["e_uj"]]
+    # A convention missing from a run (e.g. SNN formulas for a model without spiking neurons) plots as 0.
+    get = lambda key, field: float(energy.get(key, {}).get(field) or 0.0)  # noqa: E731
+    vals = [get("diet", "e_ann_uj"), get("diet", "e_snn_uj"), get("multispike", "e_uj"), get("lmht_sop", "e_uj"),
+            get("neurobench", "e_uj")]
     if "sdt" in energy:
         labels.append("SDT")
-        vals.append(energy["sdt"]["e_uj"])
+        vals.append(get("sdt", "e_uj"))
     return labels, vals
 
 
@@ -149,8 +154,10 @@ def plot_energy_comparison(runs: Mapping[str, Mapping[str, Any]], path: str | os
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(_short(names, 24), rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("µJ per sample")
-    ax.set_yscale("log")
+    positive = [v for n in names for v in _energy_totals(runs[n])[1] if v > 0]
+    if positive and max(positive) / min(positive) > 50:  # a log axis only when the bars span decades
+        ax.set_yscale("log")
     ax.set_title(title)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(True, axis="y", alpha=0.3)
     return _save(fig, path)

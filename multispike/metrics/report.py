@@ -433,10 +433,15 @@ def compare_reports(results: Sequence[EvalResult | Mapping[str, Any] | str | os.
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, str] = {}
-    rows, table = [], []
+    rows, table, energies = [], [], {}
     for lab, r in zip(labels, runs):
         tot = (r.spikes or {}).get("total", {})
-        e = r.energy or {}
+        e = dict(r.energy or {})
+        if r.spikes is not None and not r.spikes.get("layers"):
+            # No spiking neuron: the SNN conventions (DIET r_l, SOPs) say nothing about this run.
+            e.pop("diet", None), e.pop("lmht_sop", None)
+            e["diet"] = {"e_ann_uj": (r.energy or {}).get("diet", {}).get("e_ann_uj")}
+        energies[lab] = e
         row = {"name": lab, "samples": r.samples, "T": r.T, "accuracy": r.accuracy,
                "spike_rate": tot.get("spike_rate"),
                "dense_macs_per_step": (r.ops or {}).get("totals", {}).get("dense_macs_per_step"),
@@ -453,8 +458,7 @@ def compare_reports(results: Sequence[EvalResult | Mapping[str, Any] | str | os.
     paths["accuracy_plot"] = plots.plot_accuracy_vs_T({lab: r.accuracy_vs_T for lab, r in zip(labels, runs)},
                                                       out / "comparison_accuracy.png", title="Accuracy vs timesteps")
     if all(r.energy for r in runs):
-        paths["energy_plot"] = plots.plot_energy_comparison({lab: r.energy for lab, r in zip(labels, runs)},
-                                                            out / "comparison_energy.png")
+        paths["energy_plot"] = plots.plot_energy_comparison(energies, out / "comparison_energy.png")
     md = ["# Comparison", ""]
     md += _md_table(["run", "samples", "T", "acc (%)", "spike rate", "MACs/step", "E_ANN (µJ)", "E_DIET (µJ)",
                      "δ DIET", "E_multispike (µJ)", "E_SOP (µJ)", "E_NeuroBench (µJ)"], table)
