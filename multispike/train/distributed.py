@@ -136,8 +136,9 @@ def wrap_model(model: nn.Module, info: DistInfo, sync_bn: bool = False, find_unu
                ) -> nn.Module:
     """Move ``model`` to ``info.device`` and wrap it in DDP when distributed.
 
-    ``broadcast_buffers=False``: neuron state is not in buffers in any case, and BN statistics are
-    reconciled once per epoch by :func:`sync_bn_stats` instead of being overwritten at every forward.
+    No buffer sync at every forward (``broadcast_buffers=False``, called ``forward_sync_buffers=False`` in
+    newer torch): neuron state is not in buffers in any case, and BN statistics are reconciled once per epoch by
+    :func:`sync_bn_stats` instead of being overwritten by rank 0's at every forward.
     """
     if sync_bn:
         if info.device.type != "cuda":
@@ -147,9 +148,15 @@ def wrap_model(model: nn.Module, info: DistInfo, sync_bn: bool = False, find_unu
     model = model.to(info.device)
     if not info.distributed:
         return model
+    import inspect
+
     from torch.nn.parallel import DistributedDataParallel as DDP
     device_ids = [info.device.index] if info.device.type == "cuda" else None
-    return DDP(model, device_ids=device_ids, broadcast_buffers=False, find_unused_parameters=find_unused_parameters)
+    # newer torch renames the switch (the old name then warns); both keep buffers out of the per-forward sync.
+    # Buffers are still synced once at construction, which only copies rank 0's identical initial values.
+    no_buffer_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters \
+        else {"broadcast_buffers": False}
+    return DDP(model, device_ids=device_ids, find_unused_parameters=find_unused_parameters, **no_buffer_sync)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

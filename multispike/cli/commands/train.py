@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 EPILOG = """\
 examples:
@@ -37,14 +38,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ...train.config import config_from_args
-    from ...train.engine import run_training
+    from ...train.runner import run_training
 
     cfg = config_from_args(args)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
         return 0
     summary = run_training(cfg)
-    if summary.get("final_acc") is not None:
+    if os.environ.get("RANK", "0") == "0" and summary.get("final_acc") is not None:   # rank 0 only under torchrun
         per_t = summary.get("final_acc_per_t") or []
         extra = f" (per t: {', '.join(f'{100 * a:.2f}' for a in per_t)})" if len(per_t) > 1 else ""
         print(f"final accuracy {100 * summary['final_acc']:.2f}%{extra}; best {100 * summary['best_acc']:.2f}% at "
