@@ -166,3 +166,23 @@ def test_reference_mac_counts(name, size, macs, first):
     if name == "vgg16_diet":  # MLIF-P Table 1: 1.56e3 µJ for the ANN
         e = diet_energy(res)["e_ann_uj"]
         assert f"{e:.2e}" == "1.56e+03"
+
+
+def test_lmht_sops_equal_reparameterised_if_sops():
+    """algorithms.md §2.9 item 7: at equal L·T, the SOPs (spike counts × fan-out) of an M-HT/LM-HT network equal
+    those of its reparameterised single-threshold IF network (non-negative currents: Lemma 4.1 is exact)."""
+    from multispike.convert.lmht import reparameterize_lmht
+    from multispike.neurons.lmht import LMHTNeuron
+    torch.manual_seed(0)
+    T, L = 2, 3
+    convs = [nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.Conv2d(4, 4, 3, padding=1, bias=False)]
+    for c in convs:
+        nn.init.uniform_(c.weight, 0.0, 0.15)  # non-negative currents
+    lmht = nn.Sequential(ms.DirectEncoder(T), SeqToANNContainer(convs[0]), LMHTNeuron(T=T, levels=L, v_threshold=0.5),
+                         SeqToANNContainer(convs[1]), LMHTNeuron(T=T, levels=L, v_threshold=0.5),
+                         SeqToANNContainer(nn.Flatten(), nn.Linear(4 * 16, 3, bias=False))).eval()
+    if_net, _ = reparameterize_lmht(lmht)
+    x = torch.rand(3, 2, 4, 4) * 2
+    s_lmht, s_if = sop_energy(count_ops(lmht, x)), sop_energy(count_ops(if_net, x))
+    assert s_lmht["sops"] > 0
+    assert s_lmht["sops"] == s_if["sops"]

@@ -4,18 +4,22 @@
 are reported side by side, each named:
 
 * **multispike** (value-weighted events): a layer whose input is a spike train costs
-  ``Σ_inputs events(i) · fanout(i)`` accumulates, where ``events`` is the neuron's ``spike_events`` (a spike
-  of count k is k events; a fired one-hot M-LIF lane is one) and ``fanout(i)`` is the exact number of
-  connections of input i (a transposed convolution of ones, so borders are exact, as in sinabs). A layer
-  whose input is not a spike train (the direct-encoding first layer) costs dense MACs at every step it runs,
-  so under direct encoding the first layer costs ``MACs·T``.
+  ``Σ_inputs events(i) · fanout(i)`` accumulates, where ``events(i)`` is what input i costs downstream - the
+  neuron's ``spike_events`` for a count neuron (a spike of count k is k accumulates; a θ-payload IF spike is
+  one) and its ``active_lanes`` for a lane neuron (``lanes > 1``: a fired one-hot M-LIF lane is one
+  accumulate with pre-scaled weights) - and ``fanout(i)`` is the exact number of connections of input i (a
+  transposed convolution of ones, so borders are exact, as in sinabs). A layer whose input is not a spike
+  train costs dense MACs at every step it runs: ``MACs·T`` when the image is repeated before the first
+  conv, ``MACs·1`` when a model runs its stem once and repeats the result (the zoo does; the DIET energy
+  convention still costs that layer at every step, see :func:`~multispike.metrics.diet_energy`).
 * **neurobench** (``SynapticOperations`` of NeuroBench 2.x): an input counts as spiking only if every value
   is in {−1, 0, 1}; non-zero inputs are binarised and multiplied by the binarised weights, so a count of 3
   costs one operation and a θ-payload IF layer with θ ≠ 1 is counted as MACs. ``Dense`` counts every real
   connection (padding taps excluded).
-* **diet** (MLIF-P eq. (11)): ``#SNN_ops = r_l · #ANN_ops``, with ``r_l`` the active input lanes over all
-  steps per input element and ``#ANN_ops`` the per-step dense MACs ``H_out·W_out·C_out·C_in·k²``. The
-  per-step dense MACs are the reference counts of §6.2 (VGG16-DIET 338.4 M).
+* **diet** (MLIF-P eq. (11)): ``#SNN_ops = r_l · #ANN_ops``, with ``r_l`` the non-zero inputs over all
+  steps per input element (MLIF-C's ``nnz`` of the merged input, i.e. the active lanes of binary or one-hot
+  spikes) and ``#ANN_ops`` the per-step dense MACs ``H_out·W_out·C_out·C_in·k²``. The per-step dense MACs
+  are the reference counts of §6.2 (VGG16-DIET 338.4 M).
 
 Which tensors are spike trains is decided by tracking, not guessed from values: every spiking neuron's
 output is registered (with its events), views of it are recognised by storage, and average pooling,
@@ -54,7 +58,7 @@ _MAXPOOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPoo
 
 
 def _dropout_types() -> tuple[type, ...]:
-    try:  # the zoo's time-shared dropout (one mask for all steps); imported lazily: models import metrics' peers
+    try:  # the zoo's time-shared dropout (one mask for all steps); imported here, not at module load
         from ..models.base import TimeSharedDropout
         return (nn.Dropout, nn.Dropout1d, nn.Dropout2d, TimeSharedDropout)
     except ImportError:  # pragma: no cover - the zoo is optional for counting
@@ -131,6 +135,11 @@ class OpCounter:
             (default) treats the input as analog, so the first layer is a MAC layer (direct encoding).
         neurobench: also compute the NeuroBench-compatible numbers (one extra binary convolution per call for
             layers whose weights contain exact zeros; otherwise free).
+
+    Cost: one reduction per tracked tensor per layer, and the spike tensors of the current pass (with an
+    events copy) stay alive until the pass ends - so ``no_grad`` inference uses up to about twice its usual
+    activation memory while counting. Counting is driven by calls of ``model`` itself (its pre/post hooks);
+    around ``model.forward_sequence`` or other entry points call :meth:`begin_forward`/:meth:`end_forward`.
 
     Example::
 
