@@ -9,7 +9,7 @@ Backends registered here besides each family's ``"torch"`` reference:
 Every fused kernel has its family's reference signature, reproduces the forward bit for bit, and falls back to
 the reference for options it does not cover.
 """
-from . import lif_cpp  # noqa: F401  (registers the "cpp" LIF kernel)
+from . import lif_cpp, lmht_cpp, mlif_cpp  # noqa: F401  (register the "cpp" kernels)
 from ._build import CppBuildWarning, build_info
 from .registry import available_backends, get_kernel, register_kernel, resolve_backend
 

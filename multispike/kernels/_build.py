@@ -67,7 +67,8 @@ def _cpu_fingerprint() -> str:
 
 def _sources() -> str:
     from ._cpu_src_lif import SOURCE as LIF
-    return LIF
+    from ._cpu_src_multi import SOURCE as MULTI
+    return LIF + "\n" + MULTI
 
 
 def _flag_sets(version: str) -> list[list[str]]:
@@ -115,6 +116,14 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.ms_lif_backward.restype = i32
     lib.ms_lif_backward.argtypes = [i32, vp, i64, i64, i64, vp, i64, vp, vp, vp, vp, vp, i64, vp, vp, dp, dp, lp,
                                     i32]
+    lib.ms_mlif_forward.restype = i32
+    lib.ms_mlif_forward.argtypes = lib.ms_lif_forward.argtypes
+    lib.ms_mlif_backward.restype = i32
+    lib.ms_mlif_backward.argtypes = lib.ms_lif_backward.argtypes
+    lib.ms_lmht_forward.restype = i32
+    lib.ms_lmht_forward.argtypes = [i32, vp, i64, i64, i64, vp, i64, vp, vp, dp, dp, lp, i32]
+    lib.ms_lmht_backward.restype = i32
+    lib.ms_lmht_backward.argtypes = [i32, vp, i64, i64, i64, vp, i64, vp, vp, vp, i64, vp, dp, dp, dp, lp, i32]
 
 
 def load_library() -> ctypes.CDLL | None:

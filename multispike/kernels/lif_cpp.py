@@ -34,18 +34,20 @@ from . import _build
 from ._common import FLOAT_CODES, empty_seq, empty_step, match_layout, reference, scalar_param, step_layout
 from .registry import register_kernel
 
-__all__ = ["lif_multistep_cpp", "lif_plan"]
+__all__ = ["lif_multistep_cpp", "lif_plan", "surrogate_code"]
 
 _LEAK_MODES = {"post_reset": 0, "decay_input": 2, "decay_state": 3}
 _LM_PRN = 1
 
 
-def _surrogate_code(surrogate) -> tuple[int, float, float] | None:
-    """(kind, p0, p1) of the C++ surrogate derivative, or None for a surrogate the kernel cannot express."""
+def surrogate_code(surrogate, derivative_only: bool = False) -> tuple[int, float, float] | None:
+    """(kind, p0, p1) of the fused kernels' surrogate derivative, or None for a surrogate they cannot express.
+
+    ``derivative_only``: only ``h'`` is used (M-LIF window shapes), so the ``spiking`` flag does not matter."""
     from ..neurons.surrogate import ATan, Rectangular, Sigmoid, Triangle
     if surrogate is None:
         return 0, 4.0, 0.0  # lif_multistep's default Sigmoid(4)
-    if not getattr(surrogate, "spiking", False):
+    if not derivative_only and not getattr(surrogate, "spiking", False):
         return None  # the smooth primitive replaces the step in the forward: reference only
     kind, a = type(surrogate), float(surrogate.alpha)
     if kind is Sigmoid:
@@ -90,7 +92,7 @@ def lif_plan(x_seq, state, *, v_threshold, v_init, leak, tau, leak_mode, v_reset
         return None  # invalid: the reference raises the error
     if v_reset is not None and (isinstance(v_reset, (bool, torch.Tensor)) or not isinstance(v_reset, (int, float))):
         return None
-    surr = _surrogate_code(surrogate)
+    surr = surrogate_code(surrogate)
     if surr is None:
         return None
     theta = scalar_param(v_threshold, x_seq)

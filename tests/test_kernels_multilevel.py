@@ -1,0 +1,291 @@
+"""Fused one-hot M-LIF and LM-HT/M-HT kernels (backend "cpp") against their reference functions.
+
+Identical forward payloads and states (atol=0); gradients of the input, initial state and learnable
+θ/β/λ/Ω/leak schedule within 1e-10 in float64 and 1e-6 relative in float32.
+"""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import multispike as ms
+from multispike.kernels import _build, lmht_cpp, mlif_cpp
+from multispike.kernels.registry import get_kernel, resolve_backend
+from multispike.neurons.if_lif import LIFState
+from multispike.neurons.lmht import LMHTNeuron, LMHTState, MHTNeuron, lmht_multistep
+from multispike.neurons.mlif import OneHotMLIF, mlif_multistep
+from multispike.neurons.surrogate import ATan, Rectangular
+
+F64 = {"atol": 1e-10, "rtol": 1e-10}
+F32 = {"atol": 1e-6, "rtol": 1e-6}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def library():
+    lib = _build.load_library()
+    if lib is None:
+        pytest.skip(f"C++ kernels unavailable here: {_build.build_info()}")
+    return lib
+
+
+def _spy(monkeypatch, module, name):
+    calls = []
+    orig = getattr(module, name)
+
+    def wrapped(*a, **k):
+        calls.append(1)
+        return orig(*a, **k)
+
+    monkeypatch.setattr(module, name, wrapped)
+    return calls
+
+
+@pytest.fixture
+def mlif_spy(monkeypatch):
+    return _spy(monkeypatch, mlif_cpp, "run_mlif")
+
+
+@pytest.fixture
+def lmht_spy(monkeypatch):
+    return _spy(monkeypatch, lmht_cpp, "run_lmht")
+
+
+def _inputs(shape, dtype, seed=0, scale=1.5, offset=0.8):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * scale + offset
+    # quarter multiples land exactly on the power-of-two lane edges and the LM-HT levels
+    x = torch.where(torch.rand(shape, generator=g, dtype=torch.float64) < 0.3, torch.round(x * 4) / 4, x)
+    return x.to(dtype)
+
+
+def _check(kernel, ref, x, kw, learn, dtype, state=None, seq_out_is_state=LIFState):
+    tol = F64 if dtype == torch.float64 else F32
+    outs = []
+    for fn in (kernel, ref):
+        xi = x.detach().clone().requires_grad_(True)
+        kwi = dict(kw)
+        leaves = [xi]
+        for name in learn:
+            val = kwi[name]
+            kwi[name] = (val.detach().clone() if isinstance(val, torch.Tensor) else torch.tensor(val, dtype=dtype))
+            kwi[name].requires_grad_(True)
+            leaves.append(kwi[name])
+        st = None
+        if state is not None:
+            fields = [f.detach().clone().requires_grad_(True) if isinstance(f, torch.Tensor) else f for f in state]
+            st = type(state)(*fields)
+            leaves += [f for f in fields if isinstance(f, torch.Tensor)]
+        y, st_out, _ = fn(xi, st, **kwi)
+        g = torch.Generator().manual_seed(3)
+        loss = (y * torch.randn(y.shape, generator=g, dtype=dtype)).sum()
+        loss = loss + (st_out.v * torch.randn(st_out.v.shape, generator=g, dtype=dtype)).sum()
+        if getattr(st_out, "last_reset", None) is not None:
+            loss = loss + (st_out.last_reset * 0.61).sum()
+        outs.append((y, st_out, torch.autograd.grad(loss, leaves, allow_unused=True)))
+    (y1, s1, g1), (y2, s2, g2) = outs
+    torch.testing.assert_close(y1, y2, atol=0, rtol=0)
+    torch.testing.assert_close(s1.v, s2.v, atol=0, rtol=0)
+    if getattr(s2, "last_reset", None) is not None:
+        torch.testing.assert_close(s1.last_reset, s2.last_reset, atol=0, rtol=0)
+    for a, b in zip(g1, g2):
+        if b is None:
+            assert a is None or torch.count_nonzero(a) == 0
+        else:
+            scale = max(1.0, float(b.abs().max()))
+            torch.testing.assert_close(a, b, atol=tol["atol"] * scale, rtol=tol["rtol"])
+    return y1
+
+
+# ================================================================================================ M-LIF
+MLIF_RESETS = [("soft", False, False), ("soft", True, False), ("hard", False, False), ("soft", True, True),
+               ("hard", False, True)]  # (reset, reset_leak, decay_input)
+
+
+@pytest.mark.parametrize("reset", MLIF_RESETS, ids=lambda r: f"{r[0]}-rl{int(r[1])}-di{int(r[2])}")
+@pytest.mark.parametrize("surrogate", ["paper_difference", "code_sum", "fast_unscaled"])
+@pytest.mark.parametrize("shape", ["triangle", "sigmoid"])
+def test_mlif_option_combinations(reset, surrogate, shape, mlif_spy):
+    x = _inputs((4, 3, 11), torch.float64, seed=len(surrogate) + 7 * MLIF_RESETS.index(reset))
+    n = 0
+    for lanes, bounds, scaled, fire_ge, detach in itertools.product((1, 3, 4), ("paper", "floor"), (False, True),
+                                                                     (False, True), (False, True)):
+        kw = dict(lanes=lanes, v_threshold=0.6, leak=0.9, v_init=0.1, reset=reset[0], reset_leak=reset[1],
+                  decay_input=reset[2], lane_bounds=bounds, scaled=scaled, surrogate=surrogate, shape=shape, gamma=0.5, alpha=3.0,
+                  fire_ge=fire_ge, detach_reset=detach)
+        _check(mlif_cpp.mlif_multistep_cpp, mlif_multistep, x, kw, ("v_threshold", "leak"), torch.float64)
+        n += 1
+    assert len(mlif_spy) == n
+
+
+@pytest.mark.parametrize("shape_fn", [lambda: ATan(2.0), lambda: Rectangular(0.5)], ids=["atan", "rect"])
+def test_mlif_other_window_shapes(shape_fn):
+    x = _inputs((5, 2, 9), torch.float64, seed=21)
+    _check(mlif_cpp.mlif_multistep_cpp, mlif_multistep, x, dict(lanes=3, shape=shape_fn(), v_threshold=0.5),
+           ("v_threshold",), torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 1, 5), (3, 2, 3, 7, 5), (8, 1, 1030), (2, 4, 3, 333)])
+def test_mlif_shapes(shape, dtype):
+    x = _inputs(shape, dtype, seed=sum(shape))
+    _check(mlif_cpp.mlif_multistep_cpp, mlif_multistep, x, dict(lanes=4, v_threshold=0.5, leak=0.95),
+           ("v_threshold", "leak"), dtype)
+
+
+def test_mlif_state_layouts_and_poisoned_buffers(mlif_spy):
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True  # every new buffer starts as NaN
+    try:
+        base = _inputs((5, 3, 4, 6, 7), torch.float64, seed=22)
+        state = LIFState(_inputs((3, 4, 6, 7), torch.float64, seed=23),
+                         (torch.rand(3, 4, 6, 7, dtype=torch.float64) < 0.3).double() * 0.6)
+        for x in (base, base.transpose(3, 4).contiguous().transpose(3, 4), base[:, :, :, ::1],
+                  base.contiguous(memory_format=torch.channels_last_3d)):
+            _check(mlif_cpp.mlif_multistep_cpp, mlif_multistep, x, dict(lanes=3, v_threshold=0.6, leak=0.9),
+                   ("v_threshold", "leak"), torch.float64, state=state)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert mlif_spy
+
+
+@pytest.mark.parametrize("case", ["lane_mask", "return_lanes", "store_v_seq", "per_channel_theta"])
+def test_mlif_fallbacks(case, mlif_spy):
+    x = _inputs((3, 2, 4, 5), torch.float64, seed=24)
+    kw = dict(lanes=3, v_threshold=0.7)
+    if case == "lane_mask":
+        kw["lane_mask"] = (torch.rand(2, 3, 4, 5, dtype=torch.float64) < 0.7).double()
+    elif case == "return_lanes":
+        kw["return_lanes"] = True
+    elif case == "store_v_seq":
+        kw["store_v_seq"] = True
+    else:
+        kw["v_threshold"] = torch.tensor([0.5, 1.0, 1.5, 2.0], dtype=torch.float64).view(4, 1)
+    y1, s1, e1 = mlif_cpp.mlif_multistep_cpp(x, **kw)
+    y2, s2, e2 = mlif_multistep(x, **kw)
+    torch.testing.assert_close(y1, y2, atol=0, rtol=0)
+    for a, b in zip(e1, e2):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert not mlif_spy
+
+
+def test_mlif_invalid_arguments_raise_like_reference():
+    x = _inputs((3, 2, 4), torch.float64)
+    with pytest.raises(ValueError, match="lanes"):
+        mlif_cpp.mlif_multistep_cpp(x, lanes=0)
+    with pytest.raises(ValueError, match="v_threshold"):
+        mlif_cpp.mlif_multistep_cpp(x, v_threshold=-1.0)
+    with pytest.raises(ValueError, match="reset"):
+        mlif_cpp.mlif_multistep_cpp(x, reset="bogus")
+
+
+def test_mlif_module_auto_backend(mlif_spy):
+    assert resolve_backend("mlif", "auto", "cpu") == "cpp"
+    assert get_kernel("mlif", "cpp") is mlif_cpp.mlif_multistep_cpp
+    x = _inputs((4, 2, 3, 5, 5), torch.float32, seed=25)
+    outs = []
+    for backend in ("auto", "torch"):
+        torch.manual_seed(0)
+        nrn = OneHotMLIF(lanes=3, v_threshold=0.8, leak=0.9, backend=backend)
+        y = nrn(x)
+        y.pow(2).sum().backward()
+        outs.append((y, nrn.v, nrn.v_threshold.grad, nrn.leak.grad))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=0, rtol=0)
+    torch.testing.assert_close(outs[0][1], outs[1][1], atol=0, rtol=0)
+    for a, b in zip(outs[0][2:], outs[1][2:]):
+        torch.testing.assert_close(a, b, atol=1e-6 * max(1.0, float(b.abs())), rtol=1e-6)
+    assert len(mlif_spy) == 1
+    # lane dropout in training mode needs the lane tensor: the module transparently uses the reference
+    nrn = OneHotMLIF(lanes=3, dropout=0.5, backend="auto").train()
+    nrn(x)
+    assert len(mlif_spy) == 1
+
+
+# ================================================================================================ LM-HT
+@pytest.mark.parametrize("levels", [1, 2, 4])
+@pytest.mark.parametrize("tgim", [False, True])
+def test_lmht_option_combinations(levels, tgim, lmht_spy):
+    T = 4
+    x = _inputs((T, 3, 10), torch.float64, seed=levels + 10 * tgim)
+    omega = (torch.rand(T, T, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 0.6) if tgim else None
+    n = 0
+    for dt, dr, scale, width, learn_leak in itertools.product((True, False), (True, False), (1.0, 2.0),
+                                                              (0.5, 0.0, 0.25), (False, True)):
+        kw = dict(levels=levels, omega=omega, leak=0.9, v_threshold=0.5, v_init=0.25, in_scale=scale,
+                  detach_temporal=dt, detach_reset=dr, surrogate_width=width)
+        learn = (("leak",) if learn_leak else ()) + (("omega",) if tgim else ())
+        _check(lmht_cpp.lmht_multistep_cpp, lmht_multistep, x, kw, learn, torch.float64)
+        n += 1
+    assert len(lmht_spy) == n
+
+
+def test_lmht_leak_schedule_and_state():
+    T = 6
+    x = _inputs((T, 2, 3, 7), torch.float64, seed=31)
+    sched = torch.tensor([0.8, 1, 1, 0.7, 1, 1], dtype=torch.float64)
+    _check(lmht_cpp.lmht_multistep_cpp, lmht_multistep, x, dict(levels=3, v_threshold=0.4, leak_schedule=sched),
+           ("leak_schedule",), torch.float64)
+    state = LMHTState(_inputs((2, 3, 7), torch.float64, seed=32))
+    for dt in (True, False):
+        _check(lmht_cpp.lmht_multistep_cpp, lmht_multistep, x,
+               dict(levels=2, v_threshold=0.5, leak=0.9, detach_temporal=dt), ("leak",), torch.float64, state=state)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (2, 1, 1), (4, 3, 5, 7, 3), (8, 2, 1029), (3, 4, 33, 17)])
+def test_lmht_shapes(shape, dtype):
+    T = shape[0]
+    x = _inputs(shape, dtype, seed=sum(shape))
+    omega = torch.full((T, T), 1.0 / T, dtype=dtype) + torch.eye(T, dtype=dtype) * 0.1
+    _check(lmht_cpp.lmht_multistep_cpp, lmht_multistep, x,
+           dict(levels=4, omega=omega, leak=0.95, v_threshold=0.5), ("leak", "omega"), dtype)
+    _check(lmht_cpp.lmht_multistep_cpp, lmht_multistep, x, dict(levels=2, leak=1.0, v_threshold=0.25), (), dtype)
+
+
+def test_lmht_layouts_and_poisoned_buffers(lmht_spy):
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        base = _inputs((4, 3, 5, 6, 7), torch.float32, seed=33)
+        for x in (base.transpose(3, 4), base[:, :, ::2], base.contiguous(memory_format=torch.channels_last_3d)):
+            _check(lmht_cpp.lmht_multistep_cpp, lmht_multistep, x, dict(levels=2, v_threshold=0.5, leak=0.9),
+                   ("leak",), torch.float32)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert len(lmht_spy) == 3
+
+
+def test_lmht_fallbacks_and_errors(lmht_spy):
+    x = _inputs((3, 2, 4), torch.float64)
+    with pytest.raises(ValueError, match="requires grad"):
+        lmht_cpp.lmht_multistep_cpp(x, levels=2, v_threshold=torch.tensor(1.0, requires_grad=True))
+    with pytest.raises(ValueError, match="T-GIM"):
+        lmht_cpp.lmht_multistep_cpp(x, levels=2, v_threshold=1.0, omega=torch.ones(2, 2))
+    y1 = lmht_cpp.lmht_multistep_cpp(x, levels=2, v_threshold=1.0, store_v_seq=True)
+    y2 = lmht_multistep(x, levels=2, v_threshold=1.0, store_v_seq=True)
+    torch.testing.assert_close(y1[2], y2[2], atol=0, rtol=0)
+    assert not lmht_spy
+
+
+def test_lmht_modules_auto_backend(lmht_spy):
+    assert resolve_backend("lmht", "auto", "cpu") == "cpp"
+    x = _inputs((4, 2, 3, 5, 5), torch.float32, seed=34)
+    for make in (lambda b: LMHTNeuron(T=4, levels=2, backend=b), lambda b: MHTNeuron(levels=3, backend=b)):
+        outs = []
+        for backend in ("auto", "torch"):
+            nrn = make(backend)
+            with torch.no_grad():
+                for p in nrn.parameters():
+                    p.add_(torch.linspace(-0.3, 0.3, p.numel()).view_as(p))
+            xi = x.clone().requires_grad_(True)
+            y = nrn(xi)
+            y.pow(2).sum().backward()
+            outs.append((y, xi.grad, [p.grad for p in nrn.parameters()]))
+        torch.testing.assert_close(outs[0][0], outs[1][0], atol=0, rtol=0)
+        torch.testing.assert_close(outs[0][1], outs[1][1], atol=1e-6, rtol=1e-6)
+        for a, b in zip(outs[0][2], outs[1][2]):
+            torch.testing.assert_close(a, b, atol=1e-5 * max(1.0, float(b.abs().max())), rtol=1e-5)
+    assert len(lmht_spy) == 2
