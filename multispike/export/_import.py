@@ -1,0 +1,675 @@
+"""NIR -> multispike: run a NIR graph as a time-major module on ``[T, B, ...]``.
+
+:func:`import_from_nir` reads a graph (object or ``.nir`` file), recognises the threshold-ladder and one-hot-lane
+decompositions (ecosystem.md §3.3 (A)/(B)) by their *structure* - a membrane ``I``/``LI`` whose only
+successors are ``Threshold`` nodes and a ``Scale`` feedback edge into it - and runs every node with literal
+NIR semantics (:mod:`multispike.export._literal`). With ``restore=True`` (default) it also rebuilds the
+original multispike neurons and synaptic layers from the node metadata written by
+:func:`~multispike.export.nir.export_to_nir`, **after checking** that re-exporting them reproduces the
+graph's nodes exactly; metadata that does not match the graph is ignored (with a note), so the graph never
+depends on it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..neurons.base import MemoryModule, check_sequence, reset_net
+from ._literal import (IF_SEMANTICS, IntegratorBlock, LadderBlock, LaneBlock, MembraneSpec, ScaleLayer,
+                       SpikingBlock, SumPool2d, ThresholdLayer)
+from ._neurons import analyze, rebuild_neuron
+from .nir import (DEFAULT_DT, _as_str, emit_neuron, fold_input_scale, modules_from_metadata, require_nir,
+                  synapse_from_modules)
+
+__all__ = ["import_from_nir", "NIRNetwork", "NIRImportError", "read_nir"]
+
+_SUPPORTED = ("Input", "Output", "Affine", "Linear", "Scale", "Conv1d", "Conv2d", "Flatten", "AvgPool2d", "SumPool2d",
+              "Threshold", "I", "LI", "IF", "LIF")
+
+
+class NIRImportError(ValueError):
+    """A NIR graph is malformed or uses structure this importer cannot run (the message says which)."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------------
+def read_nir(path: str | os.PathLike):
+    """``nir.read`` with errors that name the file and the problem."""
+    nir = require_nir()
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"NIR file {str(p)!r} does not exist")
+    if p.is_dir():
+        raise NIRImportError(f"{str(p)!r} is a directory, not a NIR file")
+    try:
+        import h5py
+        with h5py.File(p, "r") as f:
+            if "node" not in f:
+                raise NIRImportError(f"{str(p)!r} is an HDF5 file but not a NIR graph (no 'node' group); write it with "
+                                     f"nir.write or multispike.export.export_to_nir")
+    except OSError as exc:
+        raise NIRImportError(f"{str(p)!r} is not a NIR file: it cannot be opened as HDF5 ({exc}). NIR graphs are "
+                             f"HDF5 files written by nir.write") from exc
+    try:
+        return nir.read(str(p))
+    except NIRImportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - nir raises KeyError/AssertionError/ValueError on bad content
+        raise NIRImportError(f"malformed NIR file {str(p)!r}: {type(exc).__name__}: {exc}. The file is truncated, "
+                             f"was written by an incompatible tool, or a node is missing a field") from exc
+
+
+def _meta(node) -> dict:
+    m = getattr(node, "metadata", None)
+    return m if isinstance(m, dict) else {}
+
+
+def _meta_str(meta: dict, key: str, default: str | None = None) -> str | None:
+    if key not in meta:
+        return default
+    return _as_str(meta[key])
+
+
+def _int(v, default=None):
+    try:
+        return int(np.asarray(v).item())
+    except (TypeError, ValueError):
+        return default
+
+
+def _pair(v) -> tuple[int, ...]:
+    a = np.asarray(v).astype(np.int64).reshape(-1)
+    if a.size == 1:
+        return (int(a[0]), int(a[0]))
+    return tuple(int(x) for x in a)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Runtime module
+# ----------------------------------------------------------------------------------------------------
+class NIRNetwork(nn.Module):
+    """A NIR graph as a time-major module (returned by :func:`import_from_nir`).
+
+    ``forward_sequence(x)`` takes ``[T, B, *input_shape]`` (or a static ``[B, *input_shape]``, repeated ``T``
+    times when the graph records T) and returns the per-step outputs ``[T, B, *output_shape]``;
+    ``forward(x)`` applies the graph's readout (``"mean"`` over time when the exported network ended with a
+    time mean, else the sequence). Every call starts from the initial state (``auto_reset``).
+
+    Attributes:
+        input_shape / output_shape: per-sample shapes.
+        T: graph steps per sample from the metadata (``None`` if absent), ``substeps`` the unrolling factor.
+        restored: names of the units rebuilt as the original multispike modules.
+        notes: what the importer assumed or ignored.
+    """
+
+    time_major = True
+
+    def __init__(self, blocks: dict[str, nn.Module], plan: list[tuple[str, list[str], bool]], outputs: list[str],
+                 input_shape: tuple[int, ...], output_shape: tuple[int, ...], *, T: int | None, substeps: int,
+                 input_encoding: str, readout: str, units: dict[str, str], restored: list[str],
+                 notes: list[str]) -> None:
+        super().__init__()
+        self._keys = {name: f"u{i}_{''.join(c if c.isalnum() else '_' for c in name)[:40]}"
+                      for i, name in enumerate(blocks)}
+        self.blocks = nn.ModuleDict({self._keys[n]: m for n, m in blocks.items()})
+        self.plan = plan
+        self.outputs = outputs
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.output_shape = tuple(int(s) for s in output_shape)
+        self.T = T
+        self.substeps = max(int(substeps), 1)
+        self.input_encoding = input_encoding
+        self.readout = readout
+        self.units = units
+        self.restored = restored
+        self.notes = notes
+        self.auto_reset = True
+
+    def block(self, unit: str) -> nn.Module:
+        """The module that runs NIR unit ``unit`` (a node name, or a decomposition's membrane node name)."""
+        return self.blocks[self._keys[unit]]
+
+    def unit_of(self, node: str) -> str:
+        """The unit that contains NIR node ``node``."""
+        return self.units.get(node, node)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"NIRNetwork: expected a torch.Tensor, got {type(x).__name__}")
+        rank = len(self.input_shape)
+        if x.dim() == rank + 1 and tuple(x.shape[1:]) == self.input_shape:
+            if self.T is None:
+                raise ValueError(f"NIRNetwork: got a static input {tuple(x.shape)} but the graph records no T; pass a "
+                                 f"time-major input [T, B, {', '.join(map(str, self.input_shape))}]")
+            return x.unsqueeze(0).expand(self.T, *x.shape)
+        if x.dim() == rank + 2 and tuple(x.shape[2:]) == self.input_shape:
+            if self.substeps > 1 and self.T is not None and x.shape[0] * self.substeps == self.T:
+                return x.repeat_interleave(self.substeps, dim=0)
+            return x
+        raise ValueError(f"NIRNetwork: input shape {tuple(x.shape)} fits neither [B, {self.input_shape}] nor "
+                         f"[T, B, {self.input_shape}] (the graph's Input node)")
+
+    def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-step outputs ``[T, B, *output_shape]``."""
+        x_seq = self._prepare(x)
+        check_sequence(x_seq, "NIRNetwork")
+        if self.auto_reset:
+            reset_net(self)
+        T, B = x_seq.shape[:2]
+        values: dict[str, torch.Tensor] = {"input": x_seq}
+        for unit, inputs, stateful in self.plan:
+            inp = values[inputs[0]]
+            for src in inputs[1:]:
+                inp = inp + values[src]
+            block = self.blocks[self._keys[unit]]
+            if stateful:
+                out = block(inp)
+            else:
+                y = block(inp.reshape(T * B, *inp.shape[2:]))
+                out = y.reshape(T, B, *y.shape[1:])
+            values[unit] = out
+        out = values[self.outputs[0]]
+        for src in self.outputs[1:]:
+            out = out + values[src]
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.forward_sequence(x)
+        return y.mean(0) if self.readout == "mean" else y
+
+    @torch.no_grad()
+    def run_with_events(self, x: torch.Tensor, layer_nodes: dict[str, str]) -> tuple[dict[str, torch.Tensor],
+                                                                                       torch.Tensor]:
+        """Per-step outputs plus the event counts ``spike_events(y)`` of the units holding ``layer_nodes``."""
+        captured: dict[str, torch.Tensor] = {}
+        handles = []
+        for layer, node in layer_nodes.items():
+            block = self.block(self.unit_of(node))
+
+            def hook(m, _i, out, layer=layer):
+                captured[layer] = m.spike_events(out) if hasattr(m, "spike_events") else out
+            handles.append(block.register_forward_hook(hook))
+        try:
+            out = self.forward_sequence(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return captured, out
+
+    def extra_repr(self) -> str:
+        return (f"input_shape={self.input_shape}, output_shape={self.output_shape}, T={self.T}, "
+                f"substeps={self.substeps}, readout={self.readout!r}, restored={len(self.restored)} unit(s)")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Structure: adjacency and decompositions
+# ----------------------------------------------------------------------------------------------------
+class _Adj:
+    def __init__(self, graph) -> None:
+        self.nodes = graph.nodes
+        self.preds: dict[str, list[str]] = defaultdict(list)
+        self.succs: dict[str, list[str]] = defaultdict(list)
+        for a, b in graph.edges:
+            self.succs[a].append(b)
+            self.preds[b].append(a)
+
+    def type(self, name: str) -> str:
+        return type(self.nodes[name]).__name__
+
+
+def _match_group(adj: _Adj, mem: str) -> dict | None:
+    """A ladder or lane decomposition around membrane ``mem`` (I/LI), or None if it feeds no Threshold."""
+    succ = adj.succs[mem]
+    ths = [s for s in succ if adj.type(s) == "Threshold"]
+    if not ths:
+        return None
+    where = f"membrane node {mem!r} ({adj.type(mem)})"
+    if set(succ) != set(ths) or len(set(succ)) != len(succ):
+        raise NIRImportError(f"{where} feeds Threshold nodes and other nodes {sorted(set(succ) - set(ths))}; this is "
+                             f"not a threshold-ladder or one-hot-lane decomposition and cannot be run")
+    fbs = [p for p in adj.preds[mem] if adj.type(p) == "Scale" and _reaches(adj, mem, p)]
+    if len(fbs) != 1:
+        raise NIRImportError(f"{where}: expected exactly one Scale feedback edge into the membrane (the subtractive "
+                             f"reset), found {len(fbs)}")
+    fb = fbs[0]
+    for t in ths:
+        if adj.preds[t] != [mem]:
+            raise NIRImportError(f"Threshold {t!r} reads more than the membrane {mem!r}")
+    if set(adj.preds[fb]) == set(ths):
+        order = sorted(ths, key=lambda t: float(np.mean(adj.nodes[t].threshold)))
+        consumers = None
+        for t in order:
+            c = [s for s in adj.succs[t] if s != fb]
+            if consumers is None:
+                consumers = c
+            elif sorted(c) != sorted(consumers):
+                raise NIRImportError(f"the levels of the ladder at {mem!r} feed different nodes ({sorted(c)} vs "
+                                     f"{sorted(consumers)}); every level must reach the same consumers")
+        return {"type": "ladder", "membrane": mem, "feedback": fb, "levels": order, "outputs": order,
+                "members": {mem, fb, *order}, "consumers": consumers or []}
+    # one-hot lanes: thresholds -> (neg) -> lane -> payload -> feedback
+    pays = list(adj.preds[fb])
+    order = sorted(ths, key=lambda t: float(np.mean(adj.nodes[t].threshold)))
+    if len(pays) != len(order) or any(adj.type(p) != "Scale" for p in pays):
+        raise NIRImportError(f"{where}: the feedback Scale {fb!r} reads {pays}; expected the thresholds (ladder) or one "
+                             f"payload Scale per lane (one-hot lanes)")
+    lanes, negs, pay_of = [], [], {}
+    for p in pays:
+        if len(adj.preds[p]) != 1 or adj.type(adj.preds[p][0]) != "Scale":
+            raise NIRImportError(f"payload node {p!r} of {mem!r} must read exactly one lane Scale node")
+        pay_of[adj.preds[p][0]] = p
+    lane_by_th = {}
+    for lane in pay_of:
+        th_in = [q for q in adj.preds[lane] if q in ths]
+        neg_in = [q for q in adj.preds[lane] if q not in ths]
+        if len(th_in) != 1 or len(neg_in) > 1:
+            raise NIRImportError(f"lane node {lane!r} of {mem!r} must read one Threshold and at most one negation")
+        lane_by_th[th_in[0]] = (lane, neg_in[0] if neg_in else None)
+    if set(lane_by_th) != set(ths):
+        raise NIRImportError(f"the lanes of {mem!r} do not cover its thresholds")
+    S = len(order)
+    neg_scales, lane_scales, payloads, outs = [], [], [], []
+    for s, th in enumerate(order):
+        lane, neg = lane_by_th[th]
+        if s + 1 < S:
+            if neg is None or adj.preds[neg] != [order[s + 1]] or adj.type(neg) != "Scale":
+                raise NIRImportError(f"lane {lane!r} of {mem!r} must subtract the next edge {order[s + 1]!r} through a "
+                                     f"Scale node")
+            negs.append(neg)
+            neg_scales.append(adj.nodes[neg].scale)
+        elif neg is not None:
+            raise NIRImportError(f"the top lane {lane!r} of {mem!r} must read only its Threshold")
+        lanes.append(lane)
+        lane_scales.append(adj.nodes[lane].scale)
+        payloads.append(adj.nodes[pay_of[lane]].scale)
+        outs.append(pay_of[lane])
+    consumers = None
+    for p in outs:
+        c = [s for s in adj.succs[p] if s != fb]
+        if consumers is None:
+            consumers = c
+        elif sorted(c) != sorted(consumers):
+            raise NIRImportError(f"the lanes of {mem!r} feed different nodes; every lane must reach the same consumers")
+    return {"type": "lanes", "membrane": mem, "feedback": fb, "levels": order, "outputs": outs, "negs": negs,
+            "lanes": lanes, "neg_scales": neg_scales, "lane_scales": lane_scales, "payload_scales": payloads,
+            "members": {mem, fb, *order, *negs, *lanes, *outs}, "consumers": consumers or []}
+
+
+def _reaches(adj: _Adj, start: str, goal: str) -> bool:
+    seen, stack = set(), [start]
+    while stack:
+        n = stack.pop()
+        if n == goal:
+            return True
+        if n in seen:
+            continue
+        seen.add(n)
+        stack.extend(adj.succs[n])
+    return False
+
+
+def _membrane_spec(node, dt: float) -> MembraneSpec:
+    kind = type(node).__name__
+    if kind in ("I", "IF"):
+        return MembraneSpec("I", dt, node.r)
+    return MembraneSpec("LI", dt, node.r, tau=node.tau, v_leak=node.v_leak)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Literal blocks
+# ----------------------------------------------------------------------------------------------------
+def _literal_block(node, dt: float, if_semantics: str) -> tuple[nn.Module, bool]:
+    kind = type(node).__name__
+    if kind == "Affine":
+        w = np.asarray(node.weight, np.float32)
+        if w.ndim != 2:
+            raise NIRImportError(f"Affine with a {w.ndim}-D weight is not supported (expected [out, in])")
+        m = nn.Linear(w.shape[1], w.shape[0], bias=True)
+        m.weight.data = torch.from_numpy(w.copy())
+        m.bias.data = torch.from_numpy(np.asarray(node.bias, np.float32).copy())
+        return m, False
+    if kind == "Linear":
+        w = np.asarray(node.weight, np.float32)
+        m = nn.Linear(w.shape[1], w.shape[0], bias=False)
+        m.weight.data = torch.from_numpy(w.copy())
+        return m, False
+    if kind in ("Conv1d", "Conv2d"):
+        w = np.asarray(node.weight, np.float32)
+        pad = node.padding
+        pad = _as_str(pad) if isinstance(pad, (str, bytes)) or (isinstance(pad, np.ndarray) and pad.dtype.kind in
+                                                                 "SOU") else pad
+        groups = _int(node.groups, 1)
+        if kind == "Conv2d":
+            padding = pad if isinstance(pad, str) else _pair(pad)
+            m = nn.Conv2d(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=_pair(node.stride),
+                          padding=padding, dilation=_pair(node.dilation), groups=groups, bias=True)
+        else:
+            padding = pad if isinstance(pad, str) else _int(pad)
+            m = nn.Conv1d(w.shape[1] * groups, w.shape[0], w.shape[2], stride=_int(node.stride),
+                          padding=padding, dilation=_int(node.dilation), groups=groups, bias=True)
+        m.weight.data = torch.from_numpy(w.copy())
+        m.bias.data = torch.from_numpy(np.asarray(node.bias, np.float32).reshape(-1).copy())
+        return m, False
+    if kind == "Flatten":
+        start, end = _int(node.start_dim), _int(node.end_dim)
+        # NIR dims exclude the batch; at run time the merged T·B batch is dim 0.
+        return nn.Flatten(start + 1 if start >= 0 else start, end + 1 if end >= 0 else end), False
+    if kind == "AvgPool2d":
+        return nn.AvgPool2d(_pair(node.kernel_size), _pair(node.stride), _pair(node.padding)), False
+    if kind == "SumPool2d":
+        return SumPool2d(_pair(node.kernel_size), _pair(node.stride), _pair(node.padding)), False
+    if kind == "Scale":
+        return ScaleLayer(node.scale), False
+    if kind == "Threshold":
+        return ThresholdLayer(node.threshold), False
+    if kind in ("I", "LI"):
+        return IntegratorBlock(_membrane_spec(node, dt)), True
+    if kind in ("IF", "LIF"):
+        return SpikingBlock(_membrane_spec(node, dt), node.v_threshold, node.v_reset, if_semantics), True
+    raise NIRImportError(f"node type {kind} is not supported")  # pragma: no cover - filtered earlier
+
+
+def _group_block(group: dict, adj: _Adj, dt: float) -> nn.Module:
+    mem = adj.nodes[group["membrane"]]
+    spec = _membrane_spec(mem, dt)
+    fb = adj.nodes[group["feedback"]].scale
+    thresholds = [adj.nodes[t].threshold for t in group["levels"]]
+    if group["type"] == "ladder":
+        return LadderBlock(spec, thresholds, fb)
+    return LaneBlock(spec, thresholds, group["neg_scales"], group["lane_scales"], group["payload_scales"], fb)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Restoration from metadata (checked against the graph)
+# ----------------------------------------------------------------------------------------------------
+def _arrays_equal(a, b) -> bool:
+    a = np.asarray(a)
+    b = np.asarray(b)
+    return a.shape == b.shape and np.array_equal(a.astype(np.float64), b.astype(np.float64))
+
+
+_PARAMS = {"I": ("r",), "LI": ("tau", "r", "v_leak"), "IF": ("r", "v_threshold", "v_reset"),
+           "LIF": ("tau", "r", "v_leak", "v_threshold", "v_reset"), "Threshold": ("threshold",), "Scale": ("scale",)}
+
+
+def _restore_neuron(unit_nodes: dict[str, object], entry: str, dt: float) -> tuple[nn.Module | None, str | None]:
+    """Rebuild the neuron recorded on ``entry`` and check that exporting it gives exactly ``unit_nodes``."""
+    meta = _meta(unit_nodes[entry])
+    cls = _meta_str(meta, "multispike.class")
+    if cls is None:
+        return None, None
+    layer = _meta_str(meta, "multispike.layer", entry)
+    try:
+        state = {k[len("multispike.state."):]: np.asarray(v) for k, v in meta.items()
+                 if k.startswith("multispike.state.")}
+        neuron = rebuild_neuron(cls, _meta_str(meta, "multispike.config"), state)
+        spec = analyze(neuron, layer)
+        shape = tuple(int(s) for s in np.asarray(unit_nodes[entry].input_type["input"]).reshape(-1))
+        em = emit_neuron(spec, "exact", shape, dt, "x")
+    except Exception as exc:  # noqa: BLE001 - any failure means: do not trust the metadata
+        return None, f"{layer}: metadata could not be rebuilt ({type(exc).__name__}: {exc}); ran the literal graph"
+    by_role = {_meta_str(_meta(n), "multispike.role"): n for n in unit_nodes.values()}
+    if len(em.nodes) != len(unit_nodes):
+        return None, f"{layer}: metadata describes {len(em.nodes)} node(s), the graph has {len(unit_nodes)}; ran literally"
+    for name, node in em.nodes.items():
+        other = by_role.get(em.roles[name])
+        if other is None or type(other).__name__ != type(node).__name__:
+            return None, f"{layer}: node role {em.roles[name]!r} missing or of another type; ran literally"
+        for attr in _PARAMS.get(type(node).__name__, ()):
+            if not _arrays_equal(getattr(node, attr), getattr(other, attr)):
+                return None, (f"{layer}: {em.roles[name]}.{attr} differs from what the metadata's {cls} exports; ran "
+                              f"the literal graph")
+    return neuron, None
+
+
+def _restore_synapse(node, in_shape: tuple[int, ...]) -> tuple[nn.Module | None, str | None, str | None]:
+    """Original modules of a weighted node (conv/linear + BN, unfolded) if they re-export to exactly its weights."""
+    meta = _meta(node)
+    if "multispike.modules" not in meta:
+        return None, None, None
+    layer = _meta_str(meta, "multispike.layer", "?")
+    try:
+        mods = modules_from_metadata(meta)
+        syn, _ = synapse_from_modules(mods, in_shape, layer)
+        w = syn.weight.detach().float()
+        if "multispike.fold_scale" in meta:
+            w = fold_input_scale(w, torch.from_numpy(np.asarray(meta["multispike.fold_scale"], np.float32)),
+                                 getattr(syn, "groups", 1))
+        bias = syn.bias.detach().float() if syn.bias is not None else torch.zeros(w.shape[0])
+    except Exception as exc:  # noqa: BLE001
+        return None, None, f"{layer}: layer metadata could not be rebuilt ({type(exc).__name__}: {exc})"
+    if not _arrays_equal(w.numpy(), node.weight):
+        return None, None, f"{layer}: recorded weights do not re-export to the graph's weights; ran literally"
+    graph_bias = getattr(node, "bias", None)
+    if graph_bias is not None and not _arrays_equal(bias.numpy(), np.asarray(graph_bias).reshape(-1)):
+        return None, None, f"{layer}: recorded bias does not re-export to the graph's bias; ran literally"
+    fold_layer = _meta_str(meta, "multispike.fold_layer") if "multispike.fold_scale" in meta else None
+    return nn.Sequential(*mods), fold_layer, None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Import
+# ----------------------------------------------------------------------------------------------------
+def import_from_nir(graph_or_path, *, restore: bool = True, if_semantics: str = "nir",
+                    dt: float | None = None) -> NIRNetwork:
+    """Build a time-major multispike module that runs a NIR graph on ``[T, B, ...]``.
+
+    Args:
+        graph_or_path: a ``nir.NIRGraph`` or the path of a ``.nir`` (HDF5) file.
+        restore: rebuild the original multispike neurons (IF/LIF/M-HT/LM-HT/M-LIF) and layers (conv/linear
+            with their BatchNorm, unfolded weights) from node metadata written by ``export_to_nir`` - only where
+            re-exporting them reproduces the graph's nodes exactly; everything else runs literally. With
+            ``False`` the whole graph runs with literal NIR semantics.
+        if_semantics: how ``nir.IF``/``nir.LIF`` nodes run: ``"nir"`` (binary spike, reset to ``v_reset``; the
+            NIR definition), ``"subtract"`` (binary spike, subtract θ) or ``"sinabs"`` (``floor(v/θ)`` spikes,
+            subtract, ``v ≥ −θ``).
+        dt: the graph's step in seconds; default: the graph's ``"dt"`` metadata, else 1 (``r`` and ``1/τ`` then
+            act per step, the snnTorch/sinabs reading).
+
+    Returns:
+        :class:`NIRNetwork` (``forward_sequence`` -> per-step outputs; ``forward`` -> the recorded readout).
+
+    Raises:
+        NIRImportError: malformed graph, unsupported node types (``Delay``, ``CubaLIF``, nested graphs ...), or
+            recurrent structure other than the ladder/lane decompositions.
+        FileNotFoundError: the path does not exist.
+    """
+    nir = require_nir()
+    if if_semantics not in IF_SEMANTICS:
+        raise ValueError(f"import_from_nir: if_semantics must be one of {IF_SEMANTICS}, got {if_semantics!r}")
+    if isinstance(graph_or_path, (str, os.PathLike)):
+        graph = read_nir(graph_or_path)
+    else:
+        graph = graph_or_path
+    if not isinstance(graph, nir.NIRGraph):
+        raise TypeError(f"import_from_nir: expected a nir.NIRGraph or a path, got {type(graph_or_path).__name__}")
+    notes: list[str] = []
+    gmeta = _meta(graph)
+    if dt is None:
+        if "dt" in gmeta:
+            dt = float(np.asarray(gmeta["dt"]))
+        else:
+            dt = 1.0
+            notes.append("the graph records no dt; using dt = 1 (r and 1/τ act per step)")
+    dt = float(dt)
+    if not (np.isfinite(dt) and dt > 0):
+        raise ValueError(f"import_from_nir: dt must be > 0, got {dt}")
+
+    bad = sorted({f"{n} ({type(v).__name__})" for n, v in graph.nodes.items() if type(v).__name__ not in _SUPPORTED})
+    if bad:
+        raise NIRImportError(f"unsupported NIR node(s): {', '.join(bad)}. multispike imports {', '.join(_SUPPORTED)}; "
+                             f"nested subgraphs, Delay and CubaLI/CubaLIF are not supported")
+    inputs = [n for n, v in graph.nodes.items() if type(v).__name__ == "Input"]
+    outputs = [n for n, v in graph.nodes.items() if type(v).__name__ == "Output"]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise NIRImportError(f"the graph must have exactly one Input and one Output node, found {len(inputs)} input(s) "
+                             f"{inputs} and {len(outputs)} output(s) {outputs}")
+    names = set(graph.nodes)
+    for a, b in graph.edges:
+        if a not in names or b not in names:
+            raise NIRImportError(f"edge ({a!r}, {b!r}) references a node that does not exist")
+    adj = _Adj(graph)
+    in_name, out_name = inputs[0], outputs[0]
+    if adj.preds[in_name]:
+        raise NIRImportError(f"the Input node {in_name!r} has incoming edges")
+    if not adj.preds[out_name]:
+        raise NIRImportError(f"the Output node {out_name!r} is not connected")
+
+    # --- decompositions ---
+    groups: dict[str, dict] = {}
+    owner: dict[str, str] = {}
+    for name, node in graph.nodes.items():
+        if type(node).__name__ in ("I", "LI"):
+            g = _match_group(adj, name)
+            if g is not None:
+                for m in g["members"]:
+                    if m in owner:
+                        raise NIRImportError(f"node {m!r} belongs to two decompositions")
+                    owner[m] = name
+                groups[name] = g
+
+    def unit(n: str) -> str:
+        return owner.get(n, n)
+
+    # --- unit-level edges (in graph edge order, without duplicates) ---
+    unit_inputs: dict[str, list[str]] = defaultdict(list)
+    for a, b in graph.edges:
+        ua, ub = unit(a), unit(b)
+        if ua == ub and ua in groups:
+            continue  # inside a decomposition
+        if a in owner and a not in groups[owner[a]]["outputs"]:
+            raise NIRImportError(f"node {a!r} inside the decomposition at {owner[a]!r} feeds {b!r} outside it")
+        if b in owner and b != owner[b]:
+            raise NIRImportError(f"node {b!r} inside the decomposition at {owner[b]!r} is fed from outside by {a!r}")
+        src = "input" if a == in_name else ua
+        if src not in unit_inputs[ub]:
+            unit_inputs[ub].append(src)
+
+    units = [u for u in dict.fromkeys(unit(n) for n in graph.nodes) if u not in (in_name, out_name)]
+    # --- topological order ---
+    order: list[str] = []
+    placed = {"input"}
+    pending = list(units)
+    while pending:
+        progressed = False
+        for u in list(pending):
+            if all(s in placed for s in unit_inputs[u]):
+                order.append(u)
+                placed.add(u)
+                pending.remove(u)
+                progressed = True
+        if not progressed:
+            raise NIRImportError(f"recurrent structure that is not a threshold-ladder/one-hot-lane decomposition "
+                                 f"involves {sorted(pending)[:8]}; multispike runs feed-forward graphs of neurons. Use "
+                                 f"nirtorch.nir_to_torch for general recurrent graphs")
+    unreachable = [u for u in order if not unit_inputs[u]]
+    if unreachable:
+        raise NIRImportError(f"node(s) {unreachable[:5]} have no input; the graph is malformed")
+
+    # --- blocks: literal first, then restoration where the metadata checks out ---
+    blocks: dict[str, nn.Module] = {}
+    stateful: dict[str, bool] = {}
+    for u in order:
+        if u in groups:
+            blocks[u] = _group_block(groups[u], adj, dt)
+            stateful[u] = True
+        else:
+            blocks[u], stateful[u] = _literal_block(graph.nodes[u], dt, if_semantics)
+    restored: list[str] = []
+    if restore:
+        restored = _apply_restoration(graph, adj, groups, order, blocks, stateful, dt, notes)
+
+    in_shape = tuple(int(s) for s in np.asarray(graph.nodes[in_name].input_type["input"]).reshape(-1))
+    out_shape = tuple(int(s) for s in np.asarray(graph.nodes[out_name].output_type["output"]).reshape(-1))
+    T = _int(gmeta["T"]) if "T" in gmeta else None
+    substeps = _int(gmeta.get("substeps", 1), 1) or 1
+    readout = _meta_str(gmeta, "readout", "sequence")
+    encoding = _meta_str(gmeta, "input_encoding", "sequence")
+    plan = [(u, unit_inputs[u], stateful[u]) for u in order]
+    unit_map = {n: owner.get(n, n) for n in graph.nodes}
+    net = NIRNetwork(blocks, plan, unit_inputs[out_name], in_shape, out_shape, T=T, substeps=substeps,
+                     input_encoding=encoding, readout=readout if readout in ("mean", "sequence") else "sequence",
+                     units=unit_map, restored=restored, notes=notes)
+    return net.eval()
+
+
+def _apply_restoration(graph, adj: _Adj, groups, order, blocks, stateful, dt: float, notes: list[str]) -> list[str]:
+    """Swap literal blocks for original multispike modules where the metadata re-exports to the graph exactly."""
+    neurons: dict[str, nn.Module] = {}
+    layer_of_unit: dict[str, str] = {}
+    for u in order:
+        if u in groups:
+            members = {n: graph.nodes[n] for n in groups[u]["members"]}
+            entry = u
+        elif type(graph.nodes[u]).__name__ in ("IF", "LIF"):
+            members = {u: graph.nodes[u]}
+            entry = u
+        else:
+            continue
+        neuron, note = _restore_neuron(members, entry, dt)
+        if note:
+            notes.append(note)
+        if neuron is not None:
+            neurons[u] = neuron
+            layer_of_unit[u] = _meta_str(_meta(graph.nodes[entry]), "multispike.layer", u)
+    synapses: dict[str, tuple[nn.Module, str | None]] = {}
+    for u in order:
+        node = graph.nodes.get(u)
+        if node is None or type(node).__name__ not in ("Conv1d", "Conv2d", "Affine", "Linear"):
+            continue
+        in_shape = tuple(int(s) for s in np.asarray(node.input_type["input"]).reshape(-1))
+        mods, fold_layer, note = _restore_synapse(node, in_shape)
+        if note:
+            notes.append(note)
+        if mods is not None:
+            synapses[u] = (mods, fold_layer)
+    # A restored neuron emits its original payload, so every site that absorbed its payload factor must be
+    # restored too (and vice versa); iterate to a consistent set.
+    restored_layers = set(layer_of_unit.values())
+    while True:
+        changed = False
+        for u, (_, fold_layer) in list(synapses.items()):
+            if fold_layer and fold_layer not in restored_layers:
+                del synapses[u]
+                changed = True
+        needed: dict[str, list[str]] = defaultdict(list)
+        for u in order:
+            node = graph.nodes.get(u)
+            meta = _meta(node) if node is not None else {}
+            if "multispike.fold_scale" in meta:
+                needed[_meta_str(meta, "multispike.fold_layer", "")].append(u)
+        for u, layer in list(layer_of_unit.items()):
+            if any(site not in synapses for site in needed.get(layer, [])):
+                del layer_of_unit[u]
+                del neurons[u]
+                restored_layers.discard(layer)
+                notes.append(f"{layer}: a layer that absorbed its payload could not be restored; ran the layer literally")
+                changed = True
+        if not changed:
+            break
+    restored = []
+    for u, neuron in neurons.items():
+        blocks[u] = neuron
+        stateful[u] = True
+        restored.append(u)
+    for u, (mods, _) in synapses.items():
+        blocks[u] = mods
+        stateful[u] = False
+        restored.append(u)
+    for u in order:
+        node = graph.nodes.get(u)
+        if node is None or type(node).__name__ != "Scale":
+            continue
+        meta = _meta(node)
+        if _meta_str(meta, "multispike.role") == "payload" and _meta_str(meta, "multispike.layer") in restored_layers:
+            blocks[u] = nn.Identity()
+            stateful[u] = False
+            restored.append(u)
+    return restored
