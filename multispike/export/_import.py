@@ -152,6 +152,8 @@ class NIRNetwork(nn.Module):
         if x.dim() == rank + 2 and tuple(x.shape[2:]) == self.input_shape:
             if self.substeps > 1 and self.T is not None and x.shape[0] * self.substeps == self.T:
                 return x.repeat_interleave(self.substeps, dim=0)
+            if x.shape[0] == 1 and self.input_encoding == "static" and self.T is not None and self.T > 1:
+                return x.expand(self.T, *x.shape[1:])  # one analog step, repeated (direct encoding)
             return x
         raise ValueError(f"NIRNetwork: input shape {tuple(x.shape)} fits neither [B, {self.input_shape}] nor "
                          f"[T, B, {self.input_shape}] (the graph's Input node)")

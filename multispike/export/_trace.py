@@ -325,6 +325,8 @@ def trace_network(model: nn.Module, example_input: torch.Tensor) -> tuple[Traced
                 if input_shape is None:
                     input_shape = per
                     input_layout = "sequence" if example_input.dim() == len(per) + 2 else "static"
+                    if input_layout == "sequence" and example_input.shape[0] == 1:
+                        input_layout = "static"  # one analog step that the network repeats (e.g. AlignedNeuron)
             call.inputs.append(producer)
             call.reshapes.append(reshape)
         lead_out = min(leading(kind, module, r["merged"], out_t, "out"), out_t.dim())
@@ -359,9 +361,10 @@ def _find_producer(a: torch.Tensor, lead: int, per: tuple[int, ...], producers, 
     """``(producer index or -1 for the model input or None, implicit flatten span or None)``."""
     key = _key(a)
     expanded = a.dim() >= 1 and a.shape[0] > 1 and a.stride(0) == 0
-    numel = a[0].numel() if expanded else a.numel()
+    # A consumer sees a producer's output whole, or repeated over time by an expand() in forward (stride 0).
+    sizes = (a.numel(), a[0].numel()) if expanded else (a.numel(),)
     for idx, total in reversed(producers.get(key, [])):
-        if total != numel:
+        if total not in sizes:
             continue
         # Same storage, offset and size: the consumer sees a view of this output (possibly regrouped
         # T·B <-> T, B, or flattened per sample by a view in forward).
@@ -370,7 +373,7 @@ def _find_producer(a: torch.Tensor, lead: int, per: tuple[int, ...], producers, 
         except ValueError:
             continue
         return idx, span
-    if key == in_key and numel == example_input.numel():
+    if key == in_key and example_input.numel() in sizes:
         return -1, None
     # A copy of the (T-repeated) input, e.g. x.unsqueeze(0).expand(T, ...).flatten(0, 1) in TimeMergedSNN.
     x = example_input

@@ -714,7 +714,7 @@ def _prepare_unrolled(model: nn.Module, example_input: torch.Tensor, T: int):
 
 def export_to_nir(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLike | None = None,
                   dt: float = DEFAULT_DT, mode: str = "exact", *, sample_inputs=None, exact_roundtrip: bool = True,
-                  measure: bool = True):
+                  measure: bool = True, nirtorch_check: bool = False):
     """Export a multispike network to a NIR graph and measure how faithful the graph is.
 
     Args:
@@ -733,6 +733,8 @@ def export_to_nir(model: nn.Module, example_input: torch.Tensor, path: str | os.
         exact_roundtrip: store in node metadata what rebuilds the original neurons and layers bit for bit (the
             unfolded weights of layers that absorbed θ or a BatchNorm). Costs one extra copy of those weights.
         measure: run the exported graph and fill in the measured agreement (default True).
+        nirtorch_check: also run the graph with nirtorch's executor (literal node semantics, one step per call;
+            :mod:`multispike.export.nirtorch_ref`) and report its output agreement as semantics ``"nirtorch"``.
 
     Returns:
         ``(graph, report)``: a ``nir.NIRGraph`` and a :class:`~multispike.export.report.FidelityReport`.
@@ -928,7 +930,7 @@ def export_to_nir(model: nn.Module, example_input: torch.Tensor, path: str | os.
         report.path = str(path)
     if measure:
         _measure(report, graph, original, work, traced, b, mode, sample_inputs if sample_inputs is not None
-                 else example_input)
+                 else example_input, nirtorch_check)
     return graph, report
 
 
@@ -963,6 +965,19 @@ def _batches(data):
         return
     for item in data:
         yield item[0] if isinstance(item, (tuple, list)) else item
+
+
+class _NirtorchRunner:
+    """Adapter giving :func:`run_with_nirtorch` the ``run_with_events`` interface (output only, no events)."""
+
+    def __init__(self, graph, literal) -> None:
+        self.graph = graph
+        self.literal = literal
+
+    def run_with_events(self, x, _layers):
+        from .nirtorch_ref import run_with_nirtorch
+
+        return {}, run_with_nirtorch(self.graph, self.literal._prepare(x))
 
 
 @torch.no_grad()
@@ -1018,7 +1033,7 @@ def _run_original(model: nn.Module, traced: TracedNetwork, layer_names: list[str
 
 
 def _measure(report: FidelityReport, graph, original: nn.Module, work: nn.Module, traced: TracedNetwork,
-             b: _Builder, mode: str, data) -> None:
+             b: _Builder, mode: str, data, nirtorch_check: bool = False) -> None:
     from ._import import import_from_nir
 
     layer_names = [lf.name for lf in report.layers]
@@ -1028,13 +1043,19 @@ def _measure(report: FidelityReport, graph, original: nn.Module, work: nn.Module
     ref_traced = traced
     if mode == "unrolled" and work is not original:
         ref_traced, _, _ = trace_network(original, next(iter(_batches(data))))
-    sinabs_levels = {n: s.levels for n, s in b.layer_specs.items() if mode == "if" and s.family == "ladder"}
+    sinabs_levels = {n: s.levels for n, s in b.layer_specs.items()
+                     if mode == "if" and s.family == "ladder" and s.soft}
     nets = {}
     for sem in _SEMANTICS[mode]:
         if sem == "multispike":
             nets[sem] = import_from_nir(graph, restore=True)
         else:
             nets[sem] = import_from_nir(graph, restore=False, if_semantics=("nir" if sem == "nir" else sem))
+    runners = dict(nets)
+    if nirtorch_check:
+        literal = nets.get("nir") or import_from_nir(graph, restore=False)
+        runners["nirtorch"] = _NirtorchRunner(graph, literal)
+    nets = runners
     stats = {sem: {"agree": {n: [0, 0] for n in layer_names}, "maxdiff": {n: 0.0 for n in layer_names},
                    "out_max": 0.0, "out_absmax": 0.0, "arg": [0, 0], "bitwise": True} for sem in nets}
     cond_acc: dict[str, list[float]] = {}
@@ -1048,7 +1069,7 @@ def _measure(report: FidelityReport, graph, original: nn.Module, work: nn.Module
         for sem, net in nets.items():
             ev, out_seq = net.run_with_events(x, {n: b.layer_nodes[n] for n in layer_names})
             st = stats[sem]
-            for n in layer_names:
+            for n in (layer_names if ev else []):
                 e = ev[n]
                 r = ref_events[n]
                 if L_sub > 1:
@@ -1076,6 +1097,8 @@ def _measure(report: FidelityReport, graph, original: nn.Module, work: nn.Module
     for lf in report.layers:
         for sem, st in stats.items():
             agree, total = st["agree"][lf.name]
+            if total == 0:
+                continue
             lf.agreement[sem] = agree / total if total else 1.0
             lf.max_event_diff[sem] = st["maxdiff"][lf.name]
         if lf.name in cond_acc:

@@ -14,6 +14,7 @@ SEMANTICS_HELP = {
            "them; import_from_nir(restore=False)",
     "sinabs": "nir.IF/LIF read as sinabs does: floor(v/θ) spikes per step, subtractive reset, v ≥ −θ",
     "subtract": "nir.IF/LIF with binary spikes and a subtractive reset (Speck, sinabs SingleSpike)",
+    "nirtorch": "nirtorch's own graph executor, one step per call, literal node semantics (an independent check)",
 }
 
 
