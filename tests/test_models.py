@@ -101,7 +101,7 @@ def test_unknown_model_lists_the_valid_names_and_explains_ambiguous_ones():
 
 
 def test_unknown_neuron_lists_the_registered_neurons():
-    with pytest.raises(ValueError, match=r"unknown neuron 'lifx'.*Did you mean 'lif'.*Registered neurons: .*lmht.*relu"):
+    with pytest.raises(ValueError, match=r"unknown neuron 'lifx'.*Did you mean 'lif'.*Registered neurons: .*lmht"):
         create_model("vgg_small", neuron="lifx")
     with pytest.raises(TypeError, match="neuron must be"):
         create_model("vgg_small", neuron=3)
@@ -224,7 +224,8 @@ def test_vgg16_diet_layer_list():
 def test_dropout_rate_and_mode_do_not_change_state_dict_keys():
     keys = set(create_model("vgg16_diet").state_dict())
     assert set(create_model("vgg16_diet", dropout=0.2, dropout_mode="independent").state_dict()) == keys
-    assert set(create_model("resnet20_diet", dropout=0.2).state_dict()) == set(create_model("resnet20_diet").state_dict())
+    diet_keys = set(create_model("resnet20_diet").state_dict())
+    assert set(create_model("resnet20_diet", dropout=0.2).state_dict()) == diet_keys
 
 
 def test_vgg13_layer_list():
@@ -391,6 +392,7 @@ def test_mlif_gets_the_dvs_and_transformer_settings():
                        for n in dvs)
     sdt = _modules(create_model("spike_driven_transformer_tiny", neuron="mlif"), OneHotMLIF)
     assert sdt and all(n.scaled and n.reset_mode == "hard" and n.detach_reset for n in sdt)
+    assert all(getattr(n, "decay_input", True) and float(n.leak) == 0.5 for n in sdt), "SpikingJelly charge, τ = 2"
     static = _modules(create_model("vgg16_diet", neuron="mlif", neuron_kwargs={"lanes": 3}), OneHotMLIF)
     assert all(n.reset_mode == "soft" and isinstance(n.v_threshold, nn.Parameter) for n in static)
 
@@ -475,14 +477,14 @@ def test_time_shared_dropout_reuses_one_mask_over_time():
 
 def test_he_initialisation():
     torch.manual_seed(0)
-    net = create_model("vgg16_diet")
+    net = create_model("vgg16_diet").requires_grad_(False)
     conv = _convs(net)[-1]  # 512 -> 512, 3x3: fan_out = 4608
     assert float(conv.weight.std()) == pytest.approx(math.sqrt(2 / 4608), rel=0.02)
     fc = _modules(net, nn.Linear)[1]  # 4096 -> 4096: fan_in = 4096
     assert float(fc.weight.std()) == pytest.approx(math.sqrt(2 / 4096), rel=0.02)
     bn = _modules(net, nn.BatchNorm2d)[0]
     assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and torch.equal(bn.bias, torch.zeros_like(bn.bias))
-    sdt_conv = create_model("spike_driven_transformer").blocks[0].mlp.fc1_conv[0].weight
+    sdt_conv = create_model("spike_driven_transformer").blocks[0].mlp.fc1_conv[0].weight.detach()
     assert float(sdt_conv.abs().max()) <= 0.04 and float(sdt_conv.std()) == pytest.approx(0.02 * 0.8796, rel=0.02)
 
 
@@ -512,6 +514,15 @@ def test_single_step_mode_runs_the_network_one_step_at_a_time():
     with torch.no_grad():
         assert net.forward_sequence(x).shape == (3, 1, 10)
     assert calls == [(1, 1, 4, 1, 16)] * 3
+
+
+def test_refused_single_step_mode_leaves_the_model_unchanged():
+    pytest.importorskip("multispike.neurons.lmht")
+    net = create_model("vgg_small", neuron="lmht", T=2)
+    with pytest.raises(ValueError, match=r"step_mode='s' is impossible.*features.0.*LMHTNeuron"):
+        set_step_mode(net, "s")
+    assert net.step_mode == "m" and all(getattr(m, "step_mode", "m") == "m" for m in net.modules())
+    assert net(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
 
 def test_torch_compile_smoke():

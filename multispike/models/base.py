@@ -17,277 +17,21 @@ ANN activations (ReLU, QCFS, QAC) are elementwise, so the same model at ``T = 1`
 """
 from __future__ import annotations
 
-import copy
 import difflib
-import functools
-import importlib
-import inspect
-import math
-import sys
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..layers import DirectEncoder, SeqToANNContainer
-from ..neurons.base import MemoryModule, StepModule, check_positive_int, reset_net
-from ..neurons.registry import _REGISTRY as _NEURON_REGISTRY
-from ..neurons.registry import list_neurons, make_neuron
+from ..layers import DirectEncoder
+from ..neurons.base import StepModule, check_positive_int, reset_net
+from .blocks import TimeSharedDropout, conv1x1, conv3x3, conv_bn, init_weights, make_dropout
+from .neuron_factory import NeuronFactory, _init_params
 
 __all__ = ["TimeMajorModel", "NeuronFactory", "TimeSharedDropout", "conv_bn", "conv3x3", "conv1x1",
-           "make_dropout", "init_weights", "resolve_input_size", "EVENT_FRAME_MODES"]
+           "make_dropout", "init_weights", "resolve_input_size", "build_model", "EVENT_FRAME_MODES"]
 
 EVENT_FRAME_MODES = ("sequence", "mean")
-
-
-# ----------------------------------------------------------------------------------------------- neurons
-def _init_params(cls: type) -> set[str] | None:
-    """Keyword names accepted by ``cls(...)``, following ``**kwargs`` up the MRO; ``None`` if unknowable."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if klass in (nn.Module, object):
-            return names
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        try:
-            params = list(inspect.signature(init).parameters.values())[1:]
-        except (TypeError, ValueError):  # builtins without a signature
-            return None
-        var_kw = False
-        for p in params:
-            if p.kind is inspect.Parameter.VAR_KEYWORD:
-                var_kw = True
-            elif p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
-                names.add(p.name)
-        if not var_kw:
-            return names
-    return names
-
-
-def _registered_name_of(target: Any) -> str | None:
-    """The registry name whose class is ``target`` (only modules already imported are inspected)."""
-    for name, (module_path, attr, _spiking, _takes_T) in _NEURON_REGISTRY.items():
-        module = sys.modules.get(module_path)
-        if module is not None and getattr(module, attr, None) is target:
-            return name
-    return None
-
-
-class NeuronFactory:
-    """Builds every activation of one model from one neuron spec, with per-source defaults.
-
-    Keyword precedence for each neuron, lowest first: the model's per-source ``defaults[neuron name]`` <
-    the user's ``neuron_kwargs`` < architecture-fixed values of a site (``site=``, e.g. θ = 0.5 of SDT's
-    KV neuron) < the user's per-site keywords (``site_user=``). Defaults and site values a neuron class does
-    not accept are skipped (a ReLU has no threshold); the user's keywords are checked and a misspelt one is
-    an error that names the valid keywords.
-
-    Args:
-        spec: a registered name (``multispike.neurons.registry``), a class, a ``functools.partial`` or a
-            callable returning an ``nn.Module``.
-        T: the model's timesteps (passed to neurons that take ``T``, e.g. LM-HT's T×T T-GIM).
-        defaults: ``{neuron name: kwargs}`` of the model's source paper.
-        neuron_kwargs: the user's keywords for every neuron.
-        owner: model name used in error messages.
-    """
-
-    def __init__(self, spec: Any, T: int, defaults: dict[str, dict[str, Any]] | None = None,
-                 neuron_kwargs: dict[str, Any] | None = None, owner: str = "model") -> None:
-        self.spec = spec
-        self.T = T
-        self.owner = owner
-        if isinstance(spec, str):
-            key = spec.lower()
-            if key not in _NEURON_REGISTRY:
-                close = difflib.get_close_matches(key, list_neurons(), n=2, cutoff=0.5)
-                hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-                raise ValueError(f"{owner}: unknown neuron {spec!r}.{hint} Registered neurons: "
-                                 f"{', '.join(list_neurons())} (or pass a class / functools.partial)")
-            module_path, attr, spiking, takes_T = _NEURON_REGISTRY[key]
-            try:
-                cls = getattr(importlib.import_module(module_path), attr)
-            except (ImportError, AttributeError) as exc:
-                raise ImportError(f"{owner}: neuron {spec!r} is registered as {module_path}.{attr}, which cannot be "
-                                  f"imported ({type(exc).__name__}: {exc}). Use another neuron "
-                                  f"({', '.join(list_neurons())}) or install the missing module.") from exc
-            self.name: str | None = key
-            self.cls: Any = cls
-            self.takes_T = takes_T
-            self.spiking = spiking
-            self._bound: dict[str, Any] = {}
-        elif isinstance(spec, functools.partial) or callable(spec):
-            target = spec.func if isinstance(spec, functools.partial) else spec
-            self._bound = dict(spec.keywords) if isinstance(spec, functools.partial) else {}
-            self.cls = target
-            self.name = _registered_name_of(target)
-            self.takes_T = False
-            self.spiking = isinstance(target, type) and issubclass(target, MemoryModule)
-        else:
-            raise TypeError(f"{owner}: neuron must be a registered name, a class, a functools.partial or a callable "
-                            f"returning an nn.Module, got {type(spec).__name__}")
-        self.accepted = _init_params(self.cls) if isinstance(self.cls, type) else None
-        if self.accepted is not None and "T" in self.accepted and not isinstance(spec, str):
-            self.takes_T = "T" not in self._bound
-        self.user_kwargs = dict(neuron_kwargs or {})
-        self._check_user(self.user_kwargs, "neuron_kwargs")
-        # A partial's bound keywords are the user's choice: source defaults never override them.
-        self.defaults = {k: v for k, v in self._filter((defaults or {}).get(self.name or "", {})).items()
-                         if k not in self._bound}
-
-    def _filter(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        if self.accepted is None:
-            return {}  # unknown signature: never guess keywords for it
-        return {k: v for k, v in kwargs.items() if k in self.accepted}
-
-    def _check_user(self, kwargs: dict[str, Any], what: str) -> None:
-        if self.accepted is None:
-            return
-        bad = [k for k in kwargs if k not in self.accepted]
-        if bad:
-            suggestions = {k: difflib.get_close_matches(k, sorted(self.accepted), n=1) for k in bad}
-            hint = "; ".join(f"{k!r} -> did you mean {s[0]!r}?" for k, s in suggestions.items() if s)
-            raise ValueError(f"{self.owner}: {what} {bad} not accepted by neuron {self.describe()}. "
-                             f"{hint + '. ' if hint else ''}Valid keywords: {', '.join(sorted(self.accepted))}")
-
-    def describe(self) -> str:
-        """The neuron as a short string (its registry name or class name)."""
-        return self.name or getattr(self.cls, "__name__", repr(self.cls))
-
-    def resolved_kwargs(self, site: dict[str, Any] | None = None,
-                        site_user: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The keywords a neuron at a site would be built with (before per-neuron copies of modules)."""
-        if site_user:
-            self._check_user(site_user, "site keywords")
-        return {**self.defaults, **self.user_kwargs, **self._filter(site or {}), **(site_user or {})}
-
-    def __call__(self, site: dict[str, Any] | None = None, site_user: dict[str, Any] | None = None) -> nn.Module:
-        # Each neuron gets its own copy of module-valued keywords (surrogate objects), so converters and
-        # learnable surrogates never share state between layers by accident.
-        kwargs = {k: copy.deepcopy(v) if isinstance(v, nn.Module) else v
-                  for k, v in self.resolved_kwargs(site, site_user).items()}
-        if isinstance(self.spec, str):
-            module = make_neuron(self.spec, T=self.T, **kwargs)
-        else:
-            if self.takes_T:
-                kwargs.setdefault("T", self.T)
-            module = make_neuron(self.spec, **kwargs)
-        if isinstance(module, StepModule) and "m" in module.supported_step_modes():
-            module.step_mode = "m"
-        return module
-
-
-# ----------------------------------------------------------------------------------------------- blocks
-class TimeSharedDropout(StepModule):
-    """Dropout whose mask is drawn once per sample and reused at every timestep (MLIF-C, algorithms.md §5.6).
-
-    Input ``[T, B, ...]``; the mask has shape ``[1, B, ...]``. In ``'s'`` mode (the model fed one step at a
-    time) the mask of the first step is kept until :meth:`reset`, so a sequence sees one mask either way.
-    Identity in eval mode and for ``p = 0``. At ``T = 1`` it is ordinary (inverted) dropout.
-    """
-
-    _is_stateful = True  # reset_net() calls reset() on it
-
-    def __init__(self, p: float = 0.2) -> None:
-        super().__init__()
-        if not (0.0 <= float(p) < 1.0):
-            raise ValueError(f"TimeSharedDropout: p must be in [0, 1), got {p!r}")
-        self.p = float(p)
-        self.step_mode = "m"
-        self.mask: torch.Tensor | None = None
-
-    def reset(self) -> None:
-        self.mask = None
-
-    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x_seq
-        shape = (1, *x_seq.shape[1:])
-        mask = self.mask if self.step_mode == "s" else None
-        if mask is None or mask.shape != shape:
-            mask = torch.empty(shape, device=x_seq.device, dtype=x_seq.dtype).bernoulli_(1.0 - self.p)
-            mask = mask / (1.0 - self.p)
-            if self.step_mode == "s":
-                self.mask = mask
-        return x_seq * mask
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
-def make_dropout(p: float, mode: str = "independent") -> nn.Module:
-    """A dropout module for time-major data.
-
-    Args:
-        p: drop probability in [0, 1). ``p = 0`` still returns a module, so the layer indices (and state-dict
-            keys) do not depend on the dropout rate: an ANN trained without dropout loads into the SNN with it.
-        mode: ``"independent"`` (a fresh mask for every step: ``SeqToANNContainer(nn.Dropout)``, LM-HT/QCFS
-            code) or ``"shared"`` (:class:`TimeSharedDropout`, one mask for all steps, MLIF-C).
-    """
-    if not (0.0 <= float(p) < 1.0):
-        raise ValueError(f"dropout must be in [0, 1), got {p!r}")
-    if mode == "independent":
-        return SeqToANNContainer(nn.Dropout(float(p)))
-    if mode == "shared":
-        return TimeSharedDropout(p)
-    raise ValueError(f"dropout_mode must be 'independent' or 'shared', got {mode!r}")
-
-
-def conv3x3(in_ch: int, out_ch: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
-    """3×3 convolution with padding 1."""
-    return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=bias)
-
-
-def conv1x1(in_ch: int, out_ch: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
-    """1×1 convolution."""
-    return nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=bias)
-
-
-def conv_bn(in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, bias: bool = False) -> SeqToANNContainer:
-    """``SeqToANNContainer(Conv(k, padding k//2), BatchNorm2d)``: the unit converters fold."""
-    conv = nn.Conv2d(in_ch, out_ch, kernel_size=kernel_size, stride=stride, padding=kernel_size // 2, bias=bias)
-    return SeqToANNContainer(conv, nn.BatchNorm2d(out_ch))
-
-
-@torch.no_grad()
-def _trunc_normal_(w: torch.Tensor, std: float, bound: float = 2.0) -> torch.Tensor:
-    """N(0, std²) truncated to ±bound·std by rejection sampling: the exact truncated normal, several times
-    faster than ``nn.init.trunc_normal_``'s inverse-CDF method on large tensors (about 4.6% of draws redrawn)."""
-    w.normal_(0.0, std)
-    if w.device.type == "meta":
-        return w
-    flat = w.view(-1)
-    bad = flat.abs() > bound * std
-    while bool(bad.any()):
-        idx = bad.nonzero().squeeze(1)
-        flat[idx] = torch.empty(idx.numel(), dtype=w.dtype, device=w.device).normal_(0.0, std)
-        bad = torch.zeros_like(bad)
-        bad[idx] = flat[idx].abs() > bound * std
-    return w
-
-
-def init_weights(model: nn.Module, scheme: str = "he") -> None:
-    """Initialise conv/linear/BN weights.
-
-    Args:
-        scheme: ``"he"`` (Kaiming normal: fan-out for convs as in LMHT-C/torchvision, fan-in for linear layers;
-            biases 0) or ``"trunc_normal"`` (SDT-C: convs and linears N(0, 0.02²) truncated at ±2σ, biases 0).
-            BN always starts at γ = 1, β = 0.
-    """
-    if scheme not in ("he", "trunc_normal"):
-        raise ValueError(f"weight init scheme must be 'he' or 'trunc_normal', got {scheme!r}")
-    for m in model.modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-            if scheme == "he":
-                mode = "fan_in" if isinstance(m, nn.Linear) else "fan_out"
-                nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
-            else:
-                _trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def resolve_input_size(input_size: int | tuple[int, ...] | None, in_channels: int | None,
@@ -312,7 +56,6 @@ def resolve_input_size(input_size: int | tuple[int, ...] | None, in_channels: in
     return size  # type: ignore[return-value]
 
 
-# ----------------------------------------------------------------------------------------------- base model
 class TimeMajorModel(StepModule):
     """Base class of every zoo model: time-major execution, direct encoding, time-mean readout.
 
@@ -358,6 +101,23 @@ class TimeMajorModel(StepModule):
         self.encoder = DirectEncoder(self.T)
         self.neuron_factory = NeuronFactory(neuron, self.T, neuron_defaults, neuron_kwargs, owner=owner)
         self.neuron_name = self.neuron_factory.describe()
+
+    @property
+    def step_mode(self) -> str:
+        return self._step_mode
+
+    @step_mode.setter
+    def step_mode(self, value: str) -> None:
+        # Validate the whole network before anything is switched, so a refused 's' leaves the model usable.
+        if value == "s" and "_modules" in self.__dict__:
+            refusing = [name for name, m in self.named_modules()
+                        if m is not self and isinstance(m, StepModule) and "s" not in m.supported_step_modes()]
+            if refusing:
+                raise ValueError(f"{type(self).__name__}: step_mode='s' is impossible because {len(refusing)} "
+                                 f"module(s) have no single-step form, e.g. {refusing[0]!r} "
+                                 f"({type(self.get_submodule(refusing[0])).__name__}); such modules need the whole "
+                                 f"sequence at once (LM-HT's learnable T-GIM is non-causal). Keep step_mode='m'.")
+        StepModule.step_mode.fset(self, value)
 
     # -- construction helpers for subclasses
     def make_neuron(self, site: dict[str, Any] | None = None, site_user: dict[str, Any] | None = None) -> nn.Module:
@@ -416,21 +176,6 @@ class TimeMajorModel(StepModule):
 
     def extra_repr(self) -> str:
         return f"T={self.T}, input_size={self.input_size}, num_classes={self.num_classes}, neuron={self.neuron_name!r}"
-
-
-def _flat_features(channels: int, spatial: tuple[int, int], owner: str) -> int:
-    h, w = spatial
-    if h < 1 or w < 1:
-        raise ValueError(f"{owner}: the input is too small - the feature map shrinks to {h}x{w} before the "
-                         f"classifier; use a larger input_size")
-    return channels * h * w
-
-
-def _check_divisible(size: tuple[int, int, int], factor: int, owner: str) -> None:
-    h, w = size[1:]
-    if h % factor or w % factor:
-        raise ValueError(f"{owner}: input height and width must be multiples of {factor} (the network halves them "
-                         f"{int(math.log2(factor))} times before a flattening classifier), got {h}x{w}")
 
 
 def build_model(cls: type, args: dict[str, Any], owner: str, *positional: Any) -> nn.Module:

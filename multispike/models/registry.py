@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -92,8 +93,8 @@ def register_model(fn: Callable[..., nn.Module] | None = None, **info: Any):
         meta = dict(info, input_size=input_size, test_input_size=tuple(info.get("test_input_size", input_size)))
         _INFOS[name] = ModelInfo(name=name, **meta)
         _ENTRYPOINTS[name] = func
-        module = __import__(func.__module__, fromlist=["__all__"])
-        if hasattr(module, "__all__") and name not in module.__all__:
+        module = sys.modules.get(func.__module__)
+        if module is not None and hasattr(module, "__all__") and name not in module.__all__:
             module.__all__.append(name)
         return func
 

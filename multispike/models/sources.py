@@ -13,9 +13,8 @@ serves ReLU/QCFS (nothing applies) and every spiking neuron.
   ``m > θ``, triangle γ = 1. M-LIF on DVS uses the same: hard reset, β = 0.5, θ = 1 fixed, γ = 1 (§5.2).
 * ``SDT``: SpikingJelly multi-step LIF of the spike-driven transformer: τ = 2 with ``decay_input``
   (``m = v + (I − v)/2``), θ = 1, hard reset to 0, ``detach_reset``, sigmoid surrogate α = 4. M-LIF in the
-  transformer: scaled payload, hard reset, fixed θ = 1, sigmoid α = 4, detach_reset; its leak is the
-  multiplicative β = ½ (``OneHotMLIF`` has no ``decay_input`` form, so the input is not halved - the BN
-  before every neuron absorbs the scale).
+  transformer (MLIF-C ``sps.py``): the same SpikingJelly charge (``decay_input`` with β = ½, i.e. τ = 2),
+  scaled payload, hard reset, fixed θ = 1, sigmoid α = 4, detach_reset.
 * ``NONE``: conversion and LM-HT sources (``vgg16_qcfs``, ``resnet20_cifar``, ``vgg13``, ResNets): the
   converter or the LM-HT recipe sets θ and v(0); the neuron classes' own defaults apply.
 """
@@ -49,7 +48,7 @@ SDT: NeuronDefaults = {
     "lif": dict(tau=2.0, leak_mode="decay_input", v_reset=0.0, v_threshold=1.0, detach_reset=True,
                 surrogate_function=Sigmoid(alpha=4.0)),
     "if": dict(v_reset=0.0, v_threshold=1.0, detach_reset=True, surrogate_function=Sigmoid(alpha=4.0)),
-    "mlif": dict(scaled=True, reset="hard", leak=0.5, v_threshold=1.0, learnable_threshold=False,
+    "mlif": dict(scaled=True, reset="hard", leak=0.5, decay_input=True, v_threshold=1.0, learnable_threshold=False,
                  learnable_leak=False, detach_reset=True, surrogate_shape="sigmoid", alpha=4.0),
 }
 
