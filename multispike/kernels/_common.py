@@ -8,6 +8,8 @@ channels_last activations are processed without a copy; outputs get the same per
 from __future__ import annotations
 
 import numbers
+import os
+import threading
 from typing import Callable
 
 import torch
@@ -15,7 +17,7 @@ import torch
 from .registry import get_kernel
 
 __all__ = ["is_dense", "step_layout", "match_layout", "empty_seq", "empty_step", "scalar_param", "reference",
-           "FLOAT_CODES"]
+           "FLOAT_CODES", "BufferPool", "POOL", "empty_cache"]
 
 FLOAT_CODES = {torch.float32: 0, torch.float64: 1}
 
@@ -63,23 +65,126 @@ def match_layout(t: torch.Tensor, strides: tuple[int, ...], seq: bool) -> torch.
     return out.copy_(t)
 
 
+class BufferPool:
+    """Reuses the large CPU output buffers of the fused kernels across calls (training steps, timesteps).
+
+    A fresh allocation of tens of MiB costs page faults on first touch (measured 9-17 ms for >= 32 MiB on a
+    2-core machine, several times the kernel itself), so outputs of at least ``min_bytes`` come from cached
+    blocks. A block is handed out again only when no tensor refers to its storage any more - the storage's
+    reference count is back to the pool's own reference - so a buffer still held by a caller or saved for
+    backward is never overwritten. Outputs are ordinary tensors sharing the block's storage (``Tensor.set_``),
+    not views. Freshly handed-out buffers follow ``torch.empty`` semantics, including NaN poisoning under
+    ``torch.utils.deterministic.fill_uninitialized_memory``.
+
+    The total cached size is bounded by ``MULTISPIKE_KERNEL_POOL_MB`` (default 1024; 0 disables the pool);
+    :func:`empty_cache` releases every unused block.
+    """
+
+    def __init__(self, limit_bytes: int, min_bytes: int = 1 << 20) -> None:
+        self.limit = limit_bytes
+        self.min_bytes = min_bytes
+        self._blocks: dict[int, list[torch.Tensor]] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._use_count = getattr(torch._C, "_storage_Use_Count", None)
+        self._baseline = None
+        if self._use_count is not None:
+            try:
+                self._baseline = self._count(torch.empty(8, dtype=torch.uint8))
+            except Exception:  # pragma: no cover - private API changed: no pooling
+                self._use_count = None
+
+    @property
+    def enabled(self) -> bool:
+        return self._use_count is not None and self.limit > 0
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._bytes
+
+    def _count(self, block: torch.Tensor) -> int:
+        return self._use_count(block.untyped_storage()._cdata)
+
+    def _free(self, block: torch.Tensor) -> bool:
+        return self._count(block) <= self._baseline
+
+    def _block(self, nbytes: int) -> torch.Tensor | None:
+        with self._lock:
+            for block in self._blocks.get(nbytes, ()):
+                if self._free(block):
+                    return block
+            if self._bytes + nbytes > self.limit:
+                self._evict(self._bytes + nbytes - self.limit)
+                if self._bytes + nbytes > self.limit:
+                    return None
+            block = torch.empty(nbytes, dtype=torch.uint8)
+            self._blocks.setdefault(nbytes, []).append(block)
+            self._bytes += nbytes
+            return block
+
+    def _evict(self, need: int) -> None:
+        for size in list(self._blocks):
+            keep = []
+            for block in self._blocks[size]:
+                if need > 0 and self._free(block):
+                    need -= size
+                    self._bytes -= size
+                else:
+                    keep.append(block)
+            if keep:
+                self._blocks[size] = keep
+            else:
+                del self._blocks[size]
+
+    def empty(self, shape, strides, dtype: torch.dtype) -> torch.Tensor:
+        """``torch.empty_strided(shape, strides, dtype=dtype)`` for a dense CPU layout, from the pool when large."""
+        numel = 1
+        for s in shape:
+            numel *= s
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        block = self._block(nbytes) if self.enabled and nbytes >= self.min_bytes else None
+        if block is None:
+            return torch.empty_strided(tuple(shape), tuple(strides), dtype=dtype)
+        out = torch.empty(0, dtype=dtype).set_(block.untyped_storage(), 0, tuple(shape), tuple(strides))
+        if torch.are_deterministic_algorithms_enabled() and torch.utils.deterministic.fill_uninitialized_memory:
+            out.fill_(float("nan") if dtype.is_floating_point else 0)
+        return out
+
+    def clear(self) -> None:
+        with self._lock:
+            self._evict(self._bytes)
+
+
+POOL = BufferPool(int(float(os.environ.get("MULTISPIKE_KERNEL_POOL_MB", "1024")) * (1 << 20)))
+
+
+def empty_cache() -> None:
+    """Release the unused cached output buffers of the CPU kernels (like ``torch.cuda.empty_cache``)."""
+    POOL.clear()
+
+
 def empty_seq(shape, step_strides: tuple[int, ...], dtype: torch.dtype, device="cpu") -> torch.Tensor:
     """A new ``[T, ...]`` tensor whose steps have ``step_strides`` and follow each other densely."""
     n = 1
     for s in shape[1:]:
         n *= s
-    return torch.empty_strided(tuple(shape), (n, *step_strides), dtype=dtype, device=device)
+    return empty_step(shape, (n, *step_strides), dtype, device)
 
 
-def empty_step(shape, step_strides: tuple[int, ...], dtype: torch.dtype, device="cpu") -> torch.Tensor:
-    return torch.empty_strided(tuple(shape), step_strides, dtype=dtype, device=device)
+def empty_step(shape, strides: tuple[int, ...], dtype: torch.dtype, device="cpu") -> torch.Tensor:
+    """A new tensor with the given dense ``strides`` (pooled on CPU, see :class:`BufferPool`)."""
+    if torch.device(device).type == "cpu":
+        return POOL.empty(shape, strides, dtype)
+    return torch.empty_strided(tuple(shape), tuple(strides), dtype=dtype, device=device)
 
 
 def scalar_param(value, x: torch.Tensor, allow_grad: bool = True):
     """Classify a scalar-like parameter (θ, λ, τ, v_init) for a fused kernel.
 
-    Returns ``(float_value, tensor_or_None)`` when the kernel can take it as one scalar with exactly the
-    reference's arithmetic, else ``None``. A tensor must hold one element, be floating point, live on
+    Returns ``(value, tensor_or_None)`` when the kernel can take it as one scalar with exactly the reference's
+    arithmetic, else ``None``. ``value`` is a Python float, or for a tensor its detached 0-d view (so that
+    building the kernel arguments of a CUDA tensor needs no device synchronisation; CPU kernels call
+    ``float()`` on it). A tensor must hold one element, be floating point, live on
     ``x``'s device, broadcast with one step without changing its shape, and - unless it is 0-d (0-d tensors do
     not take part in type promotion) - have ``x``'s dtype.
     """
@@ -97,4 +202,4 @@ def scalar_param(value, x: torch.Tensor, allow_grad: bool = True):
         return None
     if value.dim() > x.dim() - 1 or any(s != 1 for s in value.shape):
         return None
-    return float(value.detach().reshape(()).item()), value
+    return value.detach().reshape(()), value

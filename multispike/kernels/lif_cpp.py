@@ -142,7 +142,7 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 
 def _arrays(plan: _Plan, need: tuple[bool, bool, bool]):
-    fp = (ctypes.c_double * 8)(*plan.fp)
+    fp = (ctypes.c_double * 8)(*(float(v) for v in plan.fp))
     ip = list(plan.ip)
     ip[7], ip[8], ip[9] = (int(n) for n in need)
     return fp, (ctypes.c_int64 * 10)(*ip)

@@ -36,6 +36,7 @@ __all__ = ["lmht_multistep_cpp", "lmht_plan"]
 
 class _HPlan:
     __slots__ = ("fp", "ip", "lam", "leak_t", "sched_t", "detach_temporal")
+    # lam: the leak - a float, a 0-d tensor (one λ for every step) or a [T] tensor (leak schedule)
 
     def __init__(self, fp, ip, lam, leak_t, sched_t, detach_temporal):
         self.fp, self.ip, self.lam, self.leak_t, self.sched_t = fp, ip, lam, leak_t, sched_t
@@ -56,16 +57,15 @@ def lmht_plan(x_seq, state, *, levels, omega, leak, v_threshold, v_init, in_scal
         return None
     T = x_seq.shape[0]
     if isinstance(v_threshold, torch.Tensor):
-        if v_threshold.requires_grad or v_threshold.numel() != 1 or v_threshold.device != x_seq.device:
+        if v_threshold.requires_grad or v_threshold.numel() != 1 or v_threshold.device != x_seq.device \
+                or v_threshold.dim() > x_seq.dim() - 1:
             return None
-        theta = float(v_threshold.detach().reshape(()).item())
+        theta = v_threshold.detach().reshape(()).to(x_seq.dtype)  # torch.as_tensor(θ, dtype=x.dtype)
     elif isinstance(v_threshold, (int, float)) and not isinstance(v_threshold, bool):
-        theta = float(v_threshold)
-        if not (math.isfinite(theta) and theta > 0):
+        if not (math.isfinite(float(v_threshold)) and float(v_threshold) > 0):
             return None
+        theta = torch.tensor(float(v_threshold), dtype=x_seq.dtype, device=x_seq.device)
     else:
-        return None
-    if isinstance(v_threshold, torch.Tensor) and v_threshold.dim() > x_seq.dim() - 1:
         return None
     if not isinstance(surrogate_width, (int, float)) or not (math.isfinite(float(surrogate_width))
                                                             and surrogate_width >= 0):
@@ -81,19 +81,18 @@ def lmht_plan(x_seq, state, *, levels, omega, leak, v_threshold, v_init, in_scal
         if not isinstance(leak_schedule, torch.Tensor) or tuple(leak_schedule.shape) != (T,) \
                 or not leak_schedule.is_floating_point() or leak_schedule.device != x_seq.device:
             return None
-        lam = [float(v) for v in leak_schedule.detach().tolist()]
+        lam = leak_schedule.detach()
         sched_t = leak_schedule
     else:
         lk = scalar_param(leak, x_seq)
         if lk is None:
             return None
-        lam = [lk[0]] * T
+        lam = lk[0]
         leak_t = lk[1]
     dt = x_seq.dtype
-    th = torch.tensor(theta, dtype=dt)
-    # the reference's window bounds: python scalar (1−w), (L+w) times θ in the data type
-    lo = float(torch.tensor(1.0 - surrogate_width, dtype=dt) * th)
-    hi = float(torch.tensor(levels + surrogate_width, dtype=dt) * th)
+    # the reference's window bounds: Python scalars (1−w), (L+w) times θ in the data type
+    lo = (1.0 - surrogate_width) * theta
+    hi = (levels + surrogate_width) * theta
     step_shape = x_seq.shape[1:]
     if omega is not None:
         x = x_seq if scale_is_one else x_seq * in_scale
@@ -119,7 +118,7 @@ def lmht_plan(x_seq, state, *, levels, omega, leak, v_threshold, v_init, in_scal
     if v0 is not None and detach_temporal:
         v0 = v0.detach()  # m = λ·sg(v) + I: no gradient reaches the initial state
     fp = (theta, scale[0], v_init_value, lo, hi)
-    ip = [levels, scale_input, int(bool(detach_temporal)), int(bool(detach_reset)), 0]
+    ip = [levels, scale_input, int(bool(detach_temporal)), int(bool(detach_reset)), 0, T]
     return _HPlan(fp, ip, lam, leak_t, sched_t, bool(detach_temporal)), current, v0
 
 
@@ -130,8 +129,10 @@ def _ptr(t):
 def _arrays(plan: _HPlan, need_leak: bool):
     ip = list(plan.ip)
     ip[4] = int(need_leak)
-    return ((ctypes.c_double * 5)(*plan.fp), (ctypes.c_int64 * 5)(*ip),
-            (ctypes.c_double * len(plan.lam))(*plan.lam))
+    lam = plan.lam
+    lam = lam.tolist() if isinstance(lam, torch.Tensor) and lam.dim() == 1 else [float(lam)] * ip[5]
+    return ((ctypes.c_double * 5)(*(float(v) for v in plan.fp)), (ctypes.c_int64 * 6)(*ip),
+            (ctypes.c_double * len(lam))(*lam))
 
 
 def _forward(lib, x, strides, v0, plan):

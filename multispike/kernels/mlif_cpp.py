@@ -65,7 +65,7 @@ def mlif_plan(x_seq, state, *, lanes, v_threshold, leak, v_init, reset, reset_le
     if decay_input and paper:
         return None  # invalid: the reference raises
     # decay_input charge m = v + (I − v)·(1 − β): (1 − β) is computed in β's own dtype, as the reference does
-    oml = float(1.0 - lk[1].detach()) if lk[1] is not None else 1.0 - lk[0]
+    oml = 1.0 - lk[0]  # a Python float, or a 0-d tensor in β's dtype
     unit = 2.0 ** -(S - 1) if scaled else 1.0
     step_shape = x_seq.shape[1:]
     v0 = lr0 = None
@@ -101,7 +101,7 @@ def _ptr(t):
 def _arrays(plan: _MPlan, need):
     ip = list(plan.ip)
     ip[9], ip[10] = (int(n) for n in need)
-    return (ctypes.c_double * 8)(*plan.fp), (ctypes.c_int64 * 11)(*ip)
+    return (ctypes.c_double * 8)(*(float(v) for v in plan.fp)), (ctypes.c_int64 * 11)(*ip)
 
 
 def _forward(lib, x, strides, v0, lr0, plan):
