@@ -136,3 +136,19 @@ def test_quantized_target_needs_a_quantized_ann():
         calibrate(snn, float_reference(ann), _data(1))
     with pytest.raises(TypeError, match="batch"):
         calibrate(snn, ann, [{"x": 1}])
+
+
+def test_calibration_never_leaves_the_snn_worse_than_converted():
+    """An aver+aver SNN already equals its quantized ANN; calibrating against it must not raise the loss:
+    if training ends worse, the converted v(0) and θ are restored (and the report says so)."""
+    ann = _qat_cnn()
+    snn, _ = to_mixed_timestep_snn(ann)
+    data = _data()
+    before = {k: v.clone() for k, v in snn.state_dict().items()}
+    report = calibrate(snn, ann, data, epochs=3, lr=5e-2, target="quantized")
+    assert report.loss_after <= report.loss_before
+    if report.reverted:
+        for k, v in snn.state_dict().items():
+            assert torch.equal(v, before[k]), k
+    again = calibrate(snn, ann, data, epochs=0, target="quantized")
+    assert again.loss_before == pytest.approx(report.loss_after, abs=1e-20)

@@ -58,6 +58,7 @@ class CalibrationReport:
     reference_accuracy: float | None = None
     epoch_losses: list[float] = field(default_factory=list)
     layers: list[dict] = field(default_factory=list)
+    reverted: bool = False  # calibration raised the loss, so the converted v(0) and θ were restored
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -247,6 +248,8 @@ def calibrate(snn: nn.Module, ann: nn.Module, data_iter: Iterable, epochs: int =
                 h.remove()
 
         layer_rows, learnables = [], []
+        # Converted values, restored if calibration ends worse than it started (e.g. an already exact SNN).
+        initial = {id(m): (m.v_threshold.detach().clone(), m.v_init.detach().clone()) for _, m in neurons}
         for lname, m in neurons:
             row = {"layer": lname, "theta_before": float(m.v_threshold.detach().mean()),
                    "v_init_before": float(m.v_init.detach().mean())}
@@ -323,6 +326,20 @@ def calibrate(snn: nn.Module, ann: nn.Module, data_iter: Iterable, epochs: int =
     snn.eval()
     teacher.eval()
     loss_after, acc_after, _, _, _ = evaluate()
+    reverted = loss_after > loss_before
+    if reverted:
+        with torch.no_grad():
+            for _, m in neurons:
+                theta0, v0 = initial[id(m)]
+                for attr, value in (("v_threshold", theta0), ("v_init", v0)):
+                    current = getattr(m, attr)
+                    if current.shape == value.shape:
+                        current.copy_(value)
+                    elif isinstance(current, nn.Parameter):
+                        setattr(m, attr, nn.Parameter(value.clone(), requires_grad=current.requires_grad))
+                    else:
+                        m.register_buffer(attr, value.clone())
+        loss_after, acc_after = loss_before, acc_before
     snn.train(modes[0])
     teacher.train(modes[1])
     for row, (_, m) in zip(layer_rows, neurons):
@@ -333,4 +350,4 @@ def calibrate(snn: nn.Module, ann: nn.Module, data_iter: Iterable, epochs: int =
                              surrogate=sur_name, surrogate_form=surrogate_form, batches=batches, samples=samples,
                              loss_before=loss_before, loss_after=loss_after, accuracy_before=acc_before,
                              accuracy_after=acc_after, reference_accuracy=ref_acc, epoch_losses=epoch_losses,
-                             layers=layer_rows)
+                             layers=layer_rows, reverted=reverted)
