@@ -482,7 +482,8 @@ def test_foreign_if_graph_runs_with_literal_semantics():
     n = 4
     w = np.full((n, 3), 0.5, dtype=np.float32)
     graph = nir.NIRGraph(nodes={"input": nir.Input(np.array([3])), "fc": nir.Affine(weight=w, bias=np.zeros(n)),
-                                "if": nir.IF(r=np.ones(n), v_threshold=np.ones(n)), "output": nir.Output(np.array([n]))},
+                                "if": nir.IF(r=np.ones(n), v_threshold=np.ones(n)),
+                                "output": nir.Output(np.array([n]))},
                          edges=[("input", "fc"), ("fc", "if"), ("if", "output")], metadata={})
     net = import_from_nir(graph)
     assert any("no dt" in note for note in net.notes)

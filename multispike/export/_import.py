@@ -11,7 +11,6 @@ depends on it.
 """
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -20,14 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..neurons.base import MemoryModule, check_sequence, reset_net
+from ._common import _as_str, _int, _meta, _meta_str, _pair, require_nir
 from ._literal import (IF_SEMANTICS, IntegratorBlock, LadderBlock, LaneBlock, MembraneSpec, ScaleLayer,
                        SpikingBlock, SumPool2d, ThresholdLayer)
-from ._neurons import analyze, rebuild_neuron
-from .nir import (DEFAULT_DT, _as_str, emit_neuron, fold_input_scale, modules_from_metadata, require_nir,
-                  synapse_from_modules)
+from ._restore import apply_restoration
+from .network import NIRNetwork
 
 __all__ = ["import_from_nir", "NIRNetwork", "NIRImportError", "read_nir"]
+
 
 _SUPPORTED = ("Input", "Output", "Affine", "Linear", "Scale", "Conv1d", "Conv2d", "Flatten", "AvgPool2d", "SumPool2d",
               "Threshold", "I", "LI", "IF", "LIF")
@@ -37,9 +36,6 @@ class NIRImportError(ValueError):
     """A NIR graph is malformed or uses structure this importer cannot run (the message says which)."""
 
 
-# ----------------------------------------------------------------------------------------------------
-# Reading
-# ----------------------------------------------------------------------------------------------------
 def read_nir(path: str | os.PathLike):
     """``nir.read`` with errors that name the file and the problem."""
     nir = require_nir()
@@ -66,153 +62,6 @@ def read_nir(path: str | os.PathLike):
                              f"was written by an incompatible tool, or a node is missing a field") from exc
 
 
-def _meta(node) -> dict:
-    m = getattr(node, "metadata", None)
-    return m if isinstance(m, dict) else {}
-
-
-def _meta_str(meta: dict, key: str, default: str | None = None) -> str | None:
-    if key not in meta:
-        return default
-    return _as_str(meta[key])
-
-
-def _int(v, default=None):
-    try:
-        return int(np.asarray(v).item())
-    except (TypeError, ValueError):
-        return default
-
-
-def _pair(v) -> tuple[int, ...]:
-    a = np.asarray(v).astype(np.int64).reshape(-1)
-    if a.size == 1:
-        return (int(a[0]), int(a[0]))
-    return tuple(int(x) for x in a)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Runtime module
-# ----------------------------------------------------------------------------------------------------
-class NIRNetwork(nn.Module):
-    """A NIR graph as a time-major module (returned by :func:`import_from_nir`).
-
-    ``forward_sequence(x)`` takes ``[T, B, *input_shape]`` (or a static ``[B, *input_shape]``, repeated ``T``
-    times when the graph records T) and returns the per-step outputs ``[T, B, *output_shape]``;
-    ``forward(x)`` applies the graph's readout (``"mean"`` over time when the exported network ended with a
-    time mean, else the sequence). Every call starts from the initial state (``auto_reset``).
-
-    Attributes:
-        input_shape / output_shape: per-sample shapes.
-        T: graph steps per sample from the metadata (``None`` if absent), ``substeps`` the unrolling factor.
-        restored: names of the units rebuilt as the original multispike modules.
-        notes: what the importer assumed or ignored.
-    """
-
-    time_major = True
-
-    def __init__(self, blocks: dict[str, nn.Module], plan: list[tuple[str, list[str], bool]], outputs: list[str],
-                 input_shape: tuple[int, ...], output_shape: tuple[int, ...], *, T: int | None, substeps: int,
-                 input_encoding: str, readout: str, units: dict[str, str], restored: list[str],
-                 notes: list[str]) -> None:
-        super().__init__()
-        self._keys = {name: f"u{i}_{''.join(c if c.isalnum() else '_' for c in name)[:40]}"
-                      for i, name in enumerate(blocks)}
-        self.blocks = nn.ModuleDict({self._keys[n]: m for n, m in blocks.items()})
-        self.plan = plan
-        self.outputs = outputs
-        self.input_shape = tuple(int(s) for s in input_shape)
-        self.output_shape = tuple(int(s) for s in output_shape)
-        self.T = T
-        self.substeps = max(int(substeps), 1)
-        self.input_encoding = input_encoding
-        self.readout = readout
-        self.units = units
-        self.restored = restored
-        self.notes = notes
-        self.auto_reset = True
-
-    def block(self, unit: str) -> nn.Module:
-        """The module that runs NIR unit ``unit`` (a node name, or a decomposition's membrane node name)."""
-        return self.blocks[self._keys[unit]]
-
-    def unit_of(self, node: str) -> str:
-        """The unit that contains NIR node ``node``."""
-        return self.units.get(node, node)
-
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"NIRNetwork: expected a torch.Tensor, got {type(x).__name__}")
-        rank = len(self.input_shape)
-        if x.dim() == rank + 1 and tuple(x.shape[1:]) == self.input_shape:
-            if self.T is None:
-                raise ValueError(f"NIRNetwork: got a static input {tuple(x.shape)} but the graph records no T; pass a "
-                                 f"time-major input [T, B, {', '.join(map(str, self.input_shape))}]")
-            return x.unsqueeze(0).expand(self.T, *x.shape)
-        if x.dim() == rank + 2 and tuple(x.shape[2:]) == self.input_shape:
-            if self.substeps > 1 and self.T is not None and x.shape[0] * self.substeps == self.T:
-                return x.repeat_interleave(self.substeps, dim=0)
-            if x.shape[0] == 1 and self.input_encoding == "static" and self.T is not None and self.T > 1:
-                return x.expand(self.T, *x.shape[1:])  # one analog step, repeated (direct encoding)
-            return x
-        raise ValueError(f"NIRNetwork: input shape {tuple(x.shape)} fits neither [B, {self.input_shape}] nor "
-                         f"[T, B, {self.input_shape}] (the graph's Input node)")
-
-    def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-step outputs ``[T, B, *output_shape]``."""
-        x_seq = self._prepare(x)
-        check_sequence(x_seq, "NIRNetwork")
-        if self.auto_reset:
-            reset_net(self)
-        T, B = x_seq.shape[:2]
-        values: dict[str, torch.Tensor] = {"input": x_seq}
-        for unit, inputs, stateful in self.plan:
-            inp = values[inputs[0]]
-            for src in inputs[1:]:
-                inp = inp + values[src]
-            block = self.blocks[self._keys[unit]]
-            if stateful:
-                out = block(inp)
-            else:
-                y = block(inp.reshape(T * B, *inp.shape[2:]))
-                out = y.reshape(T, B, *y.shape[1:])
-            values[unit] = out
-        out = values[self.outputs[0]]
-        for src in self.outputs[1:]:
-            out = out + values[src]
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.forward_sequence(x)
-        return y.mean(0) if self.readout == "mean" else y
-
-    @torch.no_grad()
-    def run_with_events(self, x: torch.Tensor, layer_nodes: dict[str, str]) -> tuple[dict[str, torch.Tensor],
-                                                                                       torch.Tensor]:
-        """Per-step outputs plus the event counts ``spike_events(y)`` of the units holding ``layer_nodes``."""
-        captured: dict[str, torch.Tensor] = {}
-        handles = []
-        for layer, node in layer_nodes.items():
-            block = self.block(self.unit_of(node))
-
-            def hook(m, _i, out, layer=layer):
-                captured[layer] = m.spike_events(out) if hasattr(m, "spike_events") else out
-            handles.append(block.register_forward_hook(hook))
-        try:
-            out = self.forward_sequence(x)
-        finally:
-            for h in handles:
-                h.remove()
-        return captured, out
-
-    def extra_repr(self) -> str:
-        return (f"input_shape={self.input_shape}, output_shape={self.output_shape}, T={self.T}, "
-                f"substeps={self.substeps}, readout={self.readout!r}, restored={len(self.restored)} unit(s)")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Structure: adjacency and decompositions
-# ----------------------------------------------------------------------------------------------------
 class _Adj:
     def __init__(self, graph) -> None:
         self.nodes = graph.nodes
@@ -260,8 +109,8 @@ def _match_group(adj: _Adj, mem: str) -> dict | None:
     pays = list(adj.preds[fb])
     order = sorted(ths, key=lambda t: float(np.mean(adj.nodes[t].threshold)))
     if len(pays) != len(order) or any(adj.type(p) != "Scale" for p in pays):
-        raise NIRImportError(f"{where}: the feedback Scale {fb!r} reads {pays}; expected the thresholds (ladder) or one "
-                             f"payload Scale per lane (one-hot lanes)")
+        raise NIRImportError(f"{where}: the feedback Scale {fb!r} reads {pays}; expected the thresholds (ladder) or "
+                             f"one payload Scale per lane (one-hot lanes)")
     lanes, negs, pay_of = [], [], {}
     for p in pays:
         if len(adj.preds[p]) != 1 or adj.type(adj.preds[p][0]) != "Scale":
@@ -324,9 +173,6 @@ def _membrane_spec(node, dt: float) -> MembraneSpec:
     return MembraneSpec("LI", dt, node.r, tau=node.tau, v_leak=node.v_leak)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Literal blocks
-# ----------------------------------------------------------------------------------------------------
 def _literal_block(node, dt: float, if_semantics: str) -> tuple[nn.Module, bool]:
     kind = type(node).__name__
     if kind == "Affine":
@@ -388,77 +234,6 @@ def _group_block(group: dict, adj: _Adj, dt: float) -> nn.Module:
     return LaneBlock(spec, thresholds, group["neg_scales"], group["lane_scales"], group["payload_scales"], fb)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Restoration from metadata (checked against the graph)
-# ----------------------------------------------------------------------------------------------------
-def _arrays_equal(a, b) -> bool:
-    a = np.asarray(a)
-    b = np.asarray(b)
-    return a.shape == b.shape and np.array_equal(a.astype(np.float64), b.astype(np.float64))
-
-
-_PARAMS = {"I": ("r",), "LI": ("tau", "r", "v_leak"), "IF": ("r", "v_threshold", "v_reset"),
-           "LIF": ("tau", "r", "v_leak", "v_threshold", "v_reset"), "Threshold": ("threshold",), "Scale": ("scale",)}
-
-
-def _restore_neuron(unit_nodes: dict[str, object], entry: str, dt: float) -> tuple[nn.Module | None, str | None]:
-    """Rebuild the neuron recorded on ``entry`` and check that exporting it gives exactly ``unit_nodes``."""
-    meta = _meta(unit_nodes[entry])
-    cls = _meta_str(meta, "multispike.class")
-    if cls is None:
-        return None, None
-    layer = _meta_str(meta, "multispike.layer", entry)
-    try:
-        state = {k[len("multispike.state."):]: np.asarray(v) for k, v in meta.items()
-                 if k.startswith("multispike.state.")}
-        neuron = rebuild_neuron(cls, _meta_str(meta, "multispike.config"), state)
-        spec = analyze(neuron, layer)
-        shape = tuple(int(s) for s in np.asarray(unit_nodes[entry].input_type["input"]).reshape(-1))
-        em = emit_neuron(spec, "exact", shape, dt, "x")
-    except Exception as exc:  # noqa: BLE001 - any failure means: do not trust the metadata
-        return None, f"{layer}: metadata could not be rebuilt ({type(exc).__name__}: {exc}); ran the literal graph"
-    by_role = {_meta_str(_meta(n), "multispike.role"): n for n in unit_nodes.values()}
-    if len(em.nodes) != len(unit_nodes):
-        return None, f"{layer}: metadata describes {len(em.nodes)} node(s), the graph has {len(unit_nodes)}; ran literally"
-    for name, node in em.nodes.items():
-        other = by_role.get(em.roles[name])
-        if other is None or type(other).__name__ != type(node).__name__:
-            return None, f"{layer}: node role {em.roles[name]!r} missing or of another type; ran literally"
-        for attr in _PARAMS.get(type(node).__name__, ()):
-            if not _arrays_equal(getattr(node, attr), getattr(other, attr)):
-                return None, (f"{layer}: {em.roles[name]}.{attr} differs from what the metadata's {cls} exports; ran "
-                              f"the literal graph")
-    return neuron, None
-
-
-def _restore_synapse(node, in_shape: tuple[int, ...]) -> tuple[nn.Module | None, str | None, str | None]:
-    """Original modules of a weighted node (conv/linear + BN, unfolded) if they re-export to exactly its weights."""
-    meta = _meta(node)
-    if "multispike.modules" not in meta:
-        return None, None, None
-    layer = _meta_str(meta, "multispike.layer", "?")
-    try:
-        mods = modules_from_metadata(meta)
-        syn, _ = synapse_from_modules(mods, in_shape, layer)
-        w = syn.weight.detach().float()
-        if "multispike.fold_scale" in meta:
-            w = fold_input_scale(w, torch.from_numpy(np.asarray(meta["multispike.fold_scale"], np.float32)),
-                                 getattr(syn, "groups", 1))
-        bias = syn.bias.detach().float() if syn.bias is not None else torch.zeros(w.shape[0])
-    except Exception as exc:  # noqa: BLE001
-        return None, None, f"{layer}: layer metadata could not be rebuilt ({type(exc).__name__}: {exc})"
-    if not _arrays_equal(w.numpy(), node.weight):
-        return None, None, f"{layer}: recorded weights do not re-export to the graph's weights; ran literally"
-    graph_bias = getattr(node, "bias", None)
-    if graph_bias is not None and not _arrays_equal(bias.numpy(), np.asarray(graph_bias).reshape(-1)):
-        return None, None, f"{layer}: recorded bias does not re-export to the graph's bias; ran literally"
-    fold_layer = _meta_str(meta, "multispike.fold_layer") if "multispike.fold_scale" in meta else None
-    return nn.Sequential(*mods), fold_layer, None
-
-
-# ----------------------------------------------------------------------------------------------------
-# Import
-# ----------------------------------------------------------------------------------------------------
 def import_from_nir(graph_or_path, *, restore: bool = True, if_semantics: str = "nir",
                     dt: float | None = None) -> NIRNetwork:
     """Build a time-major multispike module that runs a NIR graph on ``[T, B, ...]``.
@@ -586,7 +361,7 @@ def import_from_nir(graph_or_path, *, restore: bool = True, if_semantics: str = 
             blocks[u], stateful[u] = _literal_block(graph.nodes[u], dt, if_semantics)
     restored: list[str] = []
     if restore:
-        restored = _apply_restoration(graph, adj, groups, order, blocks, stateful, dt, notes)
+        restored = apply_restoration(graph, adj, groups, order, blocks, stateful, dt, notes)
 
     in_shape = tuple(int(s) for s in np.asarray(graph.nodes[in_name].input_type["input"]).reshape(-1))
     out_shape = tuple(int(s) for s in np.asarray(graph.nodes[out_name].output_type["output"]).reshape(-1))
@@ -600,78 +375,3 @@ def import_from_nir(graph_or_path, *, restore: bool = True, if_semantics: str = 
                      input_encoding=encoding, readout=readout if readout in ("mean", "sequence") else "sequence",
                      units=unit_map, restored=restored, notes=notes)
     return net.eval()
-
-
-def _apply_restoration(graph, adj: _Adj, groups, order, blocks, stateful, dt: float, notes: list[str]) -> list[str]:
-    """Swap literal blocks for original multispike modules where the metadata re-exports to the graph exactly."""
-    neurons: dict[str, nn.Module] = {}
-    layer_of_unit: dict[str, str] = {}
-    for u in order:
-        if u in groups:
-            members = {n: graph.nodes[n] for n in groups[u]["members"]}
-            entry = u
-        elif type(graph.nodes[u]).__name__ in ("IF", "LIF"):
-            members = {u: graph.nodes[u]}
-            entry = u
-        else:
-            continue
-        neuron, note = _restore_neuron(members, entry, dt)
-        if note:
-            notes.append(note)
-        if neuron is not None:
-            neurons[u] = neuron
-            layer_of_unit[u] = _meta_str(_meta(graph.nodes[entry]), "multispike.layer", u)
-    synapses: dict[str, tuple[nn.Module, str | None]] = {}
-    for u in order:
-        node = graph.nodes.get(u)
-        if node is None or type(node).__name__ not in ("Conv1d", "Conv2d", "Affine", "Linear"):
-            continue
-        in_shape = tuple(int(s) for s in np.asarray(node.input_type["input"]).reshape(-1))
-        mods, fold_layer, note = _restore_synapse(node, in_shape)
-        if note:
-            notes.append(note)
-        if mods is not None:
-            synapses[u] = (mods, fold_layer)
-    # A restored neuron emits its original payload, so every site that absorbed its payload factor must be
-    # restored too (and vice versa); iterate to a consistent set.
-    restored_layers = set(layer_of_unit.values())
-    while True:
-        changed = False
-        for u, (_, fold_layer) in list(synapses.items()):
-            if fold_layer and fold_layer not in restored_layers:
-                del synapses[u]
-                changed = True
-        needed: dict[str, list[str]] = defaultdict(list)
-        for u in order:
-            node = graph.nodes.get(u)
-            meta = _meta(node) if node is not None else {}
-            if "multispike.fold_scale" in meta:
-                needed[_meta_str(meta, "multispike.fold_layer", "")].append(u)
-        for u, layer in list(layer_of_unit.items()):
-            if any(site not in synapses for site in needed.get(layer, [])):
-                del layer_of_unit[u]
-                del neurons[u]
-                restored_layers.discard(layer)
-                notes.append(f"{layer}: a layer that absorbed its payload could not be restored; ran the layer literally")
-                changed = True
-        if not changed:
-            break
-    restored = []
-    for u, neuron in neurons.items():
-        blocks[u] = neuron
-        stateful[u] = True
-        restored.append(u)
-    for u, (mods, _) in synapses.items():
-        blocks[u] = mods
-        stateful[u] = False
-        restored.append(u)
-    for u in order:
-        node = graph.nodes.get(u)
-        if node is None or type(node).__name__ != "Scale":
-            continue
-        meta = _meta(node)
-        if _meta_str(meta, "multispike.role") == "payload" and _meta_str(meta, "multispike.layer") in restored_layers:
-            blocks[u] = nn.Identity()
-            stateful[u] = False
-            restored.append(u)
-    return restored

@@ -224,7 +224,6 @@ def trace_network(model: nn.Module, example_input: torch.Tensor) -> tuple[Traced
 
     for name, (module, kind, merged) in atomic.items():
         handles.append(module.register_forward_hook(make_hook(name, module, kind, merged)))
-    was_training = model.training
     try:
         reset_net(model)
         out = model(example_input)
@@ -232,7 +231,6 @@ def trace_network(model: nn.Module, example_input: torch.Tensor) -> tuple[Traced
         for h in handles:
             h.remove()
         reset_net(model)
-    del was_training
     if not isinstance(out, torch.Tensor):
         raise NIRExportError(f"export: the model returned {type(out).__name__}; only models returning one tensor "
                              f"can be exported")
