@@ -253,6 +253,19 @@ def import_from_nir(graph_or_path, *, restore: bool = True, if_semantics: str = 
     Returns:
         :class:`NIRNetwork` (``forward_sequence`` -> per-step outputs; ``forward`` -> the recorded readout).
 
+    Example::
+
+        >>> import torch, torch.nn as nn
+        >>> from multispike.layers import SeqToANNContainer
+        >>> from multispike.neurons import IFNeuron
+        >>> from multispike.export import export_to_nir
+        >>> snn = nn.Sequential(SeqToANNContainer(nn.Linear(16, 4)),
+        ...                     IFNeuron(v_threshold=0.5, v_init=0.25, step_mode='m'))
+        >>> graph, _ = export_to_nir(snn, torch.rand(4, 2, 16), measure=False)
+        >>> net = import_from_nir(graph)             # multispike neurons restored: bit-identical to snn
+        >>> net(torch.rand(4, 2, 16)).shape          # per-step outputs [T, B, 4]
+        torch.Size([4, 2, 4])
+
     Raises:
         NIRImportError: malformed graph, unsupported node types (``Delay``, ``CubaLIF``, nested graphs ...), or
             recurrent structure other than the ladder/lane decompositions.

@@ -17,10 +17,13 @@ _SEMANTICS = {"exact": ("multispike", "nir"), "if": ("nir", "sinabs"), "unrolled
 
 def _batches(data):
     if isinstance(data, torch.Tensor):
-        yield data
+        yield data.detach().cpu()
         return
     for item in data:
-        yield item[0] if isinstance(item, (tuple, list)) else item
+        x = item[0] if isinstance(item, (tuple, list)) else item
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"export_to_nir: sample_inputs must yield tensors or (x, y) pairs, got {type(x).__name__}")
+        yield x.detach().cpu()
 
 
 class _NirtorchRunner:
