@@ -234,8 +234,7 @@ def _emit_flatten(b: _Builder, value: list[_Term], in_shape, start: int, end: in
     return [_Term((name,))]
 
 
-def _emit_synapse(b: _Builder, call: TracedCall, modules: list[nn.Module], value: list[_Term],
-                  out_call: int) -> list[_Term]:
+def _emit_synapse(b: _Builder, call: TracedCall, modules: list[nn.Module], value: list[_Term]) -> list[_Term]:
     """Conv/Linear (+ folded BN), or a standalone BN, with a pending payload factor folded into its weights."""
     nir = b.nir
     in_shape = call.in_shapes[0]
@@ -489,7 +488,7 @@ def export_to_nir(model: nn.Module, example_input: torch.Tensor, path: str | os.
             continue
         if isinstance(m, _SYN_TYPES) or isinstance(m, _BN_TYPES):
             mods = [m] if call.index not in fused_bn else [m, traced.calls[fused_bn[call.index]].module]
-            out = _emit_synapse(b, call, mods, value, call.index)
+            out = _emit_synapse(b, call, mods, value)
             b.values[call.index] = out
             if call.index in fused_bn:
                 b.values[fused_bn[call.index]] = out
