@@ -1,0 +1,261 @@
+#!/usr/bin/env python
+"""Side-by-side CPU benchmark of multi-step neurons: fused kernels, references, SpikingJelly, snnTorch, floor.
+
+    python benchmarks/neurons.py                      # writes benchmarks/results/neurons_cpu.json
+    python benchmarks/neurons.py --reps 9 --shape 4,32,128,16,16 --shape 8,32,128,16,16
+
+For each shape ``[T, B, C, H, W]`` (float32) it measures, interleaved round-robin so that background load hits
+every contender alike:
+
+* the bandwidth floor: a plain copy of the same bytes into a preallocated buffer - forward reads x and writes y
+  (8 B per element-step); forward+backward additionally reads x and dy and writes dx (20 B: the copy plus an
+  ``add(x, dy, out=dx)``);
+* IF neurons: ``backend="cpp"`` (fused C++), the reference ``lif_multistep``, SpikingJelly 2.0 ``IFNode``
+  (multi-step, soft reset, sigmoid surrogate) and snnTorch ``Leaky(beta=1)`` (subtract reset) looped over T;
+* one-hot M-LIF with S = 4 lanes and LM-HT with L = 4 levels (with T-GIM, and M-HT without): kernel vs reference.
+
+Forward runs under ``torch.no_grad()``; forward+backward calls ``y.backward(dy)``. Reported: median and min-max
+over ``--reps`` repetitions (after warm-up), ratios to the floor and, for the IF kernel, speed-ups over each
+peer. Results (with hardware, versions, commit, thread count and load average) go to JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("spikingjelly", "snntorch", "numpy"):
+        try:
+            mod = __import__(name)
+            out[name] = getattr(mod, "__version__", "installed (no __version__)")
+        except Exception:
+            out[name] = None
+    try:
+        from importlib.metadata import version
+        out["spikingjelly"] = version("spikingjelly") if out["spikingjelly"] else None
+    except Exception:
+        pass
+    return out
+
+
+def _hardware() -> dict:
+    info = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as fh:
+            info["mem_total_kB"] = int(fh.readline().split()[1])
+    except OSError:
+        pass
+    return info
+
+
+def _commit() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "multispike/kernels", "benchmarks"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def _contenders(T: int, include_peers: bool) -> dict:
+    """name -> (family label, callable x -> y)."""
+    from multispike.kernels.lif_cpp import lif_multistep_cpp
+    from multispike.kernels.lmht_cpp import lmht_multistep_cpp
+    from multispike.kernels.mlif_cpp import mlif_multistep_cpp
+    from multispike.neurons import lif_multistep
+    from multispike.neurons.lmht import lmht_multistep
+    from multispike.neurons.mlif import mlif_multistep
+
+    omega = torch.full((T, T), 1.0 / T)
+    c = {
+        "if_cpp": ("IF", lambda x: lif_multistep_cpp(x, v_threshold=1.0)[0]),
+        "if_reference": ("IF", lambda x: lif_multistep(x, v_threshold=1.0)[0]),
+        "mlif_cpp_S4": ("M-LIF S=4", lambda x: mlif_multistep_cpp(x, lanes=4, v_threshold=1.0, leak=0.9)[0]),
+        "mlif_reference_S4": ("M-LIF S=4", lambda x: mlif_multistep(x, lanes=4, v_threshold=1.0, leak=0.9)[0]),
+        "mht_cpp_L4": ("M-HT L=4", lambda x: lmht_multistep_cpp(x, levels=4, v_threshold=0.5)[0]),
+        "mht_reference_L4": ("M-HT L=4", lambda x: lmht_multistep(x, levels=4, v_threshold=0.5)[0]),
+        "lmht_cpp_L4_tgim": ("LM-HT L=4", lambda x: lmht_multistep_cpp(x, levels=4, v_threshold=0.5, omega=omega)[0]),
+        "lmht_reference_L4_tgim": ("LM-HT L=4",
+                                   lambda x: lmht_multistep(x, levels=4, v_threshold=0.5, omega=omega)[0]),
+    }
+    if include_peers:
+        try:
+            from spikingjelly.activation_based import functional, neuron, surrogate
+            node = neuron.IFNode(v_threshold=1.0, v_reset=None, surrogate_function=surrogate.Sigmoid(alpha=4.0),
+                                 step_mode="m")
+
+            def sj(x):
+                functional.reset_net(node)
+                return node(x)
+            c["if_spikingjelly"] = ("IF", sj)
+        except Exception as exc:  # optional peer
+            c["_skipped_spikingjelly"] = (f"{type(exc).__name__}: {exc}", None)
+        try:
+            import snntorch as snn
+            from snntorch import surrogate as snn_surrogate
+            leaky = snn.Leaky(beta=1.0, threshold=1.0, reset_mechanism="subtract",
+                              spike_grad=snn_surrogate.sigmoid(slope=4))
+
+            def snt(x):
+                mem = leaky.init_leaky()
+                out = []
+                for t in range(x.shape[0]):
+                    spk, mem = leaky(x[t], mem)
+                    out.append(spk)
+                return torch.stack(out)
+            c["if_snntorch"] = ("IF", snt)
+        except Exception as exc:
+            c["_skipped_snntorch"] = (f"{type(exc).__name__}: {exc}", None)
+    return c
+
+
+def _stats(times: list[float]) -> dict:
+    ms = [t * 1e3 for t in times]
+    return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms), "reps": len(ms)}
+
+
+def bench_shape(shape, reps: int, warmup: int, include_peers: bool, slow_every: int) -> dict:
+    T = shape[0]
+    n = 1
+    for s in shape:
+        n *= s
+    torch.manual_seed(0)
+    x = torch.randn(shape) * 0.8 + 0.3
+    dy = torch.randn(shape)
+    dst, dx = torch.empty_like(x), torch.empty_like(x)
+    contenders = _contenders(T, include_peers)
+    skipped = {k[len("_skipped_"):]: v[0] for k, v in contenders.items() if k.startswith("_skipped_")}
+    contenders = {k: v for k, v in contenders.items() if not k.startswith("_skipped_")}
+
+    def fwd(fn):
+        def run():
+            with torch.no_grad():
+                fn(x)
+        return run
+
+    def fwd_bwd(fn):
+        def run():
+            xg = x.detach().requires_grad_(True)
+            fn(xg).backward(dy)
+        return run
+
+    tasks = {"floor_fwd": lambda: dst.copy_(x), "floor_fwd_bwd": lambda: (dst.copy_(x), torch.add(x, dy, out=dx))}
+    for name, (_, fn) in contenders.items():
+        tasks[f"{name}_fwd"] = fwd(fn)
+        tasks[f"{name}_fwd_bwd"] = fwd_bwd(fn)
+    slow = {k for k in tasks if "reference" in k or "snntorch" in k or "spikingjelly" in k}
+    times: dict[str, list[float]] = {k: [] for k in tasks}
+    for k, f in tasks.items():  # warm-up (also builds the C++ library and fills the buffer pool)
+        for _ in range(warmup):
+            f()
+    for rep in range(reps):
+        for k, f in tasks.items():
+            if k in slow and rep % slow_every:
+                continue  # slow contenders run on every slow_every-th round (their relative noise is smaller)
+            gc.collect()
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    res = {"shape": list(shape), "elements_per_step": n // T, "element_steps": n, "skipped": skipped,
+           "loadavg_after": list(os.getloadavg())}
+    for k, ts in times.items():
+        res[k] = _stats(ts)
+    ff, ffb = res["floor_fwd"]["median_ms"], res["floor_fwd_bwd"]["median_ms"]
+    res["floor_fwd"]["GBps"] = 8 * n / ff / 1e6
+    res["floor_fwd_bwd"]["GBps"] = 20 * n / ffb / 1e6
+    for name in contenders:
+        res[f"{name}_fwd"]["x_floor"] = res[f"{name}_fwd"]["median_ms"] / ff
+        res[f"{name}_fwd_bwd"]["x_floor"] = res[f"{name}_fwd_bwd"]["median_ms"] / ffb
+    speedups = {}
+    for peer in ("if_reference", "if_spikingjelly", "if_snntorch"):
+        if peer in contenders:
+            speedups[peer] = {p: res[f"{peer}_{p}"]["median_ms"] / res[f"if_cpp_{p}"]["median_ms"]
+                              for p in ("fwd", "fwd_bwd")}
+    res["if_cpp_speedup_over"] = speedups
+    for fam, (kern, ref) in {"mlif": ("mlif_cpp_S4", "mlif_reference_S4"), "mht": ("mht_cpp_L4", "mht_reference_L4"),
+                             "lmht": ("lmht_cpp_L4_tgim", "lmht_reference_L4_tgim")}.items():
+        res[f"{fam}_speedup_over_reference"] = {p: res[f"{ref}_{p}"]["median_ms"] / res[f"{kern}_{p}"]["median_ms"]
+                                                for p in ("fwd", "fwd_bwd")}
+    return res
+
+
+def _print(res: dict) -> None:
+    print(f"\n[T,B,C,H,W] = {res['shape']}  (float32; median ms [min-max], x floor)")
+    for phase in ("fwd", "fwd_bwd"):
+        f = res[f"floor_{phase}"]
+        print(f"  {phase:7s} floor (copy): {f['median_ms']:8.3f} [{f['min_ms']:.3f}-{f['max_ms']:.3f}]  "
+              f"{f['GBps']:.1f} GB/s")
+        for k in res:
+            if k.endswith(f"_{phase}") and not k.startswith("floor") and isinstance(res[k], dict) \
+                    and (phase == "fwd_bwd" or not k.endswith("_fwd_bwd")):
+                r = res[k]
+                print(f"    {k[:-len(phase) - 1]:24s} {r['median_ms']:9.3f} [{r['min_ms']:.3f}-{r['max_ms']:.3f}]"
+                      f"  {r['x_floor']:6.2f}x floor")
+    for peer, sp in res["if_cpp_speedup_over"].items():
+        print(f"  IF kernel speed-up over {peer}: fwd {sp['fwd']:.1f}x, fwd+bwd {sp['fwd_bwd']:.1f}x")
+    for fam in ("mlif", "mht", "lmht"):
+        sp = res[f"{fam}_speedup_over_reference"]
+        print(f"  {fam} kernel speed-up over its reference: fwd {sp['fwd']:.1f}x, fwd+bwd {sp['fwd_bwd']:.1f}x")
+    if res["skipped"]:
+        print(f"  skipped: {res['skipped']}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="CPU benchmark of multi-step neurons against peers and the memory floor")
+    ap.add_argument("--shape", action="append", default=None,
+                    help="T,B,C,H,W (repeatable; default 4,32,128,16,16 and 8,32,128,16,16)")
+    ap.add_argument("--reps", type=int, default=15, help="timed rounds (default 15)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--slow-every", type=int, default=3,
+                    help="time the slow contenders (references, peers) only every k-th round")
+    ap.add_argument("--no-peers", action="store_true", help="skip SpikingJelly and snnTorch")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's choice)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "neurons_cpu.json"))
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shapes = [tuple(int(v) for v in s.split(",")) for s in (args.shape or ["4,32,128,16,16", "8,32,128,16,16"])]
+    from multispike.kernels import build_info
+    from multispike.kernels._build import load_library
+    load_library()
+    result = {"benchmark": "neurons_cpu", "command": " ".join([Path(sys.executable).name, *sys.argv]),
+              "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "hardware": _hardware(),
+              "versions": _versions(), "kernel_build": build_info(), "loadavg_before": list(os.getloadavg()),
+              "settings": {"reps": args.reps, "warmup": args.warmup, "slow_every": args.slow_every,
+                           "dtype": "float32", "interleaved": True, "threads": torch.get_num_threads()},
+              "results": []}
+    for shape in shapes:
+        res = bench_shape(shape, args.reps, args.warmup, not args.no_peers, args.slow_every)
+        result["results"].append(res)
+        _print(res)
+    result["loadavg_after"] = list(os.getloadavg())
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
