@@ -17,6 +17,7 @@ from .engine import EXIT_AFTER_STEPS_ENV, Trainer, prefix_correct, quantizer_rep
 from .hybrid import call_convert_hook, lmht_hybrid, mlif_hybrid
 from .losses import CEOnMean, TETLoss, build_loss, ce_on_mean, tet_loss
 from .optim import DEFAULT_NEURON_PARAM_PATTERNS, LRSchedule, build_optimizer, build_param_groups, match_neuron_param
+from .rebuild import describe_checkpoint, needs_rebuild, rebuild_model, structure_snapshot
 from .runner import build_loaders, build_model, load_convert_hook, run_training, subset_indices
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "EXIT_AFTER_STEPS_ENV", "Trainer", "prefix_correct", "quantizer_report",
     "call_convert_hook", "lmht_hybrid", "mlif_hybrid",
     "build_loaders", "build_model", "load_convert_hook", "run_training", "subset_indices",
+    "describe_checkpoint", "needs_rebuild", "rebuild_model", "structure_snapshot",
     "CEOnMean", "TETLoss", "build_loss", "ce_on_mean", "tet_loss",
     "DEFAULT_NEURON_PARAM_PATTERNS", "LRSchedule", "build_optimizer", "build_param_groups", "match_neuron_param",
 ]

@@ -41,7 +41,7 @@ DIST_BN = ("reduce", "broadcast", "none")
 #: run (another network, other data, another optimizer state layout) or breaks the bit-exact replay.
 RESUME_MUST_MATCH = ("mode", "model", "neuron", "timesteps", "dataset", "dataset_kwargs", "num_classes",
                      "in_channels", "levels", "lanes", "v_threshold", "neuron_kwargs", "model_kwargs", "subset", "opt",
-                     "loss", "seed", "batch_size", "ann_checkpoint")
+                     "loss", "seed", "batch_size", "ann_checkpoint", "init_from", "prepare_qat")
 
 
 class ConfigError(ValueError):
@@ -102,6 +102,15 @@ class TrainConfig:
                                     "training")
     convert_hook: str | None = _f(None, "hybrid: 'module:function' called as function(ann_model, config) -> "
                                   "SNN model", "training")
+    init_from: str | None = _f(None, "start from the weights AND module structure of this checkpoint (run directory "
+                               "or file; e.g. the output of `multispike convert`); model, neuron and T come from it, "
+                               "the optimizer starts afresh", "training")
+    freeze_bn: bool = _f(False, "keep BatchNorm layers in eval mode while training (running statistics fixed, γ/β "
+                         "still learned): fine-tune a converted SNN without re-estimating BN statistics from spike "
+                         "trains, whose per-step variance differs from the ANN's activations", "training")
+    prepare_qat: dict | None = _f(None, "after building the model run multispike.quant.qac.prepare_qat with these "
+                                  "arguments (ReLU/QCFS -> QAC quantizer, MaxPool -> AvgPool), e.g. param=t_alpha t=4; "
+                                  "`multispike qat` sets it", "training")
 
     # --- optimizer -------------------------------------------------------------------------------------
     opt: str = _f("sgd", "optimizer", "optimizer", OPTIMIZERS)
@@ -195,8 +204,13 @@ class TrainConfig:
         need(self.keep_checkpoints >= 0, f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
         need(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
         need(self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
-        need(self.mode == "hybrid" or self.model is not None,
+        need(self.mode == "hybrid" or self.model is not None or self.init_from is not None,
              "no model given: set --model (or 'model:' in the YAML config); see multispike.models.list_models()")
+        need(not (self.mode == "hybrid" and self.init_from is not None),
+             "mode 'hybrid' builds its SNN from --ann-checkpoint; --init-from is for mode ann/qat/snn (e.g. "
+             "fine-tuning the output of `multispike convert` with --mode snn)")
+        need(self.prepare_qat is None or self.mode in ("qat", "ann"),
+             f"prepare_qat makes a quantized ANN; use it with mode qat (mode is {self.mode!r})")
         if self.mode == "hybrid":
             need(self.ann_checkpoint is not None, "mode 'hybrid' needs --ann-checkpoint (a checkpoint of the ANN)")
             need(self.convert_hook is not None, "mode 'hybrid' needs --convert-hook 'module:function' that turns the "

@@ -252,6 +252,10 @@ class Trainer:
 
         self.epoch = epoch
         self.model.train()
+        if self.cfg.freeze_bn:
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         if hasattr(self.train_loader, "set_epoch"):
             self.train_loader.set_epoch(epoch)
         start = self._resume_batch

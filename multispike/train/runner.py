@@ -6,6 +6,7 @@ instead of being built (custom models, event-data loaders, tests).
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -13,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, load_checkpoint, load_model_state
+from .checkpoint import load_checkpoint
 from .config import TrainConfig, save_config
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, seed_everything
 from .engine import Trainer
@@ -103,23 +104,40 @@ def load_convert_hook(spec: str | Callable) -> Callable[[nn.Module, TrainConfig]
 
 def _hybrid_model(cfg: TrainConfig, convert_fn: Callable | None, train_loader: Any, device: torch.device
                   ) -> tuple[nn.Module, str]:
+    from .rebuild import rebuild_model
+
     ckpt = load_checkpoint(cfg.ann_checkpoint)
-    ann_cfg = ckpt.meta.get("config") or {}
-    name = ckpt.meta.get("model") or ann_cfg.get("model")
-    if not name:
-        raise CheckpointError(f"ANN checkpoint {ckpt.path} does not record its model; it cannot be rebuilt")
-    from ..models import create_model
-    ann_nk = dict(ann_cfg.get("neuron_kwargs") or {})
-    for key in ("levels", "lanes", "v_threshold"):
-        if ann_cfg.get(key) is not None:
-            ann_nk[key] = ann_cfg[key]
-    ann = create_model(name, num_classes=ann_cfg.get("num_classes") or 10, neuron=ann_cfg.get("neuron", "relu"),
-                       T=ann_cfg.get("timesteps", 1), in_channels=ann_cfg.get("in_channels"), neuron_kwargs=ann_nk,
-                       **(ann_cfg.get("model_kwargs") or {}))
-    load_model_state(ann, ckpt.model_state, source=f"ANN checkpoint {ckpt.path}")
+    # rebuild_model also handles ANNs that were QAT-prepared or started from another checkpoint
+    ann, name = rebuild_model(ckpt)
+    ann.train()
     ann = ann.to(device)   # data-driven hooks (threshold calibration) feed it batches from the training loader
     hook = load_convert_hook(convert_fn if convert_fn is not None else cfg.convert_hook)
     return call_convert_hook(hook, ann, cfg, train_loader), name
+
+
+def _init_model(cfg: TrainConfig) -> tuple[nn.Module, str]:
+    """The network of ``cfg.init_from`` (structure and weights); ``cfg`` takes its name, classes and T."""
+    from .rebuild import model_timesteps, rebuild_model
+
+    ckpt = load_checkpoint(cfg.init_from)
+    model, name = rebuild_model(ckpt)
+    model.train()
+    if cfg.model is not None and cfg.model != name:
+        raise ValueError(f"--init-from {cfg.init_from} holds a {name!r} network, but --model is {cfg.model!r}; drop "
+                         f"--model (it comes from the checkpoint)")
+    cfg.model = name
+    saved = ckpt.meta.get("config") or {}
+    for key in ("num_classes", "in_channels"):
+        mine, theirs = getattr(cfg, key), saved.get(key)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise ValueError(f"--init-from {cfg.init_from} has {key}={theirs}, the data have {mine}")
+    T = model_timesteps(model)
+    if T is not None and T != cfg.timesteps:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"note: --init-from {cfg.init_from} runs T={T} (its conversion's); using it instead of "
+                  f"timesteps={cfg.timesteps}")
+        cfg.timesteps = T
+    return model, name
 
 
 def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_loader: Any = None,
@@ -169,10 +187,16 @@ def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_load
             if cfg.mode == "hybrid":
                 model, ann_name = _hybrid_model(cfg, convert_fn, train_loader, dist.device)
                 model_name = cfg.model = cfg.model or ann_name
+            elif cfg.init_from is not None:
+                model, model_name = _init_model(cfg)
             else:
                 if cfg.num_classes is None:
                     raise ValueError("num_classes is unknown: set --num-classes")
                 model = build_model(cfg, cfg.num_classes, cfg.in_channels)
+            if cfg.prepare_qat is not None:
+                from ..quant.qac import prepare_qat
+
+                prepare_qat(model, **cfg.prepare_qat)
         if dist.is_primary:
             save_config(cfg, out, extra={"world_size": dist.world_size, "device": str(dist.device)})
         trainer = Trainer(model, train_loader, eval_loader, cfg, dist=dist, model_name=model_name)

@@ -129,6 +129,14 @@ def _build_model(args: argparse.Namespace, num_classes: int | None, in_channels:
         from ...train.checkpoint import CheckpointError, load_model_state
 
         cfg = ckpt.meta.get("config") or {}
+        from ...train.rebuild import model_timesteps, needs_rebuild, rebuild_model
+        if needs_rebuild(ckpt.meta):
+            # converted / QAT-prepared / hybrid / --init-from networks: their module tree is not create_model's
+            model, name = rebuild_model(ckpt)
+            defaults = {"dataset": cfg.get("dataset"), "timesteps": model_timesteps(model) or cfg.get("timesteps"),
+                        "normalize": cfg.get("normalize", True), "checkpoint": str(ckpt.path),
+                        "epoch": ckpt.meta.get("epoch"), "data_dir": cfg.get("data_dir")}
+            return model, name, defaults
         name = ckpt.meta.get("model") or cfg.get("model")
         if not name:
             raise CheckpointError(f"checkpoint {ckpt.path} does not record its model name; it cannot be rebuilt "

@@ -1,0 +1,94 @@
+"""multispike convert: turn a trained ANN / QCFS / QAT checkpoint into an IF, LM-HT, mixed-timestep or uniform-T SNN.
+
+Loads the checkpoint (its model and config come from the checkpoint's JSON), converts it with the library's
+converters, measures the source ANN and the SNN at every timestep prefix on the test split, prints the
+conversion report and saves the SNN as a checkpoint (``<out>/checkpoints``) that ``multispike eval
+--checkpoint``, ``multispike train --mode snn --init-from``, ``multispike calibrate`` and ``multispike reparam``
+load. ``<out>/conversion.json`` holds the numbers, ``<out>/report.txt`` the printout.
+"""
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """\
+targets:
+  if       QCFS ANN -> IF (θ = ϑ, v(0) = θ/2; algorithms.md §3.2); a ReLU ANN -> IF with data thresholds
+           (--threshold 99.9%% or max, from --calib-batches training batches; BN folded, MaxPool -> AvgPool)
+  lmht     QCFS ANN -> LM-HT (§2.6 hybrid initialisation: θ = ϑ, v(0) = θ/2, uniform T-GIM, λ = 1, first-layer
+           input scale L); also measures IF at T and at L·T converted from the same ANN (--no-sanity skips it)
+  mixed    QAT (QAC) ANN -> mixed-timestep IF SNN: each layer runs its learned T_l, --align between layers
+           (default aver+aver; §4.3-§4.4); prints per-layer T_l and the average T
+  uniform  QCFS/QAC ANN -> IF SNN with one --timesteps T in every layer, without (--align none, default) or
+           with averaging (--align aver+aver): QAC's Table 8 baseline; --compare-align runs both
+
+examples:
+  multispike convert --checkpoint runs/qcfs_ann --to if --timesteps 4 --out runs/qcfs_if4
+  multispike convert --checkpoint runs/qcfs_ann --to lmht --levels 2 --timesteps 2 --hybrid-bias-scale L \\
+      --out runs/lmht_L2T2
+  multispike convert --checkpoint runs/qac --mixed-timestep --align aver+aver --out runs/qac_mixed
+  multispike convert --checkpoint runs/qcfs_ann --to uniform --timesteps 4 --compare-align --out runs/table8
+  multispike convert --checkpoint runs/relu_ann --to if --threshold 99.9%% --timesteps 32 --out runs/relu_if
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ...workflows import TARGETS
+
+    p = subparsers.add_parser(
+        "convert", help="convert a trained ANN/QCFS/QAT checkpoint to an IF, LM-HT, mixed-timestep or uniform SNN",
+        description=__doc__.split("\n\n")[0], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint file of the trained network")
+    p.add_argument("--to", choices=TARGETS, default=None, help="conversion target (see below)")
+    p.add_argument("--mixed-timestep", action="store_true", help="the issue's spelling of --to mixed")
+    p.add_argument("--timesteps", "-T", type=int, default=None, help="T of every layer (if, lmht, uniform)")
+    p.add_argument("--levels", "-L", type=int, default=2, help="LM-HT levels L (default 2)")
+    p.add_argument("--hybrid-bias-scale", default=None, metavar="1|L",
+                   help="lmht: multiply biases after the first spiking layer by 1 (LMHT-C, default) or L (exact "
+                        "identity with the QCFS ANN at L·T levels)")
+    p.add_argument("--align", default="default", metavar="MODE",
+                   help="mixed: alignment between layers (default aver+aver; also aver+trunc, repl+aver, repl+trunc); "
+                        "uniform: none (default, plain QCFS) or a mode such as aver+aver")
+    p.add_argument("--compare-align", action="store_true",
+                   help="uniform: also convert with the other alignment choice and print both (QAC Table 8)")
+    p.add_argument("--threshold", default=None, metavar="qcfs|99.9%|max",
+                   help="if: threshold rule - qcfs (the quantizer clip; default for quantized ANNs), max, or a "
+                        "percentile such as 99.9%% (default for ReLU ANNs)")
+    p.add_argument("--v-init", default="half", choices=("half", "zero"), help="initial membrane θ/2 or 0")
+    p.add_argument("--no-sanity", action="store_true", help="lmht: skip the IF sanity conversions")
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", default=None, help="dataset (default: the checkpoint's)")
+    data.add_argument("--data-dir", default=None, help="dataset root (default: the checkpoint's, $MULTISPIKE_DATA, "
+                                                       "../shared/datasets)")
+    data.add_argument("--limit", type=int, default=None, help="evaluate on the first N test images")
+    data.add_argument("--batch-size", type=int, default=128, help="evaluation batch size (default 128)")
+    data.add_argument("--calib-batches", type=int, default=8,
+                      help="training batches for --threshold percentiles (default 8)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--out", required=True, help="output directory (checkpoints/, conversion.json, report.txt)")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ...workflows import convert_checkpoint
+
+    to = args.to
+    if args.mixed_timestep:
+        if to not in (None, "mixed"):
+            raise ValueError(f"--mixed-timestep means --to mixed, but --to is {to!r}; give one of them")
+        to = "mixed"
+    if to is None:
+        raise ValueError("choose a target: --to if|lmht|mixed|uniform (or --mixed-timestep)")
+    for value, flag in ((args.batch_size, "--batch-size"), (args.threads, "--threads"), (args.limit, "--limit")):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    convert_checkpoint(args.checkpoint, to, out=args.out, timesteps=args.timesteps, levels=args.levels,
+                       hybrid_bias_scale=args.hybrid_bias_scale, align=args.align, threshold=args.threshold,
+                       v_init=args.v_init, dataset=args.dataset, data_dir=args.data_dir, limit=args.limit,
+                       batch_size=args.batch_size, calib_batches=args.calib_batches,
+                       compare_align=args.compare_align, sanity=not args.no_sanity, overwrite=args.overwrite)
+    return 0
