@@ -1,0 +1,244 @@
+"""Evidence suite (benchmarks/evidence): the quick profile end to end, plus its building blocks.
+
+The quick run checks structure and finiteness only - never an accuracy claim (its numbers come from one epoch on
+128 images and mean nothing). Data: ``<repo>/../shared/datasets`` (or ``MULTISPIKE_DATA``); skipped without it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import time
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.evidence import common as C  # noqa: E402
+from benchmarks.evidence import mlif_table  # noqa: E402
+
+SHARED = Path(os.environ.get("MULTISPIKE_DATA", REPO.parent / "shared" / "datasets"))
+HAVE_DATA = (SHARED / "cifar10" / "cifar-10-batches-py").is_dir() and (SHARED / "events" / "nmnist-small").is_dir()
+needs_data = pytest.mark.skipif(not HAVE_DATA, reason=f"shared datasets not found at {SHARED} (CIFAR-10 pickles and "
+                                                      f"events/nmnist-small); set MULTISPIKE_DATA")
+
+ROW_KEYS = {"group", "method", "setting", "accuracy", "n_test", "paper_reports"}
+CLAIM_KEYS = {"id", "claim", "rule", "verdict", "reason", "paper_reports", "measured"}
+TOP_KEYS = {"schema_version", "table", "title", "status", "command", "profile", "environment", "scale", "budget",
+            "rows", "claims", "phases", "notes", "errors", "extra", "paper_source", "wall_time_s"}
+EXPECTED_ROWS = {
+    "lmht": {"ann_float", "ann_qcfs", "if_T2", "if_T4", "if_T8", "hybrid_L2T2", "hybrid_L2T4", "hybrid_L4T2",
+             "direct_lmht_L2T2", "direct_if_T2", "direct_if_T4"},
+    "qac": {"ann_qcfs", *(f"qcfs_T{T}_{a}" for T in (1, 2, 4, 8) for a in ("plain", "aver")), "qat_ann", "qac_snn",
+            "qac_snn_cal", "diag_plain_T2_cal"},
+    "mlif": {"ann_float", "mlif_S1", "mlif_S2", "mlif_S3", "lq_b2", "lq_b3", "dvs_S1", "dvs_S2", "dvs_S3", "dvs_S4"},
+}
+
+
+def _finite_numbers(obj, path="$"):
+    """Every float anywhere in ``obj`` is finite (JSON has no NaN/inf; our writer maps them to null)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _finite_numbers(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _finite_numbers(v, f"{path}[{i}]")
+    elif isinstance(obj, float):
+        assert math.isfinite(obj), f"non-finite number at {path}"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    if not HAVE_DATA:
+        pytest.skip(f"shared datasets not found at {SHARED}")
+    out = tmp_path_factory.mktemp("evidence_quick")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, str(REPO / "benchmarks" / "evidence" / "run_all.py"), "--profile", "quick", "--data",
+           str(SHARED), "--out", str(out), "--commit", "test-commit", "--quiet"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"run_all failed:\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    return out
+
+
+@needs_data
+@pytest.mark.parametrize("table", ["lmht", "qac", "mlif"])
+def test_quick_table_structure(quick_run, table):
+    res = json.loads((quick_run / f"evidence_{table}.json").read_text())
+    assert TOP_KEYS <= set(res), f"missing keys {TOP_KEYS - set(res)}"
+    assert res["table"] == table and res["schema_version"] == C.SCHEMA_VERSION
+    assert res["status"] == "ok", res["errors"]
+    assert res["errors"] == []
+    assert res["command"].startswith("PYTHONPATH=. python3 benchmarks/evidence/run_all.py --profile quick")
+    env = res["environment"]
+    assert env["commit"] == "test-commit" and env["commit_source"] == "--commit"
+    assert len(env["code_sha256"]) == 64 and env["torch"] == torch.__version__
+    assert res["profile"]["name"] == "quick" and res["profile"]["backbone"] == "resnet8_cifar"
+    _finite_numbers(res)
+    keys = {r["key"] for r in res["rows"]}
+    assert EXPECTED_ROWS[table] <= keys, f"missing rows {EXPECTED_ROWS[table] - keys}"
+    for r in res["rows"]:
+        assert ROW_KEYS <= set(r)
+        assert isinstance(r["accuracy"], float) and 0.0 <= r["accuracy"] <= 100.0
+        assert r["n_test"] > 0
+        # The paper column is text copied from algorithms.md §8, never a measured number.
+        assert r["paper_reports"] is None or isinstance(r["paper_reports"], str)
+    assert res["claims"], "every table states claims"
+    for c in res["claims"]:
+        assert CLAIM_KEYS <= set(c)
+        assert c["verdict"] in C.VERDICTS and c["rule"] and c["reason"]
+    for p in res["phases"]:
+        assert p.get("epochs_run") is not None and p.get("seconds") is not None
+        if "steps_run" in p:
+            assert 1 <= p["steps_run"] <= p["steps_planned"]
+    md = (quick_run / f"evidence_{table}.md").read_text()
+    assert "paper reports (separate; §8)" in md and "| claim | rule | verdict | reason |" in md
+    assert res["command"] in md
+
+
+@needs_data
+def test_quick_specific_contents(quick_run):
+    lmht = json.loads((quick_run / "evidence_lmht.json").read_text())
+    rows = {r["key"]: r for r in lmht["rows"]}
+    for key in ("hybrid_L2T2", "hybrid_L2T4", "hybrid_L4T2"):
+        assert 0 <= rows[key]["init_accuracy"] <= 100 and 0 <= rows[key]["init_accuracy_exact_bias"] <= 100
+    for key in ("direct_lmht_L2T2", "direct_if_T2", "direct_if_T4"):
+        assert rows[key]["sops_per_image"] > 0 and rows[key]["sop_energy_uj"] > 0
+    assert len(lmht["extra"]["if_prefix_accuracy_T1_to_T8"]) == 8
+    # The shared ANNs were trained in the LM-HT table and reused by the others.
+    qac = json.loads((quick_run / "evidence_qac.json").read_text())
+    assert any(p.get("name") == "ann_qcfs" and "reused" in p for p in qac["phases"])
+    mlif = json.loads((quick_run / "evidence_mlif.json").read_text())
+    assert any(p.get("name") == "ann_float" and "reused" in p for p in mlif["phases"])
+    snn = qac["extra"]["qac_snn"]
+    assert all(T >= 1 for T in snn["T_l"]) and snn["average_T"] == pytest.approx(sum(snn["T_l"]) / len(snn["T_l"]))
+    mrows = {r["key"]: r for r in mlif["rows"]}
+    for S in (1, 2, 3):
+        r = mrows[f"mlif_S{S}"]
+        assert r["delta"] > 0 and r["e_snn_uj"] > 0 and r["e_ann_uj"] > r["e_snn_uj"] * 0
+    assert mrows["lq_b2"]["delta"] == 1.0
+    summary = json.loads((quick_run / "evidence_summary.json").read_text())
+    assert [t["table"] for t in summary["tables"]] == ["lmht", "qac", "mlif"]
+    assert all(t["status"] == "ok" for t in summary["tables"])
+
+
+# ----------------------------------------------------------------------------------------------------- units
+def test_verdict_rules():
+    # 3000 images at ~80%: 2 SE of a difference is about 2.07 pp.
+    assert C.judge_greater(85.0, 80.0, 3000, "x")[0] == "reproduced"
+    assert C.judge_greater(81.0, 80.0, 3000, "x")[0] == "partly reproduced"
+    assert C.judge_greater(79.0, 80.0, 3000, "x")[0] == "not reproduced"
+    assert C.judge_greater(81.0, 80.0, 10**7, "x", min_gap=2.0)[0] == "partly reproduced"
+    assert C.judge_close(79.5, 80.0, 3000, 1.0, "x")[0] == "reproduced"
+    assert C.judge_close(78.5, 80.0, 3000, 1.0, "x")[0] == "partly reproduced"
+    assert C.judge_close(70.0, 80.0, 3000, 1.0, "x")[0] == "not reproduced"
+    assert C.noise_margin(80.0, 80.0, 3000) == pytest.approx(2 * math.sqrt(2 * 0.16 / 3000) * 100)
+
+
+def test_planner_shares_and_releases_time():
+    now = time.perf_counter()
+    pl = C.Planner(now + 100.0, {"a": 1.0, "b": 1.0, "c": 2.0}, reserve_fraction=0.0)
+    a = pl.allot("a")
+    assert a == pytest.approx(25.0, abs=0.5)
+    pl.skip("b")                       # a reused model: its share goes to the others
+    assert pl.allot("c") == pytest.approx(pl.remaining(), abs=0.5)
+    with pytest.raises(ValueError, match="weights must be >= 0"):
+        C.Planner(now + 1.0, {"x": -1.0})
+
+
+class _TinyCtx:
+    def __init__(self):
+        self.device = torch.device("cpu")
+        self.profile = C.get_profile("quick")
+        self.hard_deadline = time.perf_counter() + 3600
+        self.logs = []
+
+    def log(self, msg):
+        self.logs.append(msg)
+
+
+def test_fit_cuts_to_the_allotment_and_finishes_the_schedule():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,))) for _ in range(10)]
+    spec = C.TrainSpec(epochs=10, lr=0.1, opt="sgd", min_steps=7)
+    rec = C.fit(model, batches, spec, name="tiny", ctx=_TinyCtx(), allot_s=0.0)
+    assert rec["steps_planned"] == 100 and rec["steps_run"] == 7
+    assert rec["cuts"] and rec["cuts"][0]["steps_after"] == 7
+    assert rec["epochs_run"] == pytest.approx(0.7)
+    # Without a tight allotment every planned step runs.
+    rec = C.fit(model, batches, C.TrainSpec(epochs=2, lr=0.1), name="tiny", ctx=_TinyCtx(), allot_s=1e9)
+    assert rec["steps_run"] == 20 and rec["cuts"] == [] and len(rec["epoch_loss"]) == 2
+
+
+def test_fit_stops_at_the_hard_deadline():
+    ctx = _TinyCtx()
+    ctx.hard_deadline = time.perf_counter() - 1.0
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,))) for _ in range(5)]
+    rec = C.fit(model, batches, C.TrainSpec(epochs=3, lr=0.1), name="late", ctx=ctx, allot_s=1e9)
+    assert rec["steps_run"] == 1 and "hard deadline" in rec["cuts"][-1]["reason"]
+
+
+def test_stratified_subset_is_nested_and_balanced():
+    labels = torch.arange(1000) % 10
+    small, large = C.stratified_subset(labels, 100, 3), C.stratified_subset(labels, 400, 3)
+    assert set(small.tolist()) <= set(large.tolist())
+    assert torch.bincount(labels[small], minlength=10).tolist() == [10] * 10
+    assert torch.equal(small, small.sort().values)
+
+
+def test_roll_batch_equals_per_sample_roll():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 5, (4, 3, 2, 7, 6), generator=g)
+    dy, dx = torch.tensor([0, 1, -3, 5]), torch.tensor([2, -1, 0, 6])
+    got = mlif_table.roll_batch(x, dy, dx)
+    want = torch.stack([torch.roll(x[b], shifts=(int(dy[b]), int(dx[b])), dims=(-2, -1)) for b in range(4)])
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3, 4])
+def test_encode_nmnist_matches_the_library_encoder(lanes):
+    from multispike.data.events import MultiLevelEncoder
+    g = torch.Generator().manual_seed(lanes)
+    frames = (torch.rand(3, 24, 2, 5, 5, generator=g) < 0.3).to(torch.uint8)
+    got = mlif_table.encode_nmnist(frames, lanes, 3)
+    assert got.shape == (3, 3, 2, 5, 5) and got.dtype == torch.uint8
+    assert set(got.unique().tolist()) <= {0, *(2 ** s for s in range(lanes))}
+    enc = MultiLevelEncoder(T_F=3 * 2 ** (lanes - 1), lanes=lanes, merge=True)
+    for i in range(3):
+        torch.testing.assert_close(got[i].float(), enc(frames[i]), atol=0, rtol=0)
+
+
+@needs_data
+def test_bundle_round_trip_equals_direct_reads(tmp_path):
+    from benchmarks.evidence.make_bundle import build_bundle
+    man = build_bundle(SHARED, tmp_path / "bundle", n_train=300, n_test=100, seed=0, log=lambda *_: None)
+    assert man["format"] == C.BUNDLE_FORMAT and man["bytes"] < 5 * 2**20
+    bundle = C.load_cifar_subset(tmp_path / "bundle", 120, 60, 0)      # a smaller subset than stored
+    direct = C.load_cifar_subset(SHARED, 120, 60, 0)
+    for a in ("train_x", "train_y", "test_x", "test_y"):
+        torch.testing.assert_close(getattr(bundle, a), getattr(direct, a), atol=0, rtol=0)
+    assert bundle.provenance["train"] == direct.provenance["train"]
+    with pytest.raises(ValueError, match="rebuild it with make_bundle.py --train 400"):
+        C.load_cifar_subset(tmp_path / "bundle", 400, 60, 0)
+    nb = C.load_nmnist(tmp_path / "bundle", None, None, 0)
+    nd = C.load_nmnist(SHARED, None, None, 0)
+    assert nb.train_frames.shape == (1000, C.NMNIST_RAW_FRAMES, 2, 34, 34) and len(nb.test_y) == 100
+    torch.testing.assert_close(nb.train_frames, nd.train_frames, atol=0, rtol=0)
+    torch.testing.assert_close(nb.test_y, nd.test_y, atol=0, rtol=0)
+
+
+def test_profiles_and_dry_run():
+    for name in C.PROFILES:
+        p = C.get_profile(name)
+        assert set(p.epochs) >= {"ann", "qcfs", "hybrid_ft", "direct", "qat", "calib", "mlif_ft", "lq_ft", "nmnist"}
+        assert set(p.table_shares) == set(C.TABLES)
+    dry = C.get_profile("gpu", dry_run=True, max_seconds=50)
+    assert dry.max_batches == 2 and all(v == 1 for v in dry.epochs.values()) and dry.total_seconds == 50
+    with pytest.raises(ValueError, match="unknown profile"):
+        C.get_profile("tpu")
