@@ -142,6 +142,17 @@ def test_lmht_direct_convert_finetune_reparam_eval(runs, tmp_path, capsys):
                  "--lr", "5e-4", "--eval-subset", "64", *QUICK, "--out", str(ft)]) == 0
     cfg = _json(ft / "config.json")
     assert cfg["timesteps"] == 2 and cfg["model"] == "vgg_small" and cfg["init_from"] == str(conv)
+    # --freeze-bn: BN running statistics stay those of the ANN (they are not re-estimated from spike trains)
+    before, after = load_checkpoint(conv).model_state, load_checkpoint(ft).model_state
+    bn = [k for k in before if k.endswith("running_mean")]
+    assert bn and all(torch.equal(before[k], after[k]) for k in bn)
+    assert not torch.equal(before["classifier.1.0.weight"], after["classifier.1.0.weight"])
+    # the run's checkpoint rebuilds through --init-from: eval reproduces the trainer's own final evaluation
+    out64 = tmp_path / "ft_eval64"
+    assert main(["eval", "--checkpoint", str(ft), "--limit", "64", "--no-plots", "--no-progress", "--out",
+                 str(out64)]) == 0
+    assert [a for _, a in _json(out64 / "result.json")["accuracy_vs_T"]] == \
+        _json(ft / "summary.json")["final_acc_per_t"]
     capsys.readouterr()
     rp = tmp_path / "rp"
     assert main(["reparam", "--checkpoint", str(ft), *LIMIT, "--out", str(rp)]) == 0
@@ -155,6 +166,22 @@ def test_lmht_direct_convert_finetune_reparam_eval(runs, tmp_path, capsys):
     # the fine-tuned run itself (structure from --init-from) evaluates like its training summary says
     ft_curve = _eval_curve(tmp_path, ft)
     assert ft_curve == res["lmht"]["acc_per_t"]
+
+
+def test_eval_rebuilds_a_hybrid_run_with_its_first_layer_scale(runs, tmp_path):
+    """A hybrid LM-HT run's network is the converted QCFS ANN (first-layer in_scale = L, the ANN's model_kwargs),
+    not create_model(neuron='lmht'): eval must reproduce the trainer's own final evaluation."""
+    hy = tmp_path / "hy"
+    assert main(["train", "--mode", "hybrid", "--ann-checkpoint", str(runs / "qcfs"), "--convert-hook",
+                 "multispike.train.hybrid:lmht_hybrid", "--neuron", "lmht", "--levels", "2", "--timesteps", "2",
+                 "--subset", "64", "--epochs", "1", "--dataset", "digits", "--batch-size", "32", "--no-augment",
+                 "--crop-padding", "0", "--eval-subset", "64", *QUICK, "--out", str(hy)]) == 0
+    model, _ = rebuild_model(hy)
+    assert [m.in_scale for m in model.modules() if hasattr(m, "in_scale")][:2] == [2.0, 1.0]
+    out = tmp_path / "hy_eval"
+    assert main(["eval", "--checkpoint", str(hy), "--limit", "64", "--no-plots", "--no-progress", "--out",
+                 str(out)]) == 0
+    assert [a for _, a in _json(out / "result.json")["accuracy_vs_T"]] == _json(hy / "summary.json")["final_acc_per_t"]
 
 
 def test_events_train_on_a_few_nmnist_recordings(tmp_path, capsys):
