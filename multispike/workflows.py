@@ -612,11 +612,11 @@ def calibrate_checkpoint(checkpoint: str | os.PathLike, *, out: str | os.PathLik
     if avg is not None:
         lines.append(f"average T = {avg['plain']:.4g} over {len(rows)} spiking layers")
     if getattr(report, "reverted", False):
-        why = (" The SNN already equalled its ANN (aver+aver with integer T_l and v(0) = θ/2 is exact, §4.4); "
-               "calibration pays off where conversion leaves a gap (repl/trunc alignment, --to uniform without "
-               "averaging, --target float)." if report.loss_before < 1e-9 else
-               " Try a smaller --lr, more --calib-samples or more --epochs.")
-        lines.append("note: calibration ended with a higher loss, so the converted v(0) and θ were kept." + why)
+        lines.append("note: calibration ended with a higher loss, so the converted v(0) and θ were kept. A mixed SNN "
+                     "with aver+aver, integer T_l and v(0) = θ/2 already equals its quantized ANN (§4.4; up to float "
+                     "rounding at quantization steps) - calibration pays off where conversion leaves a gap "
+                     "(repl/trunc alignment, --to uniform without averaging, --target float). Otherwise try a "
+                     "smaller --lr or more --calib-samples.")
     lines += ["", f"saved {path}"]
     text = "\n".join(lines)
     _write_json(out / "calibration.json", result)

