@@ -319,7 +319,7 @@ def _conversion_step(to: str, model: nn.Module, *, timesteps: int | None, levels
             threshold = "qcfs" if has_quant else "99.9%"
         if threshold == "qcfs" and not has_quant:
             raise ValueError("--threshold qcfs takes each threshold from a QCFS/QAC clip, but this checkpoint has "
-                             "plain ReLU activations; use --threshold 99.9%% (or max, or another percentile)")
+                             "plain ReLU activations; use --threshold 99.9% (or max, or another percentile)")
         if threshold == "qcfs" and qcfs and not qac:
             return ({"op": "convert_qcfs_to_if", "args": {"T": timesteps}},
                     f"QCFS -> IF (θ = ϑ, v(0) = θ/2, BN kept), T = {timesteps}")

@@ -13,7 +13,7 @@ import argparse
 EPILOG = """\
 targets:
   if       QCFS ANN -> IF (θ = ϑ, v(0) = θ/2; algorithms.md §3.2); a ReLU ANN -> IF with data thresholds
-           (--threshold 99.9%% or max, from --calib-batches training batches; BN folded, MaxPool -> AvgPool)
+           (--threshold 99.9% or max, from --calib-batches training batches; BN folded, MaxPool -> AvgPool)
   lmht     QCFS ANN -> LM-HT (§2.6 hybrid initialisation: θ = ϑ, v(0) = θ/2, uniform T-GIM, λ = 1, first-layer
            input scale L); also measures IF at T and at L·T converted from the same ANN (--no-sanity skips it)
   mixed    QAT (QAC) ANN -> mixed-timestep IF SNN: each layer runs its learned T_l, --align between layers
@@ -27,7 +27,7 @@ examples:
       --out runs/lmht_L2T2
   multispike convert --checkpoint runs/qac --mixed-timestep --align aver+aver --out runs/qac_mixed
   multispike convert --checkpoint runs/qcfs_ann --to uniform --timesteps 4 --compare-align --out runs/table8
-  multispike convert --checkpoint runs/relu_ann --to if --threshold 99.9%% --timesteps 32 --out runs/relu_if
+  multispike convert --checkpoint runs/relu_ann --to if --threshold 99.9% --timesteps 32 --out runs/relu_if
 """
 
 
