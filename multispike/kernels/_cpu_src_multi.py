@@ -31,6 +31,7 @@ template <typename S>
 static void mlif_fire_block(const S* MS_R r, S* MS_R o, S* MS_R f, int n, const MCfg& c) {
   const S unit = (S)c.unit;
   const int fire_ge = c.fire_ge, floor_b = c.floor_b;
+  MS_SIMD
   for (int i = 0; i < n; ++i) {
     const S a0 = fire_ge ? (r[i] >= S(1) ? S(1) : S(0)) : (r[i] > S(1) ? S(1) : S(0));
     f[i] = a0;
@@ -39,10 +40,44 @@ static void mlif_fire_block(const S* MS_R r, S* MS_R o, S* MS_R f, int n, const 
   for (int k = 1; k < c.S; ++k) {
     const S edge = (S)std::ldexp(1.0, k);
     const S w = (S)(c.unit * std::ldexp(1.0, k));
+    MS_SIMD
     for (int i = 0; i < n; ++i) {
       const bool above = floor_b ? (r[i] >= edge) : (r[i] > edge);
       o[i] = above ? w : o[i];
     }
+  }
+}
+
+// One lane-edge term of the window derivatives, fused in one pass: phi_k(r) = h'(r - 2^k) (unscaled) or
+// h'(r 2^-k - 1) 2^-k, accumulated into D_o (weight co) and D_f (weight cf).
+template <typename S, int SK>
+static void mlif_window_pass_k(const S* MS_R r, S* MS_R Do, S* MS_R Df, int n, S edge, S sc, S post, S co, S cf,
+                               S p0, S p1, int unscaled) {
+  if (unscaled) {
+    MS_SIMD
+    for (int i = 0; i < n; ++i) {
+      const S h = surrogate<S, SK>(r[i] - edge, p0, p1);
+      Do[i] += co * h;
+      Df[i] += cf * h;
+    }
+  } else {
+    MS_SIMD
+    for (int i = 0; i < n; ++i) {
+      const S h = surrogate<S, SK>(r[i] * sc - S(1), p0, p1) * post;
+      Do[i] += co * h;
+      Df[i] += cf * h;
+    }
+  }
+}
+
+template <typename S>
+static void mlif_window_pass(const S* MS_R r, S* MS_R Do, S* MS_R Df, int n, S edge, S sc, S post, S co, S cf, S p0,
+                             S p1, int unscaled, int sk) {
+  switch (sk) {
+    case SK_SIGMOID: mlif_window_pass_k<S, SK_SIGMOID>(r, Do, Df, n, edge, sc, post, co, cf, p0, p1, unscaled); break;
+    case SK_ATAN: mlif_window_pass_k<S, SK_ATAN>(r, Do, Df, n, edge, sc, post, co, cf, p0, p1, unscaled); break;
+    case SK_RECT: mlif_window_pass_k<S, SK_RECT>(r, Do, Df, n, edge, sc, post, co, cf, p0, p1, unscaled); break;
+    default: mlif_window_pass_k<S, SK_TRI>(r, Do, Df, n, edge, sc, post, co, cf, p0, p1, unscaled); break;
   }
 }
 
@@ -71,19 +106,19 @@ static void mlif_fwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, S* MS_R
     S v[BS], lr[BS], m[BS], r[BS], o[BS], f[BS];
     const int64_t i0 = b * BS;
     const int n = (int)std::min<int64_t>(BS, N - i0);
-    for (int i = 0; i < n; ++i) {
-      v[i] = v0 ? v0[i0 + i] : v_init;
-      lr[i] = lr0 ? lr0[i0 + i] : S(0);
-    }
+    load_or(offset_or_null(v0, i0), v_init, v, n);
+    load_or(offset_or_null(lr0, i0), S(0), lr, n);
     for (int64_t t = 0; t < T; ++t) {
       const S* MS_R xt = x + t * xst + i0;
       S* MS_R yt = y + t * yst + i0;
+      MS_SIMD
       for (int i = 0; i < n; ++i) {
         const S mi = mlif_charge<S, CM>(v[i], lr[i], xt[i], leak, oml);
         m[i] = mi;
         r[i] = mi / theta_e;
       }
       mlif_fire_block<S>(r, o, f, n, c);
+      MS_SIMD
       for (int i = 0; i < n; ++i) {
         const S reset = theta * o[i];
         v[i] = soft ? m[i] - reset : m[i] * (S(1) - f[i]);
@@ -91,8 +126,10 @@ static void mlif_fwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, S* MS_R
         yt[i] = o[i];
       }
     }
+    MS_SIMD
     for (int i = 0; i < n; ++i) vT[i0 + i] = v[i];
     if (PF && lrT)
+      MS_SIMD
       for (int i = 0; i < n; ++i) lrT[i0 + i] = lr[i];
   }
 }
@@ -137,28 +174,29 @@ static void mlif_bwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, const S
     for (int64_t b = 0; b < nblocks; ++b) {
       const int64_t i0 = b * BS;
       const int n = (int)std::min<int64_t>(BS, N - i0);
-      for (int i = 0; i < n; ++i) {
-        v[i] = v0 ? v0[i0 + i] : v_init;
-        lr[i] = lr0 ? lr0[i0 + i] : S(0);
-      }
+      load_or(offset_or_null(v0, i0), v_init, v, n);
+      load_or(offset_or_null(lr0, i0), S(0), lr, n);
       for (int64_t t = 0; t < T; ++t) {
         const S* MS_R xt = x + t * xst + i0;
         S* MS_R Mt = M.data() + t * BS;
+        MS_SIMD
         for (int i = 0; i < n; ++i) {
           const S mi = mlif_charge<S, CM>(v[i], lr[i], xt[i], leak, oml);
           Mt[i] = mi;
           rb[i] = mi / theta_e;
         }
         mlif_fire_block<S>(rb, ob, fb, n, c);
+        MS_SIMD
         for (int i = 0; i < n; ++i) {
           const S reset = theta * ob[i];
           v[i] = soft ? Mt[i] - reset : Mt[i] * (S(1) - fb[i]);
           if (PF) lr[i] = reset;
         }
       }
+      load_or(offset_or_null(gvT, i0), S(0), gv, n);
+      load_or(offset_or_null(glrT, i0), S(0), glr, n);
+      MS_SIMD
       for (int i = 0; i < n; ++i) {
-        gv[i] = gvT ? gvT[i0 + i] : S(0);
-        glr[i] = glrT ? glrT[i0 + i] : S(0);
         ath[i] = S(0);
         ale[i] = S(0);
       }
@@ -166,6 +204,7 @@ static void mlif_bwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, const S
         const S* MS_R Mt = M.data() + t * BS;
         const S* MS_R gyt = gy + t * gyst + i0;
         S* MS_R gxt = gx + t * gxst + i0;
+        MS_SIMD
         for (int i = 0; i < n; ++i) {
           rb[i] = Mt[i] / theta_e;
           Do[i] = S(0);
@@ -178,21 +217,9 @@ static void mlif_bwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, const S
           const double wk = c.unit * std::ldexp(1.0, k), wk1 = c.unit * std::ldexp(1.0, k - 1);
           const S co = (S)(k == 0 ? wk : wk + c.sign * wk1);
           const S cf = (S)(k == 0 ? 1.0 : 1.0 + c.sign);
-          if (c.unscaled) {
-            const S e = (S)std::ldexp(1.0, k);
-            for (int i = 0; i < n; ++i) tmp[i] = rb[i] - e;
-            surrogate_pass<S>(tmp, hb, n, c.sk, sp0, sp1);
-          } else {
-            const S sc = (S)std::ldexp(1.0, -k);
-            for (int i = 0; i < n; ++i) tmp[i] = rb[i] * sc - S(1);
-            surrogate_pass<S>(tmp, hb, n, c.sk, sp0, sp1);
-            if (k)
-              for (int i = 0; i < n; ++i) hb[i] = hb[i] * sc;
-          }
-          for (int i = 0; i < n; ++i) {
-            Do[i] += co * hb[i];
-            Df[i] += cf * hb[i];
-          }
+          const S sc = (S)std::ldexp(1.0, -k);
+          mlif_window_pass<S>(rb, Do, Df, n, (S)std::ldexp(1.0, k), sc, k ? sc : S(1), co, cf, sp0, sp1, c.unscaled,
+                              c.sk);
         }
         MS_IVDEP
         for (int i = 0; i < n; ++i) {
@@ -229,30 +256,41 @@ static void mlif_bwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, const S
           // dm/dbeta: v(t-1) (plain), v(t-1) + lr(t-1) (paper form), -(x(t) - v(t-1)) (decay_input)
           if (t > 0) {
             const S* MS_R Mp = M.data() + (t - 1) * BS;
+            MS_SIMD
             for (int i = 0; i < n; ++i) rb[i] = Mp[i] / theta_e;
             mlif_fire_block<S>(rb, ob, fb, n, c);
+            MS_SIMD
             for (int i = 0; i < n; ++i) {
               const S reset = theta * ob[i];
               const S vp = soft ? Mp[i] - reset : Mp[i] * (S(1) - fb[i]);
               vpb[i] = PF ? vp + reset : vp;
             }
           } else {
-            for (int i = 0; i < n; ++i) {
-              const S vp = v0 ? v0[i0 + i] : v_init;
-              vpb[i] = PF ? vp + (lr0 ? lr0[i0 + i] : S(0)) : vp;
+            load_or(offset_or_null(v0, i0), v_init, vpb, n);
+            if (PF) {
+              load_or(offset_or_null(lr0, i0), S(0), hb, n);
+              MS_SIMD
+              for (int i = 0; i < n; ++i) vpb[i] = vpb[i] + hb[i];
             }
           }
           if (CM == CM_DECAY) {
             const S* MS_R xt = x + t * xst + i0;
+            MS_SIMD
             for (int i = 0; i < n; ++i) ale[i] -= tmp[i] * (xt[i] - vpb[i]);
           } else {
+            MS_SIMD
             for (int i = 0; i < n; ++i) ale[i] += tmp[i] * vpb[i];
           }
         }
       }
-      if (gv0) for (int i = 0; i < n; ++i) gv0[i0 + i] = gv[i];
-      if (glr0) for (int i = 0; i < n; ++i) glr0[i0 + i] = PF ? glr[i] : S(0);
+      if (gv0) {
+  MS_SIMD for (int i = 0; i < n; ++i) gv0[i0 + i] = gv[i];
+}
+      if (glr0) {
+  MS_SIMD for (int i = 0; i < n; ++i) glr0[i0 + i] = PF ? glr[i] : S(0);
+}
       double s0 = 0.0, s1 = 0.0;
+#pragma omp simd reduction(+:s0, s1)
       for (int i = 0; i < n; ++i) { s0 += (double)ath[i]; s1 += (double)ale[i]; }
       partial[(size_t)b * 2] = s0;
       partial[(size_t)b * 2 + 1] = s1;
@@ -268,16 +306,21 @@ static void mlif_bwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, const S
 // Level loop of lmht_multistep on the (already mixed) current I:  m = lam_t * v + I*in_scale;
 // y = clamp(floor(m/theta), 0, L) * theta;  v = m - y.  Backward window 1{lo <= m <= hi}.
 // fp: theta, in_scale, v_init, lo, hi   ip: L, scale_input, detach_temporal, detach_reset, need_leak
+template <typename S> struct RoundMagic;
+template <> struct RoundMagic<float> { static constexpr float value = 8388608.0f; };            // 2^23
+template <> struct RoundMagic<double> { static constexpr double value = 4503599627370496.0; };  // 2^52
+
 template <typename S>
 static inline S lmht_fire(S m, S theta, S L) {
-  // clamp(floor(q), 0, L) for q = m/theta without a floor call (which blocks vectorisation): clamp q to [0, L+1]
-  // first, where floor equals truncation towards zero; NaN propagates as in torch.floor/torch.clamp.
+  // clamp(floor(q), 0, L) for q = m/theta with selects only (no floor call, no NaN branch, so that it vectorises).
+  // q is clamped to [0, L+1] first, where (q + 2^p) - 2^p rounds to the nearest integer exactly; floor follows by
+  // one comparison. NaN propagates through every step (comparisons with NaN are false), as torch.clamp does.
   const S q = m / theta;
   S qc = q < S(0) ? S(0) : q;
   qc = qc > L + S(1) ? L + S(1) : qc;
-  S fl = (S)(int32_t)(qc == qc ? qc : S(0));
+  const S r = (qc + RoundMagic<S>::value) - RoundMagic<S>::value;
+  S fl = r > qc ? r - S(1) : r;
   fl = fl > L ? L : fl;
-  fl = q == q ? fl : q;
   return fl * theta;
 }
 
@@ -296,7 +339,7 @@ static void lmht_fwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, S* MS_R
     S v[BS];
     const int64_t i0 = b * BS;
     const int n = (int)std::min<int64_t>(BS, N - i0);
-    for (int i = 0; i < n; ++i) v[i] = v0 ? v0[i0 + i] : v_init;
+    load_or(offset_or_null(v0, i0), v_init, v, n);
     for (int64_t t = 0; t < T; ++t) {
       const S lt = (S)lam[t];
       const S* MS_R xt = x + t * xst + i0;
@@ -310,6 +353,7 @@ static void lmht_fwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, S* MS_R
         yt[i] = yv;
       }
     }
+    MS_SIMD
     for (int i = 0; i < n; ++i) vT[i0 + i] = v[i];
   }
 }
@@ -337,7 +381,7 @@ static void lmht_bwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, const S
     for (int64_t b = 0; b < nblocks; ++b) {
       const int64_t i0 = b * BS;
       const int n = (int)std::min<int64_t>(BS, N - i0);
-      for (int i = 0; i < n; ++i) v[i] = v0 ? v0[i0 + i] : v_init;
+      load_or(offset_or_null(v0, i0), v_init, v, n);
       for (int64_t t = 0; t < T; ++t) {
         const S lt = (S)lam[t];
         const S* MS_R xt = x + t * xst + i0;
@@ -350,7 +394,7 @@ static void lmht_bwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, const S
           v[i] = m - lmht_fire(m, theta, L);
         }
       }
-      for (int i = 0; i < n; ++i) gv[i] = gvT ? gvT[i0 + i] : S(0);
+      load_or(offset_or_null(gvT, i0), S(0), gv, n);
       for (int64_t t = T - 1; t >= 0; --t) {
         const S lt = (S)lam[t];
         const S* MS_R Mt = M.data() + t * BS;
@@ -370,16 +414,20 @@ static void lmht_bwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, const S
         if (need_leak) {
           if (t > 0) {
             const S* MS_R Mp = M.data() + (t - 1) * BS;
+            MS_SIMD
             for (int i = 0; i < n; ++i) vpb[i] = Mp[i] - lmht_fire(Mp[i], theta, L);
           } else {
-            for (int i = 0; i < n; ++i) vpb[i] = v0 ? v0[i0 + i] : v_init;
+            load_or(offset_or_null(v0, i0), v_init, vpb, n);
           }
           double acc = 0.0;
+#pragma omp simd reduction(+:acc)
           for (int i = 0; i < n; ++i) acc += (double)(gmb[i] * vpb[i]);
           partial[(size_t)b * T + t] = acc;
         }
       }
-      if (gv0) for (int i = 0; i < n; ++i) gv0[i0 + i] = gv[i];
+      if (gv0) {
+  MS_SIMD for (int i = 0; i < n; ++i) gv0[i0 + i] = gv[i];
+}
     }
   }
   for (int64_t t = 0; t < T; ++t) {
