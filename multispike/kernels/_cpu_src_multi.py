@@ -98,7 +98,7 @@ static void mlif_fwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, S* MS_R
   constexpr int PF = CM == CM_PAPER;
   const S v_init = S(0) + (S)c.v_init;
   const int soft = PF ? 1 : c.soft;
-  const int BS = 512;
+  const int BS = 2048;
   const int64_t nblocks = (N + BS - 1) / BS;
   const int nth = pick_threads(N * T, nthreads);
 #pragma omp parallel for schedule(static) num_threads(nth)
@@ -154,9 +154,9 @@ static void mlif_bwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, const S
   const int S_ = c.S;
 #pragma omp parallel num_threads(nth)
   {
-    std::vector<S> M((size_t)T * BS);
-    std::vector<S> buf((size_t)14 * BS);
-    S* MS_R v = buf.data();
+    std::unique_ptr<S[]> M(new S[(size_t)T * BS]);  // scratch, no zero fill
+    std::unique_ptr<S[]> buf(new S[(size_t)14 * BS]);
+    S* MS_R v = buf.get();
     S* MS_R lr = v + BS;
     S* MS_R gv = lr + BS;
     S* MS_R glr = gv + BS;
@@ -178,7 +178,7 @@ static void mlif_bwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, const S
       load_or(offset_or_null(lr0, i0), S(0), lr, n);
       for (int64_t t = 0; t < T; ++t) {
         const S* MS_R xt = x + t * xst + i0;
-        S* MS_R Mt = M.data() + t * BS;
+        S* MS_R Mt = M.get() + t * BS;
         MS_SIMD
         for (int i = 0; i < n; ++i) {
           const S mi = mlif_charge<S, CM>(v[i], lr[i], xt[i], leak, oml);
@@ -201,7 +201,7 @@ static void mlif_bwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, const S
         ale[i] = S(0);
       }
       for (int64_t t = T - 1; t >= 0; --t) {
-        const S* MS_R Mt = M.data() + t * BS;
+        const S* MS_R Mt = M.get() + t * BS;
         const S* MS_R gyt = gy + t * gyst + i0;
         S* MS_R gxt = gx + t * gxst + i0;
         MS_SIMD
@@ -255,7 +255,7 @@ static void mlif_bwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, const S
         if (c.need_leak) {
           // dm/dbeta: v(t-1) (plain), v(t-1) + lr(t-1) (paper form), -(x(t) - v(t-1)) (decay_input)
           if (t > 0) {
-            const S* MS_R Mp = M.data() + (t - 1) * BS;
+            const S* MS_R Mp = M.get() + (t - 1) * BS;
             MS_SIMD
             for (int i = 0; i < n; ++i) rb[i] = Mp[i] / theta_e;
             mlif_fire_block<S>(rb, ob, fb, n, c);
@@ -331,7 +331,7 @@ static void lmht_fwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, S* MS_R
   const S theta = (S)fp[0], in_scale = (S)fp[1], v_init = S(0) + (S)fp[2];
   const S L = (S)ip[0];
   const int scale_input = (int)ip[1];
-  const int BS = 1024;
+  const int BS = 4096;
   const int64_t nblocks = (N + BS - 1) / BS;
   const int nth = pick_threads(N * T, nthreads);
 #pragma omp parallel for schedule(static) num_threads(nth)
@@ -371,9 +371,9 @@ static void lmht_bwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, const S
   const int nth = pick_threads(N * T, nthreads);
 #pragma omp parallel num_threads(nth)
   {
-    std::vector<S> M((size_t)T * BS);
-    std::vector<S> buf((size_t)4 * BS);
-    S* MS_R v = buf.data();
+    std::unique_ptr<S[]> M(new S[(size_t)T * BS]);  // scratch, no zero fill
+    std::unique_ptr<S[]> buf(new S[(size_t)4 * BS]);
+    S* MS_R v = buf.get();
     S* MS_R gv = v + BS;
     S* MS_R gmb = gv + BS;
     S* MS_R vpb = gmb + BS;
@@ -385,7 +385,7 @@ static void lmht_bwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, const S
       for (int64_t t = 0; t < T; ++t) {
         const S lt = (S)lam[t];
         const S* MS_R xt = x + t * xst + i0;
-        S* MS_R Mt = M.data() + t * BS;
+        S* MS_R Mt = M.get() + t * BS;
         MS_IVDEP
         for (int i = 0; i < n; ++i) {
           const S cur = scale_input ? xt[i] * in_scale : xt[i];
@@ -397,7 +397,7 @@ static void lmht_bwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, const S
       load_or(offset_or_null(gvT, i0), S(0), gv, n);
       for (int64_t t = T - 1; t >= 0; --t) {
         const S lt = (S)lam[t];
-        const S* MS_R Mt = M.data() + t * BS;
+        const S* MS_R Mt = M.get() + t * BS;
         const S* MS_R gyt = gy + t * gyst + i0;
         S* MS_R gxt = gx + t * gxst + i0;
         MS_IVDEP
@@ -413,7 +413,7 @@ static void lmht_bwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, const S
         }
         if (need_leak) {
           if (t > 0) {
-            const S* MS_R Mp = M.data() + (t - 1) * BS;
+            const S* MS_R Mp = M.get() + (t - 1) * BS;
             MS_SIMD
             for (int i = 0; i < n; ++i) vpb[i] = Mp[i] - lmht_fire(Mp[i], theta, L);
           } else {
