@@ -109,6 +109,11 @@ def test_quick_specific_contents(quick_run):
     for key in ("direct_lmht_L2T2", "direct_if_T2", "direct_if_T4"):
         assert rows[key]["sops_per_image"] > 0 and rows[key]["sop_energy_uj"] > 0
     assert len(lmht["extra"]["if_prefix_accuracy_T1_to_T8"]) == 8
+    # Compared rows are trained for the same number of epochs (one plan per group).
+    plans = lmht["extra"]["equal_epoch_plans"]
+    assert set(plans) == {"hybrid", "direct"}
+    assert len({rows[k]["epochs_run"] for k in ("direct_lmht_L2T2", "direct_if_T2", "direct_if_T4")}) == 1
+    assert all(m["sec_per_step"] > 0 for m in plans["direct"]["members"].values())
     # The shared ANNs were trained in the LM-HT table and reused by the others.
     qac = json.loads((quick_run / "evidence_qac.json").read_text())
     assert any(p.get("name") == "ann_qcfs" and "reused" in p for p in qac["phases"])
@@ -121,6 +126,8 @@ def test_quick_specific_contents(quick_run):
         r = mrows[f"mlif_S{S}"]
         assert r["delta"] > 0 and r["e_snn_uj"] > 0 and r["e_ann_uj"] > r["e_snn_uj"] * 0
     assert mrows["lq_b2"]["delta"] == 1.0
+    section = (quick_run / "evidence_readme_section.md").read_text()
+    assert section.startswith("## Results") and "### Where our measurements do not (fully) confirm" in section
     summary = json.loads((quick_run / "evidence_summary.json").read_text())
     assert [t["table"] for t in summary["tables"]] == ["lmht", "qac", "mlif"]
     assert all(t["status"] == "ok" for t in summary["tables"])
@@ -242,3 +249,45 @@ def test_profiles_and_dry_run():
     assert dry.max_batches == 2 and all(v == 1 for v in dry.epochs.values()) and dry.total_seconds == 50
     with pytest.raises(ValueError, match="unknown profile"):
         C.get_profile("tpu")
+
+
+def test_time_steps_leaves_model_and_loader_alone():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,)))]       # one batch: several passes needed
+    sec = C.time_steps(model, batches, C.TrainSpec(epochs=1, lr=0.5), _TinyCtx(), steps=3)
+    assert sec > 0
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], atol=0, rtol=0)
+    with pytest.raises(ValueError, match="no batch"):
+        C.time_steps(model, [], C.TrainSpec(epochs=1, lr=0.5), _TinyCtx())
+
+
+def test_a_failing_table_is_recorded_and_the_next_one_runs(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from benchmarks.evidence import run_all
+
+    def failing(table):
+        table.add_row("g", "m", "s", 50.0, key="first", n=10)
+        raise RuntimeError("boom in the middle of the table")
+
+    def fine(table):
+        table.add_row("g", "m", "s", 60.0, key="only", n=10)
+        table.add_claim("c", "claim", "rule", "not tested", "nothing to compare")
+
+    fake = {"lmht": SimpleNamespace(TITLE="failing table", weights=lambda p: {"x": 1.0}, run=failing),
+            "qac": SimpleNamespace(TITLE="fine table", weights=lambda p: {"x": 1.0}, run=fine)}
+    monkeypatch.setattr(run_all, "MODULES", fake)
+    rc = run_all.main(["--profile", "quick", "--out", str(tmp_path), "--tables", "lmht,qac", "--quiet",
+                       "--data", str(tmp_path)])
+    assert rc == 0          # one table is partial, none failed outright
+    bad = json.loads((tmp_path / "evidence_lmht.json").read_text())
+    assert bad["status"] == "partial" and "boom" in bad["errors"][0]["error"] and bad["rows"][0]["key"] == "first"
+    good = json.loads((tmp_path / "evidence_qac.json").read_text())
+    assert good["status"] == "ok" and good["claims"][0]["verdict"] == "not tested"
+    summary = json.loads((tmp_path / "evidence_summary.json").read_text())
+    assert [t["status"] for t in summary["tables"]] == ["partial", "ok"]
+    with pytest.raises(SystemExit):
+        run_all.main(["--profile", "quick", "--out", str(tmp_path), "--tables", "nope"])

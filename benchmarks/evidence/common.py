@@ -565,22 +565,25 @@ def time_steps(model: nn.Module, loader: Iterable, spec: TrainSpec, ctx: "Contex
     probe.train()
     opt = _optimizer(probe, spec)
     epoch = getattr(loader, "epoch", None)
-    t, done = None, 0
-    for b, (x, y) in enumerate(loader):
-        if b > steps:
-            break
-        _step(probe, opt, x, y, spec, ctx.device)
-        if b == 0:
-            _sync(ctx.device)
-            t = time.perf_counter()
-        else:
-            done += 1
+    t, done, b = None, 0, 0
+    while done < steps:  # several passes if the loader has fewer than steps + 1 batches
+        before = b
+        for x, y in loader:
+            _step(probe, opt, x, y, spec, ctx.device)
+            if b == 0:
+                _sync(ctx.device)
+                t = time.perf_counter()
+            else:
+                done += 1
+            b += 1
+            if done >= steps:
+                break
+        if b == before:
+            raise ValueError("time_steps: the loader yielded no batch")
     _sync(ctx.device)
     if epoch is not None and hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch)
     del probe, opt
-    if t is None or done == 0:
-        raise ValueError("time_steps: the loader yielded fewer than two batches")
     return (time.perf_counter() - t) / done
 
 
@@ -804,7 +807,7 @@ def judge_close(a: float, b: float, n: int, tol: float, what: str) -> tuple[str,
     or within the noise margin of ``b - tol``."""
     gap, margin = a - b, noise_margin(a, b, n)
     if gap >= -tol:
-        return "reproduced", f"{what}: {gap:+.2f} pp, within the tolerance of -{tol:g} pp"
+        return "reproduced", f"{what}: {gap:+.2f} pp, not below the tolerance of −{tol:g} pp"
     if gap >= -2 * tol or gap + margin >= -tol:
         return "partly reproduced", (f"{what}: {gap:+.2f} pp, outside -{tol:g} pp but within -{2 * tol:g} pp or "
                                      f"the noise")
