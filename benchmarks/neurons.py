@@ -4,8 +4,7 @@
     python benchmarks/neurons.py                      # writes benchmarks/results/neurons_cpu.json
     python benchmarks/neurons.py --reps 9 --shape 4,32,128,16,16 --shape 8,32,128,16,16
 
-For each shape ``[T, B, C, H, W]`` (float32) it measures, interleaved round-robin so that background load hits
-every contender alike:
+For each shape ``[T, B, C, H, W]`` (float32) it measures:
 
 * the bandwidth floor: a plain copy of the same bytes into a preallocated buffer - forward reads x and writes y
   (8 B per element-step); forward+backward additionally reads x and dy and writes dx (20 B: the copy plus an
@@ -14,9 +13,12 @@ every contender alike:
   (multi-step, soft reset, sigmoid surrogate) and snnTorch ``Leaky(beta=1)`` (subtract reset) looped over T;
 * one-hot M-LIF with S = 4 lanes and LM-HT with L = 4 levels (with T-GIM, and M-HT without): kernel vs reference.
 
-Forward runs under ``torch.no_grad()``; forward+backward calls ``y.backward(dy)``. Reported: median and min-max
-over ``--reps`` repetitions (after warm-up), ratios to the floor and, for the IF kernel, speed-ups over each
-peer. Results (with hardware, versions, commit, thread count and load average) go to JSON.
+Each contender runs its repetitions back to back after a warm-up (its steady state, as inside a training loop),
+in ``--rounds`` rounds that cycle through all contenders, so that drifts of the background load (the machine may
+be shared) are spread over everyone. Forward runs under ``torch.no_grad()``; forward+backward calls
+``y.backward(dy)``. Reported: median and min-max over the repetitions, ratios to the floor and, for the IF
+kernel, speed-ups over each peer. Results (with hardware, versions, commit, thread count and load averages) go
+to JSON.
 """
 from __future__ import annotations
 
@@ -135,7 +137,7 @@ def _stats(times: list[float]) -> dict:
     return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms), "reps": len(ms)}
 
 
-def bench_shape(shape, reps: int, warmup: int, include_peers: bool, slow_every: int) -> dict:
+def bench_shape(shape, reps: int, warmup: int, include_peers: bool, slow_every: int, rounds: int = 3) -> dict:
     T = shape[0]
     n = 1
     for s in shape:
@@ -166,17 +168,20 @@ def bench_shape(shape, reps: int, warmup: int, include_peers: bool, slow_every: 
         tasks[f"{name}_fwd_bwd"] = fwd_bwd(fn)
     slow = {k for k in tasks if "reference" in k or "snntorch" in k or "spikingjelly" in k}
     times: dict[str, list[float]] = {k: [] for k in tasks}
-    for k, f in tasks.items():  # warm-up (also builds the C++ library and fills the buffer pool)
-        for _ in range(warmup):
-            f()
-    for rep in range(reps):
+    # Rounds of blocks: each contender runs its repetitions back to back after a warm-up (its steady state, as in a
+    # training loop: allocator caches and buffer pools warm), and the rounds cycle through all contenders so that
+    # slow drifts of the background load are spread over everyone.
+    rounds = max(1, min(rounds, reps))
+    for r in range(rounds):
         for k, f in tasks.items():
-            if k in slow and rep % slow_every:
-                continue  # slow contenders run on every slow_every-th round (their relative noise is smaller)
+            n_k = max(1, (reps if k not in slow else max(1, reps // slow_every)) // rounds)
+            for _ in range(warmup):
+                f()
+            for _ in range(n_k):
+                t0 = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t0)
             gc.collect()
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
     res = {"shape": list(shape), "elements_per_step": n // T, "element_steps": n, "skipped": skipped,
            "loadavg_after": list(os.getloadavg())}
     for k, ts in times.items():
@@ -184,19 +189,28 @@ def bench_shape(shape, reps: int, warmup: int, include_peers: bool, slow_every: 
     ff, ffb = res["floor_fwd"]["median_ms"], res["floor_fwd_bwd"]["median_ms"]
     res["floor_fwd"]["GBps"] = 8 * n / ff / 1e6
     res["floor_fwd_bwd"]["GBps"] = 20 * n / ffb / 1e6
+    ffm, ffbm = res["floor_fwd"]["min_ms"], res["floor_fwd_bwd"]["min_ms"]
     for name in contenders:
+        # x_floor: median / median; x_floor_best: min / min (robust when a shared or throttled machine inflates the
+        # medians - both are reported, neither is cherry-picked)
         res[f"{name}_fwd"]["x_floor"] = res[f"{name}_fwd"]["median_ms"] / ff
         res[f"{name}_fwd_bwd"]["x_floor"] = res[f"{name}_fwd_bwd"]["median_ms"] / ffb
+        res[f"{name}_fwd"]["x_floor_best"] = res[f"{name}_fwd"]["min_ms"] / ffm
+        res[f"{name}_fwd_bwd"]["x_floor_best"] = res[f"{name}_fwd_bwd"]["min_ms"] / ffbm
     speedups = {}
     for peer in ("if_reference", "if_spikingjelly", "if_snntorch"):
         if peer in contenders:
             speedups[peer] = {p: res[f"{peer}_{p}"]["median_ms"] / res[f"if_cpp_{p}"]["median_ms"]
                               for p in ("fwd", "fwd_bwd")}
+            speedups[peer].update({f"{p}_best": res[f"{peer}_{p}"]["min_ms"] / res[f"if_cpp_{p}"]["min_ms"]
+                                   for p in ("fwd", "fwd_bwd")})
     res["if_cpp_speedup_over"] = speedups
     for fam, (kern, ref) in {"mlif": ("mlif_cpp_S4", "mlif_reference_S4"), "mht": ("mht_cpp_L4", "mht_reference_L4"),
                              "lmht": ("lmht_cpp_L4_tgim", "lmht_reference_L4_tgim")}.items():
         res[f"{fam}_speedup_over_reference"] = {p: res[f"{ref}_{p}"]["median_ms"] / res[f"{kern}_{p}"]["median_ms"]
                                                 for p in ("fwd", "fwd_bwd")}
+        res[f"{fam}_speedup_over_reference"].update(
+            {f"{p}_best": res[f"{ref}_{p}"]["min_ms"] / res[f"{kern}_{p}"]["min_ms"] for p in ("fwd", "fwd_bwd")})
     return res
 
 
@@ -211,9 +225,10 @@ def _print(res: dict) -> None:
                     and (phase == "fwd_bwd" or not k.endswith("_fwd_bwd")):
                 r = res[k]
                 print(f"    {k[:-len(phase) - 1]:24s} {r['median_ms']:9.3f} [{r['min_ms']:.3f}-{r['max_ms']:.3f}]"
-                      f"  {r['x_floor']:6.2f}x floor")
+                      f"  {r['x_floor']:6.2f}x floor (best/best {r['x_floor_best']:.2f}x)")
     for peer, sp in res["if_cpp_speedup_over"].items():
-        print(f"  IF kernel speed-up over {peer}: fwd {sp['fwd']:.1f}x, fwd+bwd {sp['fwd_bwd']:.1f}x")
+        print(f"  IF kernel speed-up over {peer}: fwd {sp['fwd']:.1f}x, fwd+bwd {sp['fwd_bwd']:.1f}x "
+              f"(best/best {sp['fwd_best']:.1f}x, {sp['fwd_bwd_best']:.1f}x)")
     for fam in ("mlif", "mht", "lmht"):
         sp = res[f"{fam}_speedup_over_reference"]
         print(f"  {fam} kernel speed-up over its reference: fwd {sp['fwd']:.1f}x, fwd+bwd {sp['fwd_bwd']:.1f}x")
@@ -228,7 +243,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=15, help="timed rounds (default 15)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--slow-every", type=int, default=3,
-                    help="time the slow contenders (references, peers) only every k-th round")
+                    help="the slow contenders (references, peers) run reps/k repetitions")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds over all contenders (default 3)")
     ap.add_argument("--no-peers", action="store_true", help="skip SpikingJelly and snnTorch")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's choice)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "neurons_cpu.json"))
@@ -243,10 +259,10 @@ def main() -> int:
               "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "hardware": _hardware(),
               "versions": _versions(), "kernel_build": build_info(), "loadavg_before": list(os.getloadavg()),
               "settings": {"reps": args.reps, "warmup": args.warmup, "slow_every": args.slow_every,
-                           "dtype": "float32", "interleaved": True, "threads": torch.get_num_threads()},
+                           "rounds": args.rounds, "dtype": "float32", "threads": torch.get_num_threads()},
               "results": []}
     for shape in shapes:
-        res = bench_shape(shape, args.reps, args.warmup, not args.no_peers, args.slow_every)
+        res = bench_shape(shape, args.reps, args.warmup, not args.no_peers, args.slow_every, args.rounds)
         result["results"].append(res)
         _print(res)
     result["loadavg_after"] = list(os.getloadavg())
