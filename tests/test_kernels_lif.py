@@ -397,3 +397,27 @@ def test_seq_to_ann_container_channels_last(spy):
     # and the next container consumes the channels_last spikes
     out = ms.layers.SeqToANNContainer(torch.nn.Conv2d(8, 4, 1).to(memory_format=torch.channels_last))(y)
     assert out.shape == (4, 2, 4, 8, 8)
+
+
+def test_buffer_pool_reuse_is_safe():
+    from multispike.kernels._common import POOL, empty_cache
+    if not POOL.enabled:
+        pytest.skip("buffer pool disabled")
+    x = _inputs((4, 8, 64, 1024), torch.float32, seed=40)  # 8 MiB outputs: pooled
+    y1 = KERNEL(x)[0]
+    keep = y1.clone()
+    y2 = KERNEL(x)[0]
+    assert y2.data_ptr() != y1.data_ptr()  # y1 is alive: its block is not handed out again
+    torch.testing.assert_close(y1, keep, atol=0, rtol=0)
+    p1 = y1.data_ptr()
+    view = y1[1:]
+    del y1
+    assert KERNEL(x)[0].data_ptr() != p1  # a view keeps the block alive
+    del view
+    y3 = KERNEL(x)[0]
+    assert y3.data_ptr() == p1  # released: reused without a fresh allocation
+    y3.resize_(y3.numel() * 2)  # resizing a handed-out tensor resizes its storage: that block is retired
+    del y3
+    y4 = KERNEL(x)[0]
+    torch.testing.assert_close(y4, keep, atol=0, rtol=0)
+    empty_cache()

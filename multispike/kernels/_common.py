@@ -108,11 +108,20 @@ class BufferPool:
     def _free(self, block: torch.Tensor) -> bool:
         return self._count(block) <= self._baseline
 
+    @staticmethod
+    def _intact(block: torch.Tensor, nbytes: int) -> bool:
+        # a caller may have resized a handed-out tensor (which resizes the shared storage): never reuse such a block
+        return block.untyped_storage().nbytes() == nbytes
+
     def _block(self, nbytes: int) -> torch.Tensor | None:
         with self._lock:
-            for block in self._blocks.get(nbytes, ()):
+            blocks = self._blocks.get(nbytes, [])
+            for block in list(blocks):
                 if self._free(block):
-                    return block
+                    if self._intact(block, nbytes):
+                        return block
+                    blocks.remove(block)
+                    self._bytes -= nbytes
             if self._bytes + nbytes > self.limit:
                 self._evict(self._bytes + nbytes - self.limit)
                 if self._bytes + nbytes > self.limit:
