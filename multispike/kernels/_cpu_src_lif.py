@@ -251,7 +251,7 @@ static void lif_fwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, S* MS_R 
 // Per block: recompute m(t) for all t (kept in a T x BS scratch in cache), then run the adjoint backwards.
 // Parameter gradients are summed per element over t, then per block in double, then over blocks in block order
 // (deterministic whatever the thread count).
-template <typename S, int LM, int NORM>
+template <typename S, int LM, int NORM, int SK>
 static void lif_bwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, const S* MS_R gy, int64_t gyst,
                     const S* MS_R v0, const S* MS_R lr0, const S* MS_R gvT, const S* MS_R glrT, S* MS_R gx,
                     int64_t gxst, S* MS_R gv0, S* MS_R glr0,
@@ -259,7 +259,6 @@ static void lif_bwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, const S*
   const S theta = (S)c.theta, leak = (S)c.leak, tau = (S)c.tau, vr0 = (S)c.vr0, v_reset = (S)c.v_reset;
   const S v_init = S(0) + (S)c.v_init;
   const S sp0 = (S)c.sp0, sp1 = (S)c.sp1;
-  const int sk = c.surr_kind;
   // reset_leak=False (LM_PRN) implies a soft reset; a compile-time constant keeps that loop simple enough to vectorise.
   const int soft = LM == LM_PRN ? 1 : c.soft, fire_ge = c.fire_ge, normalized = c.normalized, pth = c.payload_theta;
   const int detach = c.detach_reset;
@@ -316,18 +315,12 @@ static void lif_bwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, const S*
         const S* MS_R Mt = M.get() + t * BS;
         const S* MS_R gyt = gy + t * gyst + i0;
         S* MS_R gxt = gx + t * gxst + i0;
-        // Adjoint step in three branch-free passes over the block (flags are loop-invariant selects, so each
-        // pass vectorises; the surrogate pass is instantiated per kind without multiplying the templates).
+        // Adjoint step: one branch-free SIMD pass (the surrogate kind is a template parameter; the other flags
+        // are loop-invariant selects).
         MS_SIMD
         for (int i = 0; i < n; ++i) {
           const S m = Mt[i];
-          argb[i] = spike_arg<NORM>(m, theta);
-        }
-        surrogate_pass<S>(argb, hb, n, sk, sp0, sp1);
-        MS_IVDEP
-        for (int i = 0; i < n; ++i) {
-          const S m = Mt[i];
-          const S arg = argb[i];
+          const S arg = spike_arg<NORM>(m, theta);
           const S s = fire(arg, fire_ge);
           const S g_y = gyt[i];
           const S g_v = gv[i];
@@ -344,7 +337,7 @@ static void lif_bwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, const S*
           const S gsr = soft ? gsr_soft : g_v * (v_reset - m);
           gth = soft ? gth_soft : gth;
           gs = detach ? gs : gs + gsr;
-          const S garg = gs * hb[i];
+          const S garg = gs * surrogate<S, SK>(arg, sp0, sp1);
           const S gm = NORM ? gm0 + garg * inv_theta : gm0 + garg;
           gth = NORM ? gth - garg * m * inv_theta2 : gth;
           ath[i] += gth;
@@ -438,6 +431,20 @@ static int fwd_dispatch(const void* x, int64_t T, int64_t N, int64_t xst, void* 
                       : fwd_dispatch_n<S, 0>(x, T, N, xst, y, yst, v0, lr0, vT, lrT, c, nth);
 }
 
+template <typename S, int LM, int NORM>
+static void lif_bwd_sk(const S* x, int64_t T, int64_t N, int64_t xst, const S* gy, int64_t gyst, const S* v0,
+                       const S* lr0, const S* gvT, const S* glrT, S* gx, int64_t gxst, S* gv0, S* glr0, double* pg,
+                       const Cfg& c, int nth) {
+#define MS_SK_ARGS x, T, N, xst, gy, gyst, v0, lr0, gvT, glrT, gx, gxst, gv0, glr0, pg, c, nth
+  switch (c.surr_kind) {
+    case SK_SIGMOID: lif_bwd<S, LM, NORM, SK_SIGMOID>(MS_SK_ARGS); break;
+    case SK_ATAN: lif_bwd<S, LM, NORM, SK_ATAN>(MS_SK_ARGS); break;
+    case SK_RECT: lif_bwd<S, LM, NORM, SK_RECT>(MS_SK_ARGS); break;
+    default: lif_bwd<S, LM, NORM, SK_TRI>(MS_SK_ARGS); break;
+  }
+#undef MS_SK_ARGS
+}
+
 template <typename S, int NORM>
 static int bwd_dispatch_n(const void* x, int64_t T, int64_t N, int64_t xst, const void* gy, int64_t gyst,
                           const void* v0, const void* lr0, const void* gvT, const void* glrT, void* gx, int64_t gxst,
@@ -445,10 +452,10 @@ static int bwd_dispatch_n(const void* x, int64_t T, int64_t N, int64_t xst, cons
 #define MS_BWD_ARGS (const S*)x, T, N, xst, (const S*)gy, gyst, (const S*)v0, (const S*)lr0, (const S*)gvT, \
                     (const S*)glrT, (S*)gx, gxst, (S*)gv0, (S*)glr0, pg, c, nth
   switch (c.leak_mode) {
-    case LM_PR: lif_bwd<S, LM_PR, NORM>(MS_BWD_ARGS); break;
-    case LM_PRN: lif_bwd<S, LM_PRN, NORM>(MS_BWD_ARGS); break;
-    case LM_DI: lif_bwd<S, LM_DI, NORM>(MS_BWD_ARGS); break;
-    case LM_DS: lif_bwd<S, LM_DS, NORM>(MS_BWD_ARGS); break;
+    case LM_PR: lif_bwd_sk<S, LM_PR, NORM>(MS_BWD_ARGS); break;
+    case LM_PRN: lif_bwd_sk<S, LM_PRN, NORM>(MS_BWD_ARGS); break;
+    case LM_DI: lif_bwd_sk<S, LM_DI, NORM>(MS_BWD_ARGS); break;
+    case LM_DS: lif_bwd_sk<S, LM_DS, NORM>(MS_BWD_ARGS); break;
     default: return 2;
   }
 #undef MS_BWD_ARGS
