@@ -124,6 +124,7 @@ def test_quick_specific_contents(quick_run):
     mrows = {r["key"]: r for r in mlif["rows"]}
     for S in (1, 2, 3):
         r = mrows[f"mlif_S{S}"]
+        assert 0 <= r["init_accuracy"] <= 100 and 0 <= r["init_accuracy_p90"] <= 100
         assert r["delta"] > 0 and r["e_snn_uj"] > 0 and r["e_ann_uj"] > r["e_snn_uj"] * 0
     assert mrows["lq_b2"]["delta"] == 1.0
     section = (quick_run / "evidence_readme_section.md").read_text()
@@ -291,3 +292,28 @@ def test_a_failing_table_is_recorded_and_the_next_one_runs(tmp_path, monkeypatch
     assert [t["status"] for t in summary["tables"]] == ["partial", "ok"]
     with pytest.raises(SystemExit):
         run_all.main(["--profile", "quick", "--out", str(tmp_path), "--tables", "nope"])
+
+
+def test_plan_equal_epochs_shares_one_epoch_count():
+    ctx = _TinyCtx()
+    table = C.TableRun("t", "t", ctx, 1e6, {"grp": 1.0})
+    batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,))) for _ in range(5)]
+    small = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    big = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 512), torch.nn.Linear(512, 3))
+    spec = C.TrainSpec(epochs=3, lr=0.1)
+    epochs, allots = C.plan_equal_epochs(table, "grp", [("a", small, batches, spec), ("b", big, batches, spec)], 3)
+    assert epochs == 3 and set(allots) == {"a", "b"} and all(v > 0 for v in allots.values())
+    plan = table.extra["equal_epoch_plans"]["grp"]
+    assert plan["common_epochs"] == 3 and not plan["cut"] and set(plan["members"]) == {"a", "b"}
+    # Past the run's hard deadline nothing is probed and every member gets the minimum.
+    ctx.hard_deadline = time.perf_counter() - 1
+    table2 = C.TableRun("t", "t", ctx, 1e6, {"grp": 1.0})
+    epochs, allots = C.plan_equal_epochs(table2, "grp", [("a", small, batches, spec)], 3)
+    assert epochs == 1.0 and allots == {"a": 0.0} and table2.extra["equal_epoch_plans"]["grp"]["cut"]
+
+
+def test_command_line_records_out_placeholder(monkeypatch):
+    monkeypatch.setenv("OUT", "/some/device/path")
+    cmd = C.command_line([str(REPO / "benchmarks/evidence/run_all.py"), "--profile", "gpu", "--out",
+                          "/some/device/path", "--commit", "abc"])
+    assert cmd == "PYTHONPATH=. python3 benchmarks/evidence/run_all.py --profile gpu --out $OUT --commit abc"

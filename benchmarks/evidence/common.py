@@ -79,7 +79,7 @@ class Profile:
     nmnist_seeds: tuple[int, ...] = (0,)
     nmnist_batch: int = 64
     nmnist_steps: int = 3                    # Q_F: SNN timesteps of the N-MNIST rows (fixed frame budget)
-    qcfs_levels: int = 4                     # Tq of the shared QCFS ANN
+    qcfs_levels: int = 8                     # Tq of the shared QCFS ANN (LMHT-C's default qcfs_level)
     calib_batches: int = 8                   # training batches used as unlabeled calibration data
     energy_batches: int = 2                  # test batches whose operations are counted
     amp: bool = False                        # bf16 autocast for ANN (ReLU/QCFS) training only
@@ -98,9 +98,9 @@ class Profile:
         return d
 
 
-_EPOCHS_GPU = {"ann": 50, "qcfs": 50, "hybrid_ft": 8, "direct": 25, "qat": 15, "calib": 10, "mlif_ft": 15,
+_EPOCHS_GPU = {"ann": 50, "qcfs": 50, "hybrid_ft": 8, "direct": 25, "qat": 15, "calib": 30, "mlif_ft": 15,
                "lq_ft": 10, "nmnist": 40}
-_EPOCHS_CPU = {"ann": 12, "qcfs": 12, "hybrid_ft": 1, "direct": 3, "qat": 2, "calib": 3, "mlif_ft": 2, "lq_ft": 2,
+_EPOCHS_CPU = {"ann": 12, "qcfs": 12, "hybrid_ft": 1, "direct": 3, "qat": 2, "calib": 10, "mlif_ft": 2, "lq_ft": 2,
                "nmnist": 10}
 _EPOCHS_QUICK = {k: 1 for k in _EPOCHS_GPU}
 
@@ -231,6 +231,9 @@ def environment(device: torch.device, commit: str | None = None) -> dict:
 def command_line(argv: list[str] | None = None) -> str:
     """The command as run from the repository root (``PYTHONPATH=. python3 <script> <args>``)."""
     argv = list(sys.argv if argv is None else argv)
+    out_env = os.environ.get("OUT")
+    if out_env:  # the device runner's output folder: record "$OUT", not its machine-specific path
+        argv = [("$OUT" if a == out_env else a) for a in argv]
     script = Path(argv[0]).resolve()
     try:
         script_s = str(script.relative_to(REPO))
@@ -241,7 +244,7 @@ def command_line(argv: list[str] | None = None) -> str:
 
 
 def _quote(a: str) -> str:
-    return a if a and all(c.isalnum() or c in "-_./=:,+" for c in a) else json.dumps(a)
+    return a if a and (a == "$OUT" or all(c.isalnum() or c in "-_./=:,+" for c in a)) else json.dumps(a)
 
 
 def phase_seed(base: int, name: str) -> int:
@@ -600,6 +603,11 @@ def plan_equal_epochs(table: "TableRun", group: str, members: list[tuple[str, nn
     ctx = table.ctx
     allot = table.planner.allot(group)
     t0 = time.perf_counter()
+    if t0 > ctx.hard_deadline:  # out of time: no probing; fit() will stop each member after its first step
+        plan = {"allotted_s": round(allot, 2), "planned_epochs": epochs, "common_epochs": None, "cut": True,
+                "reason": "hard deadline of the run reached before this group started"}
+        table.extra.setdefault("equal_epoch_plans", {})[group] = plan
+        return min(float(epochs), 1.0), {name: 0.0 for name, *_ in members}
     rows, per_epoch = [], 0.0
     for name, model, loader, spec in members:
         sec = time_steps(model, loader, spec, ctx)

@@ -28,16 +28,16 @@ NAME = "lmht"
 TITLE = "LM-HT: QCFS conversion, hybrid LM-HT and direct training (evidence table 1)"
 HYBRID = ((2, 2), (2, 4), (4, 2))
 
-# Paper values, copied from algorithms.md §8.1 only (LMHT-P hybrid table, CIFAR-100, ResNet-20 with Tq = 4;
-# direct-training ablation on an ImageNet-1k subset with ResNet-18).
+# Paper values, copied from algorithms.md §8.1 only (LMHT-P hybrid table, CIFAR-100, ResNet-20 with Tq = 8, the
+# setting of our shared QCFS ANN; direct-training ablation on an ImageNet-1k subset with ResNet-18).
 PAPER = {
-    "ann_qcfs": "63.90 (QCFS ANN, ResNet-20, CIFAR-100, Tq=4)",
-    "if_T2": "38.04 (ResNet-20, CIFAR-100, Tq=4)",
-    "if_T4": "52.28 (ResNet-20, CIFAR-100, Tq=4)",
-    "if_T8": "61.77 (ResNet-20, CIFAR-100, Tq=4)",
-    "hybrid_L2T2": "63.55 (ResNet-20, CIFAR-100, Tq=4)",
-    "hybrid_L2T4": "64.87 (ResNet-20, CIFAR-100, Tq=4)",
-    "hybrid_L4T2": "63.43 (ResNet-20, CIFAR-100, Tq=4)",
+    "ann_qcfs": "69.56 (QCFS ANN, ResNet-20, CIFAR-100, Tq=8)",
+    "if_T2": "19.76 (ResNet-20, CIFAR-100, Tq=8)",
+    "if_T4": "34.17 (ResNet-20, CIFAR-100, Tq=8)",
+    "if_T8": "55.50 (ResNet-20, CIFAR-100, Tq=8)",
+    "hybrid_L2T2": "67.08 (ResNet-20, CIFAR-100, Tq=8)",
+    "hybrid_L2T4": "69.00 (ResNet-20, CIFAR-100, Tq=8)",
+    "hybrid_L4T2": "67.21 (ResNet-20, CIFAR-100, Tq=8)",
     "direct_lmht_L2T2": "80.56, 0.73 G SOPs (L2T2 with T-GIM, ResNet-18, ImageNet-1k subset)",
     "direct_if_T4": "76.22, 1.60 G SOPs (L1T4 LM-HT, ResNet-18, ImageNet-1k subset)",
 }
@@ -89,6 +89,8 @@ def run(table: C.TableRun) -> None:
     table.extra["data"] = data.provenance
     table.notes.append("The paper's hybrid numbers are CIFAR-100 with its own ANN; ours are CIFAR-10 with a short "
                        "schedule, so compare orderings and gaps, not absolute values.")
+    table.notes.append("We report the accuracy after the last epoch; LMHT-C's hybrid_train.py keeps the best test "
+                       "accuracy over epochs (a selection on the test set), which favours the paper's numbers.")
     train, test = C.loaders(ctx, data.train_x, data.train_y, data.test_x, data.test_y, seed=ctx.seed("lmht_loader"))
 
     with table.guard("float ANN"):
@@ -191,16 +193,17 @@ def judge(table: C.TableRun) -> None:
         table.add_claim(cid, claim, rule, "not tested", f"missing rows {missing('hybrid_L2T2', 'if_T4')}")
     else:
         v, why = C.judge_greater(a("hybrid_L2T2"), a("if_T4"), n, "hybrid L2T2 − IF T=4")
-        table.add_claim(cid, claim, rule, v, why, paper="63.55 vs 52.28 (ResNet-20, CIFAR-100, Tq=4)",
+        table.add_claim(cid, claim, rule, v, why, paper="67.08 vs 34.17 (ResNet-20, CIFAR-100, Tq=8)",
                         measured={"hybrid_L2T2": a("hybrid_L2T2"), "if_T4": a("if_T4")})
 
     cid, claim = "lmht-hybrid-vs-ann", "Hybrid LM-HT (L=2, T=2) stays close to its QCFS ANN"
-    rule = "reproduced if acc(hybrid L2T2) ≥ acc(QCFS ANN) − 1 pp; partly if ≥ − 2 pp or within noise of −1 pp"
+    rule = ("reproduced if acc(hybrid L2T2) ≥ acc(QCFS ANN) − 2.5 pp (the paper's own gap for ResNet-20, Tq=8); "
+            "partly if ≥ −5 pp or within noise of −2.5 pp")
     if missing("hybrid_L2T2", "ann_qcfs"):
         table.add_claim(cid, claim, rule, "not tested", f"missing rows {missing('hybrid_L2T2', 'ann_qcfs')}")
     else:
-        v, why = C.judge_close(a("hybrid_L2T2"), a("ann_qcfs"), n, 1.0, "hybrid L2T2 − QCFS ANN")
-        table.add_claim(cid, claim, rule, v, why, paper="63.55 vs 63.90 (−0.35 pp; ResNet-20, CIFAR-100, Tq=4)",
+        v, why = C.judge_close(a("hybrid_L2T2"), a("ann_qcfs"), n, 2.5, "hybrid L2T2 − QCFS ANN")
+        table.add_claim(cid, claim, rule, v, why, paper="67.08 vs 69.56 (−2.48 pp; ResNet-20, CIFAR-100, Tq=8)",
                         measured={"hybrid_L2T2": a("hybrid_L2T2"), "ann_qcfs": a("ann_qcfs")})
 
     cid, claim = "lmht-hybrid-L2T4", "A longer LM-HT window (L=2, T=4) is at least as accurate as L=2, T=2"
@@ -210,22 +213,24 @@ def judge(table: C.TableRun) -> None:
     else:
         v, why = C.judge_close(a("hybrid_L2T4"), a("hybrid_L2T2"), n, 0.5, "L2T4 − L2T2")
         v, why = C.equal_epochs_check(table, ("hybrid_L2T4", "hybrid_L2T2"), v, why)
-        table.add_claim(cid, claim, rule, v, why, paper="64.87 vs 63.55 (ResNet-20, CIFAR-100, Tq=4)",
+        table.add_claim(cid, claim, rule, v, why, paper="69.00 vs 67.08 (ResNet-20, CIFAR-100, Tq=8)",
                         measured={"hybrid_L2T4": a("hybrid_L2T4"), "hybrid_L2T2": a("hybrid_L2T2")})
 
-    cid, claim = "lmht-conversion-T", "QCFS→IF accuracy rises with T and approaches the QCFS ANN at T=8"
-    rule = ("reproduced if acc(T2) < acc(T4) < acc(T8) and acc(T8) ≥ acc(QCFS ANN) − 3 pp; partly if only the "
-            "monotone rise holds")
+    cid, claim = ("lmht-conversion-T",
+                  "QCFS→IF conversion loses accuracy at small T and recovers it as T grows (the gap hybrid LM-HT closes)")
+    rule = ("reproduced if acc(T2) < acc(T4) < acc(T8) and acc(QCFS ANN) − acc(T2) exceeds 2 SE; partly if only one "
+            "of the two holds")
     keys = ("if_T2", "if_T4", "if_T8", "ann_qcfs")
     if missing(*keys):
         table.add_claim(cid, claim, rule, "not tested", f"missing rows {missing(*keys)}")
     else:
         mono = a("if_T2") < a("if_T4") < a("if_T8")
-        close = a("if_T8") >= a("ann_qcfs") - 3.0
-        v = "reproduced" if mono and close else ("partly reproduced" if mono else "not reproduced")
+        gap = a("ann_qcfs") - a("if_T2") > C.noise_margin(a("ann_qcfs"), a("if_T2"), n)
+        v = "reproduced" if mono and gap else ("partly reproduced" if mono or gap else "not reproduced")
         why = (f"T=2/4/8: {a('if_T2'):.2f} / {a('if_T4'):.2f} / {a('if_T8'):.2f} vs QCFS ANN {a('ann_qcfs'):.2f} "
-               f"({'monotone' if mono else 'not monotone'}; T=8 gap {a('if_T8') - a('ann_qcfs'):+.2f} pp)")
-        table.add_claim(cid, claim, rule, v, why, paper="38.04 / 52.28 / 61.77 vs 63.90 (ResNet-20, CIFAR-100, Tq=4)",
+               f"({'monotone' if mono else 'not monotone'}; T=2 gap {a('ann_qcfs') - a('if_T2'):+.2f} pp, "
+               f"{'beyond' if gap else 'within'} the noise margin)")
+        table.add_claim(cid, claim, rule, v, why, paper="19.76 / 34.17 / 55.50 vs 69.56 (ResNet-20, CIFAR-100, Tq=8)",
                         measured={k: a(k) for k in keys})
 
     cid, claim = "lmht-direct-vs-if-T2", "Direct-trained LM-HT (L=2, T=2) beats direct-trained IF at T=2"

@@ -4,11 +4,15 @@ CIFAR-10 rows (backbone shared with the other tables, T = 1):
 
 * the float ANN (shared with the LM-HT table);
 * LIF (= M-LIF with S = 1) and M-LIF with S = 2, 3 lanes at T = 1: hybrid initialisation from the ANN (§5.6: BN
-  folded, ReLU -> OneHotMLIF, thresholds from the 90th percentile layer by layer, dropout 0.2 with a mask fixed
-  over time), then BPTT fine-tuning (Adam, lr 1e-4); compute energy by the DIET/M-LIF convention (§6.2,
-  eq. 11: first layer MACs, other layers ``r_l``·MACs accumulates, 45 nm constants) and δ = E_ANN / E_SNN;
+  folded, ReLU -> OneHotMLIF, dropout 0.2 with a mask fixed over time, thresholds layer by layer with the
+  authors' code rule θ = s_f·P99.7/2^(S−1), s_f = 0.4; the paper text's P90 rule is evaluated too, at
+  initialisation, and starts at chance level on this backbone), then BPTT fine-tuning (Adam, lr 1e-3: ten times
+  the paper's 1e-4 because the schedule is about ten times shorter); compute energy by the DIET/M-LIF
+  convention (§6.2, eq. 11: first layer MACs, other layers ``r_l``·MACs accumulates, 45 nm constants) and
+  δ = E_ANN / E_SNN;
 * the log-quantized ANN (LQ-ANN, §5.4) with b = 2, 3 bits: ReLU -> LogQuant, α from the 99.7th percentile over
-  16 batches, straight-through fine-tuning (Adam, lr 1e-4, wd 5e-4). An ANN: costed as dense MACs (δ = 1).
+  16 batches, straight-through fine-tuning (Adam, lr 1e-3 for the same reason, wd 5e-4). An ANN: costed as
+  dense MACs (δ = 1).
 
 N-MNIST-small rows: a small VGGSNN-like network (``vggsnn_small``: 3C32-AP2-3C64-AP2-3C128-AP2-FC10 at 34x34,
 the sensor size, no resize) with M-LIF neurons (TET/DVS settings: hard reset, β = 0.5, θ = 1, γ = 1) and
@@ -40,6 +44,9 @@ TITLE = "One-hot M-LIF: multi-level spikes at T = 1 and multi-level event encodi
 LANES_STATIC = (1, 2, 3)
 LQ_BITS = (2, 3)
 LANES_DVS = (1, 2, 3, 4)
+# Threshold initialisation of the trained rows (MLIF-C's rule, algorithms.md §5.6 item 4) and fine-tuning lr.
+MLIF_INIT = {"threshold_init": "percentile_topedge", "q": 99.7, "scale": 0.4}
+FT_LR = 1e-3
 
 # Paper values, copied from algorithms.md §8.3 only (MLIF-P; ResNet20-DIET on CIFAR-10, VGGSNN on CIFAR10-DVS).
 PAPER = {
@@ -142,6 +149,7 @@ def _energy(model, test, ctx, encoding: str = "static", input_events: str | None
 
 
 def _replace_relu(model: nn.Module, make) -> int:
+    """Replace every ``nn.ReLU`` of ``model`` (not those inside the replacements) by ``make()``; returns the count."""
     count = 0
     for name, m in list(model.named_modules()):
         if isinstance(m, nn.ReLU):
@@ -170,6 +178,12 @@ def run(table: C.TableRun) -> None:
         "Energy": "DIET/M-LIF eq. (11), 45 nm: E_MAC 4.6 pJ, E_AC 0.9 pJ, per image (µJ); δ = E_ANN / E_SNN",
     }
     table.extra["data"] = data.provenance
+    table.notes.append("Thresholds of the trained M-LIF rows use the authors' code rule θ = 0.4·P99.7/2^(S−1) "
+                       "(algorithms.md §5.6; the paper text's P90 rule is the spec default, and its initial accuracy "
+                       "is listed as init_accuracy_p90). Fine-tuning uses Adam at lr 1e-3 instead of the paper's 1e-4 "
+                       "because the schedule is about ten times shorter.")
+    table.notes.append("The paper's CIFAR numbers are for ResNet20-DIET (64→512 channels, 216 M MACs), a much larger "
+                       "network than this backbone; δ is comparable in kind, absolute energies are not.")
     train, test = C.loaders(ctx, data.train_x, data.train_y, data.test_x, data.test_y, seed=ctx.seed("mlif_loader"))
     plain_train, _ = C.loaders(ctx, data.train_x, data.train_y, data.test_x, data.test_y,
                                seed=ctx.seed("mlif_calib"), augment=False)
@@ -187,16 +201,19 @@ def run(table: C.TableRun) -> None:
             key = f"mlif_S{S}"
             with table.guard(f"{key} initialisation"):
                 ctx.seed(key)
-                snn, init = mlif_hybrid_init(ann, calib[:1], lanes=S, T=1, dropout=0.2)
+                p90, _ = mlif_hybrid_init(ann, calib[:1], lanes=S, T=1, dropout=0.2)   # the paper text's rule
+                acc_p90 = C.evaluate(p90.to(ctx.device), test, ctx)["accuracy"]
+                del p90
+                snn, init = mlif_hybrid_init(ann, calib[:1], lanes=S, T=1, dropout=0.2, **MLIF_INIT)
                 snn.to(ctx.device)
-                snns[key] = (S, snn, init, C.evaluate(snn, test, ctx)["accuracy"])
-        spec = C.TrainSpec(epochs=p.epochs["mlif_ft"], lr=1e-4, opt="adam", weight_decay=0.0)
+                snns[key] = (S, snn, init, C.evaluate(snn, test, ctx)["accuracy"], acc_p90)
+        spec = C.TrainSpec(epochs=p.epochs["mlif_ft"], lr=FT_LR, opt="adam", weight_decay=0.0)
         plan = None
         if snns:
             with table.guard("M-LIF plan"):
                 plan = C.plan_equal_epochs(table, "mlif", [(k, v[1], train, spec) for k, v in snns.items()],
                                            p.epochs["mlif_ft"])
-        for key, (S, snn, init, acc0) in snns.items():
+        for key, (S, snn, init, acc0, acc_p90) in snns.items():
             if plan is None:
                 break
             with table.guard(key):
@@ -209,8 +226,10 @@ def run(table: C.TableRun) -> None:
                 en = _energy(snn, test, ctx)
                 label = "LIF (= M-LIF S=1)" if S == 1 else f"one-hot M-LIF S={S}"
                 table.add_row("CIFAR-10, T=1", label, "T=1, hybrid init + BPTT", acc, key=key, n=n,
-                              paper=PAPER.get(key), init_accuracy=round(acc0, 4), epochs_run=rec["epochs_run"], **en,
-                              notes=f"init {acc0:.2f}; δ {en['delta']:.2f}, E_SNN {en['e_snn_uj']:.2f} µJ "
+                              paper=PAPER.get(key), init_accuracy=round(acc0, 4), init_accuracy_p90=round(acc_p90, 4),
+                              epochs_run=rec["epochs_run"], **en,
+                              notes=f"init {acc0:.2f} (code rule; P90 rule: {acc_p90:.2f}); δ {en['delta']:.2f}, "
+                                    f"E_SNN {en['e_snn_uj']:.2f} µJ "
                                     f"(E_ANN {en['e_ann_uj']:.1f} µJ), mean r {en['mean_r']:.3f}")
         snns.clear()
 
@@ -219,11 +238,16 @@ def run(table: C.TableRun) -> None:
             key = f"lq_b{b}"
             with table.guard(f"{key} calibration"):
                 lq = copy.deepcopy(ann)
-                _replace_relu(lq, lambda: LogQuant(bits=b, ste="identity", percentile=99.7))
+                # ReLU then LogQuant (MLIF-C's order): LogQuant's calibration mode passes its input through
+                # unchanged, so used *instead of* the ReLU it would calibrate every later layer on un-rectified,
+                # linearly growing activations (measured: α of the last block ~8x too large, all outputs 0).
+                if _replace_relu(lq, lambda: nn.Sequential(nn.ReLU(), LogQuant(bits=b, ste="identity",
+                                                                               percentile=99.7))) == 0:
+                    raise ValueError(f"{p.backbone}: no nn.ReLU module to replace by LogQuant")
                 lq.to(ctx.device)
                 alphas = calibrate_log_quant(lq, calib, num_batches=16)
                 lqs[key] = (b, lq, alphas, C.evaluate(lq, test, ctx)["accuracy"])
-        spec = C.TrainSpec(epochs=p.epochs["lq_ft"], lr=1e-4, opt="adam", weight_decay=5e-4)
+        spec = C.TrainSpec(epochs=p.epochs["lq_ft"], lr=FT_LR, opt="adam", weight_decay=5e-4)
         plan = None
         if lqs:
             with table.guard("LQ-ANN plan"):
@@ -327,14 +351,26 @@ def judge(table: C.TableRun) -> None:
         table.add_claim(cid, claim, rule, v, why, paper="93.19 at S=3, T=1 (ResNet20-DIET, CIFAR-10); no LIF T=1 "
                         "number in §8.3", measured={"S3": a("mlif_S3"), "LIF": a("mlif_S1")})
 
-    cid, claim = "mlif-S2-vs-LQ2", "M-LIF S=2 at T=1 is about as accurate as the 2-bit log-quantized ANN"
-    rule = "reproduced if acc(S2) ≥ acc(LQ b=2) − 1 pp; partly if ≥ −2 pp or within noise of −1 pp"
+    cid, claim = "mlif-S2-vs-LQ2", "M-LIF S=2 at T=1 matches the 2-bit log-quantized ANN"
+    rule = ("reproduced if |acc(S2) − acc(LQ b=2)| ≤ max(1 pp, 2 SE); partly if S2 is higher by more (the LQ-ANN "
+            "baseline is then the weaker one) or lower by at most 2 pp; not reproduced if lower by more than 2 pp")
     if a("mlif_S2") is None or a("lq_b2") is None:
         table.add_claim(cid, claim, rule, "not tested", "missing rows")
     else:
-        v, why = C.judge_close(a("mlif_S2"), a("lq_b2"), n, 1.0, "S2 − LQ-ANN b=2")
+        x, y = a("mlif_S2"), a("lq_b2")
+        gap, tol = x - y, max(1.0, C.noise_margin(x, y, n))
+        if abs(gap) <= tol:
+            v, why = "reproduced", f"S2 − LQ-ANN b=2: {gap:+.2f} pp, within ±{tol:.2f} pp"
+        elif gap > 0:
+            v, why = "partly reproduced", (f"S2 − LQ-ANN b=2: {gap:+.2f} pp: M-LIF is better here, the 2-bit LQ-ANN "
+                                           f"does not recover from its calibration within the short fine-tuning "
+                                           f"(the paper trains it 50 epochs)")
+        elif gap >= -2.0:
+            v, why = "partly reproduced", f"S2 − LQ-ANN b=2: {gap:+.2f} pp, lower by at most 2 pp"
+        else:
+            v, why = "not reproduced", f"S2 − LQ-ANN b=2: {gap:+.2f} pp"
         table.add_claim(cid, claim, rule, v, why, paper="92.61 vs 93.03 (ResNet20, CIFAR-10)",
-                        measured={"S2": a("mlif_S2"), "lq_b2": a("lq_b2")})
+                        measured={"S2": x, "lq_b2": y})
 
     cid, claim = "mlif-energy", "M-LIF at T=1 (S=3) needs much less compute energy than the ANN"
     rule = "reproduced if δ = E_ANN/E_SNN ≥ 5; partly if 1 < δ < 5; not reproduced if δ ≤ 1 (eq. 11, 45 nm)"

@@ -5,8 +5,8 @@ Rows, all on the same CIFAR-10 subset and backbone:
 * QCFS ANN with Tq levels (shared with the LM-HT table) converted to IF at T = 1, 2, 4, 8, once plainly (each
   layer consumes the previous layer's spike train) and once with averaging alignment (``aver+aver``: every
   layer's input averaged over time first, "QCFS + aver" of Table 8);
-* QAC: the QCFS ANN's activations become QAC quantizers (case 4, learnable t and α, initialised from ϑ and
-  Tq), fine-tuned (quantization-aware training), converted to a mixed-timestep IF SNN (per-layer T_l,
+* QAC: the QCFS ANN's activations become QAC quantizers (case 4, learnable t and α, initialised from ϑ and the
+  spec's default t = 4), fine-tuned (quantization-aware training), converted to a mixed-timestep IF SNN (per-layer T_l,
   ``aver+aver``), evaluated before and after calibration of v(0) and θ (§4.5), beside the quantized ANN;
 * a diagnostic outside the paper: the same calibration applied to the plain (non-aligned) QCFS SNN at T = 2,
   where conversion leaves an error for calibration to remove.
@@ -30,10 +30,13 @@ from benchmarks.evidence import common as C  # noqa: E402
 NAME = "qac"
 TITLE = "QAC: averaging alignment, learned mixed timesteps and calibration (evidence table 2)"
 UNIFORM_T = (1, 2, 4, 8)
+QAT_T_INIT = 4.0
 
 # Paper values, copied from algorithms.md §8.2 only.
 PAPER = {
     "qcfs_T2": "17.11 → 43.82 with aver (ResNet-20, CIFAR-100, L=8, T=2)",
+    "qcfs_T2_plain": "17.11 (ResNet-20, CIFAR-100, L=8, T=2)",
+    "qcfs_T4_plain": "20.54 (ResNet-20, CIFAR-100, L=16, T=4)",
     "qcfs_T4": "20.54 → 61.61 with aver (ResNet-20, CIFAR-100, L=16, T=4)",
     "qat_ann": "91.52 (ANN, ResNet-20, CIFAR-10)",
     "qac_snn": "90.29 before calibration (ResNet-20, CIFAR-10)",
@@ -69,11 +72,13 @@ def _calibrate(table: C.TableRun, phase: str, snn, teacher, calib_data, test) ->
     ctx, p = table.ctx, table.ctx.profile
     allot = table.planner.allot(phase)
     with torch.no_grad(), C.exact_fp32(ctx.device):
-        C.reset_net(snn)
-        t = time.perf_counter()
-        snn(calib_data[0][0])
-        C._sync(ctx.device)
-        fwd = time.perf_counter() - t
+        for _ in range(2):  # the second forward is timed (the first may include cuDNN autotuning)
+            C.reset_net(snn)
+            C._sync(ctx.device)
+            t = time.perf_counter()
+            snn(calib_data[0][0])
+            C._sync(ctx.device)
+            fwd = time.perf_counter() - t
     est_epoch = 3.0 * fwd * len(calib_data)  # forward + BPTT backward per batch
     planned = int(p.epochs["calib"])
     epochs = max(1, min(planned, int(allot / max(est_epoch, 1e-9))))
@@ -96,7 +101,7 @@ def _calibrate(table: C.TableRun, phase: str, snn, teacher, calib_data, test) ->
 
 def run(table: C.TableRun) -> None:
     from multispike.convert import to_mixed_timestep_snn, to_uniform_snn
-    from multispike.quant import average_timestep, prepare_qat, quantizer_summary
+    from multispike.quant import QACQuantizer, average_timestep, prepare_qat, quantizer_summary
 
     ctx, p = table.ctx, table.ctx.profile
     data = ctx.cifar
@@ -111,7 +116,8 @@ def run(table: C.TableRun) -> None:
     }
     table.extra["data"] = data.provenance
     table.notes.append("QAC's hyper-parameters (optimizer, lr, epochs, t/α initialisation) are not stated in the "
-                       "paper; we use the QCFS defaults and initialise t from Tq (algorithms.md §4.2, [inferred]).")
+                       f"paper; we fine-tune the QCFS ANN (α = its clip ϑ, t = {QAT_T_INIT:g}, the spec's default, "
+                       "algorithms.md §4.2 [inferred]) with SGD at a tenth of the ANN learning rate.")
     table.notes.append(f"The paper's Table 8 rows use L = 8 or 16 QCFS levels on CIFAR-100; ours use Tq = {Tq} on "
                        "CIFAR-10.")
     train, test = C.loaders(ctx, data.train_x, data.train_y, data.test_x, data.test_y, seed=ctx.seed("qac_loader"))
@@ -131,7 +137,8 @@ def run(table: C.TableRun) -> None:
                     acc = C.evaluate(snn, test, ctx)["accuracy"]
                     method = "QCFS → IF" if align is None else "QCFS + aver (aver+aver alignment)"
                     table.add_row("uniform T: QCFS with / without averaging", method, f"T={T}", acc,
-                                  key=f"qcfs_T{T}_{label}", n=n, paper=PAPER.get(f"qcfs_T{T}") if align else None)
+                                  key=f"qcfs_T{T}_{label}", n=n,
+                                  paper=PAPER.get(f"qcfs_T{T}" if align else f"qcfs_T{T}_plain"))
                     del snn
 
     qat = None
@@ -139,6 +146,12 @@ def run(table: C.TableRun) -> None:
         with table.guard("QAT"):
             qat = copy.deepcopy(qann)
             report = prepare_qat(qat, param="t_alpha", init_from_qcfs=True, t_to_T="round")
+            # α from the trained clip ϑ, t from the spec's default 4.0 (§4.2 [inferred]) rather than Tq, so the
+            # learned T_l start where QAC's defaults put them.
+            with torch.no_grad():
+                for m in qat.modules():
+                    if isinstance(m, QACQuantizer):
+                        m.t.fill_(QAT_T_INIT)
             qat.to(ctx.device)
             seed = ctx.seed("qat")
             spec = C.TrainSpec(epochs=p.epochs["qat"], lr=C.sgd_lr(p) * 0.1, opt="sgd", weight_decay=5e-4,
@@ -239,7 +252,7 @@ def judge(table: C.TableRun) -> None:
     claim = ("QAC learns per-layer timesteps with a low average T and its mixed-timestep SNN keeps the quantized "
              "ANN's accuracy")
     rule = ("reproduced if acc(SNN after calibration) ≥ acc(quantized ANN) − 0.5 pp, the learned T_l differ between "
-            f"layers and their mean is below the initial Tq={Tq}; partly if the accuracy part holds only; not "
+            f"layers and their mean is below the initial t={QAT_T_INIT:g}; partly if the accuracy part holds only; not "
             "reproduced if the SNN loses more than 0.5 pp")
     snn_row, ann_acc = table.find("qac_snn_cal"), a("qat_ann")
     if snn_row is None or ann_acc is None or snn_row.get("accuracy") is None:
@@ -248,14 +261,15 @@ def judge(table: C.TableRun) -> None:
         x, T_l = snn_row["accuracy"], table.extra.get("qac_snn", {}).get("T_l", [])
         acc_ok = x >= ann_acc - 0.5
         mixed = len(set(T_l)) > 1
-        low = bool(T_l) and sum(T_l) / len(T_l) < Tq
+        low = bool(T_l) and sum(T_l) / len(T_l) < QAT_T_INIT
         v = ("reproduced" if acc_ok and mixed and low else "partly reproduced" if acc_ok else "not reproduced")
         avg = sum(T_l) / len(T_l) if T_l else float("nan")
         why = (f"SNN {x:.2f} vs quantized ANN {ann_acc:.2f} ({x - ann_acc:+.2f} pp); T_l {T_l} "
-               f"(average {avg:.2f}, {'mixed' if mixed else 'all equal'}, {'below' if low else 'not below'} Tq={Tq})")
+               f"(average {avg:.2f}, {'mixed' if mixed else 'all equal'}, {'below' if low else 'not below'} the initial "
+               f"t={QAT_T_INIT:g})")
         if not (mixed and low):
             why += ("; note that QAC's loss is cross-entropy only (no latency term, §4.2), so nothing but the task "
-                    f"gradient moves t away from its start Tq={Tq}")
+                    f"gradient moves t away from its start {QAT_T_INIT:g}")
         table.add_claim(cid, claim, rule, v, why, paper="91.52 → 91.13 at average T 3.74 (ResNet-20, CIFAR-10)",
                         measured={"snn": x, "quantized_ann": ann_acc, "T_l": T_l, "average_T": avg})
 
