@@ -119,17 +119,6 @@ static inline S surrogate(S x, S p0, S p1) {
   }
 }
 
-// h'(arg) for a block: one vectorised loop per surrogate kind.
-template <typename S>
-static void surrogate_pass(const S* MS_R arg, S* MS_R h, int n, int sk, S p0, S p1) {
-  switch (sk) {
-    case SK_SIGMOID: { MS_SIMD for (int i = 0; i < n; ++i) h[i] = surrogate<S, SK_SIGMOID>(arg[i], p0, p1); } break;
-    case SK_ATAN: { MS_SIMD for (int i = 0; i < n; ++i) h[i] = surrogate<S, SK_ATAN>(arg[i], p0, p1); } break;
-    case SK_RECT: { MS_SIMD for (int i = 0; i < n; ++i) h[i] = surrogate<S, SK_RECT>(arg[i], p0, p1); } break;
-    default: { MS_SIMD for (int i = 0; i < n; ++i) h[i] = surrogate<S, SK_TRI>(arg[i], p0, p1); } break;
-  }
-}
-
 // dst[0..n) = src ? src[0..n) : fill. The null test stays outside the loop: a vectorised "p ? p[i] : c" becomes a
 // masked load from the null page, and masked loads that touch an unmapped page are microcode-assisted (measured
 // ~30x slower than the whole kernel otherwise).
@@ -215,7 +204,7 @@ static void lif_fwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, S* MS_R 
   const S theta = (S)c.theta, leak = (S)c.leak, tau = (S)c.tau, vr0 = (S)c.vr0, v_reset = (S)c.v_reset;
   const S v_init = S(0) + (S)c.v_init;
   // reset_leak=False (LM_PRN) implies a soft reset; a compile-time constant keeps that loop simple enough to vectorise.
-  const int soft = LM == LM_PRN ? 1 : c.soft, fire_ge = c.fire_ge, normalized = c.normalized, pth = c.payload_theta;
+  const int soft = LM == LM_PRN ? 1 : c.soft, fire_ge = c.fire_ge, pth = c.payload_theta;
   const int BS = 4096;  // 16 KiB rows: long prefetch streams
   const int64_t nblocks = (N + BS - 1) / BS;
   const int nth = pick_threads(N * T, nthreads);
@@ -260,7 +249,7 @@ static void lif_bwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, const S*
   const S v_init = S(0) + (S)c.v_init;
   const S sp0 = (S)c.sp0, sp1 = (S)c.sp1;
   // reset_leak=False (LM_PRN) implies a soft reset; a compile-time constant keeps that loop simple enough to vectorise.
-  const int soft = LM == LM_PRN ? 1 : c.soft, fire_ge = c.fire_ge, normalized = c.normalized, pth = c.payload_theta;
+  const int soft = LM == LM_PRN ? 1 : c.soft, fire_ge = c.fire_ge, pth = c.payload_theta;
   const int detach = c.detach_reset;
   const int need_leak = c.need_leak && (LM == LM_PR || LM == LM_PRN);
   const int need_tau = c.need_tau && (LM == LM_DI || LM == LM_DS);
@@ -273,7 +262,7 @@ static void lif_bwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, const S*
 #pragma omp parallel num_threads(nth)
   {
     std::unique_ptr<S[]> M(new S[(size_t)T * BS]);  // scratch, no zero fill
-    std::unique_ptr<S[]> buf(new S[(size_t)12 * BS]);
+    std::unique_ptr<S[]> buf(new S[(size_t)10 * BS]);
     S* MS_R v = buf.get();
     S* MS_R lr = v + BS;
     S* MS_R gv = lr + BS;
@@ -284,8 +273,6 @@ static void lif_bwd(const S* MS_R x, int64_t T, int64_t N, int64_t xst, const S*
     S* MS_R gmb = ata + BS;
     S* MS_R vpb = gmb + BS;
     S* MS_R lpb = vpb + BS;
-    S* MS_R argb = lpb + BS;
-    S* MS_R hb = argb + BS;
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < nblocks; ++b) {
       const int64_t i0 = b * BS;

@@ -1,6 +1,6 @@
 """C++ source of the fused CPU kernels for the multi-level neurons: one-hot M-LIF and the LM-HT/M-HT level loop.
 
-Appended to :mod:`multispike.kernels._cpu_src_lif` (it reuses its helpers: ``ms_exp``, ``surrogate_pass``,
+Appended to :mod:`multispike.kernels._cpu_src_lif` (it reuses its helpers: ``ms_exp``, ``surrogate``, ``load_or``,
 ``pick_block``, ``pick_threads``, ``MS_R``, ``MS_IVDEP``). The same exactness rules apply: forward expressions
 replicate the reference's IEEE operations one by one; the backward recomputes the membrane.
 """
