@@ -54,7 +54,8 @@ def weights(p: C.Profile) -> dict[str, float]:
     e, c = p.epochs, C.EPOCH_COST
     # Compared rows are planned as groups with equal epochs (common.plan_equal_epochs).
     return {"ann_float": e["ann"] * c["ann"], "ann_qcfs": e["qcfs"] * c["qcfs"],
-            "hybrid": sum(e["hybrid_ft"] * c["lmht_T4" if L * T > 4 else "lmht_T2"] for L, T in HYBRID),
+            # cost follows the timesteps T (the T-GIM and the unrolled graph), not the levels L
+            "hybrid": sum(e["hybrid_ft"] * c["lmht_T4" if T >= 4 else "lmht_T2"] for _L, T in HYBRID),
             "direct": sum(e["direct"] * c[cost] for *_, cost in DIRECT)}
 
 
