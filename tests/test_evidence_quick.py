@@ -278,14 +278,20 @@ def test_a_failing_table_is_recorded_and_the_next_one_runs(tmp_path, monkeypatch
         table.add_row("g", "m", "s", 60.0, key="only", n=10)
         table.add_claim("c", "claim", "rule", "not tested", "nothing to compare")
 
-    fake = {"lmht": SimpleNamespace(TITLE="failing table", weights=lambda p: {"x": 1.0}, run=failing),
-            "qac": SimpleNamespace(TITLE="fine table", weights=lambda p: {"x": 1.0}, run=fine)}
+    def judge(table):
+        table.add_claim("j", "judged", "rule", "not tested", f"{len(table.rows)} row(s)")
+
+    fake = {"lmht": SimpleNamespace(NAME="lmht", TITLE="failing table", weights=lambda p: {"x": 1.0}, run=failing,
+                                    judge=judge),
+            "qac": SimpleNamespace(NAME="qac", TITLE="fine table", weights=lambda p: {"x": 1.0}, run=fine,
+                                   judge=lambda table: None)}
     monkeypatch.setattr(run_all, "MODULES", fake)
     rc = run_all.main(["--profile", "quick", "--out", str(tmp_path), "--tables", "lmht,qac", "--quiet",
                        "--data", str(tmp_path)])
     assert rc == 0          # one table is partial, none failed outright
     bad = json.loads((tmp_path / "evidence_lmht.json").read_text())
     assert bad["status"] == "partial" and "boom" in bad["errors"][0]["error"] and bad["rows"][0]["key"] == "first"
+    assert bad["claims"][0]["reason"] == "1 row(s)"          # verdicts still run after a failure
     good = json.loads((tmp_path / "evidence_qac.json").read_text())
     assert good["status"] == "ok" and good["claims"][0]["verdict"] == "not tested"
     summary = json.loads((tmp_path / "evidence_summary.json").read_text())
@@ -317,3 +323,49 @@ def test_command_line_records_out_placeholder(monkeypatch):
     cmd = C.command_line([str(REPO / "benchmarks/evidence/run_all.py"), "--profile", "gpu", "--out",
                           "/some/device/path", "--commit", "abc"])
     assert cmd == "PYTHONPATH=. python3 benchmarks/evidence/run_all.py --profile gpu --out $OUT --commit abc"
+
+
+def test_an_interrupted_run_writes_what_it_has_and_skips_the_rest(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from benchmarks.evidence import run_all
+
+    def interrupted(table):
+        table.add_row("g", "m", "s", 42.0, key="done", n=10)
+        raise C.Interrupted("received signal SIGTERM")
+
+    def never(table):
+        raise AssertionError("a table after the interruption must not run")
+
+    fake = {"lmht": SimpleNamespace(NAME="lmht", TITLE="t1", weights=lambda p: {}, run=interrupted,
+                                    judge=lambda table: None),
+            "qac": SimpleNamespace(NAME="qac", TITLE="t2", weights=lambda p: {}, run=never, judge=lambda t: None)}
+    monkeypatch.setattr(run_all, "MODULES", fake)
+    rc = run_all.main(["--profile", "quick", "--out", str(tmp_path), "--tables", "lmht,qac", "--quiet",
+                       "--data", str(tmp_path)])
+    assert rc == 2
+    res = json.loads((tmp_path / "evidence_lmht.json").read_text())
+    assert res["status"] == "interrupted" and res["rows"][0]["accuracy"] == 42.0
+    summary = json.loads((tmp_path / "evidence_summary.json").read_text())
+    assert [t["status"] for t in summary["tables"]] == ["interrupted", "skipped"]
+
+
+@needs_data
+def test_sigterm_mid_run_leaves_partial_results(tmp_path):
+    import signal
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, str(REPO / "benchmarks" / "evidence" / "run_all.py"), "--profile", "quick", "--data",
+           str(SHARED), "--out", str(tmp_path), "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = tmp_path / "evidence_lmht.json"
+    deadline = time.time() + 120
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)                              # the first finished row is written while the table runs
+    assert proc.poll() is None, "the quick run ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err[-2000:]
+    res = json.loads(first.read_text())
+    assert res["status"] == "interrupted" and res["rows"] and "SIGTERM" in res["errors"][-1]["error"]
+    summary = json.loads((tmp_path / "evidence_summary.json").read_text())
+    assert [t["status"] for t in summary["tables"]] == ["interrupted", "skipped", "skipped"]

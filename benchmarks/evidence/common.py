@@ -57,6 +57,26 @@ SPEC_SECTION = "/work/shared/docs/algorithms.md §8 (the project's specification
 VERDICTS = ("reproduced", "partly reproduced", "not reproduced", "not tested")
 
 
+class Interrupted(BaseException):
+    """SIGTERM/SIGINT arrived (e.g. an external ``timeout``): stop, write what exists, skip the remaining tables.
+
+    A ``BaseException`` so that a table's per-part guards (which catch ``Exception``) do not swallow it."""
+
+
+def install_signal_handlers() -> None:
+    """Turn SIGTERM and SIGINT into :class:`Interrupted` in the main thread."""
+    import signal
+
+    def handler(signum, _frame):
+        raise Interrupted(f"received signal {signal.Signals(signum).name}")
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            signal.signal(sig, handler)
+        except (ValueError, OSError):  # not the main thread, or unsupported here
+            pass
+
+
 # ----------------------------------------------------------------------------------------------------
 # Profiles
 # ----------------------------------------------------------------------------------------------------
@@ -861,7 +881,9 @@ class Context:
         self.quiet = quiet
         self.command = command_line(argv)
         self.env = environment(self.device, commit)
-        budget = hard_seconds if hard_seconds is not None else profile.total_seconds * 1.15 + 30
+        # Past the hard deadline every remaining phase stops after one step (rows are still evaluated), so a run
+        # ends shortly after it; keep it below any external time limit (see --hard-seconds).
+        budget = hard_seconds if hard_seconds is not None else profile.total_seconds * 1.05 + 10
         self.hard_deadline = self.t_start + budget
         self.shared: dict[str, tuple[nn.Module, dict]] = {}
         self._cifar: CifarData | None = None
@@ -977,6 +999,7 @@ class TableRun:
         self.notes: list[str] = []
         self.extra: dict[str, Any] = {}
         self.scale: dict[str, Any] = {}
+        self.interrupted = False
 
     @contextlib.contextmanager
     def guard(self, what: str) -> Iterator[None]:
@@ -996,6 +1019,7 @@ class TableRun:
         self.rows.append(row)
         acc = "n/a" if measured is None else f"{measured:.2f}%"
         self.ctx.log(f"  {group} | {method} | {setting}: {acc}")
+        self.write(final=False)  # a killed run still leaves every finished row on disk
         return row
 
     def add_claim(self, cid: str, claim: str, rule: str, verdict: str, reason: str, *, paper: str | None = None,
@@ -1013,9 +1037,13 @@ class TableRun:
         return None if r is None else r.get("accuracy")
 
     # -- output -----------------------------------------------------------------------------------------
-    def result(self) -> dict:
+    def result(self, final: bool = True) -> dict:
         ctx = self.ctx
         status = "ok" if not self.errors else ("partial" if self.rows else "failed")
+        if self.interrupted:
+            status = "interrupted"
+        elif not final:
+            status = "running"
         return {
             "schema_version": SCHEMA_VERSION, "table": self.name, "title": self.title, "status": status,
             "command": ctx.command, "profile": ctx.profile.to_dict(), "environment": ctx.env,
@@ -1026,13 +1054,18 @@ class TableRun:
             "wall_time_s": round(time.perf_counter() - self.t0, 2),
         }
 
-    def write(self) -> dict:
-        res = self.result()
+    def write(self, final: bool = True) -> dict:
+        """Write ``evidence_<name>.json`` and ``.md`` (atomically); ``final=False`` marks the table as running."""
+        res = self.result(final)
         out = self.ctx.out_dir
-        (out / f"evidence_{self.name}.json").write_text(json.dumps(_jsonable(res), indent=1) + "\n")
-        (out / f"evidence_{self.name}.md").write_text(render_markdown(res))
-        self.ctx.log(f"wrote {out / f'evidence_{self.name}.json'} and .md ({res['status']}, "
-                     f"{res['wall_time_s']:.1f} s)")
+        for path, text in ((out / f"evidence_{self.name}.json", json.dumps(_jsonable(res), indent=1) + "\n"),
+                           (out / f"evidence_{self.name}.md", render_markdown(res))):
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        if final:
+            self.ctx.log(f"wrote {out / f'evidence_{self.name}.json'} and .md ({res['status']}, "
+                         f"{res['wall_time_s']:.1f} s)")
         return res
 
 
@@ -1119,6 +1152,9 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--commit", default=None, help="commit to record when the copy has no .git")
     ap.add_argument("--cache-dir", type=Path, default=None,
                     help="keep the shared ANNs here (outside the repository) so separate table commands reuse them")
+    ap.add_argument("--hard-seconds", type=float, default=None,
+                    help="hard limit from the start (default: 1.05 x the budget + 10 s); past it every phase stops "
+                         "after one step; set it below any external time limit")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -1126,28 +1162,41 @@ def make_context(args: argparse.Namespace, argv: list[str] | None = None) -> Con
     prof = get_profile(args.profile, dry_run=args.dry_run, max_seconds=args.max_seconds)
     data = args.data if args.data is not None else default_data_dir()
     return Context(prof, data, args.out, device=args.device, commit=args.commit, cache_dir=args.cache_dir,
-                   quiet=args.quiet, argv=argv)
+                   quiet=args.quiet, hard_seconds=args.hard_seconds, argv=argv)
 
 
-def table_main(name: str, title: str, weights_fn: Callable[[Profile], dict[str, float]],
-               run_fn: Callable[[TableRun], None], argv: list[str] | None = None) -> int:
-    """Entry point of a single-table script."""
-    ap = argparse.ArgumentParser(description=title)
+def table_main(module: Any, argv: list[str] | None = None) -> int:
+    """Entry point of a single-table script (``module`` has ``NAME``, ``TITLE``, ``weights``, ``run``, ``judge``)."""
+    ap = argparse.ArgumentParser(description=module.TITLE)
     add_common_args(ap)
     args = ap.parse_args(argv)
+    install_signal_handlers()
     ctx = make_context(args, None if argv is None else [sys.argv[0], *argv])
-    seconds = ctx.profile.table_seconds[name] if args.max_seconds is None else args.max_seconds
-    res = run_table(ctx, name, title, weights_fn, run_fn, seconds)
-    return 0 if res["status"] != "failed" else 1
+    seconds = ctx.profile.table_seconds[module.NAME] if args.max_seconds is None else args.max_seconds
+    res = run_table(ctx, module, seconds)
+    return {"failed": 1, "interrupted": 2}.get(res["status"], 0)
 
 
-def run_table(ctx: Context, name: str, title: str, weights_fn: Callable[[Profile], dict[str, float]],
-              run_fn: Callable[[TableRun], None], seconds: float) -> dict:
-    """Run one table with its budget; any exception is recorded and the (partial) result still written."""
+def run_table(ctx: Context, module: Any, seconds: float) -> dict:
+    """Run one table with its budget, then its verdict rules; an exception is recorded and the (partial) result
+    is still written. :class:`Interrupted` is recorded too and then re-raised (after writing) in ``result``'s
+    status ``interrupted``; the caller decides whether to go on."""
+    name = module.NAME
     ctx.log(f"== table {name}: budget {seconds:.0f} s, device {ctx.device}, profile {ctx.profile.name}")
-    table = TableRun(name, title, ctx, seconds, weights_fn(ctx.profile))
-    with table.guard(f"table {name}"):
-        run_fn(table)
+    table = TableRun(name, module.TITLE, ctx, seconds, module.weights(ctx.profile))
+    try:
+        with table.guard(f"table {name}"):
+            module.run(table)
+    except Interrupted as exc:
+        table.interrupted = True
+        table.errors.append({"part": f"table {name}", "error": f"interrupted: {exc}", "traceback": ""})
+        ctx.log(f"  INTERRUPTED in table {name}: {exc}")
+    try:
+        with table.guard(f"verdicts of table {name}"):
+            module.judge(table)
+    except Interrupted as exc:
+        table.interrupted = True
+        table.errors.append({"part": f"verdicts of table {name}", "error": f"interrupted: {exc}", "traceback": ""})
     return table.write()
 
 

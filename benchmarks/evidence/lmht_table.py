@@ -177,7 +177,6 @@ def run(table: C.TableRun) -> None:
                           **extra)
     models.clear()
 
-    judge(table)
 
 
 def judge(table: C.TableRun) -> None:
@@ -272,7 +271,7 @@ def judge(table: C.TableRun) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return C.table_main(NAME, TITLE, weights, run, argv)
+    return C.table_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

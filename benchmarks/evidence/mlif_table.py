@@ -272,8 +272,6 @@ def run(table: C.TableRun) -> None:
     with table.guard("N-MNIST lanes"):
         run_nmnist(table)
 
-    judge(table)
-
 
 # ----------------------------------------------------------------------------------------------------
 # N-MNIST rows
@@ -406,7 +404,7 @@ def judge(table: C.TableRun) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return C.table_main(NAME, TITLE, weights, run, argv)
+    return C.table_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

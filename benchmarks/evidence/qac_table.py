@@ -214,7 +214,6 @@ def run(table: C.TableRun) -> None:
                                 f"{r['loss_before']:.3g} → {r['loss_after']:.3g}")
             del snn
 
-    judge(table)
 
 
 def judge(table: C.TableRun) -> None:
@@ -305,7 +304,7 @@ def judge(table: C.TableRun) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return C.table_main(NAME, TITLE, weights, run, argv)
+    return C.table_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

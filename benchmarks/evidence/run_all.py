@@ -42,6 +42,12 @@ def parse_tables(text: str) -> list[str]:
     return [t for t in MODULES if t in names]  # canonical order: the ANNs are trained by the first user
 
 
+def _stub(name: str, title: str, status: str, error: str, tb: str = "") -> dict:
+    """The record of a table that produced no result file of its own."""
+    return {"table": name, "title": title, "status": status, "wall_time_s": 0.0, "claims": [], "rows": [],
+            "scale": {}, "errors": [{"part": "run_all", "error": error, "traceback": tb}]}
+
+
 def summarize(results: list[dict], ctx: C.Context, started: float) -> dict:
     return {
         "schema_version": C.SCHEMA_VERSION, "command": ctx.command, "profile": ctx.profile.name,
@@ -100,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated subset of lmht,qac,mlif (default: all three)")
     args = ap.parse_args(argv)
     started = time.perf_counter()
+    C.install_signal_handlers()
     ctx = C.make_context(args, None if argv is None else [sys.argv[0], *argv])
     p = ctx.profile
     deadline = started + p.total_seconds
@@ -107,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             + (f" ({ctx.env['gpu']['name']})" if ctx.env.get("gpu") else ""))
     results = []
     pending = list(args.tables)
+    interrupted = None
     while pending:
         name = pending.pop(0)
         mod = MODULES[name]
@@ -114,18 +122,25 @@ def main(argv: list[str] | None = None) -> int:
         left = max(1.0, deadline - time.perf_counter())
         seconds = left * shares[name] / (shares[name] + sum(shares[t] for t in pending))
         try:
-            res = C.run_table(ctx, name, mod.TITLE, mod.weights, mod.run, seconds)
+            res = C.run_table(ctx, mod, seconds)
+        except C.Interrupted as exc:  # arrived between a table's parts that record it themselves
+            interrupted = str(exc)
+            res = _stub(name, mod.TITLE, "interrupted", f"interrupted: {exc}")
         except Exception as exc:  # noqa: BLE001 - even writing failed: record and go on
-            res = {"table": name, "title": mod.TITLE, "status": "failed", "wall_time_s": 0.0, "claims": [],
-                   "rows": [], "scale": {}, "errors": [{"part": "run_table", "error": f"{type(exc).__name__}: {exc}",
-                                                         "traceback": traceback.format_exc()[-4000:]}]}
+            res = _stub(name, mod.TITLE, "failed", f"{type(exc).__name__}: {exc}", traceback.format_exc()[-4000:])
             (ctx.out_dir / f"evidence_{name}.json").write_text(json.dumps(res, indent=1) + "\n")
         results.append(res)
+        if res["status"] == "interrupted" or interrupted:
+            for skipped in pending:
+                results.append(_stub(skipped, MODULES[skipped].TITLE, "skipped", "not run: the run was interrupted"))
+            pending = []
     summary = summarize(results, ctx, started)
     (ctx.out_dir / "evidence_summary.json").write_text(json.dumps(C._jsonable(summary), indent=1) + "\n")
     (ctx.out_dir / "evidence_summary.md").write_text(summary_markdown(summary, results))
     (ctx.out_dir / "evidence_readme_section.md").write_text(summary_markdown(summary, results, heading="##"))
     ctx.log(f"done in {summary['wall_time_s']:.1f} s: " + ", ".join(f"{r['table']}={r['status']}" for r in results))
+    if any(r["status"] in ("interrupted", "skipped") for r in results):
+        return 2
     return 0 if all(r["status"] != "failed" for r in results) else 1
 
 
