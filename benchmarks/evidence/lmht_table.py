@@ -217,7 +217,8 @@ def judge(table: C.TableRun) -> None:
                         measured={"hybrid_L2T4": a("hybrid_L2T4"), "hybrid_L2T2": a("hybrid_L2T2")})
 
     cid, claim = ("lmht-conversion-T",
-                  "QCFS→IF conversion loses accuracy at small T and recovers it as T grows (the gap hybrid LM-HT closes)")
+                  "QCFS→IF conversion loses accuracy at small T and recovers it as T grows (the gap hybrid LM-HT "
+                  "closes)")
     rule = ("reproduced if acc(T2) < acc(T4) < acc(T8) and acc(QCFS ANN) − acc(T2) exceeds 2 SE; partly if only one "
             "of the two holds")
     keys = ("if_T2", "if_T4", "if_T8", "ann_qcfs")

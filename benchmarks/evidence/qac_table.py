@@ -264,7 +264,8 @@ def judge(table: C.TableRun) -> None:
         v = ("reproduced" if acc_ok and mixed and low else "partly reproduced" if acc_ok else "not reproduced")
         avg = sum(T_l) / len(T_l) if T_l else float("nan")
         why = (f"SNN {x:.2f} vs quantized ANN {ann_acc:.2f} ({x - ann_acc:+.2f} pp); T_l {T_l} "
-               f"(average {avg:.2f}, {'mixed' if mixed else 'all equal'}, {'below' if low else 'not below'} the initial "
+               f"(average {avg:.2f}, {'mixed' if mixed else 'all equal'}, "
+               f"{'below' if low else 'not below'} the initial "
                f"t={QAT_T_INIT:g})")
         if not (mixed and low):
             why += ("; note that QAC's loss is cross-entropy only (no latency term, §4.2), so nothing but the task "
