@@ -165,7 +165,7 @@ def _table(rows: list[tuple]) -> str:
 # ----------------------------------------------------------------------------------------------------
 def lmht_from_qcfs(qcfs: QCFS, levels: int, T: int, first_layer: bool, *, tgim: str = "learnable",
                    learnable_leak: bool = True, detach_temporal: bool = True, detach_reset: bool = True,
-                   surrogate_width: float = 0.5, backend: str = "torch") -> LMHTNeuron:
+                   surrogate_width: float = 0.5, backend: str = "auto") -> LMHTNeuron:
     """The LM-HT neuron that replaces one trained QCFS activation (LMHT-P §4.4, step 3).
 
     θ = ϑ (the QCFS clip), ``v(0) = φ·θ`` (φ = the QCFS shift, ½), uniform Ω (μ = 0; learnable by default so
@@ -243,7 +243,7 @@ def _qcfs_modules(net: nn.Module, ordered, what: str) -> list[str]:
 def convert_qcfs_to_lmht(model: nn.Module, levels: int, T: int, hybrid_bias_scale: float | str = 1.0, *,
                          example_input: torch.Tensor | None = None, tgim: str = "learnable",
                          learnable_leak: bool = True, detach_temporal: bool = True, detach_reset: bool = True,
-                         surrogate_width: float = 0.5, backend: str = "torch", inplace: bool = False,
+                         surrogate_width: float = 0.5, backend: str = "auto", inplace: bool = False,
                          return_report: bool = False):
     """Replace every QCFS of a time-major model by an LM-HT neuron (hybrid initialisation, §2.6).
 

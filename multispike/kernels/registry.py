@@ -7,6 +7,7 @@ fastest registered backend that supports the device, falling back to the referen
 """
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 __all__ = ["register_kernel", "get_kernel", "available_backends", "resolve_backend", "AUTO_PREFERENCE"]
@@ -16,6 +17,15 @@ _DEVICES: dict[tuple[str, str], tuple[str, ...]] = {}
 
 # Order in which "auto" tries backends; the first one registered for the family and device wins.
 AUTO_PREFERENCE: dict[str, tuple[str, ...]] = {"cuda": ("triton", "torch"), "cpu": ("cpp", "torch")}
+
+
+def _compiling() -> bool:
+    try:
+        import torch
+
+        return bool(torch.compiler.is_compiling())
+    except Exception:  # pragma: no cover - very old torch
+        return False
 
 
 def register_kernel(family: str, backend: str, fn: Callable, devices: tuple[str, ...] = ("cpu", "cuda")) -> None:
@@ -30,8 +40,19 @@ def available_backends(family: str, device_type: str | None = None) -> list[str]
 
 
 def resolve_backend(family: str, backend: str, device_type: str) -> str:
-    """Turn ``"auto"`` into a concrete backend for ``device_type``; validate an explicit choice."""
+    """Turn ``"auto"`` into a concrete backend for ``device_type``; validate an explicit choice.
+
+    The environment variable ``MULTISPIKE_AUTO_BACKEND`` (e.g. ``torch``) overrides what ``"auto"`` picks, for
+    A/B checks and for pinning the reference functions on a machine whose kernels have not been verified.
+    """
     if backend == "auto":
+        if _compiling():
+            # Under torch.compile the reference function is traced and fused by the compiler; the fused
+            # kernels are opaque calls (ctypes / Triton launches) that would break the graph.
+            return "torch"
+        forced = os.environ.get("MULTISPIKE_AUTO_BACKEND")
+        if forced:
+            return resolve_backend(family, forced, device_type)
         for cand in AUTO_PREFERENCE.get(device_type, ("torch",)):
             if (family, cand) in _KERNELS and device_type in _DEVICES[(family, cand)]:
                 return cand

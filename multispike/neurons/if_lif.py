@@ -154,7 +154,8 @@ class BaseNeuron(MemoryModule):
         surrogate_form: ``"difference"`` (x = m − θ) or ``"normalized"`` (x = m/θ − 1).
         payload: ``"spike"`` (emit s) or ``"threshold"`` (emit θ·s).
         step_mode: ``'s'`` or ``'m'``.
-        backend: ``"torch"`` (reference), ``"auto"`` or a registered fused kernel.
+        backend: ``"auto"`` (default: the fused kernel for the device where it supports the options, else the
+            reference), ``"torch"`` (the reference function) or a registered kernel (``"cpp"``, ``"triton"``).
         store_v_seq: keep the membrane sequence of the last multi-step call in ``self.v_seq``.
     """
 
@@ -164,7 +165,7 @@ class BaseNeuron(MemoryModule):
                  surrogate_function: SurrogateFunction | str | None = None, detach_reset: bool = False,
                  v_init: float | torch.Tensor = 0.0, fire_ge: bool = True, learnable_threshold: bool = False,
                  surrogate_form: str = "difference", payload: str = "spike", step_mode: str = "s",
-                 backend: str = "torch", store_v_seq: bool = False) -> None:
+                 backend: str = "auto", store_v_seq: bool = False) -> None:
         super().__init__(step_mode=step_mode, backend=backend)
         owner = type(self).__name__
         if isinstance(v_threshold, torch.Tensor):

@@ -401,7 +401,7 @@ class LMHTNeuron(_MultiThresholdNeuron):
     def __init__(self, T: int, levels: int = 2, v_threshold: float | torch.Tensor | None = None,
                  v_init: float | torch.Tensor = 0.0, tgim: str = "learnable", learnable_leak: bool = True,
                  in_scale: float = 1.0, detach_temporal: bool = True, detach_reset: bool = True,
-                 surrogate_width: float = 0.5, step_mode: str = "m", backend: str = "torch",
+                 surrogate_width: float = 0.5, step_mode: str = "m", backend: str = "auto",
                  store_v_seq: bool = False) -> None:
         self_T = check_positive_int(T, "LMHTNeuron: T", fix="T is the number of timesteps of the T×T T-GIM; "
                                                              "use T >= 1.")
@@ -471,7 +471,7 @@ class MHTNeuron(_MultiThresholdNeuron):
     def __init__(self, levels: int = 2, v_threshold: float | torch.Tensor | None = None,
                  v_init: float | torch.Tensor = 0.0, leak: float = 1.0, in_scale: float = 1.0,
                  detach_temporal: bool = True, detach_reset: bool = True, surrogate_width: float = 0.5,
-                 step_mode: str = "m", backend: str = "torch", store_v_seq: bool = False) -> None:
+                 step_mode: str = "m", backend: str = "auto", store_v_seq: bool = False) -> None:
         super().__init__(levels=levels, v_threshold=v_threshold, v_init=v_init, in_scale=in_scale,
                          detach_temporal=detach_temporal, detach_reset=detach_reset,
                          surrogate_width=surrogate_width, step_mode=step_mode, backend=backend,
@@ -525,7 +525,7 @@ class ReparameterizedIF(_MultiThresholdNeuron):
 
     def __init__(self, T: int, window: int, omega: torch.Tensor | None = None, leak: float | torch.Tensor = 1.0,
                  v_threshold: float | torch.Tensor = 1.0, v_init: float | torch.Tensor = 0.0,
-                 in_scale: float = 1.0, step_mode: str = "m", backend: str = "torch",
+                 in_scale: float = 1.0, step_mode: str = "m", backend: str = "auto",
                  store_v_seq: bool = False) -> None:
         T = check_positive_int(T, "ReparameterizedIF: T", fix="Use T >= 1.")
         L = check_positive_int(window, "ReparameterizedIF: window", fix="window is the LM-HT level count L >= 1.")

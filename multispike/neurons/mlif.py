@@ -431,7 +431,7 @@ class OneHotMLIF(MemoryModule):
                  surrogate: str = "paper_difference", surrogate_shape: str | SurrogateFunction = "triangle",
                  gamma: float = 0.3, alpha: float = 4.0, fire_ge: bool = False, detach_reset: bool = False,
                  v_init: float | torch.Tensor = 0.0, dropout: float = 0.0, step_mode: str = "m",
-                 backend: str = "torch", store_lanes: bool = False, store_v_seq: bool = False,
+                 backend: str = "auto", store_lanes: bool = False, store_v_seq: bool = False,
                  decay_input: bool = False) -> None:
         super().__init__(step_mode=step_mode, backend=backend)
         owner = type(self).__name__
