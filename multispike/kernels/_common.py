@@ -59,7 +59,7 @@ def match_layout(t: torch.Tensor, strides: tuple[int, ...], seq: bool) -> torch.
     if _same_layout(step, strides) and is_dense(step):
         return t
     if seq:
-        out = empty_seq(t.shape, strides, t.dtype)
+        out = empty_seq(t.shape, strides, t.dtype, t.device)
     else:
         out = torch.empty_strided(t.shape, strides, dtype=t.dtype, device=t.device)
     return out.copy_(t)
