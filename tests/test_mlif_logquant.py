@@ -114,3 +114,17 @@ def test_module_learnable_alpha_and_bad_input():
             q(torch.zeros(10))
     with pytest.raises(ValueError, match="no LogQuant"):
         calibrate_log_quant(nn.ReLU(), [torch.ones(2)])
+
+
+def test_calibration_rectifies_like_the_quantizer():
+    """Used in place of a ReLU, a calibrating LogQuant passes on (and measures) rectified activations."""
+    import torch
+
+    from multispike.quant.logquant import LogQuant
+
+    lq = LogQuant(bits=2)
+    x = torch.linspace(-3.0, 1.0, 401)
+    with lq.calibration():
+        out = lq(x)
+    assert torch.equal(out, x.clamp(min=0))
+    assert float(lq.alpha) <= 1.0 and float(lq.alpha) > 0.9

@@ -179,6 +179,9 @@ class LogQuant(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.calibrating:
+            # Rectify like the quantized forward does (it maps x <= 0 to 0), so a LogQuant used in place of a
+            # ReLU calibrates - and feeds later layers - post-ReLU activations, not signed pre-activations.
+            x = x.clamp(min=0)
             p = kth_percentile(x, self.percentile)
             self._calib_max = p if self._calib_max is None else max(self._calib_max, p)
             return x
