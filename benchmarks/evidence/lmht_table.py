@@ -123,7 +123,9 @@ def run(table: C.TableRun) -> None:
                 snn = convert_qcfs_to_lmht(qann, levels=L, T=T, hybrid_bias_scale=1.0).to(ctx.device)
                 converted[key] = (L, T, snn, C.evaluate(snn, test, ctx)["accuracy"], acc_exact)
         # The paper's hybrid lr 5e-4 (batch 64 in LMHT-C), scaled linearly with the batch size.
-        spec = C.TrainSpec(epochs=p.epochs["hybrid_ft"], lr=5e-4 * p.batch_size / 64, opt="sgd", weight_decay=5e-4)
+        # BN statistics are frozen: the ANN's running statistics stay (see TrainSpec.freeze_bn).
+        spec = C.TrainSpec(epochs=p.epochs["hybrid_ft"], lr=5e-4 * p.batch_size / 64, opt="sgd", weight_decay=5e-4,
+                           freeze_bn=True)
         plan = None
         if converted:
             with table.guard("hybrid plan"):
