@@ -187,6 +187,50 @@ def empty_step(shape, strides: tuple[int, ...], dtype: torch.dtype, device="cpu"
     return torch.empty_strided(tuple(shape), tuple(strides), dtype=dtype, device=device)
 
 
+def initial_state(x_seq: torch.Tensor, state, v_init, *, first: torch.Tensor | None = None,
+                  dtype: torch.dtype | None = None, want_last_reset: bool = False):
+    """The starting state of a fused kernel, resolved exactly as the reference functions do.
+
+    Args:
+        x_seq: the input sequence (device, and default dtype and step shape).
+        state: the state passed in (``None`` = start from ``v_init``); its ``v`` (and ``last_reset`` when
+            ``want_last_reset``) must be tensors of one step's shape, dtype and device.
+        v_init: the initial membrane of a fresh start.
+        first: the tensor whose first-step shape ``v(0)`` takes (default ``x_seq[0]``).
+        dtype: the state dtype (default ``x_seq.dtype``).
+
+    Returns:
+        ``(v0, last_reset0, v_init_value)``: ``v0`` is a tensor when the kernel must read a per-element initial
+        membrane (a carried state, or a per-element / learnable ``v_init`` materialised as the reference does),
+        else ``None`` and the kernel starts from the scalar ``v_init_value``. ``None`` when a fused kernel cannot
+        reproduce the reference (the caller then runs the reference).
+    """
+    first = x_seq[0] if first is None else first
+    dtype = x_seq.dtype if dtype is None else dtype
+    step_shape = first.shape
+
+    def usable(t) -> bool:
+        return (isinstance(t, torch.Tensor) and t.shape == step_shape and t.dtype == dtype
+                and t.device == x_seq.device)
+
+    if state is None:
+        vi = scalar_param(v_init, x_seq)
+        if vi is None or vi[1] is not None and vi[1].requires_grad:
+            # a per-element or learnable initial membrane: materialise it exactly as the reference does
+            v0 = torch.zeros_like(first) + v_init
+            if v0.shape != step_shape or v0.dtype != dtype:
+                return None
+            return v0, None, 0.0
+        return None, None, vi[0]
+    v0 = getattr(state, "v", None)
+    if not usable(v0):
+        return None
+    lr0 = getattr(state, "last_reset", None) if want_last_reset else None
+    if lr0 is not None and not usable(lr0):
+        return None
+    return v0, lr0, 0.0
+
+
 def scalar_param(value, x: torch.Tensor, allow_grad: bool = True):
     """Classify a scalar-like parameter (θ, λ, τ, v_init) for a fused kernel.
 

@@ -31,7 +31,8 @@ import math
 import torch
 
 from . import _build
-from ._common import FLOAT_CODES, empty_seq, empty_step, match_layout, reference, scalar_param, step_layout
+from ._common import (FLOAT_CODES, empty_seq, empty_step, initial_state, match_layout, reference, scalar_param,
+                      step_layout)
 from .registry import register_kernel
 
 __all__ = ["lif_multistep_cpp", "lif_plan", "surrogate_code"]
@@ -101,28 +102,10 @@ def lif_plan(x_seq, state, *, v_threshold, v_init, leak, tau, leak_mode, v_reset
     if theta is None or lk is None or tu is None:
         return None
     prn = not reset_leak
-    step_shape = x_seq.shape[1:]
-    v0 = lr0 = None
-    if state is None:
-        vi = scalar_param(v_init, x_seq)
-        if vi is None or vi[1] is not None and vi[1].requires_grad:
-            # a per-element or learnable initial membrane: materialise it exactly as the reference does
-            v0 = torch.zeros_like(x_seq[0]) + v_init
-            if v0.shape != step_shape or v0.dtype != x_seq.dtype:
-                return None
-            vi = (0.0, None)
-        v_init_value = vi[0]
-    else:
-        v0 = getattr(state, "v", None)
-        if not isinstance(v0, torch.Tensor) or v0.shape != step_shape or v0.dtype != x_seq.dtype \
-                or v0.device != x_seq.device:
-            return None
-        if prn:
-            lr0 = getattr(state, "last_reset", None)
-            if lr0 is not None and (not isinstance(lr0, torch.Tensor) or lr0.shape != step_shape
-                                    or lr0.dtype != x_seq.dtype or lr0.device != x_seq.device):
-                return None
-        v_init_value = 0.0
+    start = initial_state(x_seq, state, v_init, want_last_reset=prn)
+    if start is None:
+        return None
+    v0, lr0, v_init_value = start
     soft = v_reset is None
     normalized = surrogate_form == "normalized"
     pth = payload == "threshold"

@@ -28,7 +28,8 @@ import math
 import torch
 
 from . import _build
-from ._common import FLOAT_CODES, empty_seq, empty_step, match_layout, reference, scalar_param, step_layout
+from ._common import (FLOAT_CODES, empty_seq, empty_step, initial_state, match_layout, reference, scalar_param,
+                      step_layout)
 from .registry import register_kernel
 
 __all__ = ["lmht_multistep_cpp", "lmht_plan"]
@@ -93,7 +94,6 @@ def lmht_plan(x_seq, state, *, levels, omega, leak, v_threshold, v_init, in_scal
     # the reference's window bounds: Python scalars (1−w), (L+w) times θ in the data type
     lo = (1.0 - surrogate_width) * theta
     hi = (levels + surrogate_width) * theta
-    step_shape = x_seq.shape[1:]
     if omega is not None:
         x = x_seq if scale_is_one else x_seq * in_scale
         current = torch.einsum("tj,j...->t...", omega.to(dtype=x.dtype, device=x.device), x)
@@ -101,20 +101,10 @@ def lmht_plan(x_seq, state, *, levels, omega, leak, v_threshold, v_init, in_scal
     else:
         current = x_seq
         scale_input = 0 if scale_is_one else 1
-    v0 = None
-    if state is None:
-        vi = scalar_param(v_init, x_seq)
-        if vi is None or vi[1] is not None and vi[1].requires_grad:
-            v0 = torch.zeros_like(current[0]) + v_init
-            if v0.shape != step_shape or v0.dtype != dt:
-                return None
-            vi = (0.0, None)
-        v_init_value = vi[0]
-    else:
-        v0 = getattr(state, "v", None)
-        if not isinstance(v0, torch.Tensor) or v0.shape != step_shape or v0.dtype != dt or v0.device != x_seq.device:
-            return None
-        v_init_value = 0.0
+    start = initial_state(x_seq, state, v_init, first=current[0], dtype=dt)
+    if start is None:
+        return None
+    v0, _, v_init_value = start
     if v0 is not None and detach_temporal:
         v0 = v0.detach()  # m = λ·sg(v) + I: no gradient reaches the initial state
     fp = (theta, scale[0], v_init_value, lo, hi)

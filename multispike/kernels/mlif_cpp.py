@@ -25,7 +25,8 @@ import ctypes
 import torch
 
 from . import _build
-from ._common import FLOAT_CODES, empty_seq, empty_step, match_layout, reference, scalar_param, step_layout
+from ._common import (FLOAT_CODES, empty_seq, empty_step, initial_state, match_layout, reference, scalar_param,
+                      step_layout)
 from .lif_cpp import surrogate_code
 from .registry import register_kernel
 
@@ -67,27 +68,10 @@ def mlif_plan(x_seq, state, *, lanes, v_threshold, leak, v_init, reset, reset_le
     # decay_input charge m = v + (I − v)·(1 − β): (1 − β) is computed in β's own dtype, as the reference does
     oml = 1.0 - lk[0]  # a Python float, or a 0-d tensor in β's dtype
     unit = 2.0 ** -(S - 1) if scaled else 1.0
-    step_shape = x_seq.shape[1:]
-    v0 = lr0 = None
-    if state is None:
-        vi = scalar_param(v_init, x_seq)
-        if vi is None or vi[1] is not None and vi[1].requires_grad:
-            v0 = torch.zeros_like(x_seq[0]) + v_init
-            if v0.shape != step_shape or v0.dtype != x_seq.dtype:
-                return None
-            vi = (0.0, None)
-        v_init_value = vi[0]
-    else:
-        v0 = getattr(state, "v", None)
-        if not isinstance(v0, torch.Tensor) or v0.shape != step_shape or v0.dtype != x_seq.dtype \
-                or v0.device != x_seq.device:
-            return None
-        if paper:
-            lr0 = getattr(state, "last_reset", None)
-            if lr0 is not None and (not isinstance(lr0, torch.Tensor) or lr0.shape != step_shape
-                                    or lr0.dtype != x_seq.dtype or lr0.device != x_seq.device):
-                return None
-        v_init_value = 0.0
+    start = initial_state(x_seq, state, v_init, want_last_reset=paper)
+    if start is None:
+        return None
+    v0, lr0, v_init_value = start
     fp = (theta[0], theta[0] * unit, lk[0], v_init_value, unit, surr[1], surr[2], oml)
     ip = [2 if decay_input else int(paper), S, int(cfg.floor), int(cfg.fire_ge), int(soft), int(bool(detach_reset)),
           int(cfg.sign), int(cfg.unscaled), surr[0], 0, 0]
