@@ -16,7 +16,14 @@ pruned only after the pointer has moved.
 
 Loading verifies the JSON, the format marker, the file size and the sha256 before reading tensors, so a
 truncated or corrupt file, or a pair that does not belong together, raises :class:`CheckpointError` with the
-path and the fix.
+path and the fix. The JSON itself is covered too: ``meta_sha256`` is the sha256 of the record's canonical JSON
+(every other key, sorted, compact), and the record holds the tensors' sha256, so an edited field or swapped tensors
+file is detected (format version 2; version-1 checkpoints, written before the JSON digest, still load).
+
+The digest detects corruption and edits, it does not authenticate: whoever can write a checkpoint can recompute
+it. What makes a checkpoint from an untrusted source safe to load is that it is data only - tensors through
+safetensors, JSON through ``json`` - and that nothing named in it is imported: conversion hooks resolve through
+the allow-list of :mod:`multispike.train.hooks`, models and neurons through their registries.
 """
 from __future__ import annotations
 
@@ -35,11 +42,13 @@ from torch import nn
 
 __all__ = ["CheckpointError", "Checkpoint", "FORMAT", "atomic_write_bytes", "atomic_write_text", "save_checkpoint",
            "load_checkpoint", "resolve_checkpoint_path", "load_model_state", "flatten_optimizer_state",
-           "unflatten_optimizer_state", "capture_rng_state", "restore_rng_state", "sha256_file"]
+           "unflatten_optimizer_state", "capture_rng_state", "restore_rng_state", "sha256_file", "meta_digest",
+           "verify_meta"]
 
 FORMAT = "multispike-checkpoint"
 POINTER_FORMAT = "multispike-checkpoint-pointer"
-VERSION = 1
+VERSION = 2
+META_DIGEST_KEY = "meta_sha256"
 
 
 class CheckpointError(ValueError):
@@ -101,6 +110,43 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def meta_digest(record: Mapping[str, Any]) -> str:
+    """sha256 of a checkpoint record's canonical JSON (all keys but ``meta_sha256``, sorted, compact, ASCII)."""
+    body = {k: v for k, v in record.items() if k != META_DIGEST_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def verify_meta(meta: Any, json_path: str | os.PathLike) -> dict:
+    """Check a parsed checkpoint record: format marker, version and (version >= 2) the JSON digest.
+
+    Raises:
+        CheckpointError: not a multispike checkpoint, a newer format, or metadata that was changed after it was
+            written.
+    """
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{json_path} is not a multispike checkpoint (format marker {FORMAT!r} missing)")
+    try:
+        version = int(meta.get("version", 0))
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{json_path}: checkpoint format version {meta.get('version')!r} is not a number; "
+                              f"the file is corrupt") from None
+    if version > VERSION:
+        raise CheckpointError(f"{json_path} has checkpoint format version {meta.get('version')}, newer than this "
+                              f"multispike ({VERSION}); upgrade multispike")
+    if version >= 2:
+        recorded = meta.get(META_DIGEST_KEY)
+        if not isinstance(recorded, str):
+            raise CheckpointError(f"checkpoint metadata {json_path} lacks its {META_DIGEST_KEY} (format version "
+                                  f"{version} always records it): the file was edited or is corrupt")
+        actual = meta_digest(meta)
+        if actual != recorded:
+            raise CheckpointError(f"checkpoint metadata {json_path} was changed after it was written: sha256 of its "
+                                  f"JSON {actual[:16]}... does not match the recorded {recorded[:16]}.... Restore "
+                                  f"the original file or use an older checkpoint in {Path(json_path).parent}.")
+    return meta
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -239,6 +285,10 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module | Mapping[str
                   tensors_file=tensor_path.name, tensors_bytes=tensor_path.stat().st_size,
                   tensors_sha256=sha256_file(tensor_path))
     json_path = directory / f"{name}.json"
+    # The digest is taken over the record as it reads back (tuples become lists, keys strings), so that
+    # load_checkpoint recomputes exactly the same canonical text.
+    record = json.loads(json.dumps(record, sort_keys=True))
+    record[META_DIGEST_KEY] = meta_digest(record)
     atomic_write_text(json_path, json.dumps(record, indent=1, sort_keys=True))
     pointer = json.dumps({"format": POINTER_FORMAT, "checkpoint": json_path.name})
     atomic_write_text(directory / "last.json", pointer)
@@ -312,11 +362,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except (UnicodeDecodeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint metadata {json_path} is not valid JSON ({exc}); the file is truncated or "
                               f"corrupt") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{json_path} is not a multispike checkpoint (format marker {FORMAT!r} missing)")
-    if int(meta.get("version", 0)) > VERSION:
-        raise CheckpointError(f"{json_path} has checkpoint format version {meta.get('version')}, newer than this "
-                              f"multispike ({VERSION}); upgrade multispike")
+    verify_meta(meta, json_path)
     tensor_path = json_path.parent / str(meta.get("tensors_file"))
     if not tensor_path.exists():
         raise CheckpointError(f"checkpoint tensors {tensor_path} are missing (referenced by {json_path})")

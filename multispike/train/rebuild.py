@@ -35,10 +35,11 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_model_state, resolve_checkpoint_path
+from .checkpoint import (Checkpoint, CheckpointError, load_checkpoint, load_model_state, resolve_checkpoint_path,
+                         verify_meta)
 
 __all__ = ["RECIPE_VERSION", "STEP_OPS", "structure_snapshot", "restore_structure", "describe_checkpoint",
-           "needs_rebuild", "build_structure", "rebuild_model", "run_step", "read_checkpoint_meta",
+           "needs_rebuild", "build_structure", "check_hooks", "rebuild_model", "run_step", "read_checkpoint_meta",
            "model_timesteps", "config_from_dict", "create_from_config"]
 
 RECIPE_VERSION = 1
@@ -91,10 +92,36 @@ def restore_structure(model: nn.Module, snapshot: Mapping[str, Any], source: str
         raise CheckpointError(f"{source}: the rebuilt network has {len(own)} modules, the saved one {len(saved)}; "
                               f"re-run the conversion with this version of multispike")
     for name, attrs in (snapshot.get("attributes") or {}).items():
-        m = model.get_submodule(name) if name else model
+        try:
+            m = model.get_submodule(name) if name else model
+        except AttributeError as exc:
+            raise CheckpointError(f"{source}: the structure snapshot names a module {name!r} the network does not "
+                                  f"have") from exc
+        if not isinstance(attrs, Mapping):
+            raise CheckpointError(f"{source}: malformed structure snapshot for module {name!r}")
         for key, value in attrs.items():
+            _check_plain_attribute(m, name, key, value, source)
             setattr(m, key, value)
     reset_net(model)
+
+
+def _check_plain_attribute(m: nn.Module, name: str, key: Any, value: Any, source: str) -> None:
+    """A snapshot may only set plain public data attributes: never a method, property, parameter, buffer,
+    submodule or private attribute (a checkpoint must not be able to replace behaviour)."""
+    bad = None
+    if not isinstance(key, str) or not key.isidentifier() or key.startswith("_") or key == "training":
+        bad = "is not a public attribute name"
+    elif not isinstance(value, _PLAIN):
+        bad = f"has a value of type {type(value).__name__} (only bool/int/float/str/None are restored)"
+    elif key in m._parameters or key in m._buffers or key in m._modules:
+        bad = "is a parameter, buffer or submodule"
+    elif hasattr(type(m), key) and not isinstance(getattr(type(m), key), _PLAIN):
+        bad = "would replace a method or property of the class"
+    elif key in vars(m) and not isinstance(vars(m)[key], _PLAIN):
+        bad = f"would replace a {type(vars(m)[key]).__name__}"
+    if bad:
+        raise CheckpointError(f"{source}: the structure snapshot sets {name or '<root>'}.{key!s}, which {bad}; the "
+                              f"checkpoint is corrupt or was not written by multispike")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -134,12 +161,14 @@ def model_timesteps(model: nn.Module) -> int | None:
 
 
 def read_checkpoint_meta(path: str | os.PathLike) -> tuple[Path, dict]:
-    """``(json path, metadata)`` of a checkpoint without reading (or verifying) its tensors."""
+    """``(json path, metadata)`` of a checkpoint without reading (or verifying) its tensors; the metadata's format,
+    version and JSON digest are checked (:func:`~multispike.train.checkpoint.verify_meta`)."""
     json_path = resolve_checkpoint_path(path)
     try:
-        return json_path, json.loads(json_path.read_text())
+        meta = json.loads(json_path.read_text())
     except ValueError as exc:
         raise CheckpointError(f"checkpoint metadata {json_path} is not valid JSON ({exc})") from exc
+    return json_path, verify_meta(meta, json_path)
 
 
 def _resolve_reference(ref: str, owner: Path, what: str) -> Path:
@@ -189,12 +218,42 @@ def describe_checkpoint(meta: Mapping[str, Any], path: str | os.PathLike | None 
     if cfg.get("mode") == "hybrid":
         if not cfg.get("ann_checkpoint") or not cfg.get("convert_hook"):
             raise CheckpointError(f"{here}: hybrid run without ann_checkpoint/convert_hook in its config")
+        # Refuse an unknown hook before anything else is read: a checkpoint names hooks, never code to import.
+        _allowed_hook(cfg["convert_hook"], here)
         ann_path, ann_meta = read_checkpoint_meta(_resolve_reference(cfg["ann_checkpoint"], here, "the ANN checkpoint"))
         return {"kind": "hybrid", "model": name, "config": cfg, "ann": describe_checkpoint(ann_meta, ann_path)}
     if cfg.get("init_from"):
         init_path, init_meta = read_checkpoint_meta(_resolve_reference(cfg["init_from"], here, "--init-from"))
         return {"kind": "init_from", "model": name, "config": cfg, "init": describe_checkpoint(init_meta, init_path)}
     return {"kind": "zoo", "model": name, "config": cfg}
+
+
+def _allowed_hook(spec: Any, where: Any):
+    """The registered conversion hook ``spec`` names (never an import of a name read from a checkpoint)."""
+    from .hooks import resolve_convert_hook
+
+    return resolve_convert_hook(spec, allow_import=False, source=f"checkpoint {where}")
+
+
+def check_hooks(desc: Mapping[str, Any], where: Any = "checkpoint") -> None:
+    """Raise :class:`~multispike.train.hooks.UntrustedHookError` if any (nested) descriptor names a conversion hook
+    that is not on the allow-list; imports nothing."""
+    from .hooks import is_allowed_hook
+
+    stack = [desc]
+    while stack:
+        d = stack.pop()
+        if not isinstance(d, Mapping):
+            raise CheckpointError(f"checkpoint {where}: malformed model descriptor ({type(d).__name__})")
+        if d.get("kind") == "hybrid":
+            hook = (d.get("config") or {}).get("convert_hook")
+            if not is_allowed_hook(hook):
+                _allowed_hook(hook, where)   # raises with the full message
+        for key in ("ann", "init"):
+            if key in d:
+                stack.append(d[key])
+        if isinstance(d.get("conversion"), Mapping) and "source" in d["conversion"]:
+            stack.append(d["conversion"]["source"])
 
 
 class _DummyData:
@@ -233,10 +292,9 @@ def build_structure(desc: Mapping[str, Any]) -> nn.Module:
         return model
     if kind == "hybrid":
         from .hybrid import call_convert_hook
-        from .runner import load_convert_hook
 
+        hook = _allowed_hook(cfg.get("convert_hook"), f"hybrid model {desc.get('model')!r}")
         ann = build_structure(desc["ann"])
-        hook = load_convert_hook(cfg["convert_hook"])
         model = call_convert_hook(hook, ann, config_from_dict(cfg), _DummyData(_input_shape(ann)))
     elif kind == "init_from":
         model = build_structure(desc["init"])
@@ -263,6 +321,7 @@ def rebuild_model(checkpoint: Checkpoint | str | os.PathLike, *, load_weights: b
     """
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     desc = describe_checkpoint(ckpt.meta, ckpt.path)
+    check_hooks(desc, ckpt.path)   # before any module is built: a refused checkpoint has no side effect
     model = build_structure(desc)
     if load_weights:
         load_model_state(model, ckpt.model_state, source=f"checkpoint {ckpt.path}")

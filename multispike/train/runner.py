@@ -5,7 +5,6 @@ instead of being built (custom models, event-data loaders, tests).
 """
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 from pathlib import Path
@@ -82,24 +81,14 @@ def build_model(cfg: TrainConfig, num_classes: int, in_channels: int | None) -> 
 
 
 def load_convert_hook(spec: str | Callable) -> Callable[[nn.Module, TrainConfig], nn.Module]:
-    """Resolve ``"package.module:function"`` (or a callable) to the hybrid-mode conversion hook."""
-    if callable(spec):
-        return spec
-    if not isinstance(spec, str) or ":" not in spec:
-        raise ValueError(f"convert_hook must be 'package.module:function', got {spec!r}")
-    module_name, attr = spec.split(":", 1)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"convert_hook {spec!r}: cannot import {module_name!r} ({exc})") from exc
-    fn = module
-    for part in attr.split("."):
-        if not hasattr(fn, part):
-            raise ValueError(f"convert_hook {spec!r}: {module_name} has no attribute {attr!r}")
-        fn = getattr(fn, part)
-    if not callable(fn):
-        raise ValueError(f"convert_hook {spec!r} is not callable")
-    return fn
+    """Resolve the user's ``--convert-hook`` (a registered name, ``"package.module:function"`` or a callable).
+
+    The user typed this name, so an unregistered ``module:function`` is imported; names read from a checkpoint
+    go through the allow-list instead (:mod:`multispike.train.hooks`).
+    """
+    from .hooks import resolve_convert_hook
+
+    return resolve_convert_hook(spec, allow_import=True, source="convert_hook")
 
 
 def _hybrid_model(cfg: TrainConfig, convert_fn: Callable | None, train_loader: Any, device: torch.device

@@ -91,6 +91,19 @@ def _zoo_network(args: argparse.Namespace):
 
         ckpt = load_checkpoint(args.checkpoint)
         cfg = dict(ckpt.meta.get("config") or {})
+        from ...train.rebuild import needs_rebuild, rebuild_model
+        if needs_rebuild(ckpt.meta) and not (args.model or args.neuron or args.neuron_kwargs or args.num_classes):
+            # converted / hybrid / QAT / --init-from networks: create_model would build another module tree; their
+            # recipe (hooks from the allow-list only) rebuilds the saved one
+            model, name = rebuild_model(ckpt)
+            if args.timesteps and hasattr(model, "set_timesteps"):
+                model.set_timesteps(int(args.timesteps))
+            size = tuple(getattr(model, "input_size", None) or model_info(name).input_size)
+            gen = torch.Generator().manual_seed(args.seed)
+            samples = torch.randn(args.samples, *size, generator=gen)
+            info = (f"checkpoint {ckpt.path} (rebuilt from its recipe); fidelity measured on {args.samples} random "
+                    f"N(0, 1) inputs")
+            return model, samples[:2], samples, None, info
         name = name or ckpt.meta.get("model") or cfg.get("model")
         if not name:
             raise ValueError(f"checkpoint {ckpt.path} does not record its model name; pass --model")
