@@ -9,6 +9,7 @@ import itertools
 
 import pytest
 import torch
+from conftest import require_cpp_library
 
 import multispike as ms
 from multispike.kernels import _build, lmht_cpp, mlif_cpp
@@ -24,10 +25,8 @@ F32 = {"atol": 1e-6, "rtol": 1e-6}
 
 @pytest.fixture(scope="module", autouse=True)
 def library():
-    lib = _build.load_library()
-    if lib is None:
-        pytest.skip(f"C++ kernels unavailable here: {_build.build_info()}")
-    return lib
+    # skips only without a compiler (or MULTISPIKE_DISABLE_CPP); a compiler whose build fails is a failure
+    return require_cpp_library()
 
 
 def _spy(monkeypatch, module, name):

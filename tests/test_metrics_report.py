@@ -136,15 +136,15 @@ def test_cli_eval_bad_input(tmp_path, capsys):
     assert "--limit must be >= 1" in capsys.readouterr().err
 
 
-def _zoo_or_skip():
-    models = pytest.importorskip("multispike.models")
-    if "resnet8_cifar" not in models.list_models():
-        pytest.skip("the zoo has no resnet8_cifar yet")
+def _zoo():
+    from multispike import models
+
+    assert "resnet8_cifar" in models.list_models(), "resnet8_cifar is not registered in the zoo (renamed?)"
     return models
 
 
 def test_cli_eval_model_weights_and_compare(tmp_path, capsys):
-    models = _zoo_or_skip()
+    models = _zoo()
     from safetensors.torch import save_file
     net = models.create_model("resnet8_cifar", num_classes=10, neuron="if", T=2, in_channels=1)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "w.safetensors"))
@@ -166,7 +166,7 @@ def test_cli_eval_model_weights_and_compare(tmp_path, capsys):
 
 
 def test_cli_eval_checkpoint(tmp_path):
-    models = _zoo_or_skip()
+    models = _zoo()
     from multispike.train.checkpoint import save_checkpoint
     net = models.create_model("resnet8_cifar", num_classes=10, neuron="if", T=2, in_channels=1)
     cfg = {"model": "resnet8_cifar", "neuron": "if", "timesteps": 2, "num_classes": 10, "in_channels": 1,

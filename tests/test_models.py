@@ -385,7 +385,6 @@ def test_every_activation_is_its_own_module_instance():
 
 
 def test_mlif_gets_the_dvs_and_transformer_settings():
-    pytest.importorskip("multispike.neurons.mlif")
     from multispike.neurons.mlif import OneHotMLIF
     dvs = _modules(create_model("vggsnn_small", neuron="mlif"), OneHotMLIF)
     assert dvs and all(n.reset_mode == "hard" and float(n.leak) == 0.5 and not isinstance(n.leak, nn.Parameter)
@@ -517,7 +516,6 @@ def test_single_step_mode_runs_the_network_one_step_at_a_time():
 
 
 def test_refused_single_step_mode_leaves_the_model_unchanged():
-    pytest.importorskip("multispike.neurons.lmht")
     net = create_model("vgg_small", neuron="lmht", T=2)
     with pytest.raises(ValueError, match=r"step_mode='s' is impossible.*features.0.*LMHTNeuron"):
         set_step_mode(net, "s")

@@ -17,22 +17,13 @@ from torch.testing import assert_close
 
 from multispike.models import create_model, list_models, model_info
 from multispike.models.base import NeuronFactory
-from multispike.neurons.base import MemoryModule, set_step_mode
+from multispike.neurons.base import MemoryModule, StepModule, set_step_mode
 from multispike.neurons.registry import list_neurons
 
 T = 2
 B = 2
 NEURONS = list_neurons()  # relu, qcfs, qac, if, lif, lmht, mlif (+ any registered later)
 COMBOS = [(m, n) for m in list_models() for n in NEURONS]
-
-
-def _neuron_available(name: str) -> str | None:
-    """None if the neuron can be built, else the reason (other modules may not exist yet)."""
-    try:
-        NeuronFactory(name, T=T)
-    except ImportError as exc:
-        return str(exc)
-    return None
 
 
 def _input(info, dtype=torch.float32, events: bool | None = None) -> torch.Tensor:
@@ -56,9 +47,7 @@ def _one_thread():
 def built(request):
     """One pristine model per (model, neuron); tests work on deep copies (building is the slow part)."""
     name, neuron = request.param
-    reason = _neuron_available(neuron)
-    if reason is not None:
-        pytest.skip(f"neuron {neuron!r} not available: {reason}")
+    NeuronFactory(neuron, T=T)   # every registered neuron must import: a broken one fails here, it never skips
     info = model_info(name)
     torch.manual_seed(0)
     model = create_model(name, num_classes=7, neuron=neuron, T=T, input_size=info.test_input_size)
@@ -120,13 +109,18 @@ def test_single_step_equals_multi_step(built):
     model = copy.deepcopy(pristine).double().eval()
     x = _input(info, torch.float64)[..., :1, :, :, :] if info.input_layout == "events" else \
         _input(info, torch.float64)[:1]  # batch of one: float64 convolutions are slow
+    steppers = [m for m in model.modules() if isinstance(m, StepModule)]
+    causal = all("s" in m.supported_step_modes() for m in steppers)
     with torch.no_grad():
         y_m = model.forward_sequence(x)
-        try:
-            set_step_mode(model, "s")
-        except ValueError as exc:
-            # LM-HT's learnable T-GIM mixes all T steps (non-causal, algorithms.md §2.10): no single-step form.
-            pytest.skip(f"{neuron} has no single-step mode in this configuration: {exc}")
+        if not causal:
+            # LM-HT's learnable T-GIM mixes all T steps (non-causal, algorithms.md §2.10): no single-step form,
+            # and asking for one must be refused, not silently ignored.
+            assert neuron == "lmht", f"{name}/{neuron}: only LM-HT's T-GIM may lack a single-step mode"
+            with pytest.raises(ValueError, match="step_mode"):
+                set_step_mode(model, "s")
+            return
+        set_step_mode(model, "s")
         assert model.step_mode == "s"
         y_s = model.forward_sequence(x)
     assert y_s.shape == y_m.shape

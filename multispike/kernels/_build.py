@@ -6,32 +6,64 @@ compiler into a shared library that is loaded with :mod:`ctypes`. This needs onl
 
 The library is cached per user in ``$MULTISPIKE_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/multispike/kernels``
 or ``~/.cache/multispike/kernels``) under a name that hashes the source, the compiler, the flags and the CPU
-features (so a cache shared between different machines never loads a binary built for another CPU). Builds
-are atomic (compile to a temporary file, then rename), so concurrent processes are safe.
+features (so a cache shared between different machines never loads a binary built for another CPU).
 
-If no compiler works, one warning is issued and :func:`load_library` returns ``None``; the kernels then fall
-back to the reference functions. ``MULTISPIKE_DISABLE_CPP=1`` disables the CPU kernels on purpose.
+Loading a shared library runs its code, so the cache is treated as part of the trusted code base:
+
+* **Private folders.** A cache folder is created ``0700``; before anything in it is loaded, it must be a real
+  folder owned by this user and not writable by group or others. If the main cache fails that check (or cannot
+  be written), the fallback ``<tmp>/multispike-kernels-<uid>`` is checked the same way (and must not be readable
+  by others either); if that fails too - e.g. another account created it first - a fresh private
+  ``mkdtemp`` folder is used for this process. A refused folder is named in a :class:`KernelCacheWarning`.
+* **Verified libraries.** Each library is written atomically (compile to a temporary file, then rename) with a
+  sidecar ``<name>.so.sha256`` (JSON: size and sha256), written after it. A library whose size or hash does not
+  match its sidecar, which is not a regular file owned by this user, or which fails to load, is never mapped
+  (a truncated library would crash the process with SIGBUS): it is rebuilt once with the same flags and
+  replaced, with a :class:`KernelCacheWarning`.
+* **Remembered failures.** A compiler error leaves ``<name>.failed`` (the error text) for that flag set, a compiler
+  that exceeds its time limit (``$MULTISPIKE_CXX_TIMEOUT`` seconds, default 180) leaves ``<compiler key>.timeout``,
+  so later processes skip straight to the next flag set or the reference implementation instead of compiling
+  again. Delete the marker (or set ``MULTISPIKE_KERNEL_RETRY=1``) to try again, e.g. after fixing the compiler.
+
+If no compiler works, one :class:`CppBuildWarning` is issued and :func:`load_library` returns ``None``; the
+kernels then fall back to the reference functions. ``MULTISPIKE_DISABLE_CPP=1`` disables the CPU kernels on
+purpose.
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
+import json
 import os
 import shutil
+import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
 
-__all__ = ["load_library", "build_info", "cache_dir", "CppBuildWarning"]
+__all__ = ["load_library", "build_info", "cache_dir", "CppBuildWarning", "KernelCacheWarning", "InsecureCacheError",
+           "DEFAULT_CXX_TIMEOUT"]
 
 ABI_VERSION = 1
+DEFAULT_CXX_TIMEOUT = 180.0
 
 
 class CppBuildWarning(RuntimeWarning):
     """The C++ kernels could not be built; the reference (PyTorch) implementation is used instead."""
+
+
+class KernelCacheWarning(RuntimeWarning):
+    """A kernel cache folder or cached library was refused (insecure, corrupt, unloadable) and replaced."""
+
+
+class InsecureCacheError(OSError):
+    """A kernel cache folder or file is not private to this user (owner, permissions, symlink)."""
 
 
 _lock = threading.Lock()
@@ -39,7 +71,7 @@ _state: dict = {"lib": None, "tried": False, "info": {}}
 
 
 def cache_dir() -> Path:
-    """Directory holding the compiled kernels (created on demand)."""
+    """Directory holding the compiled kernels (created on demand, ``0700``)."""
     env = os.environ.get("MULTISPIKE_KERNEL_CACHE")
     if env:
         return Path(env).expanduser()
@@ -47,11 +79,131 @@ def cache_dir() -> Path:
     return Path(base) / "multispike" / "kernels"
 
 
+def _uid() -> int | None:
+    return os.getuid() if hasattr(os, "getuid") else None
+
+
+def _lstat(path: Path) -> os.stat_result:   # one seam for the tests (they simulate another owner here)
+    return os.lstat(path)
+
+
+def _check_private(path: Path, *, private_read: bool = False, kind: str = "folder") -> None:
+    """Raise :class:`InsecureCacheError` unless ``path`` is a real folder/regular file owned by this user that
+    group and others cannot write (nor, with ``private_read``, read)."""
+    uid = _uid()
+    if uid is None:   # pragma: no cover - no POSIX ownership (Windows): nothing to check
+        return
+    st = _lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise InsecureCacheError(f"{path} is a symbolic link")
+    if kind == "folder" and not stat.S_ISDIR(st.st_mode):
+        raise InsecureCacheError(f"{path} is not a folder")
+    if kind == "file" and not stat.S_ISREG(st.st_mode):
+        raise InsecureCacheError(f"{path} is not a regular file")
+    if st.st_uid != uid:
+        raise InsecureCacheError(f"{path} is owned by uid {st.st_uid}, not by this user (uid {uid})")
+    mask = 0o077 if private_read else 0o022
+    if st.st_mode & mask:
+        raise InsecureCacheError(f"{path} has mode {stat.S_IMODE(st.st_mode):o}: "
+                                 f"{'group/others have access' if private_read else 'group or others can write it'}")
+
+
+def _private_dir(path: Path, *, private_read: bool = False) -> Path:
+    """Create ``path`` (mode 0700) if needed and check that it is private (:func:`_check_private`)."""
+    if not os.path.lexists(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+    _check_private(path, private_read=private_read)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(f"{path} is not writable")
+    return path
+
+
+_session_dir: list[Path] = []
+
+
+def _fresh_private_dir() -> Path:
+    """A new ``mkdtemp`` folder (0700, ours by construction) for this process, removed at exit."""
+    if not _session_dir:
+        d = Path(tempfile.mkdtemp(prefix=f"multispike-kernels-{_uid() or 0}-"))
+        atexit.register(shutil.rmtree, d, ignore_errors=True)
+        _session_dir.append(d)
+    return _session_dir[0]
+
+
+def _select_cache_dir() -> Path:
+    """The first private, writable cache folder: the configured one, the per-user temp folder, a fresh one."""
+    refused = []
+    main = cache_dir()
+    try:
+        return _private_dir(main)
+    except OSError as exc:
+        main_exc = exc
+        refused.append(f"{main} ({exc})")
+    alt = Path(tempfile.gettempdir()) / f"multispike-kernels-{_uid() or 0}"
+    try:
+        d = _private_dir(alt, private_read=True)
+        if isinstance(main_exc, InsecureCacheError):
+            _cache_warn(f"multispike: the kernel cache {main} is not private ({main_exc}); using {alt} instead")
+        return d
+    except OSError as exc2:
+        refused.append(f"{alt} ({exc2})")
+    d = _fresh_private_dir()
+    _cache_warn("multispike: no private kernel cache folder: " + "; ".join(refused) + f". Building into {d} for "
+                "this process (fix the folders' owner/permissions to keep the compiled kernels).")
+    return d
+
+
+def _cache_warn(msg: str) -> None:
+    warnings.warn(msg, KernelCacheWarning, stacklevel=4)
+
+
 def _compiler() -> str | None:
     for cand in (os.environ.get("CXX"), "g++", "c++", "clang++"):
         if cand and shutil.which(cand):
             return shutil.which(cand)
     return None
+
+
+def _cxx_timeout() -> float:
+    raw = os.environ.get("MULTISPIKE_CXX_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_CXX_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        _cache_warn(f"multispike: MULTISPIKE_CXX_TIMEOUT must be a positive number of seconds, got {raw!r}; "
+                    f"using {DEFAULT_CXX_TIMEOUT:g}")
+        return DEFAULT_CXX_TIMEOUT
+    return value
+
+
+class _CompilerTimeout(Exception):
+    pass
+
+
+def _run_tool(cmd: list[str], timeout: float) -> tuple[int, str]:
+    """Run ``cmd`` in its own process group; on time-out kill the whole group (the compiler driver's children
+    too, which would otherwise keep the output pipe open) and raise :class:`_CompilerTimeout`."""
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (OSError, AttributeError):  # pragma: no cover - no process groups
+                proc.kill()
+            proc.wait()
+            raise _CompilerTimeout(f"{cmd[0]} did not finish within {timeout:g} s") from None
+        log.seek(0)
+        return rc, log.read().decode("utf-8", "replace")
 
 
 def _cpu_fingerprint() -> str:
@@ -86,27 +238,98 @@ def _flag_sets(version: str) -> list[list[str]]:
 
 def _version(cxx: str) -> str:
     try:
-        return subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
+        rc, out = _run_tool([cxx, "--version"], timeout=min(30.0, _cxx_timeout()))
+    except (OSError, _CompilerTimeout):
         return ""
+    return out if rc == 0 else ""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sidecar(lib: Path) -> Path:
+    return lib.with_name(lib.name + ".sha256")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _verify(lib: Path) -> None:
+    """Raise ``OSError`` unless ``lib`` is our regular file matching its sidecar (size, sha256): only then is it
+    safe to map (a truncated ELF file raises SIGBUS when its missing pages are touched)."""
+    _check_private(lib, kind="file")
+    side = _sidecar(lib)
+    try:
+        _check_private(side, kind="file")
+        record = json.loads(side.read_text(encoding="utf-8"))
+        size, digest = int(record["size"]), str(record["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise OSError(f"its checksum file {side.name} is missing or unreadable ({exc})") from None
+    actual = lib.stat().st_size
+    if actual != size:
+        raise OSError(f"it has {actual} bytes, its checksum file records {size} (truncated or replaced)")
+    if _sha256(lib) != digest:
+        raise OSError("its sha256 does not match its checksum file (corrupt or replaced)")
 
 
 def _try_build(cxx: str, src: str, flags: list[str], out: Path) -> str | None:
-    """Compile ``src`` into ``out`` atomically; return None on success, else the compiler's error text."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """Compile ``src`` into ``out`` atomically, then write its checksum file; return None on success, else the
+    compiler's error text. Raises :class:`_CompilerTimeout` if the compiler exceeds ``$MULTISPIKE_CXX_TIMEOUT``."""
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
         cpp = Path(tmp) / "kernels.cpp"
         cpp.write_text(src, encoding="utf-8")
         so = Path(tmp) / out.name
         try:
-            res = subprocess.run([cxx, *flags, str(cpp), "-o", str(so)], capture_output=True, text=True,
-                                 timeout=600)
-        except (OSError, subprocess.SubprocessError) as exc:
+            rc, log = _run_tool([cxx, *flags, str(cpp), "-o", str(so)], timeout=_cxx_timeout())
+        except OSError as exc:
             return str(exc)
-        if res.returncode != 0:
-            return (res.stderr or res.stdout)[-2000:]
+        if rc != 0:
+            return log[-2000:] or f"exit status {rc}"
+        if not so.is_file():
+            return f"the compiler exited 0 but wrote no {so.name}"
+        os.chmod(so, 0o700)
+        record = json.dumps({"size": so.stat().st_size, "sha256": _sha256(so), "flags": flags, "compiler": cxx})
+        # The checksum goes first: a concurrent reader then sees either the old pair (consistent) or the new
+        # checksum with the old library (a mismatch, i.e. one harmless rebuild) - never an unverified library.
+        _atomic_write_text(_sidecar(out), record)
         os.replace(so, out)
     return None
+
+
+def _marker_ok(marker: Path) -> bool:
+    """Whether a failure marker may be trusted (ours, in our private folder) and is not overridden."""
+    if os.environ.get("MULTISPIKE_KERNEL_RETRY", "").strip() not in ("", "0"):
+        return False
+    try:
+        _check_private(marker, kind="file")
+    except OSError:
+        return False
+    return True
+
+
+def _remember(marker: Path, text: str) -> None:
+    try:
+        _atomic_write_text(marker, f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n{text}\n")
+    except OSError:   # a read-only cache only loses the memory of the failure
+        pass
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -156,44 +379,87 @@ def _load() -> ctypes.CDLL | None:
 
     src = _sources()
     version = _version(cxx)
+    directory = _select_cache_dir()
+    base = "\0".join([str(ABI_VERSION), src, cxx, version, _cpu_fingerprint()])
+    timeout_marker = directory / f"multispike_kernels_{hashlib.sha256(base.encode()).hexdigest()[:16]}.timeout"
+    if timeout_marker.exists() and _marker_ok(timeout_marker):
+        _warn(f"the compiler {cxx} timed out in an earlier build (see {timeout_marker}; delete it or set "
+              f"MULTISPIKE_KERNEL_RETRY=1 to try again)")
+        return None
     errors = []
     for flags in _flag_sets(version):
-        key = hashlib.sha256("\0".join([str(ABI_VERSION), src, cxx, version, " ".join(flags),
-                                        _cpu_fingerprint()]).encode()).hexdigest()[:16]
-        out = cache_dir() / f"multispike_kernels_{key}.so"
-        if not out.exists():
+        key = hashlib.sha256("\0".join([base, " ".join(flags)]).encode()).hexdigest()[:16]
+        out = directory / f"multispike_kernels_{key}.so"
+        failed = directory / f"multispike_kernels_{key}.failed"
+        if failed.exists() and _marker_ok(failed):
+            errors.append(f"{' '.join(flags)}: failed in an earlier build (see {failed})")
+            continue
+        problem = None
+        if os.path.lexists(out):
             try:
-                err = _try_build(cxx, src, flags, out)
-            except OSError as exc:  # cache dir not writable: build into a private temporary directory
-                alt = Path(tempfile.gettempdir()) / f"multispike-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}"
-                out = alt / out.name
-                err = None if out.exists() else _try_build(cxx, src, flags, out)
-                if err is None and not out.exists():
-                    err = str(exc)
-            if err is not None:
-                errors.append(f"{' '.join(flags)}: {err.strip()}")
-                continue
+                _verify(out)
+            except OSError as exc:
+                problem = f"the cached kernel library {out} was not loaded: {exc}"
+        built_now = False
         try:
-            lib = ctypes.CDLL(str(out))
-            _declare(lib)
-            if lib.ms_abi_version() != ABI_VERSION:
-                raise OSError("ABI version mismatch")
-        except (OSError, AttributeError) as exc:
+            if problem or not os.path.lexists(out):
+                if problem:
+                    _cache_warn(f"multispike: {problem}; rebuilding it with the same flags")
+                err = _try_build(cxx, src, flags, out)
+                if err is not None:
+                    _remember(failed, f"{cxx} {' '.join(flags)}\n{err}")
+                    errors.append(f"{' '.join(flags)}: {err.strip()}")
+                    continue
+                built_now = True
+            lib, exc = _open(out)
+            if lib is None and not built_now:
+                # a verified file that does not load (e.g. a library of another ABI under our name): once more
+                problem = f"the cached kernel library {out} failed to load ({exc})"
+                _cache_warn(f"multispike: {problem}; rebuilding it with the same flags")
+                err = _try_build(cxx, src, flags, out)
+                if err is not None:
+                    _remember(failed, f"{cxx} {' '.join(flags)}\n{err}")
+                    errors.append(f"{' '.join(flags)}: {err.strip()}")
+                    continue
+                lib, exc = _open(out)
+        except _CompilerTimeout as exc:
+            # a hanging compiler hangs for every flag set: stop here, and let later processes skip it at once
+            _remember(timeout_marker, str(exc))
+            _warn(f"{exc} (set MULTISPIKE_CXX_TIMEOUT to allow longer; remembered in {timeout_marker})")
+            return None
+        if lib is None:
+            _remember(failed, f"{cxx} {' '.join(flags)}\nbuilt, but the library does not load: {exc}")
             errors.append(f"{out}: {exc}")
             continue
-        _state["info"] = {"status": "loaded", "path": str(out), "compiler": cxx,
+        _state["info"] = {"status": "loaded", "path": str(out), "cache_dir": str(directory), "compiler": cxx,
                           "compiler_version": version.splitlines()[0] if version else "", "flags": flags,
-                          "openmp": "-fopenmp" in flags}
+                          "openmp": "-fopenmp" in flags, "rebuilt": problem}
         return lib
     _warn("compilation failed:\n" + "\n".join(errors)[-3000:])
     return None
 
 
+def _open(out: Path) -> tuple[ctypes.CDLL | None, Exception | None]:
+    """Verify and load a library; ``(lib, None)`` or ``(None, the error)``."""
+    try:
+        _verify(out)
+        lib = ctypes.CDLL(str(out))
+        _declare(lib)
+        if lib.ms_abi_version() != ABI_VERSION:
+            raise OSError(f"ABI version {lib.ms_abi_version()}, expected {ABI_VERSION}")
+    except (OSError, AttributeError) as exc:
+        return None, exc
+    return lib, None
+
+
 def _warn(reason: str) -> None:
     _state["info"] = {"status": "unavailable", "reason": reason}
-    warnings.warn(f"multispike: the C++ CPU kernels are unavailable ({reason.splitlines()[0]}); using the "
-                  f"reference PyTorch implementation instead (slower, same results). Install a C++ compiler "
-                  f"(e.g. g++) to enable them.", CppBuildWarning, stacklevel=3)
+    lines = [ln for ln in reason.splitlines() if ln.strip()]
+    summary = " ".join(lines[:2])[:400]
+    advice = ("Install a C++ compiler (e.g. g++) to enable them." if "no C++ compiler" in reason else
+              "multispike.kernels.build_info()['reason'] has the compiler's output.")
+    warnings.warn(f"multispike: the C++ CPU kernels are unavailable ({summary}); using the reference PyTorch "
+                  f"implementation instead (slower, same results). {advice}", CppBuildWarning, stacklevel=3)
 
 
 def build_info() -> dict:
