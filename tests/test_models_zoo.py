@@ -125,3 +125,35 @@ def test_single_step_equals_multi_step(built):
         y_s = model.forward_sequence(x)
     assert y_s.shape == y_m.shape
     assert_close(y_s, y_m, atol=1e-9, rtol=1e-9, msg=f"{name}/{neuron}: 's' and 'm' differ")
+
+
+# The zoo's public names: checkpoints record them (multispike eval/convert rebuild by name), configs and the README
+# use them, so a rename or removal must fail here rather than break users' runs and saved checkpoints.
+ZOO_NAMES = {
+    "ms_resnet18", "ms_resnet34", "resnet18", "resnet19", "resnet20_cifar", "resnet20_diet", "resnet34",
+    "resnet8_cifar", "spike_driven_transformer", "spike_driven_transformer_8_512", "spike_driven_transformer_tiny",
+    "vgg13", "vgg16_diet", "vgg16_qcfs", "vgg_small", "vggsnn", "vggsnn_small", "vggsnn_woap",
+}
+
+
+def test_zoo_names_are_stable():
+    names = set(list_models())
+    assert names >= ZOO_NAMES, f"zoo models renamed or removed: {sorted(ZOO_NAMES - names)}"
+    assert names == ZOO_NAMES, f"new zoo models {sorted(names - ZOO_NAMES)}: add them to ZOO_NAMES and the README"
+
+
+def test_every_shipped_config_names_a_zoo_model():
+    import pathlib
+
+    import yaml
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    configs = sorted((root / "configs").rglob("*.yaml"))
+    assert configs
+    readme = (root / "README.md").read_text()
+    for path in configs:
+        model = (yaml.safe_load(path.read_text()) or {}).get("model")
+        if model is not None:
+            assert model in ZOO_NAMES, f"{path.relative_to(root)} names model {model!r}, which the zoo lacks"
+    for name in ZOO_NAMES - {"spike_driven_transformer_8_512"}:   # the README writes it `..._transformer`(`_8_512`)
+        assert f"`{name}`" in readme, f"README's model table does not list {name!r}"
