@@ -51,7 +51,8 @@ MUTATIONS: dict[str, tuple[str, str, str, list[str]]] = {
                    ["tests/test_models_zoo.py::test_zoo_names_are_stable", "tests/test_metrics_energy.py"]),
     "zoo_rename2": ("multispike/models/resnet.py", "def resnet8_cifar(", "def resnet8(",
                     ["tests/test_models_zoo.py::test_zoo_names_are_stable",
-                     "tests/test_models_zoo.py::test_every_shipped_config_names_a_zoo_model", "tests/test_metrics_report.py"]),
+                     "tests/test_models_zoo.py::test_every_shipped_config_names_a_zoo_model",
+                     "tests/test_metrics_report.py"]),
 }
 
 

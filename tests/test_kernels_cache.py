@@ -216,12 +216,24 @@ def test_a_foreign_or_symlinked_main_cache_and_files_are_refused(cache, monkeypa
     cache.load()
     assert _build.build_info()["cache_dir"] == str(cache.fallback)
     monkeypatch.setattr(_build, "_lstat", os.lstat)
+    # a configured cache reached through the user's own symlink is checked where it leads
     link = tmp_path / "link"
     link.symlink_to(cache.root)
     monkeypatch.setenv("MULTISPIKE_KERNEL_CACHE", str(link))
     _, warns = cache.load()
-    assert _build.build_info()["cache_dir"] == str(cache.fallback)
-    assert any("symbolic link" in str(w.message) for w in warns)
+    assert _build.build_info()["cache_dir"] == str(cache.root) and not warns
+    os.chmod(cache.root, 0o777)
+    _, warns = cache.load()
+    assert _build.build_info()["cache_dir"] == str(cache.fallback) and any("can write" in str(w.message)
+                                                                          for w in warns)
+    # the shared temp fallback is never followed through a link (another account could have made it)
+    shutil.rmtree(cache.fallback)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    cache.fallback.symlink_to(elsewhere)
+    _, warns = cache.load()
+    assert Path(_build.build_info()["cache_dir"]).name.startswith(cache.fallback.name + "-")
+    assert any("symbolic link" in str(w.message) for w in warns) and not list(elsewhere.iterdir())
 
 
 # ------------------------------------------------------------------------------ compiler faults, fresh processes
@@ -264,7 +276,8 @@ def _count(log: Path) -> int:
 
 
 def test_a_hanging_compiler_is_killed_and_remembered(tmp_path):
-    cxx, log = _fake_cxx(tmp_path, f"{shutil.which('sleep')} 60 &\nwait\nexit 1")   # a child holding the output: killed with the group
+    # the "compiler" waits on a child of its own: the time-out must kill the whole process group
+    cxx, log = _fake_cxx(tmp_path, f"{shutil.which('sleep')} 60 &\nwait\nexit 1")
     first = _probe(tmp_path, cxx, MULTISPIKE_CXX_TIMEOUT="1")
     assert not first["lib"] and first["s"] < 30 and _count(log) == 1   # stops after the first flag set
     assert any("did not finish within 1 s" in w and "MULTISPIKE_CXX_TIMEOUT" in w for w in first["warnings"])

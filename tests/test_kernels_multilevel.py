@@ -12,7 +12,7 @@ import torch
 from conftest import require_cpp_library
 
 import multispike as ms
-from multispike.kernels import _build, lmht_cpp, mlif_cpp
+from multispike.kernels import lmht_cpp, mlif_cpp
 from multispike.kernels.registry import get_kernel, resolve_backend
 from multispike.neurons.if_lif import LIFState
 from multispike.neurons.lmht import LMHTNeuron, LMHTState, MHTNeuron, lmht_multistep

@@ -11,7 +11,8 @@ features (so a cache shared between different machines never loads a binary buil
 Loading a shared library runs its code, so the cache is treated as part of the trusted code base:
 
 * **Private folders.** A cache folder is created ``0700``; before anything in it is loaded, it must be a real
-  folder owned by this user and not writable by group or others. If the main cache fails that check (or cannot
+  folder owned by this user and not writable by group or others (the configured cache is checked where its path
+  resolves to; the temp fallback must not be a symlink). If the main cache fails that check (or cannot
   be written), the fallback ``<tmp>/multispike-kernels-<uid>`` is checked the same way (and must not be readable
   by others either); if that fails too - e.g. another account created it first - a fresh private
   ``mkdtemp`` folder is used for this process. A refused folder is named in a :class:`KernelCacheWarning`.
@@ -137,7 +138,9 @@ def _fresh_private_dir() -> Path:
 def _select_cache_dir() -> Path:
     """The first private, writable cache folder: the configured one, the per-user temp folder, a fresh one."""
     refused = []
-    main = cache_dir()
+    # The configured folder may be reached through a symlink the user made (a cache on another disk): check the
+    # folder it resolves to. The shared temp fallback below is never followed through a link.
+    main = Path(os.path.realpath(cache_dir()))
     try:
         return _private_dir(main)
     except OSError as exc:
