@@ -266,7 +266,7 @@ def _probe(tmp_path: Path, cxx: Path, **env) -> dict:
     for var in ("MULTISPIKE_DISABLE_CPP", "MULTISPIKE_KERNEL_RETRY"):
         if var not in env:
             full.pop(var, None)
-    res = subprocess.run([sys.executable, "-c", PROBE], env=full, capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c", PROBE], env=full, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -277,13 +277,14 @@ def _count(log: Path) -> int:
 
 def test_a_hanging_compiler_is_killed_and_remembered(tmp_path):
     # the "compiler" waits on a child of its own: the time-out must kill the whole process group
-    cxx, log = _fake_cxx(tmp_path, f"{shutil.which('sleep')} 60 &\nwait\nexit 1")
+    cxx, log = _fake_cxx(tmp_path, f"{shutil.which('sleep')} 900 &\nwait\nexit 1")
     first = _probe(tmp_path, cxx, MULTISPIKE_CXX_TIMEOUT="1")
-    assert not first["lib"] and first["s"] < 30 and _count(log) == 1   # stops after the first flag set
+    # killed after ~1 s (the bound leaves room for importing torch on a loaded machine), after the first flag set
+    assert not first["lib"] and first["s"] < 120 and _count(log) == 1
     assert any("did not finish within 1 s" in w and "MULTISPIKE_CXX_TIMEOUT" in w for w in first["warnings"])
     assert list((tmp_path / "cache").glob("*.timeout"))
     second = _probe(tmp_path, cxx, MULTISPIKE_CXX_TIMEOUT="1")
-    assert not second["lib"] and _count(log) == 1 and second["s"] < 15   # falls back at once, no compile
+    assert not second["lib"] and _count(log) == 1   # falls back at once: the compiler is not called again
     assert any("timed out in an earlier build" in w for w in second["warnings"])
     _probe(tmp_path, cxx, MULTISPIKE_CXX_TIMEOUT="1", MULTISPIKE_KERNEL_RETRY="1")
     assert _count(log) == 2
@@ -320,12 +321,12 @@ def test_cxx_timeout_setting_is_validated(monkeypatch):
 def test_run_tool_kills_the_whole_process_group(tmp_path):
     pidfile = tmp_path / "child.pid"
     script = tmp_path / "slow.sh"
-    script.write_text(f"#!/bin/sh\nsleep 60 &\necho $! > {pidfile}\nwait\n")
+    script.write_text(f"#!/bin/sh\nsleep 900 &\necho $! > {pidfile}\nwait\n")
     script.chmod(0o755)
     t0 = time.monotonic()
     with pytest.raises(_build._CompilerTimeout, match="did not finish within 0.5 s"):
         _build._run_tool([str(script)], timeout=0.5)
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 60
     child = int(pidfile.read_text())
     for _ in range(50):   # the grandchild `sleep` is gone too (reaped by init once killed)
         try:

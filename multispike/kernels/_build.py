@@ -198,13 +198,15 @@ def _run_tool(cmd: list[str], timeout: float) -> tuple[int, str]:
                                 start_new_session=True)
         try:
             rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except BaseException as exc:   # time-out, or Ctrl-C: the compiler's own session would not see SIGINT
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except (OSError, AttributeError):  # pragma: no cover - no process groups
                 proc.kill()
             proc.wait()
-            raise _CompilerTimeout(f"{cmd[0]} did not finish within {timeout:g} s") from None
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise _CompilerTimeout(f"{cmd[0]} did not finish within {timeout:g} s") from None
+            raise
         log.seek(0)
         return rc, log.read().decode("utf-8", "replace")
 
