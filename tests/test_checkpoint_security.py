@@ -235,3 +235,20 @@ def test_structure_snapshots_only_set_plain_data_attributes(key, value, why):
     snap["attributes"] = {target: {key: value}}
     with pytest.raises(CheckpointError, match=why):
         restore_structure(net, snap)
+
+
+def test_pointers_and_tensor_files_stay_in_the_checkpoint_directory(tmp_path, ann):
+    ck = load_checkpoint(ann)
+    other = tmp_path / "elsewhere"
+    _ann_checkpoint(other)
+    (ann / "checkpoints" / "last.json").write_text(json.dumps(
+        {"format": "multispike-checkpoint-pointer", "checkpoint": "../../elsewhere/checkpoints/" + ck.path.name}))
+    with pytest.raises(CheckpointError, match="not a checkpoint file name"):
+        load_checkpoint(ann)
+    meta = json.loads(ck.path.read_text())
+    meta["tensors_file"] = "../../elsewhere/checkpoints/" + meta["tensors_file"]
+    meta["version"] = 1   # (a version-2 record would fail its digest first)
+    meta.pop("meta_sha256")
+    ck.path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="is not a file name beside it"):
+        load_checkpoint(ck.path)

@@ -340,7 +340,11 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
         raise CheckpointError(f"checkpoint metadata {p} is not valid JSON ({exc}); the file is truncated or corrupt. "
                               f"Resume from an older checkpoint in {p.parent} or start a fresh run.") from exc
     if isinstance(record, dict) and record.get("format") == POINTER_FORMAT:
-        target = p.parent / str(record.get("checkpoint"))
+        name = str(record.get("checkpoint"))
+        if Path(name).name != name or name in ("", ".", ".."):
+            # a pointer names a pair in its own directory; anything else is an edited or foreign file
+            raise CheckpointError(f"{p} points to {name!r}, which is not a checkpoint file name in {p.parent}")
+        target = p.parent / name
         if not target.exists():
             raise CheckpointError(f"{p} points to {target.name}, which does not exist in {p.parent}")
         return target
@@ -363,7 +367,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint metadata {json_path} is not valid JSON ({exc}); the file is truncated or "
                               f"corrupt") from exc
     verify_meta(meta, json_path)
-    tensor_path = json_path.parent / str(meta.get("tensors_file"))
+    tensors_name = str(meta.get("tensors_file"))
+    if Path(tensors_name).name != tensors_name or tensors_name in ("", ".", ".."):
+        raise CheckpointError(f"{json_path}: tensors_file {tensors_name!r} is not a file name beside it; the file "
+                              f"is corrupt or was not written by multispike")
+    tensor_path = json_path.parent / tensors_name
     if not tensor_path.exists():
         raise CheckpointError(f"checkpoint tensors {tensor_path} are missing (referenced by {json_path})")
     size = tensor_path.stat().st_size
