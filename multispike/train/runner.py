@@ -5,6 +5,7 @@ instead of being built (custom models, event-data loaders, tests).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import shutil
@@ -18,6 +19,7 @@ from .checkpoint import load_checkpoint
 from .config import TrainConfig, save_config
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, seed_everything
 from .engine import Trainer
+from .guards import RunLock
 from .hybrid import call_convert_hook
 
 __all__ = ["subset_indices", "build_loaders", "build_model", "load_convert_hook", "run_training"]
@@ -155,7 +157,12 @@ def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_load
         torch.set_num_threads(cfg.num_threads)
     owns_dist = dist is None
     dist = dist if dist is not None else init_distributed(cfg.device)
+    # Rank 0 locks the run folder before touching it (--overwrite deletes files; log.jsonl is appended), so a
+    # second run with the same --out is refused instead of interleaving with this one. RunLock also proves the
+    # folder writable before any data is loaded.
+    lock = RunLock(cfg.out) if dist.is_primary else contextlib.nullcontext()
     try:
+        lock.__enter__()
         seed_everything(cfg.seed, dist.rank, cfg.deterministic)
         out = Path(cfg.out)
         resume_ckpt = None
@@ -202,5 +209,6 @@ def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_load
         trainer = Trainer(model, train_loader, eval_loader, cfg, dist=dist, model_name=model_name)
         return trainer.fit(resume=resume_ckpt)
     finally:
+        lock.__exit__(None, None, None)
         if owns_dist:
             cleanup_distributed()

@@ -86,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from ...train.guards import ensure_writable_dir
+    ensure_writable_dir(args.out, "--out")   # before the work, not after it
     convert_checkpoint(args.checkpoint, to, out=args.out, timesteps=args.timesteps, levels=args.levels,
                        hybrid_bias_scale=args.hybrid_bias_scale, align=args.align, threshold=args.threshold,
                        v_init=args.v_init, dataset=args.dataset, data_dir=args.data_dir, limit=args.limit,

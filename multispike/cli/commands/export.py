@@ -135,6 +135,10 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
     if args.demo and (args.checkpoint or args.model):
         raise ValueError("--demo builds its own network; do not combine it with --checkpoint/--model")
+    from ...train.guards import ensure_writable_file
+    ensure_writable_file(args.out, "--out")   # before building and measuring, not after
+    if args.report_json:
+        ensure_writable_file(args.report_json, "--report-json")
     if args.demo:
         model, example, samples, labels, info = _demo_network(args)
     else:

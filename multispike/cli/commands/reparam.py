@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from ...train.guards import ensure_writable_dir
+    ensure_writable_dir(args.out, "--out")   # before the work, not after it
     reparameterize_checkpoint(args.checkpoint, out=args.out, dataset=args.dataset, data_dir=args.data_dir,
                               limit=args.limit, batch_size=args.batch_size, overwrite=args.overwrite)
     return 0
