@@ -50,13 +50,15 @@ def _describe(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, MemoryError):
         return ("out of memory" + (f" ({exc})" if str(exc) else "") + "; use a smaller --batch-size, --limit/--subset "
                 "or fewer --timesteps"), EXIT_FAILURE
-    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
-        # PermissionError, IsADirectoryError, NotADirectoryError, disk full, read-only FS, ...
+    if isinstance(exc, OSError):
+        # A missing input is bad input; PermissionError, IsADirectoryError, NotADirectoryError, disk full,
+        # read-only file system, ... are failures of the environment.
+        code = EXIT_BAD_INPUT if isinstance(exc, FileNotFoundError) else EXIT_FAILURE
         if exc.filename is not None and exc.strerror:
             where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
-            return f"{where}: {exc.strerror}", EXIT_FAILURE
-        return str(exc) or type(exc).__name__, EXIT_FAILURE
-    if isinstance(exc, (ValueError, FileNotFoundError, TypeError, KeyError, IndexError, EOFError)):
+            return f"{where}: {exc.strerror}", code
+        return exc.strerror or str(exc) or type(exc).__name__, code
+    if isinstance(exc, (ValueError, TypeError, KeyError, IndexError, EOFError)):
         text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         return str(text) or type(exc).__name__, EXIT_BAD_INPUT
     try:   # Pillow's DecompressionBombError derives from Exception only

@@ -96,7 +96,8 @@ def _float_items(items: Iterable[tuple[str, Any]]) -> list[tuple[str, torch.Tens
 
 
 def nonfinite_entries(named_tensors: Iterable[tuple[str, Any]], limit: int = 5) -> list[str]:
-    """Names (with what they hold) of the floating tensors that contain NaN or ±Inf; at most ``limit``.
+    """Names (with what they hold) of the floating tensors that contain NaN or ±Inf: the first ``limit``, then
+    ``"and N more tensor(s)"``.
 
     One device->host transfer for all tensors (the per-tensor flags are stacked first), so it is cheap enough
     for every checkpoint.
@@ -110,9 +111,14 @@ def nonfinite_entries(named_tensors: Iterable[tuple[str, Any]], limit: int = 5) 
     if bool(flags.all()):
         return []
     bad = []
-    for (name, t), ok in zip(items, flags.tolist()):
+    flags = flags.tolist()
+    total_bad = flags.count(False)
+    for (name, t), ok in zip(items, flags):
         if ok:
             continue
+        if len(bad) >= limit:
+            bad.append(f"and {total_bad - limit} more tensor(s)")
+            break
         d = t.detach()
         kinds = []
         if bool(torch.isnan(d).any()):
@@ -122,8 +128,6 @@ def nonfinite_entries(named_tensors: Iterable[tuple[str, Any]], limit: int = 5) 
         if bool(torch.isneginf(d).any()):
             kinds.append("-inf")
         bad.append(f"{name} ({'/'.join(kinds)} in {int((~torch.isfinite(d)).sum())} of {d.numel()} values)")
-        if len(bad) >= limit:
-            break
     return bad
 
 
@@ -137,8 +141,7 @@ def check_finite_model(model: nn.Module, where: str, hint: str = "") -> None:
     named = list(model.named_parameters()) + list(model.named_buffers())
     bad = nonfinite_entries(named)
     if bad:
-        raise NonFiniteError(f"training diverged {where}: non-finite values in {', '.join(bad)}"
-                             f"{' ...' if len(bad) >= 5 else ''}. "
+        raise NonFiniteError(f"training diverged {where}: non-finite values in {', '.join(bad)}. "
                              + (hint or "Nothing was checkpointed from this state; lower --lr, enable --clip-grad, "
                                         "or check the data, then resume from the last good checkpoint "
                                         "(--resume) or start again."))
@@ -152,7 +155,7 @@ def check_finite_state(state: Mapping[str, Any], source: str) -> None:
     """
     bad = nonfinite_entries(state.items())
     if bad:
-        raise NonFiniteError(f"{source} holds non-finite values in {', '.join(bad)}{' ...' if len(bad) >= 5 else ''}:"
+        raise NonFiniteError(f"{source} holds non-finite values in {', '.join(bad)}:"
                              f" it comes from a diverged run and would give meaningless results. Use an earlier "
                              f"checkpoint of that run (checkpoints/s*.json) or retrain with a lower learning rate.")
 
@@ -171,11 +174,12 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "output folder") ->
     if p.exists() and not p.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, f"{what} {p} exists and is not a folder; choose another path or "
                                                 f"remove the file")
+    ancestor = next((a for a in p.absolute().parents if a.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{what} {p} cannot be created: a parent path is a file "
+                                                f"({ancestor})")
     try:
         p.mkdir(parents=True, exist_ok=True)
-    except FileExistsError as exc:   # a parent is a file
-        raise NotADirectoryError(errno.ENOTDIR, f"{what} {p} cannot be created: a parent path is a file "
-                                                f"({exc.filename})") from exc
     except OSError as exc:
         raise type(exc)(exc.errno, f"{what} {p} cannot be created: {exc.strerror}") from exc
     probe = p / f".multispike-write-test-{os.getpid()}"

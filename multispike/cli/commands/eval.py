@@ -242,6 +242,12 @@ def run_eval(args: argparse.Namespace) -> int:
     T = args.timesteps or defaults.get("timesteps") or 4
     normalize = not args.no_normalize and bool(defaults.get("normalize", True))
     batches, info, kind = _data(args, dataset, T, normalize)
+    model_classes = getattr(model, "num_classes", None)
+    if model_classes is not None and info.num_classes is not None and info.num_classes != model_classes:
+        # more classes than outputs: labels beyond the head crash or score 0; fewer: the accuracy means another task
+        raise ValueError(f"the model has {model_classes} output classes but dataset {dataset!r} has "
+                         f"{info.num_classes}; evaluate it on the data it was trained for (or rebuild --model with "
+                         f"--num-classes {info.num_classes})")
     encoding = args.encoding or ("dvs" if kind == "events" else "static")
     input_mode = args.input_mode
     if input_mode == "auto" and kind == "events":
