@@ -157,10 +157,11 @@ class MemoryModule(StepModule):
         the old batch size, or mixes samples). Costs one shape comparison per call: the shapes are Python
         tuples, so it adds no kernel and no graph break under ``torch.compile`` (the shapes are guarded on).
         """
+        d = self.__dict__   # memories live in the instance dict (register_memory); "v" of a neuron is a property
         for name in self._STATE_NAMES:
-            if name not in self._memories:
+            state = d.get(name)
+            if state is None:
                 continue
-            state = self.__dict__.get(name)
             v = state if isinstance(state, torch.Tensor) else getattr(state, "v", None)
             if isinstance(v, torch.Tensor) and v.shape != step_shape:
                 self._state_shape_error(v.shape, step_shape)

@@ -417,5 +417,8 @@ def ensure_writable_file(path: str | os.PathLike, what: str = "output file") -> 
     p = Path(path)
     if p.is_dir():
         raise IsADirectoryError(errno.EISDIR, f"{what} {p} is a folder; give a file name")
-    ensure_writable_dir(p.parent if str(p.parent) else Path("."), f"folder of the {what}")
+    ancestor = next((a for a in p.absolute().parents if a.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{what} {p} cannot be created: a parent path is a file ({ancestor})")
+    ensure_writable_dir(p.parent if str(p.parent) else Path("."), f"folder of {what} {p}")
     return p
