@@ -505,6 +505,9 @@ def _cases() -> list[Case]:
         lambda t: ["convert", "--checkpoint", str(t), "--to", "lmht", "--out", str(_file(t))], code=1)
     cli("CLI", "convert: checkpoint folder without a checkpoint",
         lambda t: ["convert", "--checkpoint", str(t), "--to", "lmht", "--timesteps", "4", "--out", str(t / "c")])
+    cli("CLI", "convert: --out a live train run holds",
+        lambda t: (lambda out: ["convert", "--checkpoint", str(t), "--to", "lmht", "--timesteps", "4", "--out",
+                                str(out)])(_locked_train(t)[6]), code=1)
     cli("CLI", "calibrate: --out is a file",
         lambda t: ["calibrate", "--checkpoint", str(t), "--out", str(_file(t))], code=1)
     cli("CLI", "reparam: --out below a file",

@@ -472,3 +472,79 @@ def test_debug_flag_and_env_give_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("MULTISPIKE_DEBUG", "1")
     with pytest.raises(NotADirectoryError):
         main(["eval", "--model", "vgg_small", "--out", str(f)])
+
+
+# ---------------------------------------------------------------------------------------------- DDP
+DDP_SCRIPT = textwrap.dedent('''
+    import os, signal, sys
+    import torch
+    from torch import nn
+    torch.set_num_threads(1)
+    import multispike
+    from multispike.data import TensorLoader
+    from multispike.layers import DirectEncoder, SeqToANNContainer
+    from multispike.train import init_distributed, resolve_config, run_training
+    from multispike.train import engine
+    from multispike.train.guards import NonFiniteError, TrainingInterrupted
+
+    root = sys.argv[1]
+    dist = init_distributed("cpu")
+    case = None
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.T, self.num_classes = 2, 3
+            self.enc = DirectEncoder(2)
+            self.conv = SeqToANNContainer(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4))
+            self.sn = multispike.IFNeuron(step_mode="m")
+            self.head = SeqToANNContainer(nn.Flatten(), nn.Linear(256, 3))
+        def forward_sequence(self, x):
+            return self.head(self.sn(self.conv(self.enc(x))))
+        def forward(self, x):
+            return self.forward_sequence(x).mean(0)
+
+    step = engine.Trainer.train_step
+    def patched(self, x, y):
+        if case == "nan" and dist.rank == 1 and self.step == 2:
+            x = x * float("nan")             # only rank 1 sees a non-finite loss
+        result = step(self, x, y)
+        if case == "term" and dist.rank == 1 and self.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)   # only rank 1 is signalled
+        return result
+    engine.Trainer.train_step = patched
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 3, (64,), generator=g)
+    for case in ("term", "nan"):
+        cfg = resolve_config(overrides=dict(model="tiny", num_classes=3, in_channels=1, timesteps=2, epochs=2,
+                                            out=f"{root}/{case}", opt="sgd", lr=0.05, progress=False, batch_size=8))
+        train = TensorLoader(images, labels, 8, seed=3, rank=dist.rank, world_size=dist.world_size)
+        test = TensorLoader(images[:16], labels[:16], 4, shuffle=False, rank=dist.rank, world_size=dist.world_size)
+        try:
+            run_training(cfg, model=Tiny(), train_loader=train, eval_loader=test, dist=dist)
+            print("RANK", dist.rank, case, "FINISHED", flush=True)
+        except TrainingInterrupted as exc:
+            print("RANK", dist.rank, case, "INTERRUPTED", exc.signum, flush=True)
+        except NonFiniteError as exc:
+            print("RANK", dist.rank, case, "NONFINITE", str(exc)[:60], flush=True)
+''')
+
+
+def test_ddp_ranks_stop_together_on_a_signal_or_a_nonfinite_loss_of_one_rank(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=180)   # a rank left behind in a collective would hang until this
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    # SIGTERM reached rank 1 only (after step 3); both ranks stop after step 4 with one checkpoint
+    assert "RANK 0 term INTERRUPTED 15" in proc.stdout and "RANK 1 term INTERRUPTED 15" in proc.stdout
+    ck = load_checkpoint(tmp_path / "term")
+    assert (ck.meta["step"], ck.meta["next_epoch"], ck.meta["next_batch"]) == (4, 0, 4)
+    # a NaN loss on rank 1 only: both ranks raise at the same step, nothing is checkpointed
+    assert "RANK 0 nan NONFINITE" in proc.stdout and "RANK 1 nan NONFINITE" in proc.stdout
+    assert not (tmp_path / "nan" / "checkpoints").exists()

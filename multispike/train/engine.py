@@ -196,6 +196,7 @@ class Trainer:
         self._resume_rng: dict | None = None
         self._epoch_sums = torch.zeros(3, dtype=torch.float64)   # loss·n, correct, n (this rank, this epoch)
         self._signals: StopSignals | None = None   # set while fit() runs: SIGTERM/SIGINT -> checkpoint + stop
+        self._synced_stop = 0                        # DDP: the stop request as all ranks saw it this step
         exit_after = os.environ.get(EXIT_AFTER_STEPS_ENV)
         self._exit_after = int(exit_after) if exit_after else None
 
@@ -233,7 +234,7 @@ class Trainer:
             out = self.net(x)
         out = out.float()
         loss = self.loss_fn(out, y)
-        if not torch.isfinite(loss):
+        if not self._loss_finite(loss):
             raise NonFiniteError(f"training diverged: non-finite loss {loss.item()} at step {self.step} (epoch "
                                  f"{self.epoch + 1}); nothing was checkpointed from this state. Lower --lr, enable "
                                  f"--clip-grad, or check the data; then --resume from the last good checkpoint")
@@ -291,7 +292,7 @@ class Trainer:
             if self._exit_after is not None and self.step >= self._exit_after:
                 bar.close()
                 os._exit(75)
-            signum = self._stop_requested()
+            signum = self._stop_requested(synced=True)
             if signum:
                 bar.close()
                 path = self.save(epoch=epoch, next_batch=batch_idx + 1)
@@ -406,11 +407,28 @@ class Trainer:
                              f"from this state; {resume}. Lower --lr, enable --clip-grad, freeze BatchNorm "
                              f"(--freeze-bn) or check the data.")
 
-    def _stop_requested(self) -> int:
-        """The signal number if SIGTERM/SIGINT asked this run (any rank) to stop, else 0 (collective under DDP)."""
+    def _loss_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank. Under DDP one collective per step also shares the stop
+        request, so all ranks raise (or stop) at the same step instead of leaving the others in a collective."""
+        finite = bool(torch.isfinite(loss))
+        if self.dist.world_size > 1:
+            signum = self._signals.requested if self._signals is not None else None
+            flags = all_reduce_sum([float(not finite), float(signum or 0)], self.dist)
+            finite = not bool(flags[0])
+            self._synced_stop = int(signum or 15) if flags[1] else 0
+        return finite
+
+    def _stop_requested(self, synced: bool = False) -> int:
+        """The signal number if SIGTERM/SIGINT asked this run to stop, else 0.
+
+        Under DDP every rank must agree: ``synced=True`` uses the flag shared in this step's
+        :meth:`_loss_finite`; otherwise one collective shares it now.
+        """
         signum = self._signals.requested if self._signals is not None else None
         if self.dist.world_size > 1:
-            return int(all_reduce_sum([float(signum or 0)], self.dist)[0] and (signum or 15))
+            if synced:
+                return self._synced_stop
+            return int(signum or 15) if all_reduce_sum([float(signum or 0)], self.dist)[0] else 0
         return int(signum or 0)
 
     def load(self, ckpt: Checkpoint) -> None:

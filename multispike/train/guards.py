@@ -246,10 +246,12 @@ class RunLock:
 
     Args:
         folder: the run folder (created if needed).
+        what: how error messages name the folder (e.g. ``"--out"``).
     """
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike, what: str = "run folder") -> None:
         self.folder = Path(folder)
+        self.what = what
         self.path = self.folder / LOCK_NAME
         self._key = str(self.path.resolve()) if self.folder.exists() else str(self.path.absolute())
         self.acquired = False
@@ -272,7 +274,7 @@ class RunLock:
             return {}
 
     def acquire(self) -> "RunLock":
-        ensure_writable_dir(self.folder, "run folder")
+        ensure_writable_dir(self.folder, self.what)
         self._key = str(self.path.resolve())
         with _HELD_GUARD:
             if self._key in _HELD:
