@@ -119,7 +119,7 @@ def read_nmnist_bin(path: PathLike) -> np.ndarray:
         raise EventFileError(path, 5 * int(index[first]),
                              f"malformed N-MNIST event: x={int(x[first])}, y={int(y[first])} outside the 34 x 34 "
                              f"sensor (max x seen {int(x.max())}, max y seen {int(y.max())})")
-    return _events_from_columns(t, x, y, p)
+    return _events_from_columns(t, x, y, p, path)
 
 
 # ----------------------------------------------------------------------------------------------- AEDAT 2
@@ -298,7 +298,7 @@ def read_aedat4(path: PathLike, stream_id: int | None = None) -> np.ndarray:
         return empty_events()
     ev = np.concatenate(chunks)
     pname = "on" if "on" in ev.dtype.names else "p"
-    out = _events_from_columns(ev["t"].astype(np.int64), ev["x"], ev["y"], ev[pname].astype(np.int8))
+    out = _events_from_columns(ev["t"], ev["x"], ev["y"], ev[pname], path)
     validate_events(out, (int(streams[sid]["width"]), int(streams[sid]["height"]), 2), owner=str(path))
     return out
 
@@ -365,7 +365,7 @@ def read_prophesee_dat(path: PathLike) -> np.ndarray:
         first = int(np.argmax(p > 1))
         raise EventFileError(path, start + 8 * first + 4, f"malformed event {first}: polarity field {int(p[first])} "
                                                           f"(bits 28-31) is neither 0 nor 1")
-    out = _events_from_columns(rec["t"].astype(np.int64), d & 0x3FFF, (d >> 14) & 0x3FFF, p)
+    out = _events_from_columns(rec["t"], d & 0x3FFF, (d >> 14) & 0x3FFF, p, path)
     if "width" in info and "height" in info:
         validate_events(out, (info["width"], info["height"], 2), owner=str(path))
     return out
