@@ -468,6 +468,11 @@ def _cases() -> list[Case]:
     cli("CLI", "train: --data-dir with no data", lambda t: ["train", "--model", "vgg_small", "--dataset", "cifar10",
                                                             "--data-dir", str(t), "--out", str(t / "r"),
                                                             "--no-progress"])
+    cli("CLI", "train: --num-classes 5 on the 10-class digits",
+        lambda t: ["train", "--config", str(DIGITS), "--num-classes", "5", "--out", str(t / "r"), *QUICK])
+    cli("CLI", "train: 32x32-input model on the 8x8 digits (input-size mismatch)",
+        lambda t: ["train", "--config", str(DIGITS), "--model-kwargs", "input_size=32", "--epochs", "1",
+                   "--out", str(t / "r"), *QUICK])
     cli("CLI", "train: --model unknown", lambda t: ["train", "--config", str(DIGITS), "--model", "nonet",
                                                     "--out", str(t / "r"), *QUICK])
     cli("CLI", "eval: --out in a folder the file system refuses (fails before evaluating)",

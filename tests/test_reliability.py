@@ -506,9 +506,13 @@ DDP_SCRIPT = textwrap.dedent('''
 
     step = engine.Trainer.train_step
     def patched(self, x, y):
-        if case == "nan" and dist.rank == 1 and self.step == 2:
-            x = x * float("nan")             # only rank 1 sees a non-finite loss
-        result = step(self, x, y)
+        loss_fn = self.loss_fn
+        if case == "nan" and dist.rank == 1 and self.step == 2:   # only rank 1 sees a non-finite loss
+            self.loss_fn = lambda out, target: loss_fn(out, target) * float("nan")
+        try:
+            result = step(self, x, y)
+        finally:
+            self.loss_fn = loss_fn
         if case == "term" and dist.rank == 1 and self.step == 3:
             os.kill(os.getpid(), signal.SIGTERM)   # only rank 1 is signalled
         return result
@@ -524,11 +528,13 @@ DDP_SCRIPT = textwrap.dedent('''
         test = TensorLoader(images[:16], labels[:16], 4, shuffle=False, rank=dist.rank, world_size=dist.world_size)
         try:
             run_training(cfg, model=Tiny(), train_loader=train, eval_loader=test, dist=dist)
-            print("RANK", dist.rank, case, "FINISHED", flush=True)
+            outcome = "FINISHED"
         except TrainingInterrupted as exc:
-            print("RANK", dist.rank, case, "INTERRUPTED", exc.signum, flush=True)
+            outcome = f"INTERRUPTED {exc.signum}"
         except NonFiniteError as exc:
-            print("RANK", dist.rank, case, "NONFINITE", str(exc)[:60], flush=True)
+            outcome = f"NONFINITE {exc}"
+        with open(f"{root}/{case}.rank{dist.rank}", "w") as f:   # files: the ranks' stdout interleaves
+            f.write(outcome)
 ''')
 
 
@@ -541,10 +547,13 @@ def test_ddp_ranks_stop_together_on_a_signal_or_a_nonfinite_loss_of_one_rank(tmp
                            str(script), str(tmp_path)], env=env, capture_output=True, text=True,
                           timeout=180)   # a rank left behind in a collective would hang until this
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    def outcome(case, rank):
+        return (tmp_path / f"{case}.rank{rank}").read_text()
     # SIGTERM reached rank 1 only (after step 3); both ranks stop after step 4 with one checkpoint
-    assert "RANK 0 term INTERRUPTED 15" in proc.stdout and "RANK 1 term INTERRUPTED 15" in proc.stdout
+    assert outcome("term", 0) == outcome("term", 1) == "INTERRUPTED 15"
     ck = load_checkpoint(tmp_path / "term")
     assert (ck.meta["step"], ck.meta["next_epoch"], ck.meta["next_batch"]) == (4, 0, 4)
     # a NaN loss on rank 1 only: both ranks raise at the same step, nothing is checkpointed
-    assert "RANK 0 nan NONFINITE" in proc.stdout and "RANK 1 nan NONFINITE" in proc.stdout
+    assert outcome("nan", 0).startswith("NONFINITE training diverged: non-finite loss on another rank at step 2")
+    assert outcome("nan", 1).startswith("NONFINITE training diverged: non-finite loss nan at step 2")
     assert not (tmp_path / "nan" / "checkpoints").exists()

@@ -235,7 +235,8 @@ class Trainer:
         out = out.float()
         loss = self.loss_fn(out, y)
         if not self._loss_finite(loss):
-            raise NonFiniteError(f"training diverged: non-finite loss {loss.item()} at step {self.step} (epoch "
+            what = loss.item() if not torch.isfinite(loss) else "on another rank"
+            raise NonFiniteError(f"training diverged: non-finite loss {what} at step {self.step} (epoch "
                                  f"{self.epoch + 1}); nothing was checkpointed from this state. Lower --lr, enable "
                                  f"--clip-grad, or check the data; then --resume from the last good checkpoint")
         self.scaler.scale(loss).backward()

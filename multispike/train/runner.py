@@ -184,6 +184,10 @@ def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_load
             eval_loader = built_eval if eval_loader is None else eval_loader
         if cfg.num_classes is None:
             cfg.num_classes = info.num_classes if info is not None else getattr(model, "num_classes", None)
+        elif info is not None and info.num_classes and cfg.num_classes < info.num_classes:
+            raise ValueError(f"num_classes={cfg.num_classes} but dataset {cfg.dataset!r} has {info.num_classes} "
+                             f"classes: labels >= {cfg.num_classes} would not fit the classifier. Drop --num-classes "
+                             f"(it comes from the data) or set it to {info.num_classes}")
         if cfg.in_channels is None:
             if info is not None and info.input_shape:
                 cfg.in_channels = info.input_shape[0]
