@@ -488,6 +488,14 @@ def _cases() -> list[Case]:
                    "--no-neurobench", "--out", str(t / "e")])
     cli("CLI", "eval: checkpoint with +inf BN statistics",
         lambda t: ["eval", "--checkpoint", str(_nan_checkpoint(t)), "--out", str(t / "e")], code=1)
+    cli("CLI", "convert: checkpoint with +inf BN statistics",
+        lambda t: ["convert", "--checkpoint", str(_nan_checkpoint(t)), "--to", "lmht", "--timesteps", "2",
+                   "--out", str(t / "c")], code=1)
+    cli("CLI", "export: checkpoint with +inf BN statistics",
+        lambda t: ["export", "--checkpoint", str(_nan_checkpoint(t)), "--out", str(t / "g.nir")], code=1)
+    cli("CLI", "train: --init-from a checkpoint with +inf BN statistics",
+        lambda t: ["train", "--config", str(DIGITS), "--init-from", str(_nan_checkpoint(t)), "--model", "vgg_small",
+                   "--out", str(t / "r"), *QUICK], code=1)
     cli("CLI", "eval: checkpoint folder without a checkpoint",
         lambda t: ["eval", "--checkpoint", str(t), "--out", str(t / "e")])
     cli("CLI", "eval: --weights is a pickled .pt file",

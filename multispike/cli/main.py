@@ -20,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="multispike",
         description="Low-latency spiking neural networks (LM-HT, QAC, one-hot M-LIF): train, convert, evaluate.")
     parser.add_argument("--version", action="version", version=f"multispike {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of a failure instead of one error line (allowed anywhere on "
+                             "the command line; or set MULTISPIKE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
         if info.name.startswith("_"):

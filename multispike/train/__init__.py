@@ -14,6 +14,7 @@ from .config import (MODES, RESUME_MUST_MATCH, ConfigError, TrainConfig, add_con
 from .distributed import (DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, seed_everything,
                           sync_bn_stats, unwrap_model, wrap_model)
 from .engine import EXIT_AFTER_STEPS_ENV, Trainer, prefix_correct, quantizer_report
+from .guards import NonFiniteError, RunLock, RunLockedError, StopSignals, TrainingInterrupted, ensure_writable_dir
 from .hybrid import call_convert_hook, lmht_hybrid, mlif_hybrid
 from .losses import CEOnMean, TETLoss, build_loss, ce_on_mean, tet_loss
 from .optim import DEFAULT_NEURON_PARAM_PATTERNS, LRSchedule, build_optimizer, build_param_groups, match_neuron_param
@@ -28,6 +29,7 @@ __all__ = [
     "DistInfo", "all_reduce_sum", "cleanup_distributed", "init_distributed", "seed_everything", "sync_bn_stats",
     "unwrap_model", "wrap_model",
     "EXIT_AFTER_STEPS_ENV", "Trainer", "prefix_correct", "quantizer_report",
+    "NonFiniteError", "RunLock", "RunLockedError", "StopSignals", "TrainingInterrupted", "ensure_writable_dir",
     "call_convert_hook", "lmht_hybrid", "mlif_hybrid",
     "build_loaders", "build_model", "load_convert_hook", "run_training", "subset_indices",
     "describe_checkpoint", "needs_rebuild", "rebuild_model", "structure_snapshot",

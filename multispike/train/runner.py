@@ -19,7 +19,7 @@ from .checkpoint import load_checkpoint
 from .config import TrainConfig, save_config
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, seed_everything
 from .engine import Trainer
-from .guards import RunLock
+from .guards import RunLock, check_finite_state
 from .hybrid import call_convert_hook
 
 __all__ = ["subset_indices", "build_loaders", "build_model", "load_convert_hook", "run_training"]
@@ -109,6 +109,7 @@ def _hybrid_model(cfg: TrainConfig, convert_fn: Callable | None, train_loader: A
     from .rebuild import rebuild_model
 
     ckpt = load_checkpoint(cfg.ann_checkpoint)
+    check_finite_state(ckpt.model_state, f"checkpoint {ckpt.path}")   # a diverged network would train on garbage
     # rebuild_model also handles ANNs that were QAT-prepared or started from another checkpoint
     ann, name = rebuild_model(ckpt)
     ann.train()
@@ -122,6 +123,7 @@ def _init_model(cfg: TrainConfig) -> tuple[nn.Module, str]:
     from .rebuild import model_timesteps, rebuild_model
 
     ckpt = load_checkpoint(cfg.init_from)
+    check_finite_state(ckpt.model_state, f"checkpoint {ckpt.path}")   # a diverged network would train on garbage
     model, name = rebuild_model(ckpt)
     model.train()
     if cfg.model is not None and cfg.model != name:

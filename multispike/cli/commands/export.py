@@ -90,6 +90,8 @@ def _zoo_network(args: argparse.Namespace):
         from ...train.checkpoint import load_checkpoint, load_model_state
 
         ckpt = load_checkpoint(args.checkpoint)
+        from ...train.guards import check_finite_state
+        check_finite_state(ckpt.model_state, f"checkpoint {ckpt.path}")
         cfg = dict(ckpt.meta.get("config") or {})
         name = name or ckpt.meta.get("model") or cfg.get("model")
         if not name:
