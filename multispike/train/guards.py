@@ -293,11 +293,13 @@ class RunLock:
                 warnings.warn(f"{self.path}: taking over a stale run lock of pid {owner.get('pid')} on "
                               f"{owner.get('host')} (started {owner.get('started')}), which is no longer running; "
                               f"its run ended without cleaning up (killed?)", RuntimeWarning, stacklevel=3)
-                # Rename-then-delete: if two processes race for a stale lock, only one rename succeeds.
+                # Rename-then-delete, and only if the file still holds the stale owner: of two processes taking
+                # over at once, the second finds the first one's fresh lock and is refused on the next attempt.
                 grave = self.path.with_name(f"{LOCK_NAME}.stale-{os.getpid()}")
                 try:
-                    os.replace(self.path, grave) if self._read() == owner else None
-                    grave.unlink(missing_ok=True)
+                    if self._read() == owner:
+                        os.replace(self.path, grave)
+                        grave.unlink(missing_ok=True)
                 except OSError:
                     pass
                 continue
