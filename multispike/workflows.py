@@ -274,6 +274,8 @@ def _load_source(checkpoint: str | os.PathLike):
     from .train.rebuild import describe_checkpoint, rebuild_model
 
     ckpt = load_checkpoint(checkpoint)
+    from .train.guards import check_finite_state
+    check_finite_state(ckpt.model_state, f"checkpoint {ckpt.path}")   # converting a diverged run gives garbage
     model, name = rebuild_model(ckpt)
     return ckpt, model, name, describe_checkpoint(ckpt.meta, ckpt.path)
 

@@ -36,7 +36,7 @@ import torch
 
 from .cifar import StaticSplit, load_cifar
 from .embedded import DIGITS_CLASSES, DIGITS_MEAN, DIGITS_STD, load_digits_static, sklearn_digits_path
-from .imagefolder import ImageFolder
+from .imagefolder import ImageFolder, class_folders
 from .loader import Augment, TensorLoader
 
 __all__ = [
@@ -414,7 +414,20 @@ def _imagefolder_loader(path: Path, split: str, size: int = 224, resize: int | N
         raise FileNotFoundError(f"imagefolder: {path} has no {' or '.join(names)}/ folder for split {split!r}; "
                                 f"expected {path}/train/<class>/<image> and {path}/val/<class>/<image>. For a single "
                                 "class tree use multispike.data.ImageFolder(path) directly.")
-    ds = ImageFolder(tree, size=size, resize=resize, mode=mode)
+    # One class index for every split: the training split's folders. Numbering val/ by its own folders would
+    # shift every label after a class that val/ lacks.
+    classes = None
+    if split != "train":
+        classes = class_folders(path / "train") or None
+        if classes is None:
+            warnings.warn(f"imagefolder: {path} has no train/ class folders, so {tree.name}/ numbers its classes by "
+                          f"its own folders; they must be exactly the classes the model was trained on",
+                          stacklevel=3)
+    ds = ImageFolder(tree, size=size, resize=resize, mode=mode, classes=classes)
+    if ds.missing_classes:
+        warnings.warn(f"imagefolder: {tree} has no folder for class(es) {', '.join(ds.missing_classes[:10])}"
+                      f"{' ...' if len(ds.missing_classes) > 10 else ''} of train/; they are not evaluated (labels "
+                      f"keep the training split's numbering)", stacklevel=3)
     images, labels = ds.load_all()
     return images, labels, ds.classes
 

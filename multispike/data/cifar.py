@@ -92,15 +92,31 @@ def _latin1_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") ->
     return codecs.encode(obj, "latin1", errors)
 
 
+def _ndarray_token(*args: Any, **kwargs: Any) -> None:
+    """Stands for ``numpy.ndarray`` inside a pickle. Calling it is refused: ``ndarray(shape, dtype)`` allocates an
+    *uninitialised* array of any size, so a few bytes could claim 350,000 images of garbage memory. Real numpy
+    pickles only pass the type to ``_reconstruct`` and fill the array with ``__setstate__``, which checks that
+    the stored bytes match the shape."""
+    raise UnsafePickleError("pickle calls numpy.ndarray(...) directly (an uninitialised array of a declared size); "
+                            "numpy never writes that - the file is corrupt or crafted")
+
+
+def _safe_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's ``_reconstruct`` for plain ndarrays only (no subclasses)."""
+    if subtype is not _ndarray_token and subtype is not np.ndarray:
+        raise UnsafePickleError(f"pickle reconstructs an array of type {subtype!r}; only numpy.ndarray is allowed")
+    return _numpy_multiarray()._reconstruct(np.ndarray, shape, dtype)
+
+
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     ma = _numpy_multiarray()
     allowed: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "ndarray"): _ndarray_token,
         ("numpy", "dtype"): _safe_dtype,
         ("_codecs", "encode"): _latin1_encode,
     }
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(mod, "_reconstruct")] = ma._reconstruct
+        allowed[(mod, "_reconstruct")] = _safe_reconstruct
         allowed[(mod, "scalar")] = ma.scalar
     # Protocol 5 (Python 3.14's default) stores arrays as _frombuffer(buffer, dtype, shape, order).
     for mod in ("numpy.core.numeric", "numpy._core.numeric"):
@@ -281,8 +297,10 @@ def _read_dict(path: Path, expected: str) -> dict:
     size = path.stat().st_size
     try:
         obj = restricted_load(path)
-    except UnsafePickleError:
-        raise
+    except UnsafePickleError as exc:
+        if str(path) in str(exc):
+            raise
+        raise UnsafePickleError(f"{path}: {exc}") from None
     except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError,
             MemoryError, OverflowError) as exc:
         raise CorruptDatasetError(
@@ -303,6 +321,11 @@ def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise CorruptDatasetError(f"{path}: 'data' is {desc}; expected uint8 [n, 3072]")
+    size = path.stat().st_size
+    if data.nbytes > size:   # pickled pixels are stored raw: a file cannot hold more image bytes than its size
+        raise CorruptDatasetError(f"{path}: 'data' declares {data.shape[0]:,} images ({data.nbytes:,} bytes) but the "
+                                  f"file has only {size:,} bytes; it is corrupt or crafted. Replace it with a clean "
+                                  f"copy.")
     if labels.ndim != 1 or labels.shape[0] != data.shape[0] or not np.issubdtype(labels.dtype, np.integer):
         raise CorruptDatasetError(f"{path}: '{label_key}' has shape {labels.shape} / dtype {labels.dtype}; "
                                   f"expected {data.shape[0]} integers (one per image)")

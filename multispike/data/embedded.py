@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..neurons.base import check_positive_int
@@ -61,6 +62,9 @@ def sklearn_digits_path() -> str | None:
 def load_digits_all() -> tuple[torch.Tensor, torch.Tensor]:
     """All 1,797 digits as ``(uint8 [1797, 1, 8, 8], int64 [1797])`` in scikit-learn's order."""
     d = _sklearn_digits()()
+    if not bool(np.all(d.images == np.round(d.images))):   # checked before the cast, which would truncate
+        raise ValueError("scikit-learn digits hold non-integer values, expected integers 0..16; the installed "
+                         "scikit-learn data file is not the expected one")
     raw = torch.from_numpy(d.images).to(torch.int64)  # float64 holding integers 0..16
     if raw.min() < 0 or raw.max() > 16:
         raise ValueError(f"scikit-learn digits hold values {int(raw.min())}..{int(raw.max())}, expected 0..16; "

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from ..neurons.base import check_positive_int
 
-__all__ = ["IMG_EXTENSIONS", "ImageFolder", "decode_image", "find_image_classes"]
+__all__ = ["IMG_EXTENSIONS", "ImageFolder", "class_folders", "decode_image", "find_image_classes"]
 
 IMG_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _MODES = {"RGB": 3, "L": 1}
@@ -71,6 +71,9 @@ def decode_image(path: str | os.PathLike, size: int, resize: int | None = None, 
             left, top = (nw - size) // 2, (nh - size) // 2
             im = im.crop((left, top, left + size, top + size))
             arr = np.asarray(im, dtype=np.uint8)
+    except Image.DecompressionBombError as exc:  # derives from Exception only
+        raise ValueError(f"refusing to decode image {path}: {exc} Remove the file, or raise "
+                         f"PIL.Image.MAX_IMAGE_PIXELS if the image is genuine.") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow raises these for unreadable/truncated files
         raise ValueError(f"cannot decode image {path}: {exc}. Remove or replace the file.") from exc
     if arr.ndim == 2:
@@ -78,9 +81,22 @@ def decode_image(path: str | os.PathLike, size: int, resize: int | None = None, 
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
-def find_image_classes(root: str | os.PathLike,
-                       extensions: Sequence[str] = IMG_EXTENSIONS) -> tuple[list[str], list[tuple[Path, int]]]:
+def class_folders(root: str | os.PathLike) -> list[str]:
+    """The class sub-folder names of ``root``, sorted (hidden folders skipped); ``[]`` if ``root`` is no folder."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+
+
+def find_image_classes(root: str | os.PathLike, extensions: Sequence[str] = IMG_EXTENSIONS,
+                       classes: Sequence[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
     """Scan ``root/<class>/**/<file>``; classes sorted by name, files sorted within each class.
+
+    Args:
+        classes: a fixed class index (e.g. the training split's classes, so every split numbers classes
+            alike). A folder of ``root`` not in it is an error (its label would be undefined); a listed
+            class without a folder simply has no samples here. ``None``: the sorted folder names.
 
     Returns:
         ``(classes, samples)`` with ``samples = [(path, class_index), ...]``.
@@ -88,19 +104,35 @@ def find_image_classes(root: str | os.PathLike,
     Raises:
         FileNotFoundError: ``root`` is missing, not a folder, has no class sub-folders, or holds no image
             with one of ``extensions``.
+        ValueError: ``classes`` is given and ``root`` has class folders outside it.
     """
     root = Path(root)
     exts = tuple(e.lower() for e in extensions)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist (expected <root>/<class>/<image> with "
                                 f"extensions {', '.join(exts)}). Pass the path of an existing tree.")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    if not classes:
+    folders = class_folders(root)
+    if classes is not None:
+        classes = [str(c) for c in classes]
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"image folder {root}: the class list has duplicates")
+        extra = sorted(set(folders) - set(classes))
+        if extra:
+            raise ValueError(f"image folder {root} has class folder(s) {', '.join(extra[:10])}"
+                             f"{' ...' if len(extra) > 10 else ''} that are not among the {len(classes)} classes of "
+                             f"the class index (the training split's); their labels would be undefined. Add them to "
+                             f"the training split or remove them here.")
+    else:
+        classes = folders
+    if not folders:
         raise FileNotFoundError(f"image folder {root} has no class sub-folders; expected <root>/<class>/<image> "
                                 f"(one folder per class, e.g. {root}/n01440764/x.JPEG).")
     samples: list[tuple[Path, int]] = []
     empty: list[str] = []
+    present = set(folders)
     for idx, name in enumerate(classes):
+        if name not in present:
+            continue
         files = sorted(p for p in (root / name).rglob("*")
                        if p.suffix.lower() in exts and p.is_file() and not p.name.startswith("."))
         if not files:
@@ -121,17 +153,21 @@ class ImageFolder(Dataset):
     """Map-style dataset over ``<root>/<class>/<image>`` returning ``(uint8 [C, size, size], label)``.
 
     Args:
-        root: the tree's root (one sub-folder per class; class index = position in sorted names).
+        root: the tree's root (one sub-folder per class; class index = position in sorted names, or in
+            ``classes``).
         size: output height and width.
         resize: shorter side before the centre crop; ``None`` = ``round(size * 256 / 224)``.
         mode: ``"RGB"`` (3 channels) or ``"L"`` (1 channel).
         extensions: accepted file suffixes (case-insensitive).
         preload: decode every image now into :attr:`images` (``[N, C, size, size]`` uint8); then
             ``__getitem__`` indexes memory. Meant for trees that fit in RAM.
+        classes: fixed class index shared with other splits (see :func:`find_image_classes`); classes of the
+            index with no folder here are listed in :attr:`missing_classes`.
     """
 
     def __init__(self, root: str | os.PathLike, size: int = 224, resize: int | None = None, mode: str = "RGB",
-                 extensions: Sequence[str] = IMG_EXTENSIONS, preload: bool = False):
+                 extensions: Sequence[str] = IMG_EXTENSIONS, preload: bool = False,
+                 classes: Sequence[str] | None = None):
         self.root = Path(root)
         self.size = check_positive_int(size, "size")
         self.resize = int(round(self.size * 256 / 224)) if resize is None else check_positive_int(resize, "resize")
@@ -140,7 +176,9 @@ class ImageFolder(Dataset):
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
         self.mode = mode
-        self.classes, self.samples = find_image_classes(self.root, extensions)
+        self.classes, self.samples = find_image_classes(self.root, extensions, classes)
+        folders = set(class_folders(self.root))
+        self.missing_classes = [c for c in self.classes if c not in folders]
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.targets = torch.tensor([t for _, t in self.samples], dtype=torch.int64)
         self.images: torch.Tensor | None = None

@@ -119,6 +119,7 @@ class _Membrane(MemoryModule):
 
     def _start(self, x_seq: torch.Tensor) -> torch.Tensor:
         check_sequence(x_seq, type(self).__name__)
+        self._check_state_shape(x_seq.shape[1:])
         return torch.zeros_like(x_seq[0]) if self.v is None else self.v
 
 

@@ -36,7 +36,11 @@ class TimeSharedDropout(StepModule):
             return x_seq
         shape = (1, *x_seq.shape[1:])
         mask = self.mask if self.step_mode == "s" else None
-        if mask is None or mask.shape != shape:
+        if mask is not None and mask.shape != shape:
+            raise ValueError(f"TimeSharedDropout: the mask kept for this sequence has shape {tuple(mask.shape)} but "
+                             f"this step has {tuple(shape)} (a new batch?). Call multispike.reset_net(model) before "
+                             f"feeding a new batch.")
+        if mask is None:
             mask = torch.empty(shape, device=x_seq.device, dtype=x_seq.dtype).bernoulli_(1.0 - self.p)
             mask = mask / (1.0 - self.p)
             if self.step_mode == "s":

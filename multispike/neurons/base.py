@@ -122,6 +122,9 @@ class MemoryModule(StepModule):
         self.step_mode = step_mode
         self.backend = backend
 
+    #: registered memories holding the membrane (a tensor, or a state tuple with ``.v``) of shape ``[B, ...]``
+    _STATE_NAMES = ("state", "v")
+
     def register_memory(self, name: str, reset_value: object = None) -> None:
         self._memories[name] = reset_value
         object.__setattr__(self, name, reset_value)
@@ -141,8 +144,33 @@ class MemoryModule(StepModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._step_mode == "m":
             check_sequence(x, type(self).__name__)
+            self._check_state_shape(x.shape[1:])
             return self.multi_step_forward(x)
+        if isinstance(x, torch.Tensor):
+            self._check_state_shape(x.shape)
         return self.single_step_forward(x)
+
+    def _check_state_shape(self, step_shape: torch.Size) -> None:
+        """Refuse a carried membrane whose shape is not one step of the new input.
+
+        Without this a state of batch 2 meeting a batch of 1 would silently broadcast (the output then has
+        the old batch size, or mixes samples). Costs one shape comparison per call: the shapes are Python
+        tuples, so it adds no kernel and no graph break under ``torch.compile`` (the shapes are guarded on).
+        """
+        d = self.__dict__   # memories live in the instance dict (register_memory); "v" of a neuron is a property
+        for name in self._STATE_NAMES:
+            state = d.get(name)
+            if state is None:
+                continue
+            v = state if isinstance(state, torch.Tensor) else getattr(state, "v", None)
+            if isinstance(v, torch.Tensor) and v.shape != step_shape:
+                self._state_shape_error(v.shape, step_shape)
+
+    def _state_shape_error(self, state_shape: torch.Size, step_shape: torch.Size) -> None:
+        raise ValueError(
+            f"{type(self).__name__}: the stored membrane state has shape {tuple(state_shape)} but this input step has "
+            f"shape {tuple(step_shape)} (a new batch of another size, or another input size). Call "
+            f"multispike.reset_net(model) (or this module's reset()) before feeding a new batch.")
 
     def extra_repr(self) -> str:
         return f"step_mode={self._step_mode!r}, backend={self.backend!r}"

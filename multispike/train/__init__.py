@@ -15,6 +15,7 @@ from .distributed import (DistInfo, all_reduce_sum, cleanup_distributed, init_di
                           sync_bn_stats, unwrap_model, wrap_model)
 from .engine import EXIT_AFTER_STEPS_ENV, Trainer, prefix_correct, quantizer_report
 from .hooks import TRUSTED_HOOKS_ENV, UntrustedHookError, list_convert_hooks, register_convert_hook
+from .guards import NonFiniteError, RunLock, RunLockedError, StopSignals, TrainingInterrupted, ensure_writable_dir
 from .hybrid import call_convert_hook, lmht_hybrid, mlif_hybrid
 from .losses import CEOnMean, TETLoss, build_loss, ce_on_mean, tet_loss
 from .optim import DEFAULT_NEURON_PARAM_PATTERNS, LRSchedule, build_optimizer, build_param_groups, match_neuron_param
@@ -30,6 +31,7 @@ __all__ = [
     "unwrap_model", "wrap_model",
     "EXIT_AFTER_STEPS_ENV", "Trainer", "prefix_correct", "quantizer_report",
     "TRUSTED_HOOKS_ENV", "UntrustedHookError", "list_convert_hooks", "register_convert_hook",
+    "NonFiniteError", "RunLock", "RunLockedError", "StopSignals", "TrainingInterrupted", "ensure_writable_dir",
     "call_convert_hook", "lmht_hybrid", "mlif_hybrid",
     "build_loaders", "build_model", "load_convert_hook", "run_training", "subset_indices",
     "describe_checkpoint", "needs_rebuild", "rebuild_model", "structure_snapshot",

@@ -45,6 +45,8 @@ from ..neurons.base import reset_net
 from .checkpoint import (Checkpoint, CheckpointError, atomic_write_text, capture_rng_state, load_model_state,
                          restore_rng_state, save_checkpoint)
 from .config import TrainConfig, config_conflicts
+from .guards import (NonFiniteError, RunLock, StopSignals, TrainingInterrupted, check_finite_state,
+                     nonfinite_entries)
 from .distributed import (DistInfo, all_gather_object, all_reduce_sum, barrier, init_distributed, seed_everything,
                           sync_bn_stats, unwrap_model, wrap_model)
 from .losses import build_loss
@@ -193,6 +195,8 @@ class Trainer:
         self._resume_batch = 0
         self._resume_rng: dict | None = None
         self._epoch_sums = torch.zeros(3, dtype=torch.float64)   # loss·n, correct, n (this rank, this epoch)
+        self._signals: StopSignals | None = None   # set while fit() runs: SIGTERM/SIGINT -> checkpoint + stop
+        self._synced_stop = 0                        # DDP: the stop request as all ranks saw it this step
         exit_after = os.environ.get(EXIT_AFTER_STEPS_ENV)
         self._exit_after = int(exit_after) if exit_after else None
 
@@ -230,9 +234,11 @@ class Trainer:
             out = self.net(x)
         out = out.float()
         loss = self.loss_fn(out, y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step} (epoch {self.epoch}); lower "
-                                     f"--lr, enable --clip-grad, or check the data")
+        if not self._loss_finite(loss):
+            what = loss.item() if not torch.isfinite(loss) else "on another rank"
+            raise NonFiniteError(f"training diverged: non-finite loss {what} at step {self.step} (epoch "
+                                 f"{self.epoch + 1}); nothing was checkpointed from this state. Lower --lr, enable "
+                                 f"--clip-grad, or check the data; then --resume from the last good checkpoint")
         self.scaler.scale(loss).backward()
         if self.cfg.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
@@ -287,6 +293,11 @@ class Trainer:
             if self._exit_after is not None and self.step >= self._exit_after:
                 bar.close()
                 os._exit(75)
+            signum = self._stop_requested(synced=True)
+            if signum:
+                bar.close()
+                path = self.save(epoch=epoch, next_batch=batch_idx + 1)
+                raise TrainingInterrupted(signum, self.out, path)
         bar.close()
         elapsed = time.perf_counter() - t0
         sums = all_reduce_sum(self._epoch_sums, self.dist)
@@ -360,20 +371,66 @@ class Trainer:
             "torch_version": torch.__version__,
         }
 
-    def save(self, epoch: int, next_batch: int = 0, best: bool = False) -> None:
-        """Checkpoint (collective: every rank must call it; rank 0 writes).
+    def save(self, epoch: int, next_batch: int = 0, best: bool = False) -> Path | None:
+        """Checkpoint (collective: every rank must call it; rank 0 writes). Returns the JSON path (rank 0).
+
+        Refuses (:class:`~multispike.train.guards.NonFiniteError`) to write a model with NaN/Inf parameters or
+        buffers, so a diverged state is never checkpointed, never ``best`` and never resumed from.
 
         Args:
             epoch: the epoch to continue with (``next_batch == 0``: the epoch after the completed one).
             next_batch: batches of ``epoch`` already done (mid-epoch checkpoint).
         """
+        self._check_finite(f"at step {self.step} (epoch {epoch + (1 if next_batch else 0)})")
         meta = self._meta(epoch, next_batch)
+        path = None
         if self.dist.is_primary:
             completed = epoch if next_batch == 0 else epoch + next_batch / self.steps_per_epoch
             meta["epochs_completed"] = completed
-            save_checkpoint(self.ckpt_dir, self.model, self.optimizer, meta, epoch=epoch, step=self.step,
-                            keep=self.cfg.keep_checkpoints, best=best)
+            path = save_checkpoint(self.ckpt_dir, self.model, self.optimizer, meta, epoch=epoch, step=self.step,
+                                   keep=self.cfg.keep_checkpoints, best=best)
         barrier(self.dist)
+        return path
+
+    def _check_finite(self, where: str) -> None:
+        """Stop with :class:`NonFiniteError` if a parameter or buffer is NaN/Inf on any rank (collective)."""
+        bad = nonfinite_entries(list(self.model.named_parameters()) + list(self.model.named_buffers()))
+        if self.dist.world_size > 1:   # every rank must raise together, or the others hang in the next collective
+            if not int(all_reduce_sum([float(bool(bad))], self.dist)[0]):
+                return
+        elif not bad:
+            return
+        last = self.ckpt_dir / "last.json"
+        resume = (f"the last good checkpoint is {last} (--resume)" if last.exists() else
+                  "no checkpoint was written yet")
+        raise NonFiniteError(f"training diverged {where}: non-finite values in "
+                             f"{', '.join(bad) if bad else 'the model on another rank'}. Nothing was checkpointed "
+                             f"from this state; {resume}. Lower --lr, enable --clip-grad, freeze BatchNorm "
+                             f"(--freeze-bn) or check the data.")
+
+    def _loss_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank. Under DDP one collective per step also shares the stop
+        request, so all ranks raise (or stop) at the same step instead of leaving the others in a collective."""
+        finite = bool(torch.isfinite(loss))
+        if self.dist.world_size > 1:
+            signum = self._signals.requested if self._signals is not None else None
+            flags = all_reduce_sum([float(not finite), float(signum or 0)], self.dist)
+            finite = not bool(flags[0])
+            self._synced_stop = int(signum or 15) if flags[1] else 0
+        return finite
+
+    def _stop_requested(self, synced: bool = False) -> int:
+        """The signal number if SIGTERM/SIGINT asked this run to stop, else 0.
+
+        Under DDP every rank must agree: ``synced=True`` uses the flag shared in this step's
+        :meth:`_loss_finite`; otherwise one collective shares it now.
+        """
+        signum = self._signals.requested if self._signals is not None else None
+        if self.dist.world_size > 1:
+            if synced:
+                return self._synced_stop
+            return int(signum or 15) if all_reduce_sum([float(signum or 0)], self.dist)[0] else 0
+        return int(signum or 0)
 
     def load(self, ckpt: Checkpoint) -> None:
         """Restore model, optimizer, scaler, step, epoch position and (same world size) RNG states."""
@@ -387,6 +444,7 @@ class Trainer:
             raise CheckpointError(f"cannot resume from {ckpt.path}: the config conflicts with the checkpoint's in "
                                   f"{len(conflicts)} key(s): " + "; ".join(conflicts) +
                                   ". Use the original values (see config.json of that run) or start a new --out.")
+        check_finite_state(ckpt.model_state, f"checkpoint {ckpt.path}")
         load_model_state(self.model, ckpt.model_state, source=f"checkpoint {ckpt.path}")
         if ckpt.optimizer_state is None:
             raise CheckpointError(f"checkpoint {ckpt.path} holds no optimizer state (weights only); it can "
@@ -441,7 +499,22 @@ class Trainer:
         self.history = [json.loads(k) for k in kept]
 
     def fit(self, resume: Checkpoint | None = None) -> dict:
-        """Train ``config.epochs`` epochs (continuing from ``resume``); returns the summary record."""
+        """Train ``config.epochs`` epochs (continuing from ``resume``); returns the summary record.
+
+        Rank 0 holds the run folder's :class:`~multispike.train.guards.RunLock` meanwhile. SIGTERM/SIGINT
+        write a resumable checkpoint after the current step and raise
+        :class:`~multispike.train.guards.TrainingInterrupted`; NaN/Inf in the loss, a parameter or a buffer
+        raises :class:`~multispike.train.guards.NonFiniteError` without checkpointing that state.
+        """
+        lock = RunLock(self.out) if self.dist.is_primary else contextlib.nullcontext()
+        with lock, StopSignals(announce=self.dist.is_primary) as signals:
+            self._signals = signals
+            try:
+                return self._fit(resume)
+            finally:
+                self._signals = None
+
+    def _fit(self, resume: Checkpoint | None) -> dict:
         cfg = self.cfg
         if resume is not None:
             self.load(resume)
@@ -454,6 +527,7 @@ class Trainer:
             record: dict[str, Any] = {"event": "epoch", "epoch": epoch + 1, "epochs": cfg.epochs}
             record.update(self.train_epoch(epoch))
             sync_bn_stats(self.model, self.dist, cfg.dist_bn)
+            self._check_finite(f"in epoch {epoch + 1} (step {self.step})")
             record.update(step=self.step, lr=self.optimizer.param_groups[0]["lr"],
                           lr_groups={g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)})
             is_last = epoch + 1 == cfg.epochs
@@ -471,8 +545,11 @@ class Trainer:
             self.log(record)
             self.history.append(record)
             self._print(self._epoch_line(record))
-            self.save(epoch=epoch + 1, best=best)
+            path = self.save(epoch=epoch + 1, best=best)
             self.epoch = epoch + 1
+            signum = self._stop_requested()
+            if signum and epoch + 1 < cfg.epochs:
+                raise TrainingInterrupted(signum, self.out, path)
         if not final_eval:   # nothing evaluated in this process (e.g. resumed a finished run)
             if self.history and "eval_acc" in self.history[-1]:
                 final_eval = self.history[-1]

@@ -5,6 +5,7 @@ instead of being built (custom models, event-data loaders, tests).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ from .checkpoint import load_checkpoint
 from .config import TrainConfig, save_config
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, seed_everything
 from .engine import Trainer
+from .guards import RunLock, check_finite_state
 from .hybrid import call_convert_hook
 
 __all__ = ["subset_indices", "build_loaders", "build_model", "load_convert_hook", "run_training"]
@@ -96,6 +98,7 @@ def _hybrid_model(cfg: TrainConfig, convert_fn: Callable | None, train_loader: A
     from .rebuild import rebuild_model
 
     ckpt = load_checkpoint(cfg.ann_checkpoint)
+    check_finite_state(ckpt.model_state, f"checkpoint {ckpt.path}")   # a diverged network would train on garbage
     # rebuild_model also handles ANNs that were QAT-prepared or started from another checkpoint
     ann, name = rebuild_model(ckpt)
     ann.train()
@@ -109,6 +112,7 @@ def _init_model(cfg: TrainConfig) -> tuple[nn.Module, str]:
     from .rebuild import model_timesteps, rebuild_model
 
     ckpt = load_checkpoint(cfg.init_from)
+    check_finite_state(ckpt.model_state, f"checkpoint {ckpt.path}")   # a diverged network would train on garbage
     model, name = rebuild_model(ckpt)
     model.train()
     if cfg.model is not None and cfg.model != name:
@@ -144,7 +148,12 @@ def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_load
         torch.set_num_threads(cfg.num_threads)
     owns_dist = dist is None
     dist = dist if dist is not None else init_distributed(cfg.device)
+    # Rank 0 locks the run folder before touching it (--overwrite deletes files; log.jsonl is appended), so a
+    # second run with the same --out is refused instead of interleaving with this one. RunLock also proves the
+    # folder writable before any data is loaded.
+    lock = RunLock(cfg.out) if dist.is_primary else contextlib.nullcontext()
     try:
+        lock.__enter__()
         seed_everything(cfg.seed, dist.rank, cfg.deterministic)
         out = Path(cfg.out)
         resume_ckpt = None
@@ -166,6 +175,10 @@ def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_load
             eval_loader = built_eval if eval_loader is None else eval_loader
         if cfg.num_classes is None:
             cfg.num_classes = info.num_classes if info is not None else getattr(model, "num_classes", None)
+        elif info is not None and info.num_classes and cfg.num_classes < info.num_classes:
+            raise ValueError(f"num_classes={cfg.num_classes} but dataset {cfg.dataset!r} has {info.num_classes} "
+                             f"classes: labels >= {cfg.num_classes} would not fit the classifier. Drop --num-classes "
+                             f"(it comes from the data) or set it to {info.num_classes}")
         if cfg.in_channels is None:
             if info is not None and info.input_shape:
                 cfg.in_channels = info.input_shape[0]
@@ -191,5 +204,6 @@ def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_load
         trainer = Trainer(model, train_loader, eval_loader, cfg, dist=dist, model_name=model_name)
         return trainer.fit(resume=resume_ckpt)
     finally:
+        lock.__exit__(None, None, None)
         if owns_dist:
             cleanup_distributed()

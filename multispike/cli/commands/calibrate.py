@@ -58,8 +58,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    calibrate_checkpoint(args.checkpoint, out=args.out, epochs=args.epochs, lr=args.lr, target=args.target,
-                         v_init_shape=args.v_init_shape, ann_checkpoint=args.ann_checkpoint, dataset=args.dataset,
-                         data_dir=args.data_dir, calib_samples=args.calib_samples, limit=args.limit,
-                         batch_size=args.batch_size, overwrite=args.overwrite)
+    from ...train.guards import RunLock
+    # The lock proves --out writable before the work and keeps a second run from writing the same folder.
+    with RunLock(args.out, "--out"):
+        calibrate_checkpoint(args.checkpoint, out=args.out, epochs=args.epochs, lr=args.lr, target=args.target,
+                             v_init_shape=args.v_init_shape, ann_checkpoint=args.ann_checkpoint, dataset=args.dataset,
+                             data_dir=args.data_dir, calib_samples=args.calib_samples, limit=args.limit,
+                             batch_size=args.batch_size, overwrite=args.overwrite)
     return 0

@@ -86,9 +86,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    convert_checkpoint(args.checkpoint, to, out=args.out, timesteps=args.timesteps, levels=args.levels,
-                       hybrid_bias_scale=args.hybrid_bias_scale, align=args.align, threshold=args.threshold,
-                       v_init=args.v_init, dataset=args.dataset, data_dir=args.data_dir, limit=args.limit,
-                       batch_size=args.batch_size, calib_batches=args.calib_batches,
-                       compare_align=args.compare_align, sanity=not args.no_sanity, overwrite=args.overwrite)
+    from ...train.guards import RunLock
+    # The lock proves --out writable before the work and keeps a second run from writing the same folder.
+    with RunLock(args.out, "--out"):
+        convert_checkpoint(args.checkpoint, to, out=args.out, timesteps=args.timesteps, levels=args.levels,
+                           hybrid_bias_scale=args.hybrid_bias_scale, align=args.align, threshold=args.threshold,
+                           v_init=args.v_init, dataset=args.dataset, data_dir=args.data_dir, limit=args.limit,
+                           batch_size=args.batch_size, calib_batches=args.calib_batches,
+                           compare_align=args.compare_align, sanity=not args.no_sanity, overwrite=args.overwrite)
     return 0

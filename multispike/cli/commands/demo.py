@@ -55,5 +55,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.timesteps is not None:
         overrides["timesteps"] = tuple(sorted(set(args.timesteps)))
     cfg = DemoConfig.quick_config(**overrides) if args.quick else DemoConfig(**overrides)
+    from ...train.guards import ensure_writable_dir
+    ensure_writable_dir(args.out, "--out")   # before the work, not after it
     run_demo(cfg)
     return 0

@@ -209,9 +209,13 @@ def run_eval(args: argparse.Namespace) -> int:
         if not args.compare:
             raise ValueError("nothing to do: give --model NAME or --checkpoint PATH to evaluate, and/or --compare "
                              "RESULT.json ... to compare earlier runs")
+        from ...train.guards import ensure_writable_dir
+        ensure_writable_dir(args.out, "--out")
         paths = compare_reports(args.compare, args.out)
         print(f"comparison of {len(args.compare)} runs written to {paths['markdown']}")
         return 0
+    from ...train.guards import check_finite_state, ensure_writable_dir
+    ensure_writable_dir(args.out, "--out")   # fail now, not after the whole evaluation
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -224,6 +228,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.checkpoint:
         from ...train.checkpoint import load_checkpoint
         ckpt = load_checkpoint(args.checkpoint)
+        check_finite_state(ckpt.model_state, f"checkpoint {ckpt.path}")
         cfg = ckpt.meta.get("config") or {}
         ckpt_defaults = {"dataset": cfg.get("dataset"), "timesteps": cfg.get("timesteps"),
                          "normalize": cfg.get("normalize", True), "data_dir": cfg.get("data_dir")}
@@ -237,6 +242,12 @@ def run_eval(args: argparse.Namespace) -> int:
     T = args.timesteps or defaults.get("timesteps") or 4
     normalize = not args.no_normalize and bool(defaults.get("normalize", True))
     batches, info, kind = _data(args, dataset, T, normalize)
+    model_classes = getattr(model, "num_classes", None)
+    if model_classes is not None and info.num_classes is not None and info.num_classes != model_classes:
+        # more classes than outputs: labels beyond the head crash or score 0; fewer: the accuracy means another task
+        raise ValueError(f"the model has {model_classes} output classes but dataset {dataset!r} has "
+                         f"{info.num_classes}; evaluate it on the data it was trained for (or rebuild --model with "
+                         f"--num-classes {info.num_classes})")
     encoding = args.encoding or ("dvs" if kind == "events" else "static")
     input_mode = args.input_mode
     if input_mode == "auto" and kind == "events":

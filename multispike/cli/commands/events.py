@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     if not args.lr > 0:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
+    from ...train.guards import ensure_writable_dir
+    ensure_writable_dir(args.out, "--out")   # before the work, not after it
     train_events(out=args.out, dataset=args.dataset, lanes=args.lanes, frame_budget=args.frame_budget,
                  epochs=args.epochs, model=args.model, train_samples=args.train_samples,
                  test_samples=args.test_samples, batch_size=args.batch_size, lr=args.lr, opt=args.opt,

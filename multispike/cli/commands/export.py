@@ -90,6 +90,8 @@ def _zoo_network(args: argparse.Namespace):
         from ...train.checkpoint import load_checkpoint, load_model_state
 
         ckpt = load_checkpoint(args.checkpoint)
+        from ...train.guards import check_finite_state
+        check_finite_state(ckpt.model_state, f"checkpoint {ckpt.path}")
         cfg = dict(ckpt.meta.get("config") or {})
         from ...train.rebuild import needs_rebuild, rebuild_model
         if needs_rebuild(ckpt.meta) and not (args.model or args.neuron or args.neuron_kwargs or args.num_classes):
@@ -148,6 +150,10 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
     if args.demo and (args.checkpoint or args.model):
         raise ValueError("--demo builds its own network; do not combine it with --checkpoint/--model")
+    from ...train.guards import ensure_writable_file
+    ensure_writable_file(args.out, "--out")   # before building and measuring, not after
+    if args.report_json:
+        ensure_writable_file(args.report_json, "--report-json")
     if args.demo:
         model, example, samples, labels, info = _demo_network(args)
     else:

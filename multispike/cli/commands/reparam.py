@@ -47,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    reparameterize_checkpoint(args.checkpoint, out=args.out, dataset=args.dataset, data_dir=args.data_dir,
-                              limit=args.limit, batch_size=args.batch_size, overwrite=args.overwrite)
+    from ...train.guards import RunLock
+    # The lock proves --out writable before the work and keeps a second run from writing the same folder.
+    with RunLock(args.out, "--out"):
+        reparameterize_checkpoint(args.checkpoint, out=args.out, dataset=args.dataset, data_dir=args.data_dir,
+                                  limit=args.limit, batch_size=args.batch_size, overwrite=args.overwrite)
     return 0

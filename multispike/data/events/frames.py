@@ -306,7 +306,11 @@ class FrameCache:
             with np.load(path, allow_pickle=False) as z:
                 if str(z["key"]) != self.key_payload(source, params):
                     return None
-                return np.array(z["frames"])
+                frames = np.array(z["frames"])
+            if frames.ndim != 4 or not np.issubdtype(frames.dtype, np.integer) or (frames.size and frames.min() < 0):
+                raise ValueError(f"entry holds {frames.dtype} {frames.shape}, not non-negative integer counts "
+                                 f"[T, P, H, W]")
+            return frames
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as err:
             warnings.warn(f"FrameCache: ignoring unreadable cache entry {path} ({err}); it will be rewritten",
                           RuntimeWarning, stacklevel=2)

@@ -49,9 +49,34 @@ def _read_bytes(path) -> bytes:
     return path.read_bytes()
 
 
-def _events_from_columns(t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    out = np.empty(len(t), dtype=EVENT_DTYPE)
-    out["t"], out["x"], out["y"], out["p"] = t, x, y, p
+def _check_field(col: np.ndarray, name: str, path) -> None:
+    """Refuse values that would wrap or be truncated when cast to the event field's dtype."""
+    if not col.size or np.issubdtype(col.dtype, np.bool_):
+        return
+    target = EVENT_DTYPE[name]
+    info = np.iinfo(target)
+    if np.issubdtype(col.dtype, np.integer):
+        lo, hi = int(col.min()), int(col.max())
+    elif np.issubdtype(col.dtype, np.floating):
+        if not bool(np.isfinite(col).all()) or not bool((col == np.round(col)).all()):
+            raise EventFileError(path, None, f"event field {name!r} must hold integers, but the file stores {col.dtype} "
+                                             f"values that are not whole numbers (or NaN/Inf)")
+        lo, hi = float(col.min()), float(col.max())
+    else:
+        raise EventFileError(path, None, f"event field {name!r} has dtype {col.dtype}; expected integers")
+    if lo < info.min or hi > info.max:
+        raise EventFileError(path, None, f"event field {name!r} spans [{lo:g}, {hi:g}], outside the {target} range "
+                                         f"[{info.min}, {info.max}] it is stored in; casting would wrap the values. "
+                                         f"The file is corrupt or not in this layout")
+
+
+def _events_from_columns(t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray, path=None) -> np.ndarray:
+    """Pack four columns into :data:`EVENT_DTYPE`, checking every value fits its field first (no silent wrap)."""
+    cols = {"t": np.asarray(t), "x": np.asarray(x), "y": np.asarray(y), "p": np.asarray(p)}
+    for name, col in cols.items():
+        _check_field(col, name, path if path is not None else "<events>")
+    out = np.empty(len(cols["t"]), dtype=EVENT_DTYPE)
+    out["t"], out["x"], out["y"], out["p"] = cols["t"], cols["x"], cols["y"], cols["p"]
     return out
 
 
@@ -94,7 +119,7 @@ def read_nmnist_bin(path: PathLike) -> np.ndarray:
         raise EventFileError(path, 5 * int(index[first]),
                              f"malformed N-MNIST event: x={int(x[first])}, y={int(y[first])} outside the 34 x 34 "
                              f"sensor (max x seen {int(x.max())}, max y seen {int(y.max())})")
-    return _events_from_columns(t, x, y, p)
+    return _events_from_columns(t, x, y, p, path)
 
 
 # ----------------------------------------------------------------------------------------------- AEDAT 2
@@ -273,7 +298,7 @@ def read_aedat4(path: PathLike, stream_id: int | None = None) -> np.ndarray:
         return empty_events()
     ev = np.concatenate(chunks)
     pname = "on" if "on" in ev.dtype.names else "p"
-    out = _events_from_columns(ev["t"].astype(np.int64), ev["x"], ev["y"], ev[pname].astype(np.int8))
+    out = _events_from_columns(ev["t"], ev["x"], ev["y"], ev[pname], path)
     validate_events(out, (int(streams[sid]["width"]), int(streams[sid]["height"]), 2), owner=str(path))
     return out
 
@@ -340,18 +365,38 @@ def read_prophesee_dat(path: PathLike) -> np.ndarray:
         first = int(np.argmax(p > 1))
         raise EventFileError(path, start + 8 * first + 4, f"malformed event {first}: polarity field {int(p[first])} "
                                                           f"(bits 28-31) is neither 0 nor 1")
-    out = _events_from_columns(rec["t"].astype(np.int64), d & 0x3FFF, (d >> 14) & 0x3FFF, p)
+    out = _events_from_columns(rec["t"], d & 0x3FFF, (d >> 14) & 0x3FFF, p, path)
     if "width" in info and "height" in info:
         validate_events(out, (info["width"], info["height"], 2), owner=str(path))
     return out
 
 
 # ----------------------------------------------------------------------------------------------- npz + dispatch
+#: An npz whose members declare more than this many times the file's size is refused before decompressing
+#: (deflate reaches ~1000:1 only on constant data; real event columns compress a few times at most).
+NPZ_MAX_EXPANSION = 200
+
+
+def _check_npz_sizes(path: Path) -> None:
+    import zipfile
+
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as zf:
+            declared = sum(i.file_size for i in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise EventFileError(path, None, f"unreadable npz event file ({err})") from err
+    if declared > NPZ_MAX_EXPANSION * size + (1 << 20):
+        raise EventFileError(path, None, f"npz members declare {declared:,} bytes uncompressed from a {size:,}-byte "
+                                         f"file (over {NPZ_MAX_EXPANSION}x): refusing a likely decompression bomb")
+
+
 def read_events_npz(path: PathLike) -> np.ndarray:
     """Read events saved as ``.npz`` with arrays ``t, x, y, p`` (SpikingJelly's ``events_np`` layout)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"event file not found: {path}")
+    _check_npz_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in "txyp" if k not in z.files]
@@ -365,7 +410,7 @@ def read_events_npz(path: PathLike) -> np.ndarray:
     if len({c.shape for c in cols}) != 1 or cols[0].ndim != 1:
         raise EventFileError(path, None, f"npz arrays t, x, y, p must be 1-D and equally long, got "
                                          f"{[c.shape for c in cols]}")
-    return _events_from_columns(cols[0].astype(np.int64), cols[1], cols[2], cols[3].astype(np.int8))
+    return _events_from_columns(cols[0], cols[1], cols[2], cols[3], path)
 
 
 _SUFFIX_FORMATS = {".bin": "nmnist", ".aedat": "cifar10dvs", ".aedat4": "aedat4", ".dat": "prophesee",
