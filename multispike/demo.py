@@ -61,8 +61,13 @@ class DemoConfig:
             every QAC quantizer (the §4.2 defaults 8.0 and 4.0), QAT epochs, the weights' lr and the lr of
             (t, α): t is in units of timesteps, so it gets its own rate (30x the weights').
         calib_epochs, calib_lr, calib_target: QAC calibration of v(0) and θ (§4.5).
-        mlif_lanes, mlif_threshold_init, mlif_lr: S of the M-LIF row, its threshold rule (``"percentile"``
-            = P90, the paper's default) and the fine-tuning learning rate (Adam).
+        mlif_bits, mlif_lanes, mlif_threshold_init, mlif_lr, mlif_gamma: b of the log-quantized ANN the M-LIF
+            rows start from, S of the main M-LIF row (``None``: ``2^b − 1``, the exact pairing), its init rule
+            (``"logquant"``, the exact mapping; ``"percentile"`` = the paper text's P90), the fine-tuning lr (Adam;
+            MLIF-P's 1e-4) and the triangle surrogate width γ. γ = 1 makes each window integrate to its edge's
+            jump, so the surrogate's gain per layer matches the LQ-ANN's straight-through gradient; MLIF-P's 0.3
+            shrinks the gradient by 0.3 per spiking layer (measured at the first conv of this CNN: 0.0017 vs 0.065
+            for γ = 1 and 0.055 through the LQ-ANN).
         threads: torch intra-op threads while the demo runs.
         quick: the reduced setting used by the tests (few epochs; numbers are not meant for reading).
     """
@@ -92,9 +97,11 @@ class DemoConfig:
     calib_epochs: int = 5
     calib_lr: float = 1e-3
     calib_target: str = "float"
-    mlif_lanes: int = 3
-    mlif_threshold_init: str = "percentile"
-    mlif_lr: float = 1e-3
+    mlif_bits: int = 2
+    mlif_lanes: int | None = None
+    mlif_threshold_init: str = "logquant"
+    mlif_lr: float = 1e-4
+    mlif_gamma: float = 1.0
     threads: int = 1
     quick: bool = False
     extra: dict = field(default_factory=dict)

@@ -19,12 +19,15 @@ from the papers to this 8x8 task and a CPU budget of seconds:
     uniform ``T = round(average T)`` with and without averaging alignment (QAC's Table 8 setting).
 
 ``mlif`` (one-hot M-LIF, §5)
-    From the ReLU ANN of the base demo, :func:`~multispike.convert.mlif_init.mlif_hybrid_init` builds an
-    M-LIF SNN with ``S = cfg.mlif_lanes`` and a LIF SNN (M-LIF with S = 1, the same neuron with one lane)
-    at T = 1, with the same threshold rule; both are evaluated after the init and after the same
-    fine-tuning budget. Per-layer spike events and active lanes, the distinct payloads (one-hot: 0 and
-    powers of two) and the DIET energy ratio δ = E_ANN / E_SNN (MLIF-P eq. (11), 45 nm constants) are
-    reported with :mod:`multispike.metrics`.
+    The ReLU ANN becomes a ``b = cfg.mlif_bits`` log-quantized ANN (ReLU + LogQuant, α calibrated at P99.7, no
+    training). :func:`~multispike.convert.mlif_init.mlif_hybrid_init` (``threshold_init="logquant"``) maps it
+    to M-LIF SNNs at T = 1 with ``S = 2^b − 1`` lanes (the exact pairing: θ = α·2^(3/2−2^b), a spike worth
+    √2·θ·2^s, so the init equals the LQ-ANN value by value), ``S = 2`` (the paper's Table 2 pairing, which drops
+    the lowest LQ level) and ``S = 1`` (LIF); each is evaluated right after the init (with its argmax agreement
+    with the LQ-ANN) and after the same fine-tuning (Adam at MLIF-P's lr 1e-4, triangle γ = ``cfg.mlif_gamma``).
+    The paper text's P90 init from the ReLU ANN is listed for reference. Per-layer spike events and active
+    lanes, the distinct payloads (one-hot: 0 and powers of two) and the DIET energy ratio δ = E_ANN / E_SNN
+    (MLIF-P eq. (11), 45 nm constants) are reported with :mod:`multispike.metrics`.
 """
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ from .demo import (EXTRA_ROWS, DemoConfig, DigitsCNN, evaluate_prefixes, predict
 from .quant.qac import QACQuantizer, average_timestep, prepare_qat, quantizer_summary
 from .quant.qcfs import QCFS
 
-__all__ = ["qcfs_ann", "lmht_rows", "qac_rows", "mlif_rows"]
+__all__ = ["qcfs_ann", "lmht_rows", "qac_rows", "lq_ann", "mlif_rows"]
 
 Log = Callable[[str], None]
 
@@ -240,33 +243,80 @@ def _energy(snn: torch.nn.Module, x: torch.Tensor) -> dict | None:
             "r": {layer["name"]: layer["r"] for layer in e["layers"]}}
 
 
+def lq_ann(cfg: DemoConfig, ctx: dict, log: Log, bits: int) -> tuple[torch.nn.Module, float]:
+    """The calibrated b-bit log-quantized ANN (§5.4) of the ``mlif`` rows: ``(model, test accuracy %)``.
+
+    A copy of the ReLU ANN with every ReLU followed by a :class:`~multispike.quant.logquant.LogQuant` (MLIF-C's
+    order), α of each layer = the running maximum of the per-batch P99.7 over the 512 calibration images (4 batches
+    of 128, MLIF-C's rule); no training. Cached in ``ctx`` per b.
+    """
+    from torch import nn
+
+    from .quant.logquant import LogQuant, calibrate_log_quant
+
+    cache = ctx.setdefault("lq_ann", {})
+    if bits not in cache:
+        net = copy.deepcopy(ctx["ann"])
+        relus = [n for n, m in net.named_modules() if isinstance(m, nn.ReLU)]
+        for name in relus:
+            parent_name, _, attr = name.rpartition(".")
+            parent = net.get_submodule(parent_name) if parent_name else net
+            setattr(parent, attr, nn.Sequential(nn.ReLU(), LogQuant(bits=bits, percentile=99.7)))
+        calibrate_log_quant(net, _calibration_batches(ctx), num_batches=len(_calibration_batches(ctx)))
+        acc = evaluate_prefixes(net, ctx["test"])[0]
+        log(f"LQ-ANN b={bits}: {acc:.2f}% (calibrated, no training)")
+        cache[bits] = (net, acc)
+    return cache[bits]
+
+
 def mlif_rows(cfg: DemoConfig, ctx: dict, log: Log) -> list[dict]:
-    """M-LIF (S = cfg.mlif_lanes) and LIF (S = 1) at T = 1 from the ReLU ANN: hybrid init, then fine-tuning."""
-    S = cfg.mlif_lanes
-    group = f"One-hot M-LIF (S={S}) vs LIF (S=1), T=1, from the ReLU ANN"
-    ann, calib = ctx["ann"], ctx["calib"]
-    rows, stats = [], {}
-    for lanes in dict.fromkeys((S, 1)):
-        name = f"M-LIF S={lanes}" if lanes > 1 else "LIF (M-LIF S=1)"
+    """M-LIF at T = 1 from the calibrated b-bit LQ-ANN: the exact pairing S = 2^b − 1, the paper's S = 2, LIF (S = 1),
+    each right after the hybrid init and after the same fine-tuning; the paper text's P90 init for reference."""
+    b = cfg.mlif_bits
+    S = cfg.mlif_lanes if cfg.mlif_lanes is not None else 2 ** b - 1
+    group = f"One-hot M-LIF at T=1 vs the {b}-bit log-quantized ANN (exact pairing S = 2^b-1 = {2 ** b - 1})"
+    test, calib = ctx["test"], ctx["calib"]
+    lq, lq_acc = lq_ann(cfg, ctx, log, b)
+    lq_pred = predictions(lq, test)
+    alphas = [round(float(m.alpha), 4) for m in lq.modules() if type(m).__name__ == "LogQuant"]
+    rows = [{"group": group, "method": f"LQ-ANN b={b} (calibrated)", "T": None, "accuracy": lq_acc,
+             "notes": f"ReLU ANN + LogQuant ({2 ** b} codes, {2 ** b - 1} non-zero), α = P99.7 of 512 images: "
+                      f"{'/'.join(f'{a:.2f}' for a in alphas)}; no training", "bits": b, "alpha": alphas}]
+    recipe = (f"{cfg.finetune_epochs} epochs, Adam lr {cfg.mlif_lr:g} (MLIF-P's), cosine, triangle γ "
+              f"{cfg.mlif_gamma:g}, no dropout (this CNN has no D positions)")
+    stats = {}
+    for lanes in dict.fromkeys((S, 2, 1)):
+        exact = cfg.mlif_threshold_init == "logquant" and lanes == 2 ** b - 1
+        if lanes == 1:
+            name, pairing = "LIF (M-LIF S=1)", f"keeps only the top LQ level α (1 code vs {2 ** b})"
+        elif exact:
+            name, pairing = f"M-LIF S={lanes}", f"= LQ b={b} value by value ({lanes + 1} codes each)"
+        else:
+            name, pairing = f"M-LIF S={lanes}", (f"the paper's pairing with b={b}: {lanes + 1} codes vs {2 ** b}"
+                                                 if lanes == 2 else f"{lanes + 1} codes vs {2 ** b}")
         torch.manual_seed(cfg.seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a silent layer's fallback is reported in the init report
-            snn, rep = mlif_hybrid_init(ann, [calib], lanes=lanes, threshold_init=cfg.mlif_threshold_init, T=1)
+            snn, rep = mlif_hybrid_init(lq, [calib], lanes=lanes, threshold_init=cfg.mlif_threshold_init, T=1,
+                                        neuron_kwargs=dict(gamma=cfg.mlif_gamma))
         snn.set_timesteps(1)
         init_acc = _final_accuracy(snn, ctx)
+        agree = _agreement(predictions(snn, test), lq_pred)
+        rule = ("θ = α·2^(1/2-S), spike worth √2·θ·2^s, floor lanes, fire on >=" if cfg.mlif_threshold_init == "logquant"
+                else f"{cfg.mlif_threshold_init} rule")
         rows.append({"group": group, "method": f"{name} hybrid init", "T": 1, "accuracy": init_acc,
-                     "notes": f"BN folded, θ from P{rep.q:g} of each layer's input current "
-                              f"({cfg.mlif_threshold_init})",
-                     "lanes": lanes, "thresholds": rep.thresholds})
+                     "notes": f"{pairing}; {rule}; same argmax as LQ-ANN: {100 * agree:.2f}%",
+                     "lanes": lanes, "exact": rep.exact, "agreement_with_lq": agree, "thresholds": rep.thresholds,
+                     "payload_scales": {e["name"]: e["payload_scale"] for e in rep.layers}})
+        if lanes == S:
+            ctx["sections"].append(str(rep))
         torch.manual_seed(cfg.seed)
         secs = train_classifier(snn, ctx["train"], cfg.finetune_epochs, cfg.mlif_lr, f"{name} fine-tune",
                                 cfg.progress)
         acc = _final_accuracy(snn, ctx)
         st = spike_statistics(snn, calib[:256])
         energy = _energy(snn, calib[:256])
-        note = f"{cfg.finetune_epochs} epochs, Adam lr {cfg.mlif_lr:g}, dropout 0.2"
-        if energy is not None:
-            note += f"; δ = E_ANN/E_SNN = {energy['delta']:.2f}"
+        note = recipe + (f"; δ = E_ANN/E_SNN = {energy['delta']:.2f}" if energy is not None else "")
         rows.append({"group": group, "method": f"{name} fine-tuned", "T": 1, "accuracy": acc, "notes": note,
                      "lanes": lanes, "finetune_s": round(secs, 2),
                      "spike_events": {k: v["events"] for k, v in st.items()},
@@ -274,7 +324,19 @@ def mlif_rows(cfg: DemoConfig, ctx: dict, log: Log) -> list[dict]:
                      "payload_values": {k: v["values"] for k, v in st.items()},
                      "energy": energy})
         stats[lanes] = (st, energy)
-        log(f"{name}: init {init_acc:.2f}%, fine-tuned {acc:.2f}% ({cfg.finetune_epochs} epochs, {secs:.1f} s)")
+        log(f"{name}: init {init_acc:.2f}% (LQ-ANN b={b} {lq_acc:.2f}%, argmax agreement {agree:.4f}), fine-tuned "
+            f"{acc:.2f}% ({cfg.finetune_epochs} epochs, {secs:.1f} s)")
+
+    # The paper text's P90 rule from the ReLU ANN, for reference: only 10 % of each layer's inputs fire.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p90, _ = mlif_hybrid_init(ctx["ann"], [calib], lanes=S, threshold_init="percentile", T=1)
+    p90.set_timesteps(1)
+    p90_acc = _final_accuracy(p90, ctx)
+    rows.append({"group": group, "method": f"M-LIF S={S} P90 init (paper text)", "T": 1, "accuracy": p90_acc,
+                 "notes": "from the ReLU ANN: lowest edge at P90 of each layer's input current, spike worth θ·2^s; "
+                          "not fine-tuned", "lanes": S, "threshold_init": "percentile"})
+    log(f"M-LIF S={S} with the P90 rule: {p90_acc:.2f}% right after init")
 
     layers = list(next(iter(stats.values()))[0])
     lines = ["M-LIF/LIF at T=1 after fine-tuning, per layer on 256 training images:",

@@ -129,6 +129,9 @@ def test_quick_specific_contents(quick_run):
         # δ is E_ANN / E_SNN of the same row (algorithms.md §6), not an independent number
         assert r["delta"] == pytest.approx(r["e_ann_uj"] / r["e_snn_uj"], rel=1e-9)
     assert mrows["lq_b2"]["delta"] == 1.0
+    # the S = 3 rows start from the calibrated 2-bit LQ-ANN with the exact mapping (§5.4)
+    assert mrows["mlif_S3"]["init_exact"] and not mrows["mlif_S2"]["init_exact"]
+    assert any(c["id"] == "mlif-exact-init" and c["verdict"] != "not tested" for c in mlif["claims"])
     section = (quick_run / "evidence_readme_section.md").read_text()
     assert section.startswith("## Results") and "### Where our measurements do not (fully) confirm" in section
     summary = json.loads((quick_run / "evidence_summary.json").read_text())

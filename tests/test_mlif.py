@@ -507,3 +507,48 @@ def test_bad_function_inputs():
     nrn(x)
     with pytest.raises(ValueError, match="reset_net"):
         nrn(torch.ones(3, 5, 4))
+
+
+# ----------------------------------------------------------------------------------------------- payload scale
+@pytest.mark.parametrize("scaled", [False, True])
+def test_payload_scale_multiplies_the_output_only(scaled):
+    x = torch.randn(4, 16, 6, generator=torch.Generator().manual_seed(11)) * 3
+    c = torch.tensor(0.37)
+    bare = OneHotMLIF(lanes=3, v_threshold=0.8, scaled=scaled, backend="torch")
+    paid = OneHotMLIF(lanes=3, v_threshold=0.8, scaled=scaled, payload_scale=c, backend="torch")
+    y0, y1 = bare(x), paid(x)
+    assert_close(y1, y0 * c, atol=0, rtol=0)
+    assert_close(paid.v, bare.v, atol=0, rtol=0)               # same dynamics: the reset is still θ·o
+    assert_close(paid.spike_events(y1), bare.spike_events(y0), atol=1e-6, rtol=0)
+    assert_close(paid.active_lanes(y1), bare.active_lanes(y0), atol=0, rtol=0)
+    assert paid.payload_unit == pytest.approx(float(c) * bare.unit)
+    assert "payload_scale" in paid.state_dict() and "payload_scale" not in bare.state_dict()
+
+
+def test_payload_scale_per_channel_learnable_and_its_gradient():
+    x = torch.randn(1, 8, 3, 2, 2, generator=torch.Generator().manual_seed(12)) * 2
+    c0 = torch.tensor([0.5, 1.0, 2.0]).view(3, 1, 1)
+    n = OneHotMLIF(lanes=3, payload_scale=c0, learnable_payload_scale=True, backend="torch")
+    assert isinstance(n.payload_scale, torch.nn.Parameter)
+    y = n(x)
+    y.sum().backward()
+    bare = OneHotMLIF(lanes=3, backend="torch")(x).detach()
+    # d(Σ c·o)/dc = Σ o per channel
+    assert_close(n.payload_scale.grad, bare.sum(dim=(0, 1, 3, 4)).view(3, 1, 1), atol=1e-6, rtol=0)
+
+
+def test_payload_scale_checkpoints_and_validation():
+    src = OneHotMLIF(lanes=2, payload_scale=0.25)
+    dst = OneHotMLIF(lanes=2)                                   # built bare: adopts the checkpoint's scale
+    dst.load_state_dict(src.state_dict())
+    assert float(dst.payload_scale) == 0.25
+    old = OneHotMLIF(lanes=2)                                   # a checkpoint from before payload scales
+    OneHotMLIF(lanes=2).load_state_dict(old.state_dict())
+    dst.set_payload_scale(None)
+    assert dst.payload_scale is None and "payload_scale" not in dst.state_dict()
+    with pytest.raises(ValueError, match="payload_scale"):
+        OneHotMLIF(payload_scale=0.0)
+    with pytest.raises(ValueError, match="payload_scale"):
+        OneHotMLIF(payload_scale=float("nan"))
+    with pytest.raises(ValueError, match="learnable_payload_scale"):
+        OneHotMLIF(learnable_payload_scale=True)

@@ -128,3 +128,56 @@ def test_calibration_rectifies_like_the_quantizer():
         out = lq(x)
     assert torch.equal(out, x.clamp(min=0))
     assert float(lq.alpha) <= 1.0 and float(lq.alpha) > 0.9
+
+
+# ----------------------------------------------------------------------------------------------- exact M-LIF mapping
+def _edge_cases(theta: torch.Tensor, S: int) -> torch.Tensor:
+    """Every lane edge θ·2^s exactly (a tie: both round up), and the float just below and above it."""
+    edges = theta * 2.0 ** torch.arange(S, dtype=theta.dtype)
+    lo, hi = torch.tensor(0.0, dtype=theta.dtype), torch.tensor(1e9, dtype=theta.dtype)
+    return torch.cat([edges, torch.nextafter(edges, lo), torch.nextafter(edges, hi)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bits", [1, 2, 3])
+def test_mlif_with_2b_minus_1_lanes_equals_the_b_bit_log_quantizer_value_by_value(bits, dtype):
+    from multispike.neurons.mlif import OneHotMLIF
+    from multispike.quant.logquant import log_quant_lanes, mlif_lq_parameters
+
+    S = log_quant_lanes(bits)
+    assert S == 2 ** bits - 1
+    g = torch.Generator().manual_seed(bits)
+    for alpha in (1.0, 0.731, 5.3):
+        a = torch.tensor(alpha, dtype=dtype)
+        theta, c = mlif_lq_parameters(a, S)
+        # the closed form of the mapping: θ = α·2^{3/2−2^b}, a spike worth √2·θ·2^s (c = the lowest LQ level)
+        assert_close(theta, a * 2.0 ** (1.5 - 2 ** bits), atol=0, rtol=1e-6)
+        assert_close(c, math.sqrt(2.0) * theta, atol=0, rtol=1e-6)
+        assert float(c) == log_quant_levels(bits, float(a))[1]
+        x = torch.cat([torch.randn(4000, generator=g, dtype=dtype) * alpha,
+                       torch.rand(4000, generator=g, dtype=dtype) * alpha * 2.0 ** (2 - 2 ** bits),   # low levels
+                       _edge_cases(theta, S), torch.tensor([0.0, -0.0, -alpha, 1e6], dtype=dtype)])
+        want = log_quant(x, a, bits)
+        for backend in ("torch", "auto"):
+            n = OneHotMLIF(lanes=S, lane_bounds="floor", fire_ge=True, backend=backend).to(dtype)
+            with torch.no_grad():
+                n.v_threshold.copy_(theta)                      # in the LQ's own dtype (the constructor is fp32)
+            n.set_payload_scale(c)
+            got = n(x.view(1, -1))[0]
+            assert torch.equal(got, want), (backend, (got != want).nonzero()[:5])
+        # the ties land on the upper level, like ⌊log₂ y + ½⌋ (half up)
+        tie = log_quant(theta * 2.0 ** torch.arange(S, dtype=dtype), a, bits)
+        assert_close(tie, c * 2.0 ** torch.arange(S, dtype=dtype), atol=0, rtol=0)
+
+
+def test_the_papers_pairing_s2_vs_b2_drops_the_lowest_level():
+    from multispike.neurons.mlif import OneHotMLIF
+    from multispike.quant.logquant import mlif_lq_parameters
+
+    alpha = torch.tensor(2.0)
+    x = torch.rand(20000, generator=torch.Generator().manual_seed(3)) * 3
+    lq = log_quant(x, alpha, 2)                                  # {0, α/4, α/2, α}: 3 non-zero codes
+    theta, c = mlif_lq_parameters(alpha, 2)                      # S = 2: {0, α/2, α}
+    y = OneHotMLIF(lanes=2, v_threshold=theta, lane_bounds="floor", fire_ge=True, payload_scale=c)(x.view(1, -1))[0]
+    assert sorted(set(y.tolist())) == [0.0, 1.0, 2.0]
+    assert torch.equal(y, torch.where(lq == alpha / 4, torch.zeros_like(lq), lq))

@@ -248,10 +248,16 @@ def _analyze_mlif(core: OneHotMLIF, name: str) -> NeuronSpec:
     unit = float(core.unit)
     theta = _common_theta(core)
     beta = _t(core.leak)
+    # A payload scale c multiplies what every lane sends (not the edges or the reset).
+    c = core.payload_scale
+    send = 1.0 if c is None or c.numel() != 1 else float(c.detach())
     spec = NeuronSpec(name=name, core=core, family="lanes", lanes=S, theta=theta * unit if core.scaled else theta,
                       u0=_t(core.v_init), beta=beta, fire_ge=bool(core.fire_ge),
                       upper_ge=core.lane_bounds == "floor", payload=None,
-                      lane_values=[unit * 2.0 ** s for s in range(S)])
+                      lane_values=[send * unit * 2.0 ** s for s in range(S)])
+    if c is not None and c.numel() != 1:
+        reason = "a per-channel payload scale has no NIR form (lane values are per layer)"
+        spec.problems = {m: reason for m in ("exact", "if", "unrolled")}
     if core.decay_input:
         spec.gain = 1.0 - beta
     if core.reset_mode == "soft":

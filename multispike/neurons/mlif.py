@@ -10,7 +10,10 @@ A neuron has one membrane ``u`` and ``S`` output lanes with weights ``2^s``. Wit
 
 The lowest edge (does any lane fire?) is ``r > 1`` or, with ``fire_ge=True``, ``r >= 1``. The merged payload
 is what the next synaptic op consumes (``W·Σ 2^s o_s = W·o``); the lane tensor ``[T, B, S, ...]`` is returned
-on request for statistics. The *scaled* variant (transformers) emits ``2^{s-S+1}`` with edges at
+on request for statistics. :class:`OneHotMLIF` can scale what it sends by a *payload scale* ``c`` (a spike on
+lane s is then worth ``c·2^s``; the dynamics, edges and reset stay in membrane units): ``c = 1`` is the paper's
+direct-training convention, ``c = √2·θ`` makes a T = 1 layer equal to a log-quantized activation (§5.4, see
+:func:`multispike.convert.mlif_init.mlif_hybrid_init`). The *scaled* variant (transformers) emits ``2^{s-S+1}`` with edges at
 ``2^{s-S+1}·θ``; it equals ``2^{-(S-1)}·M-LIF(θ/2^{S-1})`` exactly, forward and backward.
 
 Membrane update (post-reset membrane ``v``, merged payload ``o``)::
@@ -411,6 +414,14 @@ class OneHotMLIF(MemoryModule):
         store_v_seq: keep the post-reset membrane sequence of the last call in ``self.v_seq``.
         decay_input: SpikingJelly LIF charge ``m = v + (I − v)·(1 − β)`` (MLIF-C transformers: β = 0.5,
             ``reset="hard"``, ``detach_reset=True``, ``scaled=True``, sigmoid α = 4, fixed θ = 1).
+        payload_scale: ``c > 0`` (float or tensor broadcastable to one step, e.g. ``[C, 1, 1]``): the output is
+            ``c·o``, so a spike on lane s is worth ``c·2^s`` (``c·2^{s−S+1}`` scaled). ``None`` (default) sends
+            the bare payload ``o`` - the paper's convention for direct training, where the next layer's weights
+            learn the scale. It only scales what consumers see (next layer, identity shortcuts, read-out): edges
+            and the soft reset ``θ·o`` stay in membrane units, and statistics (:meth:`spike_events`) divide it
+            out. A hybrid initialisation from an ANN sets it so that folded biases and identity shortcuts see
+            ANN-scale values (``c = √2·θ`` reproduces a log-quantized ANN exactly at T = 1, §5.4).
+        learnable_payload_scale: make ``c`` an ``nn.Parameter`` (needs ``payload_scale``).
 
     Statistics protocol: ``lanes = S``, ``levels = 2^{S−1}``, :meth:`spike_events` (value-weighted events
     payload/unit) and :meth:`active_lanes` (one fired lane = one AC, §6.2).
@@ -432,7 +443,8 @@ class OneHotMLIF(MemoryModule):
                  gamma: float = 0.3, alpha: float = 4.0, fire_ge: bool = False, detach_reset: bool = False,
                  v_init: float | torch.Tensor = 0.0, dropout: float = 0.0, step_mode: str = "m",
                  backend: str = "auto", store_lanes: bool = False, store_v_seq: bool = False,
-                 decay_input: bool = False) -> None:
+                 decay_input: bool = False, payload_scale: float | torch.Tensor | None = None,
+                 learnable_payload_scale: bool = False) -> None:
         super().__init__(step_mode=step_mode, backend=backend)
         owner = type(self).__name__
         self.lanes = _check_lanes(lanes, owner)
@@ -468,6 +480,12 @@ class OneHotMLIF(MemoryModule):
         else:
             self.register_buffer("leak", beta)
         self.register_buffer("v_init", self._tensor_arg(v_init, "v_init", owner))
+        self.register_buffer("payload_scale", None)
+        if payload_scale is not None:
+            self.set_payload_scale(payload_scale, learnable=learnable_payload_scale)
+        elif learnable_payload_scale:
+            raise ValueError(f"{owner}: learnable_payload_scale=True needs a payload_scale to start from (e.g. the "
+                             f"threshold); None means the bare payload o")
         self.store_lanes = bool(store_lanes)
         self.store_v_seq = bool(store_v_seq)
         self.register_memory("state", None)
@@ -497,6 +515,53 @@ class OneHotMLIF(MemoryModule):
         return 2.0 ** -(self.lanes - 1) if self.scaled else 1.0
 
     @property
+    def payload_unit(self) -> float | torch.Tensor:
+        """What the lowest lane sends: ``unit`` times the payload scale ``c`` (a tensor if ``c`` is one with more
+        than one element)."""
+        if self.payload_scale is None:
+            return self.unit
+        c = self.payload_scale.detach()
+        return self.unit * (float(c) if c.numel() == 1 else c)
+
+    def set_payload_scale(self, value: float | torch.Tensor | None, learnable: bool | None = None) -> None:
+        """Set the payload scale ``c`` (``None``: bare payload). ``learnable`` (default: keep the current kind)
+        makes it an ``nn.Parameter`` or a buffer."""
+        owner = type(self).__name__
+        current = self.payload_scale
+        if learnable is None:
+            learnable = isinstance(current, nn.Parameter)
+        if value is None:
+            if learnable:
+                raise ValueError(f"{owner}: a learnable payload scale needs a value")
+            self._parameters.pop("payload_scale", None)
+            self.register_buffer("payload_scale", None)
+            return
+        ref = self.v_threshold
+        if isinstance(value, torch.Tensor):
+            self._tensor_arg(value, "payload_scale", owner, positive=True)        # validation only
+            c = value.detach().clone().to(device=ref.device, dtype=ref.dtype)   # no float32 round trip
+        else:
+            c = self._tensor_arg(value, "payload_scale", owner, positive=True).to(device=ref.device,
+                                                                                  dtype=ref.dtype)
+        # Re-register: the attribute may move between _buffers and _parameters.
+        self._parameters.pop("payload_scale", None)
+        self._buffers.pop("payload_scale", None)
+        if learnable:
+            self.payload_scale = nn.Parameter(c)
+        else:
+            self.register_buffer("payload_scale", c)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # A checkpoint with a payload scale loads into a neuron built without one (as a buffer), and a
+        # checkpoint from before payload scales existed loads into a bare neuron unchanged.
+        key = prefix + "payload_scale"
+        if key in state_dict and self.payload_scale is None:
+            self.set_payload_scale(state_dict[key], learnable=False)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    @property
     def v(self) -> torch.Tensor | None:
         """Post-reset membrane after the last step (``None`` before the first step or after ``reset()``)."""
         return None if self.state is None else self.state.v
@@ -511,7 +576,9 @@ class OneHotMLIF(MemoryModule):
 
     # --- statistics protocol (§6.2) -----------------------------------------------------------------------
     def spike_events(self, y: torch.Tensor) -> torch.Tensor:
-        """Value-weighted unit events of a payload ``y``: ``2^s`` for a fired lane s (payload / unit)."""
+        """Value-weighted unit events of an output ``y``: ``2^s`` for a fired lane s (output / payload unit)."""
+        if self.payload_scale is not None:
+            y = y / self.payload_scale.detach()
         return y / self.unit if self.scaled else y
 
     def active_lanes(self, y: torch.Tensor) -> torch.Tensor:
@@ -546,6 +613,9 @@ class OneHotMLIF(MemoryModule):
             self.lanes_seq = extras.lanes_seq
         if self.store_v_seq:
             self.v_seq = extras.v_seq
+        if self.payload_scale is not None:
+            # Outside the kernel: the dynamics (edges, θ·o reset) never see c, only the consumers do.
+            y_seq = y_seq * self.payload_scale
         return y_seq
 
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
@@ -567,4 +637,6 @@ class OneHotMLIF(MemoryModule):
         return (f"lanes={self.lanes}, v_threshold={theta}, leak={beta}, reset={self.reset_mode!r}, "
                 f"reset_leak={self.reset_leak}, decay_input={self.decay_input}, lane_bounds={self.lane_bounds!r}, scaled={self.scaled}, "
                 f"surrogate={self.surrogate!r}, shape={type(shape).__name__}({width}), fire_ge={self.fire_ge}, "
-                f"detach_reset={self.detach_reset}, dropout={self.dropout}, {super().extra_repr()}")
+                f"detach_reset={self.detach_reset}, dropout={self.dropout}"
+                + (f", payload_scale={self.payload_scale.detach().flatten()[:4].tolist()}"
+                   if self.payload_scale is not None else "") + f", {super().extra_repr()}")

@@ -25,9 +25,18 @@ or ``1{0 < y < 2^{½}}`` (``ste="clipped"``: no gradient where the exponent was 
 convention). α is initialised from a percentile of the activations (MLIF-C: the running maximum over 16 or
 128 batches of the per-batch 99.7th percentile, rule ``k = 1 + round(0.01·q·(n−1))`` with ``kthvalue``).
 
-Relation to M-LIF at T = 1 (§5.4): an M-LIF layer with S lanes emits ``θ·{0, 1, 2, …, 2^{S−1}}`` with edges at
-``2^sθ`` (it keeps the *lower* power of two of ``(2^s, 2^{s+1}]``), while LQ rounds the exponent to the nearest
-and has ``2^b − 1`` non-zero levels; the two coincide in spirit (power-of-two levels) but not value by value.
+Relation to M-LIF at T = 1 (§5.4) - an exact identity. Write the ``S = 2^b − 1`` non-zero levels as
+``c·2^s`` with ``c = α·2^{2−2^b}`` (the lowest level) and ``s = 0..S−1``; level ``c·2^s`` is taken on
+``[√2^{-1}·c·2^s, √2·c·2^s)`` (half-up rounding in the log domain), i.e. on ``[θ·2^s, θ·2^{s+1})`` with
+``θ = c/√2 = α·2^{3/2−2^b}``, the top level from ``θ·2^{S−1}`` up and 0 below θ. That is a one-hot M-LIF layer
+with ``S = 2^b − 1`` lanes, threshold θ, ``lane_bounds="floor"``, ``fire_ge=True`` and a spike worth
+``√2·θ·2^s = c·2^s`` (its payload scale), at T = 1 - value by value, not only "in spirit". With fewer lanes
+(e.g. the paper's S = 2 against b = 2) the M-LIF layer drops the lowest LQ levels; with more it adds levels below
+the LQ underflow. :func:`mlif_lq_parameters` gives θ and c; this module computes the LQ decision on
+``r = x/θ`` against the powers of two with exactly the arithmetic of the M-LIF kernels (``x/θ >= 2^k``), so the
+two agree bit for bit, ties on an edge included (both round up). In exact arithmetic this is
+``⌊log₂(x/α) + ½⌋``; the module no longer evaluates ``log2``, whose rounding within an ulp of an edge is not
+the M-LIF's.
 """
 from __future__ import annotations
 
@@ -40,7 +49,8 @@ from torch import nn
 
 from ..neurons.base import check_positive_int, reset_net
 
-__all__ = ["LogQuant", "log_quant", "log_quant_levels", "kth_percentile", "calibrate_log_quant", "LOG_QUANT_STES"]
+__all__ = ["LogQuant", "log_quant", "log_quant_levels", "kth_percentile", "calibrate_log_quant", "LOG_QUANT_STES",
+           "mlif_lq_parameters", "log_quant_lanes"]
 
 LOG_QUANT_STES = ("identity", "clipped")
 
@@ -68,25 +78,58 @@ def _check_bits(bits) -> int:
     return check_positive_int(bits, "LogQuant bits", minimum=1, fix="Use b >= 1 bits (the paper compares 2, 3, 4).")
 
 
+def log_quant_lanes(bits: int) -> int:
+    """The number of non-zero LQ levels, ``2^b − 1``: the lane count S of the M-LIF layer equal to a b-bit LQ."""
+    return 2 ** _check_bits(bits) - 1
+
+
+def mlif_lq_parameters(alpha: float | torch.Tensor, lanes: int, scaled: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(θ, c)`` of the one-hot M-LIF layer (S lanes, floor bounds, fire on ≥) equal to a log quantizer of scale
+    α with S non-zero levels ``α·2^{1−S}, …, α/2, α`` (§5.4): ``θ = α·2^{1/2−S}`` (lowest edge), ``c = α·2^{1−S}``
+    (lowest level, = √2·θ). For a b-bit :class:`LogQuant`, ``S = 2^b − 1`` makes it exact. With ``scaled=True``
+    (lanes worth ``2^{s−S+1}``, edges at ``2^{s−S+1}·θ``): ``θ = α/√2`` and ``c = α``.
+
+    Both are computed here, once, with tensor arithmetic in α's dtype: :func:`log_quant` and the M-LIF
+    initialisation then use the very same θ, so their edge decisions agree bit for bit.
+
+    Example::
+
+        >>> theta, c = mlif_lq_parameters(torch.tensor(1.0), lanes=3)      # b = 2: levels 1/4, 1/2, 1
+        >>> round(float(theta), 6), float(c)
+        (0.176777, 0.25)
+    """
+    S = check_positive_int(lanes, "lanes", minimum=1, fix="Use S >= 1 lanes.")
+    a = alpha if isinstance(alpha, torch.Tensor) else torch.tensor(float(alpha))
+    # α·2^{1/2−S} = (α·2^{−S})·√2 rounds differently from α·(2^{1/2−S}); fix one expression for everyone.
+    theta = a * (2.0 ** (0.5 - S))
+    c = a * (2.0 ** (1 - S))
+    if scaled:
+        up = 2.0 ** (S - 1)
+        return theta * up, c * up
+    return theta, c
+
+
 class _LogRoundSTE(torch.autograd.Function):
-    """``Q(y)`` in units of α with a straight-through backward ``s(y)``."""
+    """``Q(y)`` in units of α with a straight-through backward ``s(y)``. The forward decides on ``r = x/θ``
+    (passed in, no gradient): ``2^{k+1−S}`` for ``2^k <= r < 2^{k+1}``, 1 from ``2^{S−1}`` up, 0 below 1."""
 
     @staticmethod
-    def forward(ctx, y, bits: int, ste: str):
+    def forward(ctx, y, r, lanes: int, ste: str):
         ctx.save_for_backward(y)
         ctx.ste = ste
-        positive = y > 0
-        e = torch.floor(torch.log2(torch.where(positive, y, torch.ones_like(y))) + 0.5)
-        keep = positive & (e > 1 - 2 ** bits)          # Miyashita clip: e <= 1 − 2^b underflows to 0
-        return torch.where(keep, torch.exp2(e.clamp(max=0.0)), torch.zeros_like(y))
+        out = torch.zeros_like(y)
+        for k in range(lanes):          # nested edges: the last one passed wins (the M-LIF's floor lanes)
+            out = torch.where(r >= float(2 ** k), torch.full_like(y, 2.0 ** (k + 1 - lanes)), out)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
         (y,) = ctx.saved_tensors
         if ctx.ste == "identity":
-            return grad, None, None
+            return grad, None, None, None
         inside = (y > 0) & (y < math.sqrt(2.0))           # the exponent is not clipped from above
-        return grad * inside.to(grad.dtype), None, None
+        return grad * inside.to(grad.dtype), None, None, None
 
 
 def log_quant(x: torch.Tensor, alpha: float | torch.Tensor, bits: int, ste: str = "identity") -> torch.Tensor:
@@ -104,7 +147,10 @@ def log_quant(x: torch.Tensor, alpha: float | torch.Tensor, bits: int, ste: str 
     if not torch.compiler.is_compiling() and not bool((a > 0).all()):
         raise ValueError(f"log_quant: alpha must be > 0, got {a.detach()}; calibrate it on data "
                          f"(calibrate_log_quant) or pass a positive scale")
-    return a * _LogRoundSTE.apply(x / a, bits, ste)
+    S = 2 ** bits - 1
+    theta, _ = mlif_lq_parameters(a.detach(), S)
+    r = x.detach() / theta.to(x.dtype)
+    return a * _LogRoundSTE.apply(x / a, r, S, ste)
 
 
 def log_quant_levels(bits: int, alpha: float = 1.0) -> list[float]:

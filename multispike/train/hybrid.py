@@ -6,9 +6,12 @@ A hook is any callable ``hook(ann_model, config)`` or ``hook(ann_model, config, 
 * :func:`lmht_hybrid` - LM-HT (algorithms.md §2.6): every QCFS of the ANN becomes an LM-HT neuron with
   ``θ = ϑ``, ``v(0) = θ/2``, uniform T-GIM, ``λ = 1`` and ``in_scale = L`` on the first spiking layer
   (:func:`multispike.convert.lmht.convert_qcfs_to_lmht`). ``L = config.levels``, ``T = config.timesteps``.
-* :func:`mlif_hybrid` - one-hot M-LIF (§5.6): BN folded, ReLU -> OneHotMLIF, thresholds initialised layer by
-  layer from percentiles of the input currents on training batches
-  (:func:`multispike.convert.mlif_init.mlif_hybrid_init`). ``S = config.lanes``, ``T = config.timesteps``.
+* :func:`mlif_hybrid` - one-hot M-LIF (§5.4, §5.6): BN folded, ReLU (or LogQuant) -> OneHotMLIF, thresholds and
+  payload scales initialised layer by layer on training batches
+  (:func:`multispike.convert.mlif_init.mlif_hybrid_init`; default ``threshold_init: logquant``, the exact
+  log-quantized mapping, θ = α·2^{1/2−S} and a spike worth √2·θ·2^s with α at P99.7 of each layer's rectified
+  input; ``percentile`` is the paper text's P90 rule). ``S = config.lanes``, ``T = config.timesteps``; dropout
+  ``p`` goes to the architecture's own dropout modules.
 
 Options of each converter are read from ``config.neuron_kwargs`` (only the keys the converter accepts; an unknown
 key is an error naming the accepted ones).
@@ -26,7 +29,8 @@ __all__ = ["lmht_hybrid", "mlif_hybrid", "call_convert_hook"]
 
 _LMHT_OPTIONS = ("hybrid_bias_scale", "tgim", "learnable_leak", "detach_temporal", "detach_reset", "surrogate_width",
                  "backend")
-_MLIF_OPTIONS = ("threshold_init", "q", "scale", "num_batches", "dropout", "fold_batchnorm")
+_MLIF_OPTIONS = ("threshold_init", "q", "scale", "num_batches", "dropout", "neuron_dropout", "payload_scale",
+                 "fold_batchnorm")
 
 
 def _options(cfg: TrainConfig, allowed: tuple[str, ...], owner: str, passthrough: bool = False) -> tuple[dict, dict]:
@@ -64,15 +68,17 @@ def lmht_hybrid(ann: nn.Module, cfg: TrainConfig) -> nn.Module:
 
 
 def mlif_hybrid(ann: nn.Module, cfg: TrainConfig, train_loader: Iterable | None = None) -> nn.Module:
-    """ReLU ANN -> one-hot M-LIF SNN with ``S = cfg.lanes`` and data-driven thresholds (§5.6).
+    """ReLU (or log-quantized) ANN -> one-hot M-LIF SNN with ``S = cfg.lanes`` and data-driven thresholds (§5.6).
 
-    ``neuron_kwargs`` keys among ``threshold_init, q, scale, num_batches, dropout, fold_batchnorm`` configure the
-    initialisation; every other key goes to :class:`~multispike.neurons.mlif.OneHotMLIF`.
+    ``neuron_kwargs`` keys among ``threshold_init, q, scale, num_batches, dropout, neuron_dropout, payload_scale,
+    fold_batchnorm`` configure the initialisation (``dropout``: p of the architecture's dropout modules;
+    ``neuron_dropout``: lane dropout in every neuron, default 0); every other key goes to
+    :class:`~multispike.neurons.mlif.OneHotMLIF` (e.g. ``gamma``, ``learnable_payload_scale``).
     """
     from ..convert.mlif_init import mlif_hybrid_init
 
     if train_loader is None:
-        raise ValueError("mlif_hybrid needs training batches for the percentile threshold initialisation")
+        raise ValueError("mlif_hybrid needs training batches for the threshold initialisation")
     lanes = cfg.neuron_arguments().get("lanes")
     if lanes is None:
         raise ValueError("mlif_hybrid needs the lane count: set --lanes S (e.g. 3)")
