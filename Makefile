@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 STAMP   = $(VENV)/.multispike-installed
 
-.PHONY: demo test install clean bench
+.PHONY: demo test install clean bench docs
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# The documentation site (mkdocs + mkdocstrings: API reference from the docstrings, the tutorials) into build/site;
+# any warning fails the build. The tutorials' code runs in `make test` (tests/test_docs.py).
+docs: $(STAMP)
+	$(PIP) install -q -e ".[docs]"
+	$(VENV)/bin/mkdocs build --strict
 
 bench: $(STAMP)
 	$(PY) benchmarks/neurons.py
