@@ -3,7 +3,8 @@
 Time-major ``[T, B, ...]`` tensors, SpikingJelly-style ``step_mode``/``reset()``, surrogate objects.
 """
 from .layers import DirectEncoder, MeanOverTime, MultiStepContainer, SeqToANNContainer, to_time_major
-from .neurons import (ATan, IFNeuron, IFNode, LIFNeuron, LIFNode, LMHTNeuron, MHTNeuron, OneHotMLIF, Rectangular,
+from .neurons import (ATan, IFNeuron, IFNode, LIFNeuron, LIFNode, LMHTNeuron, MHTNeuron, OneHotMLIF, ParametricLIFNode,
+                      Rectangular,
                       Sigmoid, SurrogateFunction, Triangle, input_checks, reset_net, set_backend, set_step_mode)
 from .quant import QCFS, QACQuantizer
 
@@ -11,6 +12,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DirectEncoder", "MeanOverTime", "MultiStepContainer", "SeqToANNContainer", "to_time_major",
-    "LMHTNeuron", "MHTNeuron", "OneHotMLIF", "QCFS", "QACQuantizer", "ATan", "IFNeuron", "IFNode", "LIFNeuron", "LIFNode", "Rectangular", "Sigmoid", "SurrogateFunction", "Triangle",
+    "LMHTNeuron", "MHTNeuron", "OneHotMLIF", "ParametricLIFNode", "QCFS", "QACQuantizer", "ATan", "IFNeuron", "IFNode", "LIFNeuron", "LIFNode", "Rectangular", "Sigmoid", "SurrogateFunction", "Triangle",
     "input_checks", "reset_net", "set_backend", "set_step_mode", "__version__",
 ]

@@ -478,19 +478,23 @@ def test_unsupported_graph_structure_is_rejected():
 
 
 def test_foreign_if_graph_runs_with_literal_semantics():
-    """A plain feed-forward graph another tool could write (no multispike metadata, no dt): r acts per step."""
+    """A plain feed-forward graph another tool could write (no multispike metadata, no dt), read with dt = 1:
+    r then acts per step."""
     n = 4
     w = np.full((n, 3), 0.5, dtype=np.float32)
     graph = nir.NIRGraph(nodes={"input": nir.Input(np.array([3])), "fc": nir.Affine(weight=w, bias=np.zeros(n)),
                                 "if": nir.IF(r=np.ones(n), v_threshold=np.ones(n)),
                                 "output": nir.Output(np.array([n]))},
                          edges=[("input", "fc"), ("fc", "if"), ("if", "output")], metadata={})
-    net = import_from_nir(graph)
-    assert any("no dt" in note for note in net.notes)
+    with pytest.warns(UserWarning, match=r"records no dt.*dt = 0.0001 s, snnTorch's"):
+        default = import_from_nir(graph)  # no dt in the graph: snnTorch's 1e-4, named in a warning
+    assert any("no dt" in note and "snnTorch" in note for note in default.notes)
     x = torch.full((4, 1, 3), 0.5)  # 0.75 per step: v = 0.75, 1.5 -> spike, reset to 0, 0.75, 1.5 -> spike
+    exact(default(x), torch.zeros(4, 1, n))  # r·dt = 1e-4 per step: far from threshold in 4 steps
+    net = import_from_nir(graph, dt=1.0)
     y = net(x)
     exact(y[:, 0, 0], torch.tensor([0.0, 1.0, 0.0, 1.0]))
-    sub = import_from_nir(graph, if_semantics="subtract")(x)      # keeps the residual 0.5: 0.75, 1.5, 1.25, 1.0
+    sub = import_from_nir(graph, if_semantics="subtract", dt=1.0)(x)  # keeps the residual 0.5: 0.75, 1.5, 1.25, 1.0
     exact(sub[:, 0, 0], torch.tensor([0.0, 1.0, 1.0, 0.0]))
 
 

@@ -12,6 +12,7 @@ depends on it.
 from __future__ import annotations
 
 import os
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._common import _as_str, _int, _meta, _meta_str, _pair, require_nir
+from ._common import DEFAULT_DT, _as_str, _int, _meta, _meta_str, _pair, require_nir
 from ._literal import (IF_SEMANTICS, IntegratorBlock, LadderBlock, LaneBlock, MembraneSpec, ScaleLayer,
                        SpikingBlock, SumPool2d, ThresholdLayer)
 from ._restore import apply_restoration
@@ -247,8 +248,10 @@ def import_from_nir(graph_or_path, *, restore: bool = True, if_semantics: str = 
         if_semantics: how ``nir.IF``/``nir.LIF`` nodes run: ``"nir"`` (binary spike, reset to ``v_reset``; the
             NIR definition), ``"subtract"`` (binary spike, subtract θ) or ``"sinabs"`` (``floor(v/θ)`` spikes,
             subtract, ``v ≥ −θ``).
-        dt: the graph's step in seconds; default: the graph's ``"dt"`` metadata, else 1 (``r`` and ``1/τ`` then
-            act per step, the snnTorch/sinabs reading).
+        dt: the graph's step in seconds. Default: the graph's ``"dt"`` metadata (multispike's exports write it);
+            for a graph without it, snnTorch's ``1e-4`` (what ``snntorch.export_to_nir`` assumes when it writes
+            ``τ = dt/(1 − β)``, ``r = τ/dt``) with a ``UserWarning`` naming that choice. Pass ``dt=1.0`` for graphs
+            whose ``r`` and ``1/τ`` are per-step rates.
 
     Returns:
         :class:`NIRNetwork` (``forward_sequence`` -> per-step outputs; ``forward`` -> the recorded readout).
@@ -282,12 +285,19 @@ def import_from_nir(graph_or_path, *, restore: bool = True, if_semantics: str = 
         raise TypeError(f"import_from_nir: expected a nir.NIRGraph or a path, got {type(graph_or_path).__name__}")
     notes: list[str] = []
     gmeta = _meta(graph)
+    dt_warning = None
     if dt is None:
         if "dt" in gmeta:
             dt = float(np.asarray(gmeta["dt"]))
         else:
-            dt = 1.0
-            notes.append("the graph records no dt; using dt = 1 (r and 1/τ act per step)")
+            # NIR graphs carry no step of their own; snnTorch (the most common writer of such graphs) exports
+            # and imports nir.LIF/IF/CubaLIF with a hard-coded dt = 1e-4, so that is the least surprising choice.
+            dt = DEFAULT_DT
+            msg = (f"import_from_nir: the graph records no dt (metadata key 'dt'); using dt = {DEFAULT_DT:g} s, "
+                   f"snnTorch's export/import step. Pass dt= explicitly for graphs from other tools (e.g. dt=1.0 "
+                   f"when r and 1/τ are per-step rates)")
+            dt_warning = msg  # warned once the graph is known to import (a rejected graph gets only its error)
+            notes.append(f"the graph records no dt; using snnTorch's dt = {DEFAULT_DT:g} (pass dt= to choose)")
     dt = float(dt)
     if not (np.isfinite(dt) and dt > 0):
         raise ValueError(f"import_from_nir: dt must be > 0, got {dt}")
@@ -387,4 +397,6 @@ def import_from_nir(graph_or_path, *, restore: bool = True, if_semantics: str = 
     net = NIRNetwork(blocks, plan, unit_inputs[out_name], in_shape, out_shape, T=T, substeps=substeps,
                      input_encoding=encoding, readout=readout if readout in ("mean", "sequence") else "sequence",
                      units=unit_map, restored=restored, notes=notes)
+    if dt_warning is not None:
+        warnings.warn(dt_warning, UserWarning, stacklevel=2)
     return net.eval()

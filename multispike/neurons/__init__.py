@@ -9,6 +9,7 @@ from .base import (MemoryModule, StepModule, check_sequence, input_checks, reset
 from .if_lif import LEAK_MODES, BaseNeuron, IFNeuron, IFNode, LIFNeuron, LIFNode, LIFState, lif_multistep
 from .lmht import LMHTNeuron, MHTNeuron, ReparameterizedIF, lmht_multistep, mht_multistep
 from .mlif import OneHotMLIF, mlif_multistep
+from .plif import ParametricLIFNode, plif_multistep
 from .registry import list_neurons, make_neuron, register_neuron
 from .surrogate import ATan, Rectangular, Sigmoid, SurrogateFunction, Triangle, get_surrogate, heaviside
 
@@ -18,6 +19,6 @@ __all__ = [
     "MemoryModule", "StepModule", "check_sequence", "input_checks", "reset_net", "set_backend", "set_step_mode",
     "LEAK_MODES", "BaseNeuron", "IFNeuron", "IFNode", "LIFNeuron", "LIFNode", "LIFState", "lif_multistep",
     "LMHTNeuron", "MHTNeuron", "ReparameterizedIF", "lmht_multistep", "mht_multistep",
-    "OneHotMLIF", "mlif_multistep", "list_neurons", "make_neuron", "register_neuron",
+    "OneHotMLIF", "mlif_multistep", "ParametricLIFNode", "plif_multistep", "list_neurons", "make_neuron", "register_neuron",
     "ATan", "Rectangular", "Sigmoid", "SurrogateFunction", "Triangle", "get_surrogate", "heaviside",
 ]

@@ -21,6 +21,7 @@ Other leak placements (``leak_mode``):
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -140,6 +141,31 @@ def lif_multistep(
 register_kernel("lif", "torch", lif_multistep)
 
 
+def _float_tensor(value: torch.Tensor) -> torch.Tensor:
+    """A detached copy of a parameter tensor in the caller's dtype (integer tensors: the default float dtype).
+
+    Python numbers become tensors of ``torch.get_default_dtype()`` like every ``nn.Module`` parameter; to build a
+    float64 neuron pass float64 tensors or construct it under ``torch.set_default_dtype(torch.float64)``
+    (``.double()`` afterwards converts values already rounded to the default dtype)."""
+    t = value.detach().clone()
+    return t if t.is_floating_point() else t.to(torch.get_default_dtype())
+
+
+def _scalar_or_tensor(value, name: str, owner: str, positive: bool = False) -> float | torch.Tensor:
+    """A finite (optionally > 0) one-element parameter: Python numbers stay Python floats, tensors keep their
+    dtype (see :func:`_float_tensor`)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{owner}: {name} must hold one value, got a tensor of shape {tuple(value.shape)}")
+        t = _float_tensor(value).reshape(())
+        v = float(t)
+        if not math.isfinite(v) or (positive and v <= 0):
+            rng = "a finite number > 0" if positive else "a finite number"
+            raise ValueError(f"{owner}: {name} must be {rng}, got {value!r}")
+        return t
+    return _finite_number(value, name, owner, positive=positive)
+
+
 class BaseNeuron(MemoryModule):
     """Common constructor vocabulary of spiking neurons (SpikingJelly names where they exist).
 
@@ -171,7 +197,7 @@ class BaseNeuron(MemoryModule):
         if isinstance(v_threshold, torch.Tensor):
             if not bool(torch.isfinite(v_threshold).all()) or not bool((v_threshold > 0).all()):
                 raise ValueError(f"{owner}: v_threshold must be finite and > 0, got {v_threshold}")
-            theta = v_threshold.detach().clone().float()
+            theta = _float_tensor(v_threshold)  # keep the caller's dtype (float64 stays float64)
         else:
             theta = torch.tensor(_finite_number(v_threshold, "v_threshold", owner, positive=True))
         if learnable_threshold:
@@ -182,9 +208,11 @@ class BaseNeuron(MemoryModule):
             v_reset = _finite_number(v_reset, "v_reset", owner)
         self.v_reset = v_reset
         if isinstance(v_init, torch.Tensor):
-            v_init_t = v_init.detach().clone().float()
+            v_init_t = _float_tensor(v_init)
+            if not bool(torch.isfinite(v_init_t).all()):
+                raise ValueError(f"{owner}: v_init must be finite, got {v_init}")
         else:
-            v_init_t = torch.tensor(_finite_number(v_init, "v_init", owner))
+            v_init_t = torch.tensor(_finite_number(v_init, "v_init", owner), dtype=theta.dtype)  # follow θ
         self.register_buffer("v_init", v_init_t)
         if surrogate_form not in ("difference", "normalized"):
             raise ValueError(f"{owner}: surrogate_form must be 'difference' or 'normalized', got {surrogate_form!r}")
@@ -270,8 +298,10 @@ class LIFNeuron(BaseNeuron):
     """Multi-step leaky integrate-and-fire neuron with every leak placement of algorithms.md §1.1.
 
     Args:
-        tau: time constant τ for ``leak_mode="decay_input"``/``"decay_state"`` (SpikingJelly; SDT uses 2).
-        decay: multiplicative leak λ for ``leak_mode="post_reset"`` (TET uses 0.5; default ``1 − 1/τ``).
+        tau: time constant τ for ``leak_mode="decay_input"``/``"decay_state"`` (SpikingJelly; SDT uses 2); a
+            number or a one-element tensor (whose dtype is kept, e.g. float64).
+        decay: multiplicative leak λ for ``leak_mode="post_reset"`` (TET uses 0.5; default ``1 − 1/τ``); a
+            number or a one-element tensor.
         leak_mode: ``"decay_input"`` (default, SpikingJelly), ``"decay_state"`` or ``"post_reset"``.
         reset_leak: with ``"post_reset"`` and soft reset, False gives the DIET/M-LIF paper form.
         learnable_leak: learn λ (``post_reset``) or τ (``decay_*``) as a parameter.
@@ -291,19 +321,21 @@ class LIFNeuron(BaseNeuron):
         owner = type(self).__name__
         if leak_mode not in LEAK_MODES:
             raise ValueError(f"{owner}: leak_mode must be one of {LEAK_MODES}, got {leak_mode!r}")
-        tau = _finite_number(tau, "tau", owner, positive=True)
-        if leak_mode != "post_reset" and tau <= 1.0:
+        tau = _scalar_or_tensor(tau, "tau", owner, positive=True)
+        if leak_mode != "post_reset" and float(tau) <= 1.0:
             raise ValueError(f"{owner}: tau must be > 1 for leak_mode={leak_mode!r} (the membrane would "
-                             f"overshoot), got {tau}")
+                             f"overshoot), got {float(tau)}")
         if decay is None:
             decay = 1.0 - 1.0 / tau
-        decay = _finite_number(decay, "decay", owner)
+        decay = _scalar_or_tensor(decay, "decay", owner)
         if not reset_leak and (self.v_reset is not None or leak_mode != "post_reset"):
             raise ValueError(f"{owner}: reset_leak=False (DIET/M-LIF paper form) needs v_reset=None and "
                              f"leak_mode='post_reset'")
         self.leak_mode = leak_mode
         self.reset_leak = reset_leak
-        value = torch.tensor(decay if leak_mode == "post_reset" else tau)
+        value = decay if leak_mode == "post_reset" else tau
+        # tensors keep the caller's dtype; Python numbers take the default dtype (as nn.Module parameters do)
+        value = value.clone() if isinstance(value, torch.Tensor) else torch.tensor(value)
         if learnable_leak:
             self.leak_param = nn.Parameter(value)
         else:
@@ -325,6 +357,99 @@ class LIFNeuron(BaseNeuron):
         return f"{name}={float(self.leak_param.detach()):.4g}, leak_mode={self.leak_mode!r}, {super().extra_repr()}"
 
 
-# SpikingJelly-compatible aliases.
-IFNode = IFNeuron
-LIFNode = LIFNeuron
+# ----------------------------------------------------------------------------------------------------
+# SpikingJelly drop-ins
+# ----------------------------------------------------------------------------------------------------
+_SJ_DIFFERENCES = """
+    Remaining differences from SpikingJelly 2.0 (everything else - dynamics, defaults, argument names and order,
+    ``reset()``, ``step_mode``, ``store_v_seq``/``v_seq`` - is the same, and the outputs are bit-identical):
+
+    * ``backend``: ``"auto"`` (default: the fused multispike kernel, exact), ``"torch"``, ``"cpp"``, ``"triton"``.
+      SpikingJelly 1.x's ``"cupy"`` is accepted and means ``"auto"``.
+    * ``surrogate_function``: multispike surrogates (``Sigmoid``, ``ATan``, ...); a SpikingJelly ``Sigmoid``/``ATan``
+      object is translated to the same multispike surrogate (gradients equal to float rounding), any other
+      SpikingJelly surrogate raises ``TypeError``; ``spiking=False`` surrogates are not supported.
+    * ``v`` is ``None`` until the first step (SpikingJelly holds the Python float ``v_init`` there); the state
+      cannot be assigned through ``v``.
+    * ``v_threshold``/``v_init`` (and ``tau``) are tensors (buffers), so they move with ``.to()`` and are saved in the
+      ``state_dict``. Numbers take the default dtype at construction: for float64 pass float64 tensors or build
+      under ``torch.set_default_dtype(torch.float64)`` (SpikingJelly keeps Python floats, so its ``.double()`` sees
+      the exact decimal; ours sees the value already rounded to the default dtype).
+    * multispike's extra options (``v_init``, ``fire_ge``, ``payload``, ``learnable_threshold``, ``surrogate_form``)
+      are keyword-only; their defaults reproduce SpikingJelly.
+"""
+
+
+def _sj_backend(backend: str) -> str:
+    return "auto" if backend == "cupy" else backend
+
+
+def _sj_surrogate(surrogate_function):
+    """A multispike surrogate for ``surrogate_function`` (SpikingJelly's ``Sigmoid``/``ATan`` are translated)."""
+    if surrogate_function is None or isinstance(surrogate_function, (SurrogateFunction, str)):
+        return surrogate_function
+    from ..interop.spikingjelly import convert_surrogate
+    return convert_surrogate(surrogate_function)
+
+
+class IFNode(IFNeuron):
+    """SpikingJelly's ``IFNode`` with its defaults: hard reset to ``v_reset = 0``, ``v(0) = v_reset``, fire on
+    ``v >= θ``, sigmoid surrogate (α = 4). Use :class:`IFNeuron` for multispike's conversion defaults (soft reset).
+
+    Args:
+        v_threshold: θ.
+        v_reset: hard-reset value; ``None`` for a soft reset (subtract θ).
+        surrogate_function: surrogate object (multispike's, or SpikingJelly's ``Sigmoid``/``ATan``) or name.
+        detach_reset: stop the gradient through the reset.
+        step_mode: ``'s'`` or ``'m'`` (input ``[T, B, ...]``).
+        backend: see the differences below.
+        store_v_seq: keep the membrane after every step of a multi-step call in ``v_seq``.
+        v_init: initial membrane; ``None`` (default) is SpikingJelly's choice, ``v_reset`` (or 0 for a soft reset).
+        **kwargs: multispike's other options (see :class:`BaseNeuron`).
+    """ + _SJ_DIFFERENCES
+
+    def __init__(self, v_threshold: float | torch.Tensor = 1.0, v_reset: float | None = 0.0,
+                 surrogate_function: SurrogateFunction | str | None = None, detach_reset: bool = False,
+                 step_mode: str = "s", *, backend: str = "auto", store_v_seq: bool = False,
+                 v_init: float | torch.Tensor | None = None, **kwargs) -> None:
+        if v_init is None:
+            v_init = 0.0 if v_reset is None else v_reset
+        super().__init__(v_threshold=v_threshold, v_reset=v_reset,
+                         surrogate_function=_sj_surrogate(surrogate_function), detach_reset=detach_reset,
+                         step_mode=step_mode, backend=_sj_backend(backend), store_v_seq=store_v_seq,
+                         v_init=v_init, **kwargs)
+
+
+class LIFNode(LIFNeuron):
+    """SpikingJelly's ``LIFNode`` with its defaults and argument names: ``tau = 2``, ``decay_input=True``
+    (``H = V + (X − (V − V_r))/τ``; False gives ``H = V − (V − V_r)/τ + X``), hard reset to ``v_reset = 0``,
+    ``v(0) = v_reset``, sigmoid surrogate (α = 4).
+
+    Args:
+        tau: membrane time constant τ > 1 (number or one-element tensor).
+        decay_input: whether the input is divided by τ too.
+        v_threshold, v_reset, surrogate_function, detach_reset, step_mode, backend, store_v_seq, v_init: as in
+            :class:`IFNode`.
+        **kwargs: multispike's other options (see :class:`LIFNeuron`/:class:`BaseNeuron`).
+    """ + _SJ_DIFFERENCES
+
+    def __init__(self, tau: float | torch.Tensor = 2.0, decay_input: bool = True,
+                 v_threshold: float | torch.Tensor = 1.0, v_reset: float | None = 0.0,
+                 surrogate_function: SurrogateFunction | str | None = None, detach_reset: bool = False,
+                 step_mode: str = "s", *, backend: str = "auto", store_v_seq: bool = False,
+                 v_init: float | torch.Tensor | None = None, **kwargs) -> None:
+        if "leak_mode" in kwargs:
+            raise TypeError("LIFNode: choose the leak with decay_input (SpikingJelly's argument), not leak_mode; "
+                            "use LIFNeuron for the other leak placements")
+        if v_init is None:
+            v_init = 0.0 if v_reset is None else v_reset
+        super().__init__(tau=tau, leak_mode="decay_input" if decay_input else "decay_state", v_threshold=v_threshold,
+                         v_reset=v_reset, surrogate_function=_sj_surrogate(surrogate_function),
+                         detach_reset=detach_reset, step_mode=step_mode, backend=_sj_backend(backend),
+                         store_v_seq=store_v_seq, v_init=v_init, **kwargs)
+        self.decay_input = bool(decay_input)
+
+    @property
+    def tau(self) -> torch.Tensor:
+        """The time constant τ (SpikingJelly's attribute name)."""
+        return self.leak_param

@@ -496,7 +496,9 @@ class OneHotMLIF(MemoryModule):
     @staticmethod
     def _tensor_arg(value, name: str, owner: str, positive: bool = False) -> torch.Tensor:
         if isinstance(value, torch.Tensor):
-            t = value.detach().clone().float()
+            t = value.detach().clone()  # keep the caller's dtype (float64 stays float64)
+            if not t.is_floating_point():
+                t = t.to(torch.get_default_dtype())
             if not bool(torch.isfinite(t).all()) or (positive and not bool((t > 0).all())):
                 rng = "finite and > 0" if positive else "finite"
                 raise ValueError(f"{owner}: {name} must be {rng} everywhere, got {value}")

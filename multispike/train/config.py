@@ -154,6 +154,8 @@ class TrainConfig:
     keep_checkpoints: int = _f(2, "keep the N newest checkpoints (plus the best; 0 keeps all)", "run")
     eval_every: int = _f(1, "evaluate every N epochs (and always after the last)", "run")
     progress: bool = _f(True, "tqdm progress bars (rank 0 only)", "run")
+    tensorboard: str | None = _f(None, "also write TensorBoard event files (epoch scalars) to this directory; needs "
+                                       "the tensorboard package (pip install 'multispike[tensorboard]')", "run")
     num_threads: int | None = _f(None, "torch.set_num_threads for CPU training", "run")
 
     # ------------------------------------------------------------------------------------------------------

@@ -197,6 +197,10 @@ class Trainer:
         self._epoch_sums = torch.zeros(3, dtype=torch.float64)   # loss·n, correct, n (this rank, this epoch)
         self._signals: StopSignals | None = None   # set while fit() runs: SIGTERM/SIGINT -> checkpoint + stop
         self._synced_stop = 0                        # DDP: the stop request as all ranks saw it this step
+        self._tensorboard = None
+        if config.tensorboard and self.dist.is_primary:  # fails here, before any training, if tensorboard is absent
+            from .tensorboard import TensorBoardLogger
+            self._tensorboard = TensorBoardLogger(config.tensorboard)
         exit_after = os.environ.get(EXIT_AFTER_STEPS_ENV)
         self._exit_after = int(exit_after) if exit_after else None
 
@@ -215,6 +219,10 @@ class Trainer:
             f.write(json.dumps(record, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if self._tensorboard is not None:
+            self._tensorboard.log_record(record)
+            if record.get("event") == "summary":
+                self._tensorboard.close()
 
     def _print(self, text: str) -> None:
         if self.dist.is_primary:
