@@ -106,9 +106,12 @@ class TrainConfig:
     init_from: str | None = _f(None, "start from the weights AND module structure of this checkpoint (run directory "
                                "or file; e.g. the output of `multispike convert`); model, neuron and T come from it, "
                                "the optimizer starts afresh", "training")
-    freeze_bn: bool = _f(False, "keep BatchNorm layers in eval mode while training (running statistics fixed, γ/β "
-                         "still learned): fine-tune a converted SNN without re-estimating BN statistics from spike "
-                         "trains, whose per-step variance differs from the ANN's activations", "training")
+    freeze_bn: bool | None = _f(None, "keep BatchNorm layers in eval mode while training (running statistics fixed, "
+                                "γ/β still learned): fine-tune a converted SNN without re-estimating BN statistics "
+                                "from spike trains, whose per-step variance differs from the ANN's activations (and "
+                                "in train mode BN would undo LM-HT's exact ×L bias scale). Default: on when training "
+                                "starts from a conversion (mode hybrid, or --init-from a converted network or a QCFS "
+                                "ANN with --neuron lmht), off otherwise", "training")
     prepare_qat: dict | None = _f(None, "after building the model run multispike.quant.qac.prepare_qat with these "
                                   "arguments (ReLU/QCFS -> QAC quantizer, MaxPool -> AvgPool), e.g. param=t_alpha t=4; "
                                   "`multispike qat` sets it", "training")
