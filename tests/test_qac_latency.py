@@ -25,7 +25,7 @@ from multispike.train.optim import CompositeOptimizer, build_training_optimizer
 
 def _closed_form(q: QACQuantizer, lam: float, w: float) -> tuple[float, float]:
     """∂(λ·w·t_l)/∂(p1, p2) from the table in LatencyRegulariser's docstring."""
-    p1, p2 = (float(p) for p in q.learnable_pair())
+    p1, p2 = (float(p.detach()) for p in q.learnable_pair())
     if q.param == "t_alpha":
         return lam * w, 0.0
     if q.param in ("n_alpha", "n_d"):
