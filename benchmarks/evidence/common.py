@@ -137,6 +137,16 @@ PROFILES: dict[str, Profile] = {
         table_shares={"lmht": 1.0, "qac": 1.0, "mlif": 1.0}, nmnist_seeds=(0,), calib_batches=8, energy_batches=2,
         threads=None, prefer_cuda=False,
         notes="the issue's full CPU mode: each table within about 60 minutes on 2 cores"),
+    "cpu_small": Profile(
+        name="cpu_small", backbone="resnet8_cifar", cifar_train=5000, cifar_test=1000, batch_size=64, eval_batch=250,
+        epochs={"ann": 12, "qcfs": 15, "hybrid_ft": 2, "direct": 3, "qat": 3, "calib": 10, "mlif_ft": 2, "lq_ft": 2,
+                "nmnist": 10},
+        table_seconds={"lmht": 720, "qac": 600, "mlif": 600}, total_seconds=1920,
+        table_shares={"lmht": 0.375, "qac": 0.3125, "mlif": 0.3125}, calib_batches=8, energy_batches=1, threads=1,
+        prefer_cuda=False,
+        notes="a check of the tables' key rows in about 10 minutes each on a shared 2-core CPU: ResNet-8 on the 5k/1k "
+              "CIFAR-10 subset, one thread (measured several times faster than two on a loaded CPU); far below the "
+              "committed GPU scale"),
     "gpu": Profile(
         name="gpu", backbone="resnet20_cifar", cifar_train=12000, cifar_test=3000, batch_size=256, eval_batch=1000,
         epochs=dict(_EPOCHS_GPU), table_seconds={"lmht": 200, "qac": 150, "mlif": 170}, total_seconds=390,
@@ -1192,7 +1202,7 @@ def render_markdown(res: dict) -> str:
 # ----------------------------------------------------------------------------------------------------
 def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--profile", choices=list(PROFILES), default="quick",
-                    help="scale of the run: quick (CI smoke test, < 1 min on CPU), cpu (the issue's full mode, about "
+                    help="scale of the run: quick (CI smoke test, < 1 min on CPU), cpu_small (ResNet-8 on 5k CIFAR-10, about 10 min per table on one CPU thread), cpu (the issue's full mode, about "
                          "an hour per table on 2 cores), gpu (all tables in about 7 minutes on one GPU)")
     ap.add_argument("--data", type=Path, default=None,
                     help="a bundle from make_bundle.py, or the shared datasets folder (default: $MULTISPIKE_DATA, "
