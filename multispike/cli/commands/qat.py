@@ -97,12 +97,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     summary = run_training(cfg)
     if os.environ.get("RANK", "0") == "0":
-        table, _ = qat_epoch_table(cfg.out)
-        print("per-layer T_l at the end of each epoch (bit width = log2 T_l):")
-        print(table)
         timesteps = Path(cfg.out) / "timesteps.txt"
-        if timesteps.exists():
+        if timesteps.exists():      # QAC quantizers: T_l with the continuous t, per epoch
             print(timesteps.read_text().rstrip())
+        else:
+            table, _ = qat_epoch_table(cfg.out)
+            print("per-layer T_l at the end of each epoch (bit width = log2 T_l):")
+            print(table)
         if summary.get("final_acc") is not None:
             print(f"final accuracy {100 * summary['final_acc']:.2f}%; best {100 * summary['best_acc']:.2f}% at epoch "
                   f"{summary['best_epoch']}; results in {cfg.out} (next: multispike convert --checkpoint {cfg.out} "
