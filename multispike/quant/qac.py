@@ -20,6 +20,12 @@ The continuous level count (t, 2ⁿ or α/d) becomes the integer per-layer times
 ``T_l = max(1, round(t))`` (round half up) or ``ceil(t)`` (§4.2); the forward pass uses T_l and the
 backward pass is straight-through (dT/dt = 1), so the table is evaluated at T_l. In the two cases that
 learn the step d (``n_d``, ``d_alpha``) the step is exact and the clip actually used is ``α = d·T_l``.
+
+Latency term (multispike's addition, not in the QAC paper): :class:`LatencyRegulariser` adds ``λ·Σ_l w_l·t_l``
+(w_l = 1, or the synaptic MACs feeding layer l normalised to mean 1) with its exact gradient through every
+parameterisation; with cross-entropy alone (QAC's Alg. 1) the learned t stay near their start. QAT gives the
+learnable pairs (:func:`quantizer_parameters`) optimizer settings of their own (``quant_opt``/``quant_lr`` of
+:class:`multispike.train.TrainConfig`); :func:`format_timestep_table` prints the per-epoch ``T_l (t)`` table.
 """
 from __future__ import annotations
 
