@@ -60,6 +60,9 @@ class DemoConfig:
         qac_alpha, qac_t, qac_epochs, qac_lr, qac_quantizer_lr: initial clip α and continuous timestep t of
             every QAC quantizer (the §4.2 defaults 8.0 and 4.0), QAT epochs, the weights' lr and the lr of
             (t, α): t is in units of timesteps, so it gets its own rate (30x the weights').
+        qac_latency_weight, qac_latency_per_layer: λ and the layer weights of multispike's latency term
+            λ·Σ_l w_l·t_l (:class:`~multispike.quant.qac.LatencyRegulariser`; ``macs``: w_l ∝ the synaptic MACs
+            feeding the layer). QAC's cross-entropy alone leaves t near its start; the demo trains both.
         calib_epochs, calib_lr, calib_target: QAC calibration of v(0) and θ (§4.5).
         mlif_bits, mlif_lanes, mlif_threshold_init, mlif_lr, mlif_gamma: b of the log-quantized ANN the M-LIF
             rows start from, S of the main M-LIF row (``None``: ``2^b − 1``, the exact pairing), its init rule
@@ -94,6 +97,8 @@ class DemoConfig:
     qac_epochs: int = 8
     qac_lr: float = 1e-3
     qac_quantizer_lr: float = 3e-2
+    qac_latency_weight: float = 3e-2
+    qac_latency_per_layer: str = "macs"
     calib_epochs: int = 5
     calib_lr: float = 1e-3
     calib_target: str = "float"
@@ -180,8 +185,12 @@ def _loaders(cfg: DemoConfig) -> tuple[TensorLoader, TensorLoader, torch.Tensor]
 
 
 def train_classifier(model: nn.Module, loader: TensorLoader, epochs: int, lr: float, desc: str,
-                     progress: bool = True, params: list | None = None) -> float:
+                     progress: bool = True, params: list | None = None,
+                     regulariser: Callable[[], torch.Tensor] | None = None) -> float:
     """Adam + cosine schedule, cross-entropy on the time-mean output; returns seconds spent.
+
+    ``regulariser()`` (e.g. QAC's :class:`~multispike.quant.qac.LatencyRegulariser`) is added to every batch's
+    loss after the forward pass.
 
     ``params`` may be a list of tensors or of Adam parameter groups (a group's own ``"lr"`` wins over
     ``lr``). Epoch ``e`` of every call visits the batches in the same order (``loader.set_epoch(e)``), so a
@@ -203,7 +212,7 @@ def train_classifier(model: nn.Module, loader: TensorLoader, epochs: int, lr: fl
         for x, y in loader:
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if regulariser is None else loss + regulariser()).backward()
             opt.step()
             sched.step()
             reset_net(model)

@@ -13,10 +13,13 @@ from the papers to this 8x8 task and a CPU budget of seconds:
 
 ``qac`` (QAC, §4)
     :func:`~multispike.quant.qac.prepare_qat` turns the ReLUs of a copy of the ReLU ANN into (t, α)
-    quantizers, trained jointly with the weights (quantization-aware fine-tuning). Reported: per-layer
-    ``T_l``, the plain and op-weighted average T, the quantized ANN, the mixed-timestep SNN (``aver+aver``)
-    before and after calibration of v(0) and θ, and the QCFS ANN of the ``lmht`` rows converted at the
-    uniform ``T = round(average T)`` with and without averaging alignment (QAC's Table 8 setting).
+    quantizers, trained jointly with the weights (quantization-aware fine-tuning; Adam, (t, α) at their own
+    rate), once with cross-entropy only (QAC's Alg. 1) and once with multispike's latency term
+    λ·Σ_l w_l·t_l (w_l ∝ the layer's synaptic MACs), which is what makes the learned T_l differ between
+    layers. Reported for the latter: per-layer ``T_l``, the plain and op-weighted average T, the quantized ANN,
+    the mixed-timestep SNN (``aver+aver``) before and after calibration of v(0) and θ, and the QCFS ANN of the
+    ``lmht`` rows converted at the uniform ``T = round(average T)`` with and without averaging alignment
+    (QAC's Table 8 setting).
 
 ``mlif`` (one-hot M-LIF, §5)
     The ReLU ANN becomes a ``b = cfg.mlif_bits`` log-quantized ANN (ReLU + LogQuant, α calibrated at P99.7, no
@@ -46,7 +49,7 @@ from .convert.mixed_timestep import to_mixed_timestep_snn, to_uniform_snn
 from .convert.mlif_init import mlif_hybrid_init
 from .demo import (EXTRA_ROWS, DemoConfig, DigitsCNN, evaluate_prefixes, predictions, spike_statistics,
                    train_classifier)
-from .quant.qac import QACQuantizer, average_timestep, prepare_qat, quantizer_summary
+from .quant.qac import LatencyRegulariser, QACQuantizer, average_timestep, prepare_qat, quantizer_summary
 from .quant.qcfs import QCFS
 
 __all__ = ["qcfs_ann", "lmht_rows", "qac_rows", "lq_ann", "mlif_rows"]
@@ -167,18 +170,34 @@ def qac_rows(cfg: DemoConfig, ctx: dict, log: Log) -> list[dict]:
     """QAT with learnable per-layer T_l, the mixed-timestep SNN before/after calibration, uniform-T QCFS."""
     group = "QAC: learned per-layer T_l, mixed-timestep SNN"
     test, calib = ctx["test"], ctx["calib"]
-    torch.manual_seed(cfg.seed)
-    qat = copy.deepcopy(ctx["ann"])
-    prepare_qat(qat, param="t_alpha", alpha=cfg.qac_alpha, t=cfg.qac_t)
-    quant = [p for m in qat.modules() if isinstance(m, QACQuantizer) for p in m.parameters()]
-    quant_ids = {id(p) for p in quant}
-    weights = [p for p in qat.parameters() if id(p) not in quant_ids]
-    secs = train_classifier(qat, ctx["train"], cfg.qac_epochs, cfg.qac_lr, "QAT (t, α)", cfg.progress,
-                            params=[{"params": weights}, {"params": quant, "lr": cfg.qac_quantizer_lr}])
+
+    def qat_run(latency_weight: float) -> tuple[torch.nn.Module, float, LatencyRegulariser | None]:
+        torch.manual_seed(cfg.seed)
+        net = copy.deepcopy(ctx["ann"])
+        prepare_qat(net, param="t_alpha", alpha=cfg.qac_alpha, t=cfg.qac_t)
+        quant = [p for m in net.modules() if isinstance(m, QACQuantizer) for p in m.parameters()]
+        quant_ids = {id(p) for p in quant}
+        weights = [p for p in net.parameters() if id(p) not in quant_ids]
+        reg = (LatencyRegulariser(net, latency_weight, cfg.qac_latency_per_layer, example_input=calib[:8])
+               if latency_weight > 0 else None)
+        secs = train_classifier(net, ctx["train"], cfg.qac_epochs, cfg.qac_lr,
+                                "QAT (t, α)" + (" + latency" if reg is not None else ""), cfg.progress,
+                                params=[{"params": weights}, {"params": quant, "lr": cfg.qac_quantizer_lr}],
+                                regulariser=reg)
+        return net, secs, reg
+
+    # Cross-entropy only (QAC's Alg. 1): t moves little from its start.
+    ce, _, _ = qat_run(0.0)
+    ce_acc = evaluate_prefixes(ce, test)[0]
+    ce_T = [r["T"] for r in quantizer_summary(ce)]
+    ce_t = [round(r["t"], 3) for r in quantizer_summary(ce)]
+    qat, secs, reg = qat_run(cfg.qac_latency_weight)
     q_acc = evaluate_prefixes(qat, test)[0]
     summary = quantizer_summary(qat)
     T_l = [r["T"] for r in summary]
     T_str = "/".join(map(str, T_l))
+    lat = (f"λ={cfg.qac_latency_weight:g}, w_l ∝ {cfg.qac_latency_per_layer}" if reg is not None
+           else "no latency term")
 
     snn, report = to_mixed_timestep_snn(qat, align="aver+aver", example_input=calib[:64])
     avg = average_timestep(qat, weighted_by_ops={layer.source: layer.ops for layer in report.layers})
@@ -188,10 +207,15 @@ def qac_rows(cfg: DemoConfig, ctx: dict, log: Log) -> list[dict]:
                   "bit_width": round(r["bit_width"], 4), "macs": layer.ops}
                  for r, layer in zip(summary, report.layers)]
     common = {"T_l": T_l, "average_T": avg.plain, "average_T_op_weighted": avg.op_weighted}
-    rows = [{"group": group, "method": "QAC quantized ANN", "T": avg.plain, "accuracy": q_acc,
-             "notes": f"ReLU ANN + {cfg.qac_epochs} epochs QAT, (t, α) from ({cfg.qac_t:g}, {cfg.qac_alpha:g}); "
-                      f"T_l = {T_str}, op-weighted avg T {avg.op_weighted:.2f}",
-             "layers": per_layer, **common}]
+    rows = [{"group": group, "method": "QAC quantized ANN, cross-entropy only", "T": sum(ce_T) / len(ce_T),
+             "accuracy": ce_acc, "notes": f"QAC's Alg. 1: T_l = {'/'.join(map(str, ce_T))} (t = {ce_t}) from t = "
+                                          f"{cfg.qac_t:g}", "T_l": ce_T, "t": ce_t},
+            {"group": group, "method": "QAC quantized ANN + latency term", "T": avg.plain, "accuracy": q_acc,
+             "notes": f"ReLU ANN + {cfg.qac_epochs} epochs QAT ({lat}), (t, α) from ({cfg.qac_t:g}, "
+                      f"{cfg.qac_alpha:g}); T_l = {T_str}, op-weighted avg T {avg.op_weighted:.2f}",
+             "layers": per_layer, "latency": None if reg is None else reg.describe(), **common}]
+    log(f"QAC: cross-entropy only T_l = {'/'.join(map(str, ce_T))} ({ce_acc:.2f}%); with the latency term "
+        f"T_l = {T_str} ({q_acc:.2f}%)")
 
     snn_acc = _final_accuracy(snn, ctx)
     # The §4.4 invariant, measured: same predictions as the quantized ANN, and the calibration loss against
@@ -199,7 +223,8 @@ def qac_rows(cfg: DemoConfig, ctx: dict, log: Log) -> list[dict]:
     agree = _agreement(predictions(snn, test), predictions(qat, test))
     exact = calibrate(copy.deepcopy(snn), qat, [calib[:256]], epochs=0, target="quantized").loss_before
     rows.append({"group": group, "method": "QAC mixed-T SNN (aver+aver)", "T": avg.plain, "accuracy": snn_acc,
-                 "notes": f"no calibration; same argmax as quantized ANN: {100 * agree:.2f}%, ½·MSE {exact:.1g}",
+                 "notes": f"T_l = {T_str}, no calibration; vs its quantized ANN {q_acc:.2f}%: "
+                          f"{snn_acc - q_acc:+.2f} pp, same argmax {100 * agree:.2f}%, ½·MSE {exact:.1g}",
                  "agreement_with_quantized_ann": agree, "mse_to_quantized_ann": exact, **common})
     start = time.perf_counter()
     cal = calibrate(snn, qat, _calibration_batches(ctx), epochs=cfg.calib_epochs, lr=cfg.calib_lr,

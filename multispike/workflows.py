@@ -108,9 +108,10 @@ def parse_align_option(value: str | None) -> str | None:
 
 
 def parse_bias_scale(value: str | float | None, levels: int) -> float | str:
-    """``--hybrid-bias-scale``: ``1``/``code`` (LMHT-C), ``L``/``exact`` (the exact identity) or a factor > 0."""
+    """``--hybrid-bias-scale``: ``L``/``exact`` (the exact identity, default), ``1``/``code`` (LMHT-C) or a factor
+    > 0."""
     if value is None:
-        return 1.0
+        return "exact"
     text = str(value).strip()
     if text in ("L", "l"):
         return float(levels)
@@ -385,7 +386,8 @@ def convert_checkpoint(checkpoint: str | os.PathLike, to: str, *, out: str | os.
             (every layer at ``timesteps``, with or without averaging alignment: QAC's Table 8 baseline).
         timesteps: T (``if``, ``lmht``, ``uniform``; not allowed for ``mixed``, whose T_l are learned).
         levels: L of LM-HT.
-        hybrid_bias_scale: ``1``/``code`` or ``L``/``exact`` (§2.6 bias caveat).
+        hybrid_bias_scale: ``L``/``exact`` (default: the LM-HT net equals the QCFS ANN with L·T levels) or
+            ``1``/``code`` (LMHT-C's conversion) (§2.6 bias caveat).
         align: ``mixed``: alignment mode (default ``aver+aver``); ``uniform``: ``None`` (default, plain QCFS) or
             a mode; not allowed otherwise.
         threshold: ``if`` only: ``qcfs`` (the quantizer clip; default for quantized ANNs), ``max``, ``99.9%``

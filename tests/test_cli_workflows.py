@@ -169,6 +169,27 @@ def test_lmht_direct_convert_finetune_reparam_eval(runs, tmp_path, capsys):
     assert ft_curve == res["lmht"]["acc_per_t"]
 
 
+def test_lmht_fine_tuning_starts_from_the_exact_conversion_by_default(runs, tmp_path):
+    """`convert --to lmht` and `train --neuron lmht --init-from <QCFS ANN>` both start from the ×L (exact)
+    conversion: with L·T = the ANN's 4 levels the converted net has the ANN's accuracy, and a run at lr 0 (BN frozen
+    by default for a converted start) evaluates exactly so."""
+    conv = tmp_path / "lmht"
+    assert main(["convert", "--checkpoint", str(runs / "qcfs"), "--to", "lmht", "--levels", "2", "--timesteps", "2",
+                 "--no-sanity", *LIMIT, "--out", str(conv)]) == 0
+    res = _json(conv / "conversion.json")
+    assert res["step"]["args"]["hybrid_bias_scale"] == "exact" and res["snn"]["acc"] == res["ann"]["acc"]
+    ft = tmp_path / "ft0"
+    assert main(["train", "--mode", "snn", "--neuron", "lmht", "--levels", "2", "--timesteps", "2", "--init-from",
+                 str(runs / "qcfs"), "--subset", "64", "--epochs", "1", "--dataset", "digits", "--batch-size", "32",
+                 "--no-augment", "--crop-padding", "0", "--opt", "sgd", "--lr", "0", "--sched", "constant",
+                 "--eval-subset", "96", *QUICK, "--out", str(ft)]) == 0
+    cfg = _json(ft / "config.json")
+    assert cfg["freeze_bn"] is True and cfg["timesteps"] == 2
+    assert _json(ft / "summary.json")["final_acc"] == pytest.approx(res["ann"]["acc"], abs=1e-12)   # same 96 images
+    model, _ = rebuild_model(ft)
+    assert [m.in_scale for m in model.modules() if hasattr(m, "in_scale")][:2] == [2.0, 1.0]
+
+
 def test_eval_rebuilds_a_hybrid_run_with_its_first_layer_scale(runs, tmp_path):
     """A hybrid LM-HT run's network is the converted QCFS ANN (first-layer in_scale = L, the ANN's model_kwargs),
     not create_model(neuron='lmht'): eval must reproduce the trainer's own final evaluation."""

@@ -100,12 +100,19 @@ def test_quick_table_structure(quick_run, table):
     assert res["command"] in md
 
 
+def snn_T_l(qac: dict) -> list:
+    return qac["extra"]["qac_snn"]["T_l"]
+
+
 @needs_data
 def test_quick_specific_contents(quick_run):
     lmht = json.loads((quick_run / "evidence_lmht.json").read_text())
     rows = {r["key"]: r for r in lmht["rows"]}
     for key in ("hybrid_L2T2", "hybrid_L2T4", "hybrid_L4T2"):
-        assert 0 <= rows[key]["init_accuracy"] <= 100 and 0 <= rows[key]["init_accuracy_exact_bias"] <= 100
+        # fine-tuning starts from the exact (×L) init, reported as its own row; LMHT-C's ×1 init beside it
+        assert rows[key]["init_accuracy"] == rows[f"{key}_init"]["accuracy"]
+        assert rows[key]["init_bias_scale"] == "exact (×L)" and 0 <= rows[key]["init_accuracy_code_bias"] <= 100
+    assert "lmht-hybrid-vs-init" in {c["id"] for c in lmht["claims"]}
     for key in ("direct_lmht_L2T2", "direct_if_T2", "direct_if_T4"):
         assert rows[key]["sops_per_image"] > 0 and rows[key]["sop_energy_uj"] > 0
     assert len(lmht["extra"]["if_prefix_accuracy_T1_to_T8"]) == 8
@@ -119,6 +126,11 @@ def test_quick_specific_contents(quick_run):
     assert any(p.get("name") == "ann_qcfs" and "reused" in p for p in qac["phases"])
     mlif = json.loads((quick_run / "evidence_mlif.json").read_text())
     assert any(p.get("name") == "ann_float" and "reused" in p for p in mlif["phases"])
+    qrows = {r["key"]: r for r in qac["rows"]}
+    assert qrows["qat_ann_ce"]["T_l"] and qrows["qat_ann"]["T_l"] == snn_T_l(qac)
+    qphases = {p["name"]: p for p in qac["phases"]}
+    assert qphases["qat"]["latency_weight"] > 0 and qphases["qat"]["quant_opt"] == "adam"
+    assert "latency_weight" not in qphases["qat_ce"] and len(qphases["qat"]["latency_term_per_epoch"]) >= 1
     snn = qac["extra"]["qac_snn"]
     assert all(T >= 1 for T in snn["T_l"]) and snn["average_T"] == pytest.approx(sum(snn["T_l"]) / len(snn["T_l"]))
     mrows = {r["key"]: r for r in mlif["rows"]}

@@ -104,10 +104,10 @@ def test_hybrid_init_equals_qcfs_with_LT_levels_exactly(L, T):
         h.remove()
 
 
-def test_hybrid_init_neuron_parameters_and_code_default_is_inexact():
+def test_hybrid_init_neuron_parameters_and_code_scale_is_inexact():
     L, T = 2, 2
     ann = dyadic_qcfs_net(L * T, seed=3)
-    snn = convert_qcfs_to_lmht(ann, levels=L, T=T)          # hybrid_bias_scale = 1, as LMHT-C
+    snn = convert_qcfs_to_lmht(ann, levels=L, T=T, hybrid_bias_scale="code")   # ×1, as LMHT-C
     n1, n3 = snn[1], snn[3]
     assert float(n1.v_threshold) == 2.0 and float(n1.v_init) == 1.0 and float(n3.v_threshold) == 1.0
     exact(n1.omega.detach(), torch.full((T, T), 1 / T, dtype=torch.float64))
@@ -173,7 +173,9 @@ def test_hybrid_conversion_errors():
                        nn.LayerNorm(3), QCFS(4, 1.0))
     with pytest.raises(ValueError, match="LayerNorm"):
         convert_qcfs_to_lmht(ln, 2, 2, hybrid_bias_scale=2)
-    assert isinstance(convert_qcfs_to_lmht(ln, 2, 2)[4], LMHTNeuron)     # fine with the code's scale 1
+    with pytest.raises(ValueError, match="LayerNorm"):
+        convert_qcfs_to_lmht(ln, 2, 2)                                     # the default is the exact ×L
+    assert isinstance(convert_qcfs_to_lmht(ln, 2, 2, hybrid_bias_scale=1)[4], LMHTNeuron)   # code's scale 1
     bn_no_stats = nn.Sequential(QCFS(4, 1.0), SeqToANNContainer(nn.BatchNorm1d(3, track_running_stats=False)))
     with pytest.raises(ValueError, match="running statistics"):
         convert_qcfs_to_lmht(bn_no_stats, 2, 2, hybrid_bias_scale=2)
@@ -388,3 +390,41 @@ def test_reparameterisation_refusals():
         reparameterization_report(net, reparameterize_lmht(net)[0], torch.zeros(2, 1, 2, 8, 8), readout="max")
     with pytest.raises(TypeError, match="MHTNeuron"):
         ReparameterizedIF.from_lmht(MHTNeuron(2), first_layer=True)
+
+
+def test_default_conversion_of_a_trained_qcfs_ann_equals_it_on_digits():
+    """The default hybrid init (``hybrid_bias_scale='exact'``) of a QCFS ANN with L·T levels is that ANN: same
+    argmax on every real test image and time-mean logits = L × the ANN's; the hybrid hook and the
+    ``--init-from`` conversion start from exactly this network."""
+    from multispike.demo import DemoConfig, DigitsCNN, _loaders, predictions, train_classifier
+    from multispike.train import resolve_config
+    from multispike.train.hybrid import convert_init_model, lmht_hybrid
+    from multispike.workflows import parse_bias_scale
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        L, T = 2, 2
+        torch.manual_seed(0)
+        train, test, _ = _loaders(DemoConfig())
+        ann = DigitsCNN("qcfs", neuron_kwargs=dict(levels=L * T, threshold=4.0))
+        train_classifier(ann, train, 3, 3e-3, "qcfs", progress=False)
+        snn = convert_qcfs_to_lmht(ann, levels=L, T=T)
+        snn.set_timesteps(T)
+        p_ann, p_snn = predictions(ann, test), predictions(snn, test)
+        assert len(p_ann) == 359 and float((p_ann == p_snn).double().mean()) == 1.0
+        x = next(iter(test))[0]
+        with torch.no_grad():
+            reset_net(snn)
+            assert_close(snn(x), L * ann(x), rtol=1e-5, atol=1e-4)
+        code = convert_qcfs_to_lmht(ann, levels=L, T=T, hybrid_bias_scale="code")
+        code.set_timesteps(T)
+        assert float((predictions(code, test) == p_ann).double().mean()) < 1.0    # ×1 is not the ANN
+        cfg = resolve_config(overrides=dict(mode="snn", model="digits_cnn", neuron="lmht", levels=L, timesteps=T))
+        for start in (lmht_hybrid(ann, cfg), convert_init_model(ann, cfg)[0]):
+            start.set_timesteps(T)
+            sd, ref = start.state_dict(), snn.state_dict()
+            assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in sd)
+        assert parse_bias_scale(None, L) == "exact" and parse_bias_scale("1", L) == 1.0
+    finally:
+        torch.set_num_threads(threads)

@@ -137,6 +137,16 @@ PROFILES: dict[str, Profile] = {
         table_shares={"lmht": 1.0, "qac": 1.0, "mlif": 1.0}, nmnist_seeds=(0,), calib_batches=8, energy_batches=2,
         threads=None, prefer_cuda=False,
         notes="the issue's full CPU mode: each table within about 60 minutes on 2 cores"),
+    "cpu_small": Profile(
+        name="cpu_small", backbone="resnet8_cifar", cifar_train=5000, cifar_test=1000, batch_size=64, eval_batch=250,
+        epochs={"ann": 12, "qcfs": 15, "hybrid_ft": 2, "direct": 3, "qat": 3, "calib": 10, "mlif_ft": 2, "lq_ft": 2,
+                "nmnist": 10},
+        table_seconds={"lmht": 720, "qac": 600, "mlif": 600}, total_seconds=1920,
+        table_shares={"lmht": 0.375, "qac": 0.3125, "mlif": 0.3125}, calib_batches=8, energy_batches=1, threads=1,
+        prefer_cuda=False,
+        notes="a check of the tables' key rows in about 10 minutes each on a shared 2-core CPU: ResNet-8 on the 5k/1k "
+              "CIFAR-10 subset, one thread (measured several times faster than two on a loaded CPU); far below the "
+              "committed GPU scale"),
     "gpu": Profile(
         name="gpu", backbone="resnet20_cifar", cifar_train=12000, cifar_test=3000, batch_size=256, eval_batch=1000,
         epochs=dict(_EPOCHS_GPU), table_seconds={"lmht": 200, "qac": 150, "mlif": 170}, total_seconds=390,
@@ -485,6 +495,10 @@ class TrainSpec:
     log_quantizers: bool = False     # record QAC T_l per epoch
     min_steps: int = 10
     freeze_bn: bool = False          # keep BatchNorm in eval mode (the converted ANN's running statistics)
+    quant_opt: str | None = None     # QAT: optimizer of the QAC quantizers' (t, α) (None: same as the rest)
+    quant_lr: float | None = None    # QAT: its learning rate (None: lr); cosine-scheduled like the rest
+    latency_weight: float = 0.0      # QAT: λ of multispike's latency term λ·Σ_l w_l·t_l (0: cross-entropy only)
+    latency_per_layer: str = "uniform"   # QAT: w_l = 1 (uniform) or the synaptic MACs, mean 1 (macs)
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -556,25 +570,55 @@ def _loss(out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
     return F.cross_entropy(out.float().mean(0), y)
 
 
-def _optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
-    params = _param_groups(model, spec.weight_decay)
-    if spec.opt == "sgd":
-        return torch.optim.SGD(params, lr=spec.lr, momentum=0.9, nesterov=True)
-    if spec.opt == "adam":
-        return torch.optim.Adam(params, lr=spec.lr)
-    raise ValueError(f"unknown optimizer {spec.opt!r}; use 'sgd' or 'adam'")
+def _make_opt(name: str, params: list, lr: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; use 'sgd' or 'adam'")
+
+
+def _optimizer(model: nn.Module, spec: TrainSpec):
+    """The phase's optimizer. Every group carries ``base_lr`` (the cosine schedule scales it). With ``quant_opt`` or
+    ``quant_lr`` the QAC quantizers' (t, α) get a group of their own (weight decay 0) - and, when ``quant_opt``
+    differs from ``opt``, an optimizer of their own (``multispike.train.optim.CompositeOptimizer``)."""
+    from multispike.quant.qac import quantizer_parameters
+
+    quant = quantizer_parameters(model) if (spec.quant_opt or spec.quant_lr is not None) else []
+    qids = {id(p) for p in quant}
+    params = [{**g, "params": [p for p in g["params"] if id(p) not in qids], "base_lr": spec.lr}
+              for g in _param_groups(model, spec.weight_decay)]
+    params = [g for g in params if g["params"]]
+    if not quant:
+        return _make_opt(spec.opt, params, spec.lr)
+    q_lr = spec.lr if spec.quant_lr is None else spec.quant_lr
+    q_group = {"params": quant, "weight_decay": 0.0, "lr": q_lr, "base_lr": q_lr}
+    q_opt = spec.quant_opt or spec.opt
+    if q_opt == spec.opt:
+        return _make_opt(spec.opt, [*params, q_group], spec.lr)
+    from multispike.train.optim import CompositeOptimizer
+    return CompositeOptimizer([_make_opt(spec.opt, params, spec.lr), _make_opt(q_opt, [q_group], q_lr)])
+
+
+def _regulariser(model: nn.Module, spec: TrainSpec):
+    """The latency term of a QAT phase (``multispike.quant.qac.LatencyRegulariser``), or None."""
+    if not spec.latency_weight:
+        return None
+    from multispike.quant.qac import LatencyRegulariser
+    return LatencyRegulariser(model, spec.latency_weight, spec.latency_per_layer)
 
 
 def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, spec: TrainSpec,
-          device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step; returns the loss and the outputs ``[T, B, K]``."""
+          device: torch.device, reg=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step; returns the task loss (without any latency term ``reg()``) and the outputs
+    ``[T, B, K]``."""
     if spec.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     with _autocast(device, spec.amp):
         out = _outputs(model, x, spec.loss)
     loss = _loss(out, y, spec.loss)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss if reg is None else loss + reg()).backward()
     opt.step()
     reset_net(model)
     return loss, out
@@ -588,12 +632,13 @@ def time_steps(model: nn.Module, loader: Iterable, spec: TrainSpec, ctx: "Contex
         probe.to(memory_format=torch.channels_last)
     probe.train()
     opt = _optimizer(probe, spec)
+    reg = _regulariser(probe, spec)
     epoch = getattr(loader, "epoch", None)
     t, done, b = None, 0, 0
     while done < steps:  # several passes if the loader has fewer than steps + 1 batches
         before = b
         for x, y in loader:
-            _step(probe, opt, x, y, spec, ctx.device)
+            _step(probe, opt, x, y, spec, ctx.device, reg)
             if b == 0:
                 _sync(ctx.device)
                 t = time.perf_counter()
@@ -665,6 +710,7 @@ def fit(model: nn.Module, loader: TensorLoader | Iterable, spec: TrainSpec, *, n
     total = planned
     min_steps = min(planned, spec.min_steps)
     opt = _optimizer(model, spec)
+    reg = _regulariser(model, spec)
     warm = int(spec.warmup_epochs * spe)
     if spec.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -677,6 +723,11 @@ def fit(model: nn.Module, loader: TensorLoader | Iterable, spec: TrainSpec, *, n
                               "epoch_loss": [], "epoch_train_acc": [], "status": "ok"}
     if spec.log_quantizers:
         record["quantizers_per_epoch"] = []
+    if spec.quant_opt or spec.quant_lr is not None:
+        record.update(quant_opt=spec.quant_opt or spec.opt, quant_lr=spec.quant_lr)
+    if reg is not None:
+        record.update(latency_weight=spec.latency_weight, latency_per_layer=spec.latency_per_layer,
+                      latency_term_per_epoch=[])
     t0 = time.perf_counter()
     step, epoch = 0, 0
     probe_at, probe_start = min(spe, 6), None
@@ -704,8 +755,8 @@ def fit(model: nn.Module, loader: TensorLoader | Iterable, spec: TrainSpec, *, n
             frac = step / max(1, total)
             lr_scale = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
             for g in opt.param_groups:
-                g["lr"] = spec.lr * lr_scale
-            loss, out = _step(model, opt, x, y, spec, device)
+                g["lr"] = g.get("base_lr", spec.lr) * lr_scale
+            loss, out = _step(model, opt, x, y, spec, device, reg)
             loss_sum += loss.detach() * y.shape[0]
             correct += (out.detach().float().mean(0).argmax(-1) == y).sum()
             seen += y.shape[0]
@@ -738,6 +789,9 @@ def fit(model: nn.Module, loader: TensorLoader | Iterable, spec: TrainSpec, *, n
             record["quantizers_per_epoch"].append([{"layer": r["layer"], "T": r["T"], "t": round(r.get("t", 0), 4),
                                                     "alpha": round(r["alpha"], 4)}
                                                    for r in quantizer_summary(model)])
+        if reg is not None:
+            with torch.no_grad():
+                record["latency_term_per_epoch"].append(round(float(reg()), 6))
         if not math.isfinite(mean_loss):
             record["status"] = "diverged"
             record["cuts"].append({"at_step": step, "reason": "non-finite training loss", "steps_before": total,
@@ -757,6 +811,9 @@ def fit(model: nn.Module, loader: TensorLoader | Iterable, spec: TrainSpec, *, n
                                            "steps_before": total, "steps_after": new_total})
                     total = new_total
     model.eval()
+    if reg is not None:
+        record["latency_layer_weights"] = reg.weights if reg.ready else None
+        reg.close()
     if spec.channels_last:
         model.to(memory_format=torch.contiguous_format)
     record["steps_run"] = step
@@ -1145,7 +1202,8 @@ def render_markdown(res: dict) -> str:
 # ----------------------------------------------------------------------------------------------------
 def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--profile", choices=list(PROFILES), default="quick",
-                    help="scale of the run: quick (CI smoke test, < 1 min on CPU), cpu (the issue's full mode, about "
+                    help="scale of the run: quick (CI smoke test, < 1 min on CPU), cpu_small (ResNet-8 on 5k "
+                         "CIFAR-10, about 10 min per table on one CPU thread), cpu (the issue's full mode, about "
                          "an hour per table on 2 cores), gpu (all tables in about 7 minutes on one GPU)")
     ap.add_argument("--data", type=Path, default=None,
                     help="a bundle from make_bundle.py, or the shared datasets folder (default: $MULTISPIKE_DATA, "

@@ -28,6 +28,7 @@ import yaml
 
 from .checkpoint import atomic_write_text
 from .losses import LOSSES
+from ..quant.qac import LATENCY_WEIGHTINGS
 from .optim import DEFAULT_NEURON_PARAM_PATTERNS, OPTIMIZERS, SCHEDULES
 
 __all__ = ["TrainConfig", "ConfigError", "MODES", "AMP_MODES", "RESUME_MUST_MATCH", "load_yaml_config",
@@ -41,7 +42,7 @@ DIST_BN = ("reduce", "broadcast", "none")
 #: run (another network, other data, another optimizer state layout) or breaks the bit-exact replay.
 RESUME_MUST_MATCH = ("mode", "model", "neuron", "timesteps", "dataset", "dataset_kwargs", "num_classes",
                      "in_channels", "levels", "lanes", "v_threshold", "neuron_kwargs", "model_kwargs", "subset", "opt",
-                     "loss", "seed", "batch_size", "ann_checkpoint", "init_from", "prepare_qat")
+                     "loss", "seed", "batch_size", "ann_checkpoint", "init_from", "prepare_qat", "quant_opt")
 
 
 class ConfigError(ValueError):
@@ -105,12 +106,21 @@ class TrainConfig:
     init_from: str | None = _f(None, "start from the weights AND module structure of this checkpoint (run directory "
                                "or file; e.g. the output of `multispike convert`); model, neuron and T come from it, "
                                "the optimizer starts afresh", "training")
-    freeze_bn: bool = _f(False, "keep BatchNorm layers in eval mode while training (running statistics fixed, γ/β "
-                         "still learned): fine-tune a converted SNN without re-estimating BN statistics from spike "
-                         "trains, whose per-step variance differs from the ANN's activations", "training")
+    freeze_bn: bool | None = _f(None, "keep BatchNorm layers in eval mode while training (running statistics fixed, "
+                                "γ/β still learned): fine-tune a converted SNN without re-estimating BN statistics "
+                                "from spike trains, whose per-step variance differs from the ANN's activations (and "
+                                "in train mode BN would undo LM-HT's exact ×L bias scale). Default: on when training "
+                                "starts from a conversion (mode hybrid, or --init-from a converted network or a QCFS "
+                                "ANN with --neuron lmht), off otherwise", "training")
     prepare_qat: dict | None = _f(None, "after building the model run multispike.quant.qac.prepare_qat with these "
                                   "arguments (ReLU/QCFS -> QAC quantizer, MaxPool -> AvgPool), e.g. param=t_alpha t=4; "
                                   "`multispike qat` sets it", "training")
+    latency_weight: float = _f(0.0, "QAT: weight λ of the latency term λ·Σ_l w_l·t_l on the QAC quantizers' "
+                               "continuous timesteps (multispike.quant.qac.LatencyRegulariser; 0 = off, QAC's "
+                               "cross-entropy only)", "training")
+    latency_per_layer: str = _f("uniform", "QAT: layer weights w_l of the latency term: uniform (1) or macs (the "
+                                "synaptic MACs feeding the layer, normalised to mean 1)", "training",
+                                LATENCY_WEIGHTINGS)
 
     # --- optimizer -------------------------------------------------------------------------------------
     opt: str = _f("sgd", "optimizer", "optimizer", OPTIMIZERS)
@@ -126,6 +136,15 @@ class TrainConfig:
                                            "optimizer")
     neuron_lr_scheduled: bool = _f(True, "apply the lr schedule to the neuron group (off: fixed neuron_lr)",
                                    "optimizer")
+    quant_opt: str | None = _f(None, "QAT: optimizer of the QAC quantizers' (t, α) - e.g. adam while the weights use "
+                               "sgd (default: opt)", "optimizer", OPTIMIZERS)
+    quant_lr: float | None = _f(None, "QAT: learning rate of (t, α) (default: neuron_lr, else lr); t is in units of "
+                                "timesteps, so it wants a far larger rate than the weights (e.g. 3e-2 with adam)",
+                                "optimizer")
+    quant_weight_decay: float | None = _f(None, "QAT: weight decay of (t, α) (default: neuron_weight_decay, else "
+                                          "weight_decay)", "optimizer")
+    quant_lr_scheduled: bool | None = _f(None, "QAT: apply the lr schedule to (t, α) (default: "
+                                         "neuron_lr_scheduled)", "optimizer")
     neuron_param_patterns: list = _f(list(DEFAULT_NEURON_PARAM_PATTERNS),
                                      "fnmatch patterns of neuron-group parameter names (no dot: the attribute "
                                      "name; with a dot: the full name)", "optimizer")
@@ -211,6 +230,13 @@ class TrainConfig:
         need(not (self.mode == "hybrid" and self.init_from is not None),
              "mode 'hybrid' builds its SNN from --ann-checkpoint; --init-from is for mode ann/qat/snn (e.g. "
              "fine-tuning the output of `multispike convert` with --mode snn)")
+        need(self.latency_weight >= 0 and self.latency_weight == self.latency_weight,
+             f"latency_weight must be >= 0, got {self.latency_weight}")
+        need(self.latency_weight == 0 or self.mode in ("qat", "ann"),
+             f"latency_weight acts on QAC quantizers; use it with mode qat (mode is {self.mode!r})")
+        need(self.quant_lr is None or self.quant_lr >= 0, f"quant_lr must be >= 0, got {self.quant_lr}")
+        need(self.quant_weight_decay is None or self.quant_weight_decay >= 0,
+             f"quant_weight_decay must be >= 0, got {self.quant_weight_decay}")
         need(self.prepare_qat is None or self.mode in ("qat", "ann"),
              f"prepare_qat makes a quantized ANN; use it with mode qat (mode is {self.mode!r})")
         if self.mode == "hybrid":

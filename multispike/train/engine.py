@@ -4,7 +4,11 @@ Modes (``TrainConfig.mode``):
 
 * ``ann`` - plain cross-entropy on ``model(x)`` (``[B, K]`` logits).
 * ``qat`` - the same loop; every epoch the log records each quantizer's ``timesteps`` (T_l) and
-  ``bit_width`` (any module with those attributes, e.g. QAC's quantizers) and their mean.
+  ``bit_width`` (any module with those attributes, e.g. QAC's quantizers) and their mean, and for QAC
+  quantizers ``qac_layers`` (T_l, continuous t, α) plus the readable table ``<out>/timesteps.txt``. With
+  ``latency_weight`` λ > 0 the loss is ``CE + λ·Σ_l w_l·t_l`` (:class:`multispike.quant.qac.LatencyRegulariser`;
+  ``train_loss`` logs the CE alone, ``latency_term`` the penalty); (t, α) have their own optimizer settings
+  (``quant_opt``, ``quant_lr``; :func:`multispike.train.optim.build_training_optimizer`).
 * ``snn`` - BPTT/STBP on ``model.forward_sequence(x)`` (``[T, B, K]``): CE on the time mean (LM-HT's recipe,
   algorithms.md §2.5) or TET (§7.6).
 * ``hybrid`` - load an ANN checkpoint, rebuild that ANN from the config stored in it, turn it into an SNN with
@@ -50,7 +54,7 @@ from .guards import (NonFiniteError, RunLock, StopSignals, TrainingInterrupted, 
 from .distributed import (DistInfo, all_gather_object, all_reduce_sum, barrier, init_distributed, seed_everything,
                           sync_bn_stats, unwrap_model, wrap_model)
 from .losses import build_loss
-from .optim import LRSchedule, build_optimizer, build_param_groups
+from .optim import LRSchedule, build_training_optimizer
 
 __all__ = ["Trainer", "prefix_correct", "quantizer_report", "EXIT_AFTER_STEPS_ENV"]
 
@@ -164,14 +168,13 @@ class Trainer:
         if config.sync_bn:  # SyncBatchNorm conversion builds new modules: keep self.model pointing at them
             self.model = unwrap_model(self.net).model if self.sequence_loss else unwrap_model(self.net)
         self.loss_fn = build_loss(self.loss_name, config.label_smoothing, config.tet_lambda, config.tet_phi)
-        groups = build_param_groups(self.model, config.lr, config.weight_decay, neuron_lr=config.neuron_lr,
-                                    neuron_weight_decay=config.neuron_weight_decay,
-                                    neuron_lr_scheduled=config.neuron_lr_scheduled,
-                                    neuron_patterns=tuple(config.neuron_param_patterns),
-                                    decay_norm_and_bias=config.decay_norm_and_bias)
-        self.optimizer = build_optimizer(config.opt, groups, config.lr, momentum=config.momentum,
-                                         nesterov=config.nesterov, weight_decay=config.weight_decay,
-                                         betas=config.betas, eps=config.eps)
+        # QAC quantizers' (t, α) get their own group (and optimizer, with quant_opt): train/optim.py
+        self.optimizer = build_training_optimizer(self.model, config)
+        # QAT's optional latency term λ·Σ w_l·t_l (multispike's addition to QAC; quant/qac.py)
+        self.regulariser = None
+        if config.latency_weight > 0:
+            from ..quant.qac import LatencyRegulariser
+            self.regulariser = LatencyRegulariser(self.model, config.latency_weight, config.latency_per_layer)
         self.steps_per_epoch = len(train_loader)
         self.schedule = LRSchedule(config.sched, config.lr, self.steps_per_epoch, config.epochs,
                                    warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr,
@@ -241,7 +244,8 @@ class Trainer:
         with self._autocast():
             out = self.net(x)
         out = out.float()
-        loss = self.loss_fn(out, y)
+        task_loss = self.loss_fn(out, y)
+        loss = task_loss if self.regulariser is None else task_loss + self.regulariser()
         if not self._loss_finite(loss):
             what = loss.item() if not torch.isfinite(loss) else "on another rank"
             raise NonFiniteError(f"training diverged: non-finite loss {what} at step {self.step} (epoch "
@@ -257,7 +261,7 @@ class Trainer:
         reset_net(self.model)
         self.step += 1
         logits = out.mean(0) if out.dim() == 3 else out
-        return loss.detach(), (logits.argmax(-1) == y).sum()
+        return task_loss.detach(), (logits.argmax(-1) == y).sum()
 
     # -- epochs ------------------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict:
@@ -550,6 +554,7 @@ class Trainer:
                 record["quantizers"] = quant
                 record["mean_timesteps"] = _mean_numeric(q.get("timesteps") for q in quant.values())
                 record["mean_bit_width"] = _mean_numeric(q.get("bit_width") for q in quant.values())
+                self._record_qac(record)
             self.log(record)
             self.history.append(record)
             self._print(self._epoch_line(record))
@@ -568,6 +573,28 @@ class Trainer:
         if self.dist.is_primary:
             atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
         return summary
+
+    def _record_qac(self, record: dict) -> None:
+        """QAT: each QAC layer's T_l, continuous t and α (``qac_layers``), the latency term, and the readable
+        per-epoch table ``<out>/timesteps.txt`` (rank 0)."""
+        from ..quant.qac import format_timestep_table, quantizer_summary
+
+        rows = [{"layer": r["layer"], "T": r["T"], "t": r["t"], "alpha": r["alpha"]}
+                for r in quantizer_summary(self.model) if "t" in r]
+        if not rows:
+            return
+        record["qac_layers"] = rows
+        if self.regulariser is not None:
+            with torch.no_grad():
+                record["latency_term"] = float(self.regulariser())
+            record["latency"] = self.regulariser.describe()
+        if self.dist.is_primary:
+            epochs = [{"epoch": r["epoch"], "layers": r["qac_layers"]} for r in [*self.history, record]
+                      if r.get("qac_layers")]
+            text = ("per-layer T_l (continuous t) at the end of each epoch; alpha = clip = SNN threshold\n"
+                    + format_timestep_table(epochs) + "\n")
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "timesteps.txt", text)
 
     def _epoch_line(self, r: Mapping[str, Any]) -> str:
         text = (f"epoch {r['epoch']}/{r['epochs']}  loss {r['train_loss']:.4f}  train acc {100 * r['train_acc']:.2f}%"

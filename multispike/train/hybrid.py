@@ -6,6 +6,10 @@ A hook is any callable ``hook(ann_model, config)`` or ``hook(ann_model, config, 
 * :func:`lmht_hybrid` - LM-HT (algorithms.md §2.6): every QCFS of the ANN becomes an LM-HT neuron with
   ``θ = ϑ``, ``v(0) = θ/2``, uniform T-GIM, ``λ = 1`` and ``in_scale = L`` on the first spiking layer
   (:func:`multispike.convert.lmht.convert_qcfs_to_lmht`). ``L = config.levels``, ``T = config.timesteps``.
+  By default the biases after the first spiking layer are scaled by L (``hybrid_bias_scale: exact``), so
+  fine-tuning starts from the network that equals the QCFS ANN with L·T levels; ``hybrid_bias_scale: code``
+  (or 1) is LMHT-C's ×1 conversion. :func:`convert_init_model` applies the same conversion to a QCFS ANN given
+  to ``--init-from`` with ``--neuron lmht``.
 * :func:`mlif_hybrid` - one-hot M-LIF (§5.4, §5.6): BN folded, ReLU (or LogQuant) -> OneHotMLIF, thresholds and
   payload scales initialised layer by layer on training batches
   (:func:`multispike.convert.mlif_init.mlif_hybrid_init`; default ``threshold_init: logquant``, the exact
@@ -25,7 +29,7 @@ from torch import nn
 
 from .config import TrainConfig
 
-__all__ = ["lmht_hybrid", "mlif_hybrid", "call_convert_hook"]
+__all__ = ["lmht_hybrid", "mlif_hybrid", "call_convert_hook", "convert_init_model"]
 
 _LMHT_OPTIONS = ("hybrid_bias_scale", "tgim", "learnable_leak", "detach_temporal", "detach_reset", "surrogate_width",
                  "backend")
@@ -65,6 +69,29 @@ def lmht_hybrid(ann: nn.Module, cfg: TrainConfig) -> nn.Module:
     opts, _ = _options(cfg, _LMHT_OPTIONS, "lmht_hybrid")
     snn = convert_qcfs_to_lmht(ann, levels=int(levels), T=cfg.timesteps, **opts)
     return _set_T(snn, cfg.timesteps)
+
+
+def convert_init_model(model: nn.Module, cfg: TrainConfig) -> tuple[nn.Module, str | None]:
+    """``--init-from`` a QCFS ANN with ``--neuron lmht``: convert it with :func:`lmht_hybrid` (exact ×L bias
+    scale unless ``neuron_kwargs`` says otherwise). Returns ``(model, description)``; the model is returned
+    unchanged (description ``None``) when the neuron is not ``lmht`` or the network is not a QCFS ANN (e.g. it is
+    already an LM-HT net from ``multispike convert --to lmht``).
+
+    The training runner calls this after loading the checkpoint and the rebuild repeats it, so the fine-tuned
+    checkpoint reloads with the converted structure.
+    """
+    from ..neurons.lmht import LMHTNeuron
+    from ..quant.qcfs import QCFS
+
+    if cfg.neuron != "lmht":
+        return model, None
+    mods = list(model.modules())
+    if not any(isinstance(m, QCFS) for m in mods) or any(isinstance(m, LMHTNeuron) for m in mods):
+        return model, None
+    snn = lmht_hybrid(model, cfg)
+    scale = dict(cfg.neuron_kwargs).get("hybrid_bias_scale", "exact")
+    return snn, (f"QCFS ANN -> LM-HT (L={cfg.neuron_arguments().get('levels')}, T={cfg.timesteps}, hybrid bias "
+                 f"scale {scale})")
 
 
 def mlif_hybrid(ann: nn.Module, cfg: TrainConfig, train_loader: Iterable | None = None) -> nn.Module:

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 __all__ = ["DEFAULT_NEURON_PARAM_PATTERNS", "OPTIMIZERS", "SCHEDULES", "match_neuron_param", "build_param_groups",
-           "build_optimizer", "LRSchedule"]
+           "build_optimizer", "LRSchedule", "CompositeOptimizer", "build_training_optimizer"]
 
 #: Parameter-name patterns of the neuron group. A pattern without a dot is matched (fnmatch) against the
 #: parameter's own attribute name (the text after the last dot); a pattern with a dot against the full name.
@@ -59,7 +59,7 @@ def match_neuron_param(name: str, patterns: Sequence[str] = DEFAULT_NEURON_PARAM
 def build_param_groups(model: nn.Module, lr: float, weight_decay: float, *, neuron_lr: float | None = None,
                        neuron_weight_decay: float | None = None, neuron_lr_scheduled: bool = True,
                        neuron_patterns: Sequence[str] = DEFAULT_NEURON_PARAM_PATTERNS,
-                       decay_norm_and_bias: bool = True) -> list[dict]:
+                       decay_norm_and_bias: bool = True, exclude: Iterable[torch.Tensor] = ()) -> list[dict]:
     """Split ``model``'s trainable parameters into optimizer groups.
 
     Every group carries ``name`` (``"default"``, ``"no_decay"`` or ``"neuron"``), ``base_lr`` and ``scheduled``
@@ -74,6 +74,7 @@ def build_param_groups(model: nn.Module, lr: float, weight_decay: float, *, neur
             fixed at 0.01").
         neuron_patterns: name patterns, see :func:`match_neuron_param`.
         decay_norm_and_bias: if False, biases and normalisation weights get no weight decay.
+        exclude: parameters to leave out (they go to a group the caller builds, e.g. QAT's ``"quant"`` group).
 
     Example::
 
@@ -88,7 +89,8 @@ def build_param_groups(model: nn.Module, lr: float, weight_decay: float, *, neur
             if isinstance(module, _NORM_TYPES):
                 norm_params.update(id(p) for p in module.parameters(recurse=False))
     default, no_decay, neuron = [], [], []
-    seen: set[int] = set()
+    exclude = list(exclude)
+    seen: set[int] = {id(p) for p in exclude}
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
@@ -107,7 +109,7 @@ def build_param_groups(model: nn.Module, lr: float, weight_decay: float, *, neur
         dict(params=neuron, name="neuron", lr=n_lr, base_lr=n_lr, weight_decay=n_wd, scheduled=neuron_lr_scheduled),
     ]
     groups = [g for g in groups if g["params"]]
-    if not groups:
+    if not groups and not exclude:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
     return groups
 
@@ -226,3 +228,107 @@ class LRSchedule:
         return dict(kind=self.kind, lr=self.lr, steps_per_epoch=self.steps_per_epoch, epochs=self.epochs,
                     warmup_epochs=self.warmup_epochs, warmup_lr=self.warmup_lr, milestones=list(self.milestones),
                     decay_epochs=self.decay_epochs, decay_rate=self.decay_rate, min_lr=self.min_lr)
+
+
+class CompositeOptimizer:
+    """Several optimizers stepped together and seen as one: ``param_groups`` is the concatenation of theirs (the
+    same dicts, so :meth:`LRSchedule.apply` sets every group's lr), and ``state_dict`` is one torch-style dict
+    whose parameter indices run on across the optimizers (the checkpoint format stores it unchanged).
+
+    QAT uses it when the quantizers' (t, α) have another optimizer than the weights (``quant_opt``, e.g. Adam for
+    (t, α) beside SGD for the weights).
+    """
+
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        if not optimizers:
+            raise ValueError("CompositeOptimizer needs at least one optimizer")
+        self.optimizers = list(optimizers)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    @property
+    def state(self) -> dict:
+        out: dict = {}
+        for o in self.optimizers:
+            out.update(o.state)
+        return out
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("CompositeOptimizer.step does not take a closure")
+        for o in self.optimizers:
+            o.step()
+
+    def state_dict(self) -> dict:
+        state, groups, offset = {}, [], 0
+        for k, o in enumerate(self.optimizers):
+            sd = o.state_dict()
+            for idx, s in sd["state"].items():
+                state[int(idx) + offset] = s
+            for g in sd["param_groups"]:
+                groups.append({**g, "params": [int(i) + offset for i in g["params"]], "optimizer_index": k})
+            offset += sum(len(g["params"]) for g in sd["param_groups"])
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"CompositeOptimizer: the state has {len(groups)} parameter groups, this optimizer "
+                             f"{len(self.param_groups)}")
+        offset, start = 0, 0
+        for k, o in enumerate(self.optimizers):
+            mine = groups[start:start + len(o.param_groups)]
+            start += len(o.param_groups)
+            if any(g.get("optimizer_index", k) != k for g in mine):
+                raise ValueError("CompositeOptimizer: the state's groups belong to other optimizers (was it saved "
+                                 "with another quant_opt?)")
+            n = sum(len(g["params"]) for g in mine)
+            sub_groups = [{**{key: v for key, v in g.items() if key != "optimizer_index"},
+                           "params": [int(i) - offset for i in g["params"]]} for g in mine]
+            sub_state = {int(i) - offset: v for i, v in state_dict["state"].items() if offset <= int(i) < offset + n}
+            o.load_state_dict({"state": sub_state, "param_groups": sub_groups})
+            offset += n
+
+
+def build_training_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer | CompositeOptimizer:
+    """The optimizer of a training run from its config (a :class:`~multispike.train.config.TrainConfig`).
+
+    Weights, biases and neuron parameters are grouped by :func:`build_param_groups`. The learnable pairs of QAC
+    quantizers ((t or n, α or d); :func:`multispike.quant.qac.quantizer_parameters`) form their own ``"quant"``
+    group with ``quant_lr`` (default ``neuron_lr``, else ``lr``), ``quant_weight_decay`` (default
+    ``neuron_weight_decay``, else ``weight_decay``) and ``quant_lr_scheduled`` (default ``neuron_lr_scheduled``).
+    When ``quant_opt`` differs from ``opt`` that group has an optimizer of its own and a
+    :class:`CompositeOptimizer` is returned.
+    """
+    from ..quant.qac import quantizer_parameters
+
+    quant = quantizer_parameters(model)
+    quant = [p for p in quant if p.requires_grad]
+    groups = build_param_groups(model, cfg.lr, cfg.weight_decay, neuron_lr=cfg.neuron_lr,
+                                neuron_weight_decay=cfg.neuron_weight_decay,
+                                neuron_lr_scheduled=cfg.neuron_lr_scheduled,
+                                neuron_patterns=tuple(cfg.neuron_param_patterns),
+                                decay_norm_and_bias=cfg.decay_norm_and_bias, exclude=quant)
+    kw = dict(momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, betas=cfg.betas,
+              eps=cfg.eps)
+    if not quant:
+        return build_optimizer(cfg.opt, groups, cfg.lr, **kw)
+    q_lr = next(v for v in (getattr(cfg, "quant_lr", None), cfg.neuron_lr, cfg.lr) if v is not None)
+    q_wd = next(v for v in (getattr(cfg, "quant_weight_decay", None), cfg.neuron_weight_decay, cfg.weight_decay)
+                if v is not None)
+    q_sched = getattr(cfg, "quant_lr_scheduled", None)
+    q_sched = cfg.neuron_lr_scheduled if q_sched is None else q_sched
+    q_group = dict(params=quant, name="quant", lr=q_lr, base_lr=q_lr, weight_decay=q_wd, scheduled=q_sched)
+    q_opt = getattr(cfg, "quant_opt", None) or cfg.opt
+    if q_opt == cfg.opt or not groups:
+        if not groups:
+            return build_optimizer(q_opt, [q_group], q_lr, **kw)
+        return build_optimizer(cfg.opt, [*groups, q_group], cfg.lr, **kw)
+    return CompositeOptimizer([build_optimizer(cfg.opt, groups, cfg.lr, **kw),
+                               build_optimizer(q_opt, [q_group], q_lr, **kw)])

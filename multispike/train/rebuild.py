@@ -297,7 +297,9 @@ def build_structure(desc: Mapping[str, Any]) -> nn.Module:
         ann = build_structure(desc["ann"])
         model = call_convert_hook(hook, ann, config_from_dict(cfg), _DummyData(_input_shape(ann)))
     elif kind == "init_from":
-        model = build_structure(desc["init"])
+        from .hybrid import convert_init_model
+
+        model, _ = convert_init_model(build_structure(desc["init"]), config_from_dict(cfg))
     elif kind == "zoo":
         model = create_from_config(desc["model"], cfg)
     else:

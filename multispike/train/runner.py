@@ -107,6 +107,16 @@ def _hybrid_model(cfg: TrainConfig, convert_fn: Callable | None, train_loader: A
     return call_convert_hook(hook, ann, cfg, train_loader), name
 
 
+def _resolve_freeze_bn(cfg: TrainConfig, converted_start: bool) -> None:
+    """``freeze_bn`` left unset: on when the run starts from a converted network (its BN statistics are the ANN's,
+    and LM-HT's exact ×L bias scale only holds with BN in eval mode), off otherwise."""
+    if cfg.freeze_bn is None:
+        cfg.freeze_bn = bool(converted_start)
+        if cfg.freeze_bn and os.environ.get("RANK", "0") == "0":
+            print("note: training starts from a converted network: BatchNorm statistics stay frozen (the ANN's); "
+                  "pass --no-freeze-bn to re-estimate them")
+
+
 def _init_model(cfg: TrainConfig) -> tuple[nn.Module, str]:
     """The network of ``cfg.init_from`` (structure and weights); ``cfg`` takes its name, classes and T."""
     from .rebuild import model_timesteps, rebuild_model
@@ -119,6 +129,12 @@ def _init_model(cfg: TrainConfig) -> tuple[nn.Module, str]:
         raise ValueError(f"--init-from {cfg.init_from} holds a {name!r} network, but --model is {cfg.model!r}; drop "
                          f"--model (it comes from the checkpoint)")
     cfg.model = name
+    from .hybrid import convert_init_model   # --neuron lmht on a QCFS ANN: the hybrid (exact) conversion
+
+    model, how = convert_init_model(model, cfg)
+    if how is not None and os.environ.get("RANK", "0") == "0":
+        print(f"note: --init-from {cfg.init_from} is a QCFS ANN and --neuron is lmht: {how}")
+    _resolve_freeze_bn(cfg, how is not None or bool(ckpt.meta.get("conversion")))
     saved = ckpt.meta.get("config") or {}
     for key in ("num_classes", "in_channels"):
         mine, theirs = getattr(cfg, key), saved.get(key)
@@ -189,12 +205,14 @@ def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_load
             if cfg.mode == "hybrid":
                 model, ann_name = _hybrid_model(cfg, convert_fn, train_loader, dist.device)
                 model_name = cfg.model = cfg.model or ann_name
+                _resolve_freeze_bn(cfg, True)
             elif cfg.init_from is not None:
                 model, model_name = _init_model(cfg)
             else:
                 if cfg.num_classes is None:
                     raise ValueError("num_classes is unknown: set --num-classes")
                 model = build_model(cfg, cfg.num_classes, cfg.in_channels)
+            _resolve_freeze_bn(cfg, False)
             if cfg.prepare_qat is not None:
                 from ..quant.qac import prepare_qat
 

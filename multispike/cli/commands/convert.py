@@ -15,7 +15,10 @@ targets:
   if       QCFS ANN -> IF (θ = ϑ, v(0) = θ/2; algorithms.md §3.2); a ReLU ANN -> IF with data thresholds
            (--threshold 99.9% or max, from --calib-batches training batches; BN folded, MaxPool -> AvgPool)
   lmht     QCFS ANN -> LM-HT (§2.6 hybrid initialisation: θ = ϑ, v(0) = θ/2, uniform T-GIM, λ = 1, first-layer
-           input scale L); also measures IF at T and at L·T converted from the same ANN (--no-sanity skips it)
+           input scale L, biases after it ×L so the net equals the QCFS ANN at L·T levels; --hybrid-bias-scale 1
+           for LMHT-C's ×1); also measures IF at T and at L·T from the same ANN (--no-sanity skips it).
+           Fine-tune the result with `multispike train --mode snn --init-from OUT`, or pass the QCFS ANN itself:
+           `multispike train --mode snn --neuron lmht --levels L --timesteps T --init-from QCFS_RUN`
   mixed    QAT (QAC) ANN -> mixed-timestep IF SNN: each layer runs its learned T_l, --align between layers
            (default aver+aver; §4.3-§4.4); prints per-layer T_l and the average T
   uniform  QCFS/QAC ANN -> IF SNN with one --timesteps T in every layer, without (--align none, default) or
@@ -23,8 +26,9 @@ targets:
 
 examples:
   multispike convert --checkpoint runs/qcfs_ann --to if --timesteps 4 --out runs/qcfs_if4
-  multispike convert --checkpoint runs/qcfs_ann --to lmht --levels 2 --timesteps 2 --hybrid-bias-scale L \\
-      --out runs/lmht_L2T2
+  multispike convert --checkpoint runs/qcfs_ann --to lmht --levels 2 --timesteps 2 --out runs/lmht_L2T2
+  multispike convert --checkpoint runs/qcfs_ann --to lmht --levels 2 --timesteps 2 --hybrid-bias-scale 1 \\
+      --out runs/lmht_L2T2_code
   multispike convert --checkpoint runs/qac --mixed-timestep --align aver+aver --out runs/qac_mixed
   multispike convert --checkpoint runs/qcfs_ann --to uniform --timesteps 4 --compare-align --out runs/table8
   multispike convert --checkpoint runs/relu_ann --to if --threshold 99.9% --timesteps 32 --out runs/relu_if
@@ -42,9 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mixed-timestep", action="store_true", help="the issue's spelling of --to mixed")
     p.add_argument("--timesteps", "-T", type=int, default=None, help="T of every layer (if, lmht, uniform)")
     p.add_argument("--levels", "-L", type=int, default=2, help="LM-HT levels L (default 2)")
-    p.add_argument("--hybrid-bias-scale", default=None, metavar="1|L",
-                   help="lmht: multiply biases after the first spiking layer by 1 (LMHT-C, default) or L (exact "
-                        "identity with the QCFS ANN at L·T levels)")
+    p.add_argument("--hybrid-bias-scale", default=None, metavar="L|1",
+                   help="lmht: multiply biases after the first spiking layer by L (default, 'exact': the LM-HT net "
+                        "equals the QCFS ANN with L·T levels, the start hybrid fine-tuning should have) or 1 ('code', "
+                        "LMHT-C's conversion)")
     p.add_argument("--align", default="default", metavar="MODE",
                    help="mixed: alignment between layers (default aver+aver; also aver+trunc, repl+aver, repl+trunc); "
                         "uniform: none (default, plain QCFS) or a mode such as aver+aver")

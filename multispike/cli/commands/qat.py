@@ -16,10 +16,19 @@ examples:
       --out runs/qac
   multispike qat --model resnet20_cifar --qac-param n_alpha --t-init 4 --epochs 1 --out runs/qac_r20
   multispike qat --init-from runs/qcfs_ann --epochs 1 --out runs/qac_from_qcfs   # QCFS clip/levels -> α/t
+  multispike qat --config configs/qac/cifar10_resnet20_qat_latency.yaml --out runs/qac_latency
+  multispike qat --model vgg_small --subset 5000 --epochs 2 --opt sgd --lr 0.01 --quant-opt adam --quant-lr 3e-2 \
+      --latency-weight 1e-2 --latency-per-layer macs --out runs/qac_lat      # learned T_l that differ per layer
 
-All `multispike train` flags apply (see `multispike train --help`); --mode is qat. The quantizers' learnable
-pair (t/n and α/d) is in the neuron parameter group: --neuron-lr and --neuron-weight-decay set its learning rate
-and decay (default: --lr and --weight-decay). Values resolve as: defaults < --config YAML < explicit flags.
+Latency term (multispike's addition; QAC trains t with cross-entropy only, and t then barely moves):
+  --latency-weight λ adds λ·Σ_l w_l·t_l to the loss (t_l = each layer's continuous timestep, exact gradient
+  through the parameterisation); --latency-per-layer uniform (w_l = 1) or macs (w_l ∝ the MACs feeding layer
+  l, mean 1). The quantizers' (t, α) form the "quant" parameter group: --quant-opt (e.g. adam beside sgd for
+  the weights), --quant-lr (default --neuron-lr, else --lr), --quant-weight-decay, --quant-lr-scheduled.
+  Every epoch log.jsonl records qac_layers (T_l, t, α) and latency_term; <out>/timesteps.txt is the table.
+
+All `multispike train` flags apply (see `multispike train --help`); --mode is qat. Values resolve as:
+defaults < --config YAML < explicit flags.
 """
 
 _SPIKING = ("if", "lif", "lmht", "mlif")
@@ -50,6 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
     import os
+    from pathlib import Path
 
     from ...train.config import config_from_args, load_yaml_config
     from ...train.runner import run_training
@@ -87,9 +97,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     summary = run_training(cfg)
     if os.environ.get("RANK", "0") == "0":
-        table, _ = qat_epoch_table(cfg.out)
-        print("per-layer T_l at the end of each epoch (bit width = log2 T_l):")
-        print(table)
+        timesteps = Path(cfg.out) / "timesteps.txt"
+        if timesteps.exists():      # QAC quantizers: T_l with the continuous t, per epoch
+            print(timesteps.read_text().rstrip())
+        else:
+            table, _ = qat_epoch_table(cfg.out)
+            print("per-layer T_l at the end of each epoch (bit width = log2 T_l):")
+            print(table)
         if summary.get("final_acc") is not None:
             print(f"final accuracy {100 * summary['final_acc']:.2f}%; best {100 * summary['best_acc']:.2f}% at epoch "
                   f"{summary['best_epoch']}; results in {cfg.out} (next: multispike convert --checkpoint {cfg.out} "
