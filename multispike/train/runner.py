@@ -25,43 +25,49 @@ __all__ = ["subset_indices", "build_loaders", "build_model", "load_convert_hook"
 
 
 def subset_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """A class-stratified, seeded choice of ``n`` indices (sorted).
+    """A class-stratified, seeded choice of ``n`` indices (sorted); see
+    :func:`multispike.data.subset.stratified_indices` (the one rule for training and evaluation subsets)."""
+    from ..data.subset import stratified_indices
 
-    Classes are visited round-robin over a seeded permutation, so every class gets ``⌊n/K⌋`` or ``⌈n/K⌉``
-    samples while it has them.
-    """
-    N = labels.shape[0]
-    if n >= N:
-        return torch.arange(N)
-    gen = torch.Generator().manual_seed(int(seed))
-    perm = torch.randperm(N, generator=gen)
-    lab = labels[perm]
-    within = torch.empty(N, dtype=torch.int64)
-    for c in torch.unique(lab):
-        pos = (lab == c).nonzero().flatten()
-        within[pos] = torch.arange(pos.numel())
-    # sort by (rank within class, position in the permutation): round-robin over classes
-    key = within * N + torch.arange(N)
-    chosen = perm[torch.argsort(key)[:n]]
-    return chosen.sort().values
+    return stratified_indices(labels, n, seed)
+
+
+def _checkpoint_record(cfg: TrainConfig) -> tuple[str | None, dict]:
+    """``(path, data record)`` of the checkpoint a run starts from (``--init-from`` / hybrid ANN), if any."""
+    src = cfg.init_from if cfg.init_from is not None else (cfg.ann_checkpoint if cfg.mode == "hybrid" else None)
+    if src is None:
+        return None, {}
+    from .rebuild import read_checkpoint_meta
+
+    path, meta = read_checkpoint_meta(src)
+    return str(path), dict((meta.get("config") or {}).get("data_info") or {})
 
 
 def build_loaders(cfg: TrainConfig, dist: DistInfo) -> tuple[Any, Any, Any]:
     """Train and test :class:`~multispike.data.TensorLoader` for ``cfg.dataset`` (sharded by rank)."""
     from ..data import Augment, TensorLoader, load_dataset
+    from ..data.provenance import DataSpec, check_data, data_record, describe_data
 
-    images, labels, info = load_dataset(cfg.dataset, cfg.data_dir, "train", **cfg.dataset_kwargs)
+    # the stratified subset is chosen before decoding (image trees decode only the chosen files)
+    images, labels, info = load_dataset(cfg.dataset, cfg.data_dir, "train", subset=cfg.subset, subset_seed=cfg.seed,
+                                        progress=cfg.progress and dist.is_primary, **cfg.dataset_kwargs)
     if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4):
         raise TypeError(f"dataset {cfg.dataset!r} yields {getattr(images, 'dtype', type(images).__name__)} "
                         f"{tuple(getattr(images, 'shape', ()))}; the train command handles uint8 image datasets "
                         f"[N, C, H, W]. For other data build loaders yourself and call "
                         f"multispike.train.run_training(cfg, train_loader=..., eval_loader=...)")
-    if cfg.subset is not None:
-        idx = subset_indices(labels, cfg.subset, cfg.seed)
-        images, labels = images[idx], labels[idx]
-    test_images, test_labels, _ = load_dataset(cfg.dataset, cfg.data_dir, "test", **cfg.dataset_kwargs)
-    if cfg.eval_subset is not None:
-        test_images, test_labels = test_images[:cfg.eval_subset], test_labels[:cfg.eval_subset]
+    src, record = _checkpoint_record(cfg)
+    # a run that starts from a checkpoint must see the classes and input size that network was trained on
+    check_data(record, info, images, where=f"training split; the network of {src}" if src else "")
+    test_images, test_labels, test_info = load_dataset(cfg.dataset, cfg.data_dir, "test", subset=cfg.eval_subset,
+                                                       subset_seed=cfg.seed, progress=cfg.progress and dist.is_primary,
+                                                       **cfg.dataset_kwargs)
+    check_data(data_record(info, images, cfg.normalize), test_info, test_images, where="test split")
+    cfg.data_info = data_record(info, images, cfg.normalize)
+    if dist.is_primary:
+        spec = DataSpec(cfg.dataset, cfg.data_dir, cfg.normalize, dict(cfg.dataset_kwargs), origin="config")
+        print(describe_data(spec, info, images, "train", int(labels.shape[0]))
+              + f"; test {int(test_labels.shape[0])} images")
     augment = Augment(crop_padding=cfg.crop_padding if cfg.augment else 0, hflip=cfg.hflip and cfg.augment)
     mean, std = (info.mean, info.std) if cfg.normalize else (None, None)
     device = dist.device if dist.device.type == "cuda" else None
