@@ -201,6 +201,16 @@ def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_load
                 if cfg.num_classes is None:
                     raise ValueError("num_classes is unknown: set --num-classes")
                 model = build_model(cfg, cfg.num_classes, cfg.in_channels)
+                shape = list(info.input_shape) if info is not None and info.input_shape else None
+                if shape and "input_size" not in cfg.model_kwargs and \
+                        list(getattr(model, "input_size", shape)) != shape:
+                    # the data's image size (e.g. a 28x28 tree) sizes the classifier; recorded so every later step
+                    # rebuilds the same network
+                    cfg.model_kwargs = {**cfg.model_kwargs, "input_size": shape}
+                    model = build_model(cfg, cfg.num_classes, cfg.in_channels)
+                    if dist.is_primary:
+                        print(f"note: {cfg.model} built for the data's {'x'.join(map(str, shape))} inputs "
+                              f"(model_kwargs input_size={shape})")
             if cfg.prepare_qat is not None:
                 from ..quant.qac import prepare_qat
 
