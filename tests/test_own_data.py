@@ -145,6 +145,7 @@ def test_readme_pipeline_on_an_imagefolder_tree(cifar, tmp_path, capsys):
                  "--epochs", "3", "--batch-size", "32", "--no-augment", *QUICK, "--out", str(ann)]) == 0
     out = capsys.readouterr().out
     assert "data: imagefolder/train, 320 images" in out and "3x16x16, 4 classes" in out
+    assert "QCFS clips ϑ from the data (99.9% of each layer" in out
     cfg = _json(ann / "config.json")
     assert cfg["data_info"]["classes"] == sorted(KEEP) and cfg["data_info"]["input_shape"] == [3, 16, 16]
     assert cfg["model_kwargs"]["input_size"] == [3, 16, 16]        # sized from the data, no --model-kwargs
@@ -213,3 +214,32 @@ def test_readme_pipeline_on_an_imagefolder_tree(cifar, tmp_path, capsys):
                str(runs / "bad")])
     err = capsys.readouterr().err
     assert rc == 2 and "trained on 3x16x16 inputs" in err and "size=16" in err and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------------------------- QCFS clips
+def test_qcfs_clips_start_at_a_percentile_of_the_data(cifar):
+    from multispike.models import create_model
+    from multispike.quant.clip_init import init_qcfs_clips, parse_clip_init
+    from multispike.quant.qcfs import QCFS
+
+    torch.manual_seed(0)
+    model = create_model("vgg_small", num_classes=10, neuron="qcfs", T=1, neuron_kwargs={"levels": 4})
+    x = (cifar["train"].images[:64].float() / 255 - 0.45) / 0.25
+    bn_before = {k: v.clone() for k, v in model.named_buffers()}
+    rows = init_qcfs_clips(model, [x[:32], x[32:]], percentile=99.0)
+    assert [r["before"] for r in rows] == [8.0] * 5 and all(0 < r["after"] < 8.0 for r in rows)
+    assert all(torch.equal(v, bn_before[k]) for k, v in model.named_buffers())      # only the clips changed
+    # the invariant: each layer's clip is its inputs' 99th percentile, measured with the earlier clips in place
+    model.train()
+    for (name, layer), row in zip([(n, m) for n, m in model.named_modules() if isinstance(m, QCFS)], rows):
+        seen = []
+        h = layer.register_forward_pre_hook(lambda mod, a: seen.append(a[0].flatten()))
+        with torch.no_grad():
+            model(x[:32]), model(x[32:])
+        h.remove()
+        v = torch.cat(seen)
+        assert float(layer.threshold.detach()) == row["after"]
+        assert (v > row["after"]).float().mean() <= 0.01 + 1e-6 and (v >= row["after"]).float().mean() >= 0.01
+    assert parse_clip_init("none") is None and parse_clip_init("99.9%") == 99.9 and parse_clip_init("max") == 100
+    with pytest.raises(ValueError, match="percentile"):
+        parse_clip_init("120%")

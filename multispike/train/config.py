@@ -113,6 +113,9 @@ class TrainConfig:
     freeze_bn: bool = _f(False, "keep BatchNorm layers in eval mode while training (running statistics fixed, γ/β "
                          "still learned): fine-tune a converted SNN without re-estimating BN statistics from spike "
                          "trains, whose per-step variance differs from the ANN's activations", "training")
+    clip_init: str = _f("99.9%", "QCFS trained from scratch: start each clip ϑ at this percentile of its layer's "
+                         "pre-activations on 4 training batches (layer by layer), or 'none' to keep the neuron's "
+                         "threshold (8, or --neuron-kwargs threshold=X, which also disables it)", "training")
     prepare_qat: dict | None = _f(None, "after building the model run multispike.quant.qac.prepare_qat with these "
                                   "arguments (ReLU/QCFS -> QAC quantizer, MaxPool -> AvgPool), e.g. param=t_alpha t=4; "
                                   "`multispike qat` sets it", "training")
@@ -216,6 +219,11 @@ class TrainConfig:
              "fine-tuning the output of `multispike convert` with --mode snn)")
         need(self.prepare_qat is None or self.mode in ("qat", "ann"),
              f"prepare_qat makes a quantized ANN; use it with mode qat (mode is {self.mode!r})")
+        from ..quant.clip_init import parse_clip_init
+        try:
+            parse_clip_init(self.clip_init)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.mode == "hybrid":
             need(self.ann_checkpoint is not None, "mode 'hybrid' needs --ann-checkpoint (a checkpoint of the ANN)")
             need(self.convert_hook is not None, "mode 'hybrid' needs --convert-hook 'module:function' that turns the "

@@ -139,6 +139,42 @@ def _init_model(cfg: TrainConfig) -> tuple[nn.Module, str]:
     return model, name
 
 
+def _init_clips(cfg: TrainConfig, model: nn.Module, train_loader: Any, dist: DistInfo) -> None:
+    """QCFS from scratch: clips ϑ from the data (``cfg.clip_init``), unless a threshold was given explicitly."""
+    from ..quant.clip_init import init_qcfs_clips, parse_clip_init
+    from ..quant.qcfs import QCFS
+
+    q = parse_clip_init(cfg.clip_init)
+    if q is None or "threshold" in cfg.neuron_arguments() or not any(isinstance(m, QCFS) for m in model.modules()):
+        return
+    from ..data import TensorLoader
+
+    if isinstance(train_loader, TensorLoader):
+        # a separate, seeded pass (no augmentation) so the training order is exactly that of a run without it
+        src = TensorLoader(train_loader.images, train_loader.labels, train_loader.batch_size, shuffle=True,
+                           seed=cfg.seed, mean=train_loader.mean, std=train_loader.std, rank=train_loader.rank,
+                           world_size=train_loader.world_size)
+        it = iter(src)
+    else:
+        it = iter(train_loader)
+    batches = []
+    for x, _ in it:
+        batches.append(x.to(dist.device))
+        if len(batches) == 4:
+            break
+    model.to(dist.device)
+    rows = init_qcfs_clips(model, batches, q)
+    if dist.world_size > 1:   # every rank must start from the same clips
+        import torch.distributed as tdist
+
+        for m in model.modules():
+            if isinstance(m, QCFS):
+                tdist.broadcast(m.threshold.data, src=0)
+    if dist.is_primary:
+        print(f"QCFS clips ϑ from the data ({cfg.clip_init} of each layer's pre-activations; --clip-init none "
+              f"keeps {rows[0]['before']:g}): " + " ".join(f"{r['after']:.3g}" for r in rows))
+
+
 def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_loader: Any = None,
                  eval_loader: Any = None, convert_fn: Callable | None = None, dist: DistInfo | None = None) -> dict:
     """Run a complete training job as the config describes (what ``multispike train`` calls).
@@ -211,6 +247,7 @@ def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_load
                     if dist.is_primary:
                         print(f"note: {cfg.model} built for the data's {'x'.join(map(str, shape))} inputs "
                               f"(model_kwargs input_size={shape})")
+                _init_clips(cfg, model, train_loader, dist)
             if cfg.prepare_qat is not None:
                 from ..quant.qac import prepare_qat
 
