@@ -371,6 +371,47 @@ def _report_dict(report: Any) -> Any:
     return str(report)
 
 
+#: A QCFS ANN whose accuracy at the SNN's number of levels is this much below its trained accuracy gets a warning.
+LEVELS_DROP_WARN = 0.10
+
+
+def _levels_check(ann: nn.Module, test: Any, to: str, timesteps: int | None, levels: int, ann_acc: dict,
+                  log) -> dict | None:
+    """The QCFS ANN evaluated with as many quantization levels as the SNN has steps (T; L·T for LM-HT).
+
+    An IF neuron run for T steps approximates the QCFS ANN with T levels, so an ANN that collapses at more levels
+    than it was trained with (its clips ϑ far above its activations: a few coarse levels carry everything) gives
+    an SNN whose accuracy *falls* as T grows. Returns ``{"levels", "trained_levels", "acc", "warning"}`` or
+    ``None`` (no QCFS layer, or the same number of levels)."""
+    import copy
+
+    from .quant.qcfs import QCFS
+
+    qcfs = [m for m in ann.modules() if isinstance(m, QCFS)]
+    if not qcfs or to not in ("if", "uniform", "lmht") or timesteps is None:
+        return None
+    n = timesteps * (levels if to == "lmht" else 1)
+    trained = sorted({int(m.levels) for m in qcfs})
+    if trained == [n]:
+        return None
+    probe = copy.deepcopy(ann)
+    for m in probe.modules():
+        if isinstance(m, QCFS):
+            m.levels = n
+    acc = prefix_accuracy(probe, test)["acc"]
+    warning = None
+    if acc < ann_acc["acc"] - LEVELS_DROP_WARN:
+        clips = [float(m.threshold.detach()) for m in qcfs]
+        warning = (f"warning: the QCFS ANN ({_pct(ann_acc['acc'])}% at its {'/'.join(map(str, trained))} levels) "
+                   f"reaches only {_pct(acc)}% evaluated with {n} levels, which the SNN at "
+                   f"{'L·T = ' if to == 'lmht' else 'T = '}{n} approximates: expect accuracy to fall as T grows. "
+                   f"Its clips ϑ ({', '.join(f'{c:.3g}' for c in clips[:6])}{' ...' if len(clips) > 6 else ''}) are "
+                   f"likely far above its activations; retrain with clips initialised from the data (the default "
+                   f"of `multispike train`, --clip-init) or convert at T = its levels.")
+        log(warning)
+    return {"levels": n, "trained_levels": trained, "acc": acc, "warning": warning}
+
+
 def convert_checkpoint(checkpoint: str | os.PathLike, to: str, *, out: str | os.PathLike, timesteps: int | None = None,
                        levels: int = 2, hybrid_bias_scale: str | float | None = None, align: str | None = "default",
                        threshold: str | None = None, v_init: str = "half", dataset: str | None = None,
@@ -451,6 +492,7 @@ def convert_checkpoint(checkpoint: str | os.PathLike, to: str, *, out: str | os.
     ann_acc = prefix_accuracy(ann, test)
     log(f"source: {name} from {ckpt.path}: accuracy {_pct(ann_acc['acc'])}% on {ann_acc['samples']} {spec.dataset} "
         f"test images")
+    levels_check = _levels_check(ann, test, to, timesteps, levels, ann_acc, log)
     t0 = time.perf_counter()
     snn, report = run_step(ann, step, data=data)
     convert_s = time.perf_counter() - t0
@@ -464,12 +506,15 @@ def convert_checkpoint(checkpoint: str | os.PathLike, to: str, *, out: str | os.
         "command": "convert", "to": to, "how": how, "source_checkpoint": str(ckpt.path), "model": name,
         "dataset": spec.dataset, "split": "test", "samples": snn_acc["samples"], "timesteps": T_run,
         "levels": levels if to == "lmht" else None, "align": align, "step": step, "convert_time_s": round(convert_s, 3),
-        "ann": ann_acc, "snn": snn_acc, "layers": rows, "average_T": avg, "report": _report_dict(report)}
+        "ann": ann_acc, "snn": snn_acc, "layers": rows, "average_T": avg, "report": _report_dict(report),
+        "levels_check": levels_check}
 
     # mixed/uniform networks take the analog image once (encoder T = 1); their layers run T_l steps each
     T_label = {"mixed": f"T_l, avg {avg['plain']:.3g}" if avg else "T_l",
                "uniform": str(timesteps)}.get(to, str(T_run))
     lines = [f"{name}: {how}", "", _report_text(report), ""]
+    if levels_check and levels_check["warning"]:
+        lines += [levels_check["warning"], ""]
     table = [("network", "T", "accuracy %", "accuracy at t = 1, 2, ... (%)"),
              ("source ANN", "-", _pct(ann_acc["acc"]), "-"),
              (f"SNN ({to})", T_label, _pct(snn_acc["acc"]), _curve(snn_acc["acc_per_t"]))]

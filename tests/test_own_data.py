@@ -243,3 +243,32 @@ def test_qcfs_clips_start_at_a_percentile_of_the_data(cifar):
     assert parse_clip_init("none") is None and parse_clip_init("99.9%") == 99.9 and parse_clip_init("max") == 100
     with pytest.raises(ValueError, match="percentile"):
         parse_clip_init("120%")
+
+
+def test_convert_warns_when_the_quantized_ann_collapses_at_more_levels():
+    """Issue 16's symptom: a QCFS ANN right at its trained levels but wrong at more levels gives an SNN whose
+    accuracy falls with T; convert measures the ANN at the SNN's number of levels and says so."""
+    from torch import nn
+
+    from multispike.quant.qcfs import QCFS
+    from multispike.workflows import _levels_check
+
+    class Net(nn.Module):   # class 1 iff the 1-level code of x is 0: true at 1 level, a tie (class 0) at 8
+        def __init__(self):
+            super().__init__()
+            self.act = QCFS(levels=1, threshold=1.0)
+
+        def forward(self, x):
+            q = self.act(x)
+            return torch.cat([q, 1 - q], 1)
+
+    x, y = torch.tensor([[0.45], [0.9]]), torch.tensor([1, 0])
+    said = []
+    check = _levels_check(Net(), [(x, y)], "if", 8, 2, {"acc": 1.0}, said.append)
+    assert check["levels"] == 8 and check["trained_levels"] == [1] and check["acc"] == 0.5
+    assert said == [check["warning"]] and "expect accuracy to fall as T grows" in said[0]
+    assert _levels_check(Net(), [(x, y)], "lmht", 4, 2, {"acc": 1.0}, said.append)["levels"] == 8   # L·T
+    assert _levels_check(Net(), [(x, y)], "if", 1, 2, {"acc": 1.0}, said.append) is None             # same levels
+    fine = _levels_check(Net(), [(torch.tensor([[0.9], [0.1]]), torch.tensor([0, 1]))], "if", 8, 2, {"acc": 1.0},
+                         said.append)
+    assert fine["acc"] == 1.0 and fine["warning"] is None and len(said) == 2

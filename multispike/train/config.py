@@ -435,7 +435,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         help_text = f.metadata["help"]
         if "default" not in help_text:
             help_text += f" (default: {default!r})"
-        kw: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=help_text)
+        # argparse %-formats help strings: a literal % (a percentile such as 99.9%) must be doubled
+        kw: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
         if tp is bool:
