@@ -312,8 +312,8 @@ def _timestep_rows(model: nn.Module) -> tuple[list[dict], dict | None]:
 # Conversion
 # ----------------------------------------------------------------------------------------------------
 def _conversion_step(to: str, model: nn.Module, *, timesteps: int | None, levels: int, bias_scale: float | str,
-                     align: str | None, threshold: str | None, v_init: str, example_shape: list[int]
-                     ) -> tuple[dict, str]:
+                     align: str | None, threshold: str | None, v_init: str, example_shape: list[int],
+                     tgim: str | None = None) -> tuple[dict, str]:
     """The step (``run_step`` dict) that converts ``model`` to ``to`` and a one-line description of it."""
     qcfs, qac = _quantizers(model)
     has_quant = bool(qcfs or qac)
@@ -339,9 +339,12 @@ def _conversion_step(to: str, model: nn.Module, *, timesteps: int | None, levels
         if not qcfs:
             raise ValueError("--to lmht converts a QCFS ANN (train one with --neuron qcfs --mode ann); this checkpoint "
                              "has no QCFS activation" + (" (it has QAC quantizers: use --to mixed)" if qac else ""))
-        return ({"op": "convert_qcfs_to_lmht", "args": {"levels": levels, "T": timesteps,
-                                                        "hybrid_bias_scale": bias_scale}},
-                f"QCFS -> LM-HT, L = {levels}, T = {timesteps}, hybrid bias scale {bias_scale}")
+        args = {"levels": levels, "T": timesteps, "hybrid_bias_scale": bias_scale}
+        if tgim is not None:
+            args["tgim"] = tgim
+        return ({"op": "convert_qcfs_to_lmht", "args": args},
+                f"QCFS -> LM-HT, L = {levels}, T = {timesteps}, hybrid bias scale {bias_scale}"
+                + (f", T-GIM {tgim}" if tgim is not None else ""))
     if to == "mixed":
         if not has_quant:
             raise ValueError("--to mixed needs a quantized ANN (QAC quantizers from `multispike qat`, or QCFS); this "
@@ -418,7 +421,7 @@ def convert_checkpoint(checkpoint: str | os.PathLike, to: str, *, out: str | os.
                        data_dir: str | None = None, data_opts: Mapping[str, Any] | None = None,
                        limit: int | None = None, batch_size: int = 128,
                        calib_batches: int = 8, compare_align: bool = False, sanity: bool = True,
-                       overwrite: bool = False, log=print) -> dict:
+                       tgim: str | None = None, overwrite: bool = False, log=print) -> dict:
     """Convert a trained checkpoint, measure it, and save the SNN as a rebuildable checkpoint in ``out``.
 
     Args:
@@ -438,6 +441,8 @@ def convert_checkpoint(checkpoint: str | os.PathLike, to: str, *, out: str | os.
             over the checkpoint's). limit: evaluate on a class-stratified subset of ``limit`` test images.
         compare_align: ``uniform``: also convert with the other alignment choice and tabulate both (Table 8).
         sanity: ``lmht``: also convert the ANN to IF at T and at L·T (the paper's sanity conversion) and measure.
+        tgim: ``lmht``: the T-GIM of the LM-HT neurons, ``"learnable"`` (the paper's, trainable; mixes steps, so
+            NIR cannot express it) or ``"identity"`` (fixed; exportable to NIR). ``None``: the converter's default.
 
     Returns:
         The JSON-ready result (also ``<out>/conversion.json``; the printout is ``<out>/report.txt``).
@@ -474,6 +479,10 @@ def convert_checkpoint(checkpoint: str | os.PathLike, to: str, *, out: str | os.
     if to != "lmht" and hybrid_bias_scale is not None:
         raise ValueError("--hybrid-bias-scale applies to --to lmht only")
     calib_batches = check_positive_int(calib_batches, "--calib-batches")
+    if tgim is not None and to != "lmht":
+        raise ValueError("--tgim applies to --to lmht only (the LM-HT neurons' temporal-global information matrix)")
+    if tgim not in (None, "learnable", "identity"):
+        raise ValueError(f"--tgim must be learnable or identity, got {tgim!r}")
 
     out = _check_out(out, overwrite)
     ckpt, ann, name, desc = _load_source(checkpoint)
@@ -483,7 +492,7 @@ def convert_checkpoint(checkpoint: str | os.PathLike, to: str, *, out: str | os.
                                num_classes=getattr(ann, "num_classes", None), log=log)
     example_shape = _example_shape(ann, info)
     step, how = _conversion_step(to, ann, timesteps=timesteps, levels=levels, bias_scale=bias_scale, align=align,
-                                 threshold=threshold, v_init=v_init, example_shape=example_shape)
+                                 threshold=threshold, v_init=v_init, example_shape=example_shape, tgim=tgim)
     data = None
     if step["op"] == "convert_to_snn" and step["args"]["threshold"] != "qcfs":
         calib, _ = static_loader(spec, "train", limit=calib_batches * batch_size, batch_size=batch_size,

@@ -170,6 +170,21 @@ def test_readme_pipeline_on_an_imagefolder_tree(cifar, tmp_path, capsys):
                  "--hybrid-bias-scale", "L", "--no-sanity", "--out", str(lmht)]) == 0
     assert _json(lmht / "conversion.json")["snn"]["acc"] == ann_acc
 
+    # an identity T-GIM keeps the identity and is exportable; export measures on real test images of the tree
+    lmht_id = runs / "lmht_id"
+    assert main(["convert", "--checkpoint", str(ann), "--to", "lmht", "--levels", "2", "--timesteps", "2",
+                 "--hybrid-bias-scale", "L", "--tgim", "identity", "--no-sanity", "--out", str(lmht_id)]) == 0
+    assert _json(lmht_id / "conversion.json")["snn"]["acc"] == ann_acc
+    capsys.readouterr()
+    for net in (if8, lmht_id):
+        assert main(["export", "--checkpoint", str(net), "--samples", "40", "--out", str(runs / f"{net.name}.nir")]) == 0
+        out = capsys.readouterr().out
+        assert "fidelity measured on 40 imagefolder test images" in out and "bit-identical" in out
+        nir_acc, own_acc = [float(v) for v in
+                            out.split("literal NIR semantics on 40 test samples: ")[1].split("%)")[0].split(
+                                "% (the original network: ")]
+        assert abs(nir_acc - own_acc) <= 2.5                   # at most one of 40 flips at float rounding
+
     # fine-tune from the conversion with no data flag: inherits the tree (not CIFAR-10) and a fine-tune lr
     ft = runs / "ft"
     assert main(["train", "--mode", "snn", "--init-from", str(lmht), "--freeze-bn", "--subset", "32", "--epochs", "1",

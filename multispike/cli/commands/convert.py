@@ -54,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="if: threshold rule - qcfs (the quantizer clip; default for quantized ANNs), max, or a "
                         "percentile such as 99.9%% (default for ReLU ANNs)")
     p.add_argument("--v-init", default="half", choices=("half", "zero"), help="initial membrane θ/2 or 0")
+    p.add_argument("--tgim", default=None, choices=("learnable", "identity"),
+                   help="lmht: T-GIM of the LM-HT neurons - learnable (the paper's; mixes steps, not exportable to "
+                        "NIR) or identity (fixed; `multispike export` writes it). Default: the converter's")
     p.add_argument("--no-sanity", action="store_true", help="lmht: skip the IF sanity conversions")
     data = p.add_argument_group("data")
     from ...data.provenance import add_data_arguments
@@ -92,5 +95,5 @@ def run(args: argparse.Namespace) -> int:
                            hybrid_bias_scale=args.hybrid_bias_scale, align=args.align, threshold=args.threshold,
                            v_init=args.v_init, dataset=args.dataset, data_dir=args.data_dir, data_opts=data_opts(args), limit=args.limit,
                            batch_size=args.batch_size, calib_batches=args.calib_batches,
-                           compare_align=args.compare_align, sanity=not args.no_sanity, overwrite=args.overwrite)
+                           compare_align=args.compare_align, sanity=not args.no_sanity, tgim=args.tgim, overwrite=args.overwrite)
     return 0
