@@ -222,7 +222,8 @@ def test_readme_pipeline_on_an_imagefolder_tree(cifar, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(ann), "--limit", "8", "--no-plots", "--no-progress", "--out",
                  str(ev_ann)]) == 0
     assert _json(ev_ann / "result.json")["samples"] == 8
-    capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "no spiking layer" in out and "delta" not in out and "SNN (DIET)" not in out     # a pure ANN
 
     # a mismatch is one clear line before any work
     rc = main(["eval", "--checkpoint", str(ann), "--data-opt", "size=8", "--no-plots", "--no-progress", "--out",
@@ -287,3 +288,32 @@ def test_convert_warns_when_the_quantized_ann_collapses_at_more_levels():
     fine = _levels_check(Net(), [(torch.tensor([[0.9], [0.1]]), torch.tensor([0, 1]))], "if", 8, 2, {"acc": 1.0},
                          said.append)
     assert fine["acc"] == 1.0 and fine["warning"] is None and len(said) == 2
+
+
+# rebuild_model re-runs the hook on placeholder inputs before loading the saved thresholds (eval below): its
+# percentile fallback warnings there are expected (the loaded state replaces those thresholds)
+@pytest.mark.filterwarnings("ignore:mlif_hybrid_init")
+def test_mlif_hybrid_initialisation_from_an_ann_on_images(cifar, tmp_path, capsys):
+    """``train --neuron mlif --lanes S --init-from ANN``: the one-hot M-LIF hybrid initialisation (§5.6) on an image
+    tree, data and a fine-tune lr inherited from the ANN; the run evaluates like its summary says."""
+    tree = tmp_path / "tree"
+    _write_tree(tree, cifar, 20, 10, 16)
+    ann, snn = tmp_path / "relu", tmp_path / "mlif"
+    assert main(["train", "--dataset", "imagefolder", "--data-dir", str(tree), "--model", "vgg_small", "--neuron",
+                 "relu", "--timesteps", "1", "--mode", "ann", "--epochs", "2", "--batch-size", "16", "--opt", "adam",
+                 "--lr", "0.003", "--weight-decay", "0", *QUICK, "--out",
+                 str(ann)]) == 0
+    assert main(["train", "--neuron", "mlif", "--lanes", "2", "--timesteps", "2", "--init-from", str(ann), "--epochs",
+                 "1", "--batch-size", "16", *QUICK, "--out", str(snn)]) == 0
+    out = capsys.readouterr().out
+    assert "hybrid initialisation (multispike.train.hybrid:mlif_hybrid)" in out
+    cfg = _json(snn / "config.json")
+    assert (cfg["mode"], cfg["ann_checkpoint"], cfg["init_from"]) == ("hybrid", str(ann), None)
+    assert (cfg["dataset"], cfg["data_dir"], cfg["lr"]) == ("imagefolder", str(tree), 0.01)
+    ev = tmp_path / "ev"
+    assert main(["eval", "--checkpoint", str(snn), "--no-plots", "--no-progress", "--out", str(ev)]) == 0
+    assert [a for _, a in _json(ev / "result.json")["accuracy_vs_T"]] == _json(snn / "summary.json")["final_acc_per_t"]
+    # --neuron if cannot come from an ANN by --init-from: the error names the convert step
+    rc = main(["train", "--neuron", "if", "--init-from", str(ann), *QUICK, "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "multispike convert --checkpoint" in err

@@ -461,6 +461,8 @@ INHERITED_DATA_KEYS = ("dataset", "data_dir", "dataset_kwargs", "normalize")
 #: Default learning rate of a fine-tune (--init-from without --lr): the network is already trained, so the
 #: from-scratch default (0.1 for SGD) would throw much of it away in the first steps.
 FINETUNE_LR = {"sgd": 0.01, "adam": 1e-4, "adamw": 1e-4}
+#: ``--neuron X --init-from ANN`` runs the hybrid initialisation of X (mode hybrid with this hook).
+HYBRID_HOOKS = {"mlif": "multispike.train.hybrid:mlif_hybrid", "lmht": "multispike.train.hybrid:lmht_hybrid"}
 
 
 def inherit_from_checkpoint(cfg: TrainConfig, explicit: set[str] | frozenset[str] = frozenset(),
@@ -482,6 +484,22 @@ def inherit_from_checkpoint(cfg: TrainConfig, explicit: set[str] | frozenset[str
     path, meta = read_checkpoint_meta(src)
     saved = meta.get("config") or {}
     took = []
+    is_ann = not meta.get("conversion") and saved.get("mode") in ("ann", "qat")
+    if cfg.init_from is not None and cfg.mode == "snn" and "neuron" in explicit and cfg.neuron != saved.get("neuron"):
+        hook = HYBRID_HOOKS.get(cfg.neuron)
+        if not (is_ann and hook):
+            raise ConfigError(
+                f"--neuron {cfg.neuron} differs from the {saved.get('neuron')!r} network of --init-from {src}, and "
+                f"--init-from keeps the checkpoint's neurons. " + (
+                    f"Hybrid initialisation from an ANN exists for --neuron {' / '.join(HYBRID_HOOKS)}; for IF "
+                    f"neurons run `multispike convert --checkpoint {src} --to if --timesteps T --out DIR` and "
+                    f"--init-from DIR" if is_ann else "Drop --neuron, or start from the ANN it was converted from"))
+        # --neuron mlif|lmht --init-from ANN: the hybrid initialisation of that neuron (ANN -> SNN, then fine-tune)
+        cfg.mode, cfg.ann_checkpoint, cfg.init_from, cfg.convert_hook = "hybrid", src, None, hook
+        took.append(f"hybrid initialisation ({hook})")
+        if "lr" not in explicit:
+            cfg.lr = FINETUNE_LR.get(cfg.opt, cfg.lr)
+            took.append(f"lr={cfg.lr:g} (fine-tune default for {cfg.opt}; pass --lr to change)")
     if saved.get("dataset") and "dataset" not in explicit:
         for key in INHERITED_DATA_KEYS:
             if key not in explicit and key in saved:

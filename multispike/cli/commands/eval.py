@@ -266,7 +266,13 @@ def run_eval(args: argparse.Namespace) -> int:
     paths = write_report(result, args.out, plots_enabled=not args.no_plots)
     acc = ", ".join(f"t={t}: {100 * a:.2f}%" for t, a in result.accuracy_vs_T)
     print(f"{result.name} on {dataset}/{args.split} ({result.samples} samples): {acc}")
-    if result.energy:
+    from ...neurons.base import MemoryModule
+    spiking = any(isinstance(m, MemoryModule) for m in model.modules())
+    if result.energy and not spiking:
+        # a pure ANN (ReLU, QCFS, QAC): no spike, so an SNN energy and the ratio δ = E_ANN / E_SNN do not apply
+        print(f"energy per sample ({result.energy['constants']['name']}): ANN {result.energy['diet']['e_ann_uj']:.4g} "
+              f"uJ (no spiking layer: convert it to compare an SNN's energy)")
+    elif result.energy:
         d = result.energy["diet"]
         delta = f"{d['delta']:.2f}" if d["delta"] is not None else "n/a"
         print(f"energy per sample ({result.energy['constants']['name']}): ANN {d['e_ann_uj']:.4g} uJ, SNN (DIET) "
