@@ -177,7 +177,8 @@ def test_readme_pipeline_on_an_imagefolder_tree(cifar, tmp_path, capsys):
     assert _json(lmht_id / "conversion.json")["snn"]["acc"] == ann_acc
     capsys.readouterr()
     for net in (if8, lmht_id):
-        assert main(["export", "--checkpoint", str(net), "--samples", "40", "--out", str(runs / f"{net.name}.nir")]) == 0
+        nir = runs / f"{net.name}.nir"
+        assert main(["export", "--checkpoint", str(net), "--samples", "40", "--out", str(nir)]) == 0
         out = capsys.readouterr().out
         assert "fidelity measured on 40 imagefolder test images" in out and "bit-identical" in out
         nir_acc, own_acc = [float(v) for v in

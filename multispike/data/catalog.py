@@ -512,8 +512,8 @@ register_dataset(
                 "options size=, resize=, mode=L)",
     loader=_imagefolder_loader, num_classes=None, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
     input_shape=(3, 224, 224), augment=Augment(crop_padding=0, hflip=True),
-    fix="needs an explicit path: pass --data-dir / root= pointing at a tree with train/ and val/ (or test/) class folders "
-        "(or place it at <data root>/imagenet)")
+    fix="needs an explicit path: pass --data-dir / root= pointing at a tree with train/ and val/ (or test/) class "
+        "folders (or place it at <data root>/imagenet)")
 
 # Slots for the event-camera datasets; multispike.data.events replaces them with its readers.
 register_dataset(

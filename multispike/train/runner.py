@@ -133,7 +133,7 @@ def _init_model(cfg: TrainConfig) -> tuple[nn.Module, str]:
     T = model_timesteps(model)
     if T is not None and T != cfg.timesteps:
         if os.environ.get("RANK", "0") == "0":
-            print(f"note: --init-from {cfg.init_from} runs T={T} (its conversion's); using it instead of "
+            print(f"note: the network of --init-from {cfg.init_from} runs T={T}; using it instead of "
                   f"timesteps={cfg.timesteps}")
         cfg.timesteps = T
     return model, name

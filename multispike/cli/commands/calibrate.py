@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     with RunLock(args.out, "--out"):
         calibrate_checkpoint(args.checkpoint, out=args.out, epochs=args.epochs, lr=args.lr, target=args.target,
                              v_init_shape=args.v_init_shape, ann_checkpoint=args.ann_checkpoint, dataset=args.dataset,
-                             data_dir=args.data_dir, data_opts=data_opts(args), calib_samples=args.calib_samples, limit=args.limit,
+                             data_dir=args.data_dir, data_opts=data_opts(args), calib_samples=args.calib_samples,
+                             limit=args.limit,
                              batch_size=args.batch_size, overwrite=args.overwrite)
     return 0

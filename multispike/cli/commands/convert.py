@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     with RunLock(args.out, "--out"):
         convert_checkpoint(args.checkpoint, to, out=args.out, timesteps=args.timesteps, levels=args.levels,
                            hybrid_bias_scale=args.hybrid_bias_scale, align=args.align, threshold=args.threshold,
-                           v_init=args.v_init, dataset=args.dataset, data_dir=args.data_dir, data_opts=data_opts(args), limit=args.limit,
-                           batch_size=args.batch_size, calib_batches=args.calib_batches,
-                           compare_align=args.compare_align, sanity=not args.no_sanity, tgim=args.tgim, overwrite=args.overwrite)
+                           v_init=args.v_init, dataset=args.dataset, data_dir=args.data_dir, data_opts=data_opts(args),
+                           limit=args.limit, batch_size=args.batch_size, calib_batches=args.calib_batches,
+                           compare_align=args.compare_align, sanity=not args.no_sanity, tgim=args.tgim,
+                           overwrite=args.overwrite)
     return 0

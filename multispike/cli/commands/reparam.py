@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from ...train.guards import RunLock
     # The lock proves --out writable before the work and keeps a second run from writing the same folder.
     with RunLock(args.out, "--out"):
-        reparameterize_checkpoint(args.checkpoint, out=args.out, dataset=args.dataset, data_dir=args.data_dir, data_opts=data_opts(args),
+        reparameterize_checkpoint(args.checkpoint, out=args.out, dataset=args.dataset, data_dir=args.data_dir,
+                                  data_opts=data_opts(args),
                                   limit=args.limit, batch_size=args.batch_size, overwrite=args.overwrite)
     return 0
