@@ -318,3 +318,25 @@ def test_mlif_hybrid_initialisation_from_an_ann_on_images(cifar, tmp_path, capsy
     rc = main(["train", "--neuron", "if", "--init-from", str(ann), *QUICK, "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert rc == 2 and "multispike convert --checkpoint" in err
+
+
+# ---------------------------------------------------------------------------------------------- plots
+def test_plots_ann_reference_integer_ticks_and_energy_headroom(monkeypatch, tmp_path):
+    from multispike.metrics import plots
+
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or str(path))
+    plots.plot_accuracy_vs_T({"ANN": [(1, 0.9)], "IF": [(1, 0.2), (2, 0.5), (3, 0.8)]}, tmp_path / "a.png")
+    ax = figs[-1].axes[0]
+    labels = [l.get_label() for l in ax.lines]
+    assert labels == ["ANN (reference)", "IF"]                      # the ANN is a horizontal reference line
+    ref = ax.lines[0]
+    assert list(ref.get_ydata()) == [90.0, 90.0]
+    plots.plot_accuracy_vs_T({"ANN": [(1, 0.9)]}, tmp_path / "b.png")   # alone: one point, integer t ticks
+    ticks = [t for t in figs[-1].axes[0].get_xticks()]
+    assert all(float(t).is_integer() for t in ticks)
+    energy = {"constants": {"name": "45nm"}, "diet": {"e_ann_uj": 2.0, "e_snn_uj": 1.0},
+              "multispike": {"e_uj": 1.0, "layers": [{"name": "a", "e_mac_uj": 0.5, "e_ac_uj": 0.0, "e_add_uj": 0.1},
+                                                     {"name": "b", "e_mac_uj": 0.0, "e_ac_uj": 2.0, "e_add_uj": 0.2}]}}
+    plots.plot_energy_breakdown(energy, tmp_path / "e.png")
+    assert figs[-1].axes[0].get_ylim()[1] == pytest.approx(1.3 * 2.2)   # the tallest stack is not under the legend
