@@ -186,6 +186,15 @@ def test_readme_pipeline_on_an_imagefolder_tree(cifar, tmp_path, capsys):
                                 "% (the original network: ")]
         assert abs(nir_acc - own_acc) <= 2.5                   # at most one of 40 flips at float rounding
 
+    # an ANN gets the step that makes it exportable; an --init-from fine-tune of a conversion exports
+    rc = main(["export", "--checkpoint", str(ann), "--out", str(runs / "ann.nir")])
+    assert rc == 2 and f"multispike convert --checkpoint {ann} --to lmht" in capsys.readouterr().err
+    ft_if = runs / "ft_if"
+    assert main(["train", "--mode", "snn", "--init-from", str(if8), "--epochs", "1", "--subset", "32", "--batch-size",
+                 "32", "--eval-subset", "16", *QUICK, "--out", str(ft_if)]) == 0
+    assert main(["export", "--checkpoint", str(ft_if), "--samples", "16", "--out", str(runs / "ft_if.nir")]) == 0
+    assert "bit-identical" in capsys.readouterr().out
+
     # fine-tune from the conversion with no data flag: inherits the tree (not CIFAR-10) and a fine-tune lr
     ft = runs / "ft"
     assert main(["train", "--mode", "snn", "--init-from", str(lmht), "--freeze-bn", "--subset", "32", "--epochs", "1",

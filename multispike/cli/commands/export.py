@@ -183,6 +183,18 @@ def _run(args: argparse.Namespace) -> int:
         model, example, samples, labels, info = _demo_network(args)
     else:
         model, example, samples, labels, info = _zoo_network(args)
+    from ...neurons.base import MemoryModule
+    if args.checkpoint and not any(isinstance(m, MemoryModule) for m in model.modules()):
+        # an ANN (ReLU / QCFS / QAC): say which step makes it a spiking network, before any measurement
+        from ...quant.qac import QACQuantizer
+        from ...quant.qcfs import QCFS
+        kinds = {type(m) for m in model.modules()}
+        step = ("--to lmht --levels L --timesteps T --tgim identity (or --to if --timesteps T)" if QCFS in kinds else
+                "--to uniform --timesteps T --align none" if QACQuantizer in kinds else
+                "--to if --threshold 99.9% --timesteps T")
+        raise ValueError(f"{args.checkpoint} holds an ANN without spiking neurons; NIR export writes spiking networks. "
+                         f"Convert it first: `multispike convert --checkpoint {args.checkpoint} {step} --out DIR`, "
+                         f"then `multispike export --checkpoint DIR`")
     print(info)
     batches = [samples[i:i + 64] for i in range(0, samples.shape[0], 64)]
     graph, report = export_to_nir(model, example, path=args.out, dt=args.dt, mode=args.mode, sample_inputs=batches,
