@@ -511,7 +511,7 @@ register_dataset(
     description="image tree <dir>/train/<class>/<image> + val/ or test/ (Pillow; native size up to 224, "
                 "options size=, resize=, mode=L)",
     loader=_imagefolder_loader, num_classes=None, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-    input_shape=(3, 224, 224), augment=Augment(crop_padding=0, hflip=True),
+    input_shape=None, augment=Augment(crop_padding=0, hflip=True),   # native size: known once read
     fix="needs an explicit path: pass --data-dir / root= pointing at a tree with train/ and val/ (or test/) class "
         "folders (or place it at <data root>/imagenet)")
 
