@@ -87,6 +87,14 @@ def test_native_size_keeps_real_pixels_exactly(cifar, tmp_path):
     assert ImageFolder(tmp_path / "train").size == 32
 
 
+def test_decoding_shows_progress(cifar, tmp_path, capsys):
+    _write_tree(tmp_path, cifar, 3, 1, 8)
+    load_dataset("imagefolder", tmp_path, "train", progress=True)
+    assert "decoding train/" in capsys.readouterr().err              # tqdm on stderr
+    load_dataset("imagefolder", tmp_path, "train")                    # automatic: a small tree decodes silently
+    assert "decoding" not in capsys.readouterr().err
+
+
 def test_subset_is_stratified_and_chosen_before_decoding(cifar, tmp_path, monkeypatch):
     _write_tree(tmp_path, cifar, 10, 1, 8)
     import multispike.data.imagefolder as imf
