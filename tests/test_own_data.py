@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from multispike.cli.main import main
-from multispike.data import ImageFolder, decode_image, load_dataset, locate
+from multispike.data import ImageFolder, load_dataset, locate
 from multispike.data.provenance import DataMismatchError, check_data, data_spec
 from multispike.data.subset import stratified_indices
 
@@ -267,7 +267,7 @@ def test_qcfs_clips_start_at_a_percentile_of_the_data(cifar):
     model.train()
     for (name, layer), row in zip([(n, m) for n, m in model.named_modules() if isinstance(m, QCFS)], rows):
         seen = []
-        h = layer.register_forward_pre_hook(lambda mod, a: seen.append(a[0].flatten()))
+        h = layer.register_forward_pre_hook(lambda mod, a, seen=seen: seen.append(a[0].flatten()))
         with torch.no_grad():
             model(x[:32]), model(x[32:])
         h.remove()

@@ -77,7 +77,8 @@ def init_qcfs_clips(model: nn.Module, batches: Sequence[torch.Tensor] | Iterable
     try:
         for name, layer in layers:
             seen: list[torch.Tensor] = []
-            handle = layer.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().flatten().float()))
+            handle = layer.register_forward_pre_hook(
+                lambda mod, args, seen=seen: seen.append(args[0].detach().flatten().float()))
             try:
                 for x in xs:
                     model(x)

@@ -106,8 +106,6 @@ def _samples(args: argparse.Namespace, cfg: dict, origin: str, model, size: tupl
 
 
 def _zoo_network(args: argparse.Namespace):
-    import torch
-
     from ...models import create_model, model_info
 
     cfg: dict = {}
