@@ -394,6 +394,16 @@ def _cases() -> list[Case]:
     api("data", "decode_image with resize < size",
         lambda t: multispike.data.decode_image(t / "x.png", 32, resize=16), ValueError)
     api("data", "unknown dataset name", lambda t: multispike.data.load_dataset("cifar11"), KeyError)
+    api("data", "image split whose input size differs from the network's record",
+        lambda t: multispike.data.provenance.check_data(
+            {"input_shape": [3, 32, 32]}, multispike.data.get_dataset("cifar10"), torch.zeros(1, 3, 28, 28)),
+        ValueError)
+    api("data", "image split whose classes differ from the network's record",
+        lambda t: multispike.data.provenance.check_data(
+            {"classes": ["cat", "dog"]}, multispike.data.load_dataset("digits", split="test")[2]), ValueError)
+    api("data", "decoding a split larger than the available memory",
+        lambda t: multispike.data.imagefolder.check_memory(1 << 62, "decoding 10^12 images", "Use --subset N."),
+        MemoryError)
     # ---- neurons
     for fam, make in (("IFNeuron", lambda: multispike.IFNeuron()), ("LIFNeuron", lambda: multispike.LIFNeuron()),
                       ("LMHTNeuron", lambda: multispike.LMHTNeuron(levels=2, T=4, tgim="identity")),

@@ -34,13 +34,14 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from .data.provenance import DataSpec
+from .data.provenance import data_spec as _data_spec
 from .neurons.base import check_positive_int, reset_net
 
 __all__ = ["TARGETS", "ALIGN_NONE", "DataSpec", "data_spec", "static_loader", "prefix_accuracy", "parse_align_option",
@@ -142,49 +143,39 @@ def _check_out(out: str | os.PathLike, overwrite: bool) -> Path:
 # ----------------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------------
-@dataclass
-class DataSpec:
-    """Where a checkpoint's images come from (read from its saved config, overridable by flags)."""
-
-    dataset: str
-    data_dir: str | None = None
-    normalize: bool = True
-    dataset_kwargs: dict = field(default_factory=dict)
-
-
-def data_spec(cfg: Mapping[str, Any], dataset: str | None = None, data_dir: str | None = None) -> DataSpec:
-    """The data of a saved config, with ``dataset``/``data_dir`` overrides (flags win)."""
-    same = dataset is None or dataset == cfg.get("dataset")
-    return DataSpec(dataset=dataset or cfg.get("dataset") or "cifar10",
-                    data_dir=data_dir if data_dir is not None else cfg.get("data_dir"),
-                    normalize=bool(cfg.get("normalize", True)),
-                    dataset_kwargs=dict(cfg.get("dataset_kwargs") or {}) if same else {})
+def data_spec(cfg: Mapping[str, Any], dataset: str | None = None, data_dir: str | None = None,
+              data_opts: Mapping[str, Any] | None = None, origin: str | None = None) -> DataSpec:
+    """The data of a saved config, with ``dataset``/``data_dir``/``data_opts`` overrides (flags win); see
+    :func:`multispike.data.provenance.data_spec`."""
+    return _data_spec(cfg, dataset, data_dir, data_opts, origin=origin)
 
 
 def static_loader(spec: DataSpec, split: str, *, limit: int | None = None, batch_size: int = 128,
-                  stratified: bool = False, seed: int = 0):
+                  stratified: bool = True, seed: int = 0, num_classes: int | None = None, log=None):
     """A :class:`~multispike.data.TensorLoader` over one split of an image dataset (no augmentation, no shuffle).
 
+    The split is checked against the network's data record (classes, input shape; and ``num_classes``, the
+    network's outputs) before anything else runs; ``log`` gets the one-line description of the data.
+
     Args:
-        limit: keep the first ``limit`` images, or (``stratified=True``) a seeded class-balanced subset.
+        limit: a seeded class-balanced subset of ``limit`` images (chosen before decoding), or with
+            ``stratified=False`` the first ``limit``.
 
     Returns:
         ``(loader, dataset info)``.
     """
-    from .data import TensorLoader, load_dataset
+    from .data import TensorLoader
+    from .data.provenance import load_split
 
-    images, labels, info = load_dataset(spec.dataset, spec.data_dir, split, **spec.dataset_kwargs)
+    if limit is not None:
+        limit = check_positive_int(limit, "--limit", fix="Give a number of samples >= 1.")
+    images, labels, info = load_split(spec, split, limit=limit if stratified else None, seed=seed,
+                                      num_classes=num_classes, log=log)
     if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4):
         raise ValueError(f"dataset {spec.dataset!r} is not an image dataset (uint8 [N, C, H, W]); this command "
                          f"converts and evaluates image classifiers - for event data use `multispike events-train`")
-    if limit is not None:
-        limit = check_positive_int(limit, "--limit", fix="Give a number of samples >= 1.")
-        if stratified:
-            from .train.runner import subset_indices
-            idx = subset_indices(labels, limit, seed)
-            images, labels = images[idx], labels[idx]
-        else:
-            images, labels = images[:limit], labels[:limit]
+    if limit is not None and not stratified:
+        images, labels = images[:limit], labels[:limit]
     mean, std = (info.mean, info.std) if spec.normalize else (None, None)
     return TensorLoader(images, labels, batch_size, shuffle=False, mean=mean, std=std), info
 
@@ -242,6 +233,15 @@ def _clean_config(cfg: Mapping[str, Any], **updates: Any) -> dict:
     out.update(mode="snn", overwrite=False)
     out.update(updates)
     return out
+
+
+def _data_config(spec: DataSpec, info: Any) -> dict:
+    """The data keys of a derived network's config: what this step used, and the record it was checked against
+    (kept from the source; written from the data when the source predates records)."""
+    from .data.provenance import data_record
+
+    return {"dataset": spec.dataset, "data_dir": spec.data_dir, "dataset_kwargs": dict(spec.dataset_kwargs),
+            "normalize": spec.normalize, "data_info": spec.record or data_record(info, None, spec.normalize)}
 
 
 def save_network(out: Path, model: nn.Module, *, name: str, config: Mapping[str, Any], source_desc: Mapping[str, Any],
@@ -312,8 +312,8 @@ def _timestep_rows(model: nn.Module) -> tuple[list[dict], dict | None]:
 # Conversion
 # ----------------------------------------------------------------------------------------------------
 def _conversion_step(to: str, model: nn.Module, *, timesteps: int | None, levels: int, bias_scale: float | str,
-                     align: str | None, threshold: str | None, v_init: str, example_shape: list[int]
-                     ) -> tuple[dict, str]:
+                     align: str | None, threshold: str | None, v_init: str, example_shape: list[int],
+                     tgim: str | None = None) -> tuple[dict, str]:
     """The step (``run_step`` dict) that converts ``model`` to ``to`` and a one-line description of it."""
     qcfs, qac = _quantizers(model)
     has_quant = bool(qcfs or qac)
@@ -339,9 +339,12 @@ def _conversion_step(to: str, model: nn.Module, *, timesteps: int | None, levels
         if not qcfs:
             raise ValueError("--to lmht converts a QCFS ANN (train one with --neuron qcfs --mode ann); this checkpoint "
                              "has no QCFS activation" + (" (it has QAC quantizers: use --to mixed)" if qac else ""))
-        return ({"op": "convert_qcfs_to_lmht", "args": {"levels": levels, "T": timesteps,
-                                                        "hybrid_bias_scale": bias_scale}},
-                f"QCFS -> LM-HT, L = {levels}, T = {timesteps}, hybrid bias scale {bias_scale}")
+        args = {"levels": levels, "T": timesteps, "hybrid_bias_scale": bias_scale}
+        if tgim is not None:
+            args["tgim"] = tgim
+        return ({"op": "convert_qcfs_to_lmht", "args": args},
+                f"QCFS -> LM-HT, L = {levels}, T = {timesteps}, hybrid bias scale {bias_scale}"
+                + (f", T-GIM {tgim}" if tgim is not None else ""))
     if to == "mixed":
         if not has_quant:
             raise ValueError("--to mixed needs a quantized ANN (QAC quantizers from `multispike qat`, or QCFS); this "
@@ -371,12 +374,54 @@ def _report_dict(report: Any) -> Any:
     return str(report)
 
 
+#: A QCFS ANN whose accuracy at the SNN's number of levels is this much below its trained accuracy gets a warning.
+LEVELS_DROP_WARN = 0.10
+
+
+def _levels_check(ann: nn.Module, test: Any, to: str, timesteps: int | None, levels: int, ann_acc: dict,
+                  log) -> dict | None:
+    """The QCFS ANN evaluated with as many quantization levels as the SNN has steps (T; L·T for LM-HT).
+
+    An IF neuron run for T steps approximates the QCFS ANN with T levels, so an ANN that collapses at more levels
+    than it was trained with (its clips ϑ far above its activations: a few coarse levels carry everything) gives
+    an SNN whose accuracy *falls* as T grows. Returns ``{"levels", "trained_levels", "acc", "warning"}`` or
+    ``None`` (no QCFS layer, or the same number of levels)."""
+    import copy
+
+    from .quant.qcfs import QCFS
+
+    qcfs = [m for m in ann.modules() if isinstance(m, QCFS)]
+    if not qcfs or to not in ("if", "uniform", "lmht") or timesteps is None:
+        return None
+    n = timesteps * (levels if to == "lmht" else 1)
+    trained = sorted({int(m.levels) for m in qcfs})
+    if trained == [n]:
+        return None
+    probe = copy.deepcopy(ann)
+    for m in probe.modules():
+        if isinstance(m, QCFS):
+            m.levels = n
+    acc = prefix_accuracy(probe, test)["acc"]
+    warning = None
+    if acc < ann_acc["acc"] - LEVELS_DROP_WARN:
+        clips = [float(m.threshold.detach()) for m in qcfs]
+        warning = (f"warning: the QCFS ANN ({_pct(ann_acc['acc'])}% at its {'/'.join(map(str, trained))} levels) "
+                   f"reaches only {_pct(acc)}% evaluated with {n} levels, which the SNN at "
+                   f"{'L·T = ' if to == 'lmht' else 'T = '}{n} approximates: expect accuracy to fall as T grows. "
+                   f"Its clips ϑ ({', '.join(f'{c:.3g}' for c in clips[:6])}{' ...' if len(clips) > 6 else ''}) are "
+                   f"likely far above its activations; retrain with clips initialised from the data (the default "
+                   f"of `multispike train`, --clip-init) or convert at T = its levels.")
+        log(warning)
+    return {"levels": n, "trained_levels": trained, "acc": acc, "warning": warning}
+
+
 def convert_checkpoint(checkpoint: str | os.PathLike, to: str, *, out: str | os.PathLike, timesteps: int | None = None,
                        levels: int = 2, hybrid_bias_scale: str | float | None = None, align: str | None = "default",
                        threshold: str | None = None, v_init: str = "half", dataset: str | None = None,
-                       data_dir: str | None = None, limit: int | None = None, batch_size: int = 128,
+                       data_dir: str | None = None, data_opts: Mapping[str, Any] | None = None,
+                       limit: int | None = None, batch_size: int = 128,
                        calib_batches: int = 8, compare_align: bool = False, sanity: bool = True,
-                       overwrite: bool = False, log=print) -> dict:
+                       tgim: str | None = None, overwrite: bool = False, log=print) -> dict:
     """Convert a trained checkpoint, measure it, and save the SNN as a rebuildable checkpoint in ``out``.
 
     Args:
@@ -393,9 +438,12 @@ def convert_checkpoint(checkpoint: str | os.PathLike, to: str, *, out: str | os.
         threshold: ``if`` only: ``qcfs`` (the quantizer clip; default for quantized ANNs), ``max``, ``99.9%``
             (default for ReLU ANNs) or another percentile; statistics come from ``calib_batches`` training batches.
         v_init: ``half`` (θ/2) or ``zero`` for the IF-based targets.
-        dataset, data_dir: override the checkpoint's data. limit: evaluate on the first ``limit`` test images.
+        dataset, data_dir, data_opts: override the checkpoint's data (``data_opts``: reader options, merged
+            over the checkpoint's). limit: evaluate on a class-stratified subset of ``limit`` test images.
         compare_align: ``uniform``: also convert with the other alignment choice and tabulate both (Table 8).
         sanity: ``lmht``: also convert the ANN to IF at T and at L·T (the paper's sanity conversion) and measure.
+        tgim: ``lmht``: the T-GIM of the LM-HT neurons, ``"learnable"`` (the paper's, trainable; mixes steps, so
+            NIR cannot express it) or ``"identity"`` (fixed; exportable to NIR). ``None``: the converter's default.
 
     Returns:
         The JSON-ready result (also ``<out>/conversion.json``; the printout is ``<out>/report.txt``).
@@ -432,15 +480,20 @@ def convert_checkpoint(checkpoint: str | os.PathLike, to: str, *, out: str | os.
     if to != "lmht" and hybrid_bias_scale is not None:
         raise ValueError("--hybrid-bias-scale applies to --to lmht only")
     calib_batches = check_positive_int(calib_batches, "--calib-batches")
+    if tgim is not None and to != "lmht":
+        raise ValueError("--tgim applies to --to lmht only (the LM-HT neurons' temporal-global information matrix)")
+    if tgim not in (None, "learnable", "identity"):
+        raise ValueError(f"--tgim must be learnable or identity, got {tgim!r}")
 
     out = _check_out(out, overwrite)
     ckpt, ann, name, desc = _load_source(checkpoint)
     cfg = ckpt.meta.get("config") or {}
-    spec = data_spec(cfg, dataset, data_dir)
-    test, info = static_loader(spec, "test", limit=limit, batch_size=batch_size)
+    spec = data_spec(cfg, dataset, data_dir, data_opts, origin=str(ckpt.path))
+    test, info = static_loader(spec, "test", limit=limit, batch_size=batch_size,
+                               num_classes=getattr(ann, "num_classes", None), log=log)
     example_shape = _example_shape(ann, info)
     step, how = _conversion_step(to, ann, timesteps=timesteps, levels=levels, bias_scale=bias_scale, align=align,
-                                 threshold=threshold, v_init=v_init, example_shape=example_shape)
+                                 threshold=threshold, v_init=v_init, example_shape=example_shape, tgim=tgim)
     data = None
     if step["op"] == "convert_to_snn" and step["args"]["threshold"] != "qcfs":
         calib, _ = static_loader(spec, "train", limit=calib_batches * batch_size, batch_size=batch_size,
@@ -449,6 +502,7 @@ def convert_checkpoint(checkpoint: str | os.PathLike, to: str, *, out: str | os.
     ann_acc = prefix_accuracy(ann, test)
     log(f"source: {name} from {ckpt.path}: accuracy {_pct(ann_acc['acc'])}% on {ann_acc['samples']} {spec.dataset} "
         f"test images")
+    levels_check = _levels_check(ann, test, to, timesteps, levels, ann_acc, log)
     t0 = time.perf_counter()
     snn, report = run_step(ann, step, data=data)
     convert_s = time.perf_counter() - t0
@@ -462,12 +516,15 @@ def convert_checkpoint(checkpoint: str | os.PathLike, to: str, *, out: str | os.
         "command": "convert", "to": to, "how": how, "source_checkpoint": str(ckpt.path), "model": name,
         "dataset": spec.dataset, "split": "test", "samples": snn_acc["samples"], "timesteps": T_run,
         "levels": levels if to == "lmht" else None, "align": align, "step": step, "convert_time_s": round(convert_s, 3),
-        "ann": ann_acc, "snn": snn_acc, "layers": rows, "average_T": avg, "report": _report_dict(report)}
+        "ann": ann_acc, "snn": snn_acc, "layers": rows, "average_T": avg, "report": _report_dict(report),
+        "levels_check": levels_check}
 
     # mixed/uniform networks take the analog image once (encoder T = 1); their layers run T_l steps each
     T_label = {"mixed": f"T_l, avg {avg['plain']:.3g}" if avg else "T_l",
                "uniform": str(timesteps)}.get(to, str(T_run))
     lines = [f"{name}: {how}", "", _report_text(report), ""]
+    if levels_check and levels_check["warning"]:
+        lines += [levels_check["warning"], ""]
     table = [("network", "T", "accuracy %", "accuracy at t = 1, 2, ... (%)"),
              ("source ANN", "-", _pct(ann_acc["acc"]), "-"),
              (f"SNN ({to})", T_label, _pct(snn_acc["acc"]), _curve(snn_acc["acc_per_t"]))]
@@ -496,8 +553,7 @@ def convert_checkpoint(checkpoint: str | os.PathLike, to: str, *, out: str | os.
 
     neuron = "lmht" if to == "lmht" else "if"
     config = _clean_config(cfg, neuron=neuron, timesteps=T_run or 1, levels=levels if to == "lmht" else None,
-                           dataset=spec.dataset, data_dir=spec.data_dir, dataset_kwargs=spec.dataset_kwargs,
-                           out=str(out))
+                           **_data_config(spec, info), out=str(out))
     path = save_network(out, snn, name=name, config=config, source_desc=desc, source_checkpoint=str(ckpt.path),
                         steps=[step], extra={"results": {"to": to, "acc": snn_acc["acc"],
                                                          "acc_per_t": snn_acc["acc_per_t"],
@@ -516,8 +572,12 @@ def convert_checkpoint(checkpoint: str | os.PathLike, to: str, *, out: str | os.
 # Calibration (QAC §4.5)
 # ----------------------------------------------------------------------------------------------------
 def teacher_checkpoint(meta: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """The checkpoint of the ANN a converted network came from: follow conversion sources and ``init_from``
-    references back to the first checkpoint that is neither."""
+    """The checkpoint of the ANN a converted network came from.
+
+    Follows conversion sources, and the ``init_from`` of spiking fine-tunes, back to the first network that is
+    an ANN: a checkpoint trained in mode ``ann`` or ``qat`` is the teacher *even when it started from another
+    checkpoint* (after ``qat --init-from QCFS_ANN`` the SNN was converted from the QAT network, not from the
+    QCFS ANN; distilling toward the latter would be another network's target)."""
     from .train.rebuild import _resolve_reference, read_checkpoint_meta
 
     here = Path(path)
@@ -530,6 +590,8 @@ def teacher_checkpoint(meta: Mapping[str, Any], path: str | os.PathLike) -> Path
         cfg = meta.get("config") or {}
         if meta.get("conversion"):
             ref = meta["conversion"].get("source_checkpoint")
+        elif cfg.get("mode") in ("ann", "qat"):
+            return here
         elif cfg.get("init_from"):
             ref = cfg["init_from"]
         else:
@@ -542,7 +604,8 @@ def teacher_checkpoint(meta: Mapping[str, Any], path: str | os.PathLike) -> Path
 def calibrate_checkpoint(checkpoint: str | os.PathLike, *, out: str | os.PathLike, epochs: int = 10, lr: float = 1e-3,
                          target: str = "quantized", v_init_shape: str = "channel",
                          ann_checkpoint: str | os.PathLike | None = None, dataset: str | None = None,
-                         data_dir: str | None = None, calib_samples: int = 512, limit: int | None = None,
+                         data_dir: str | None = None, data_opts: Mapping[str, Any] | None = None,
+                         calib_samples: int = 512, limit: int | None = None,
                          batch_size: int = 64, overwrite: bool = False, log=print) -> dict:
     """Calibrate v(0) and θ of a converted SNN against its ANN (QAC §4.5) and save the result.
 
@@ -577,10 +640,12 @@ def calibrate_checkpoint(checkpoint: str | os.PathLike, *, out: str | os.PathLik
     ann_ckpt = load_checkpoint(teacher_path)
     ann, ann_name = rebuild_model(ann_ckpt)
     cfg = ckpt.meta.get("config") or {}
-    spec = data_spec(cfg, dataset, data_dir)
-    calib, _ = static_loader(spec, "train", limit=calib_samples, batch_size=batch_size, stratified=True)
+    spec = data_spec(cfg, dataset, data_dir, data_opts, origin=str(ckpt.path))
+    k = getattr(snn, "num_classes", None)
+    calib, _ = static_loader(spec, "train", limit=calib_samples, batch_size=batch_size, stratified=True,
+                             num_classes=k, log=log)
     images = [x for x, _ in calib]                     # unlabeled: the labels never reach calibrate()
-    test, _ = static_loader(spec, "test", limit=limit, batch_size=batch_size)
+    test, info = static_loader(spec, "test", limit=limit, batch_size=batch_size, num_classes=k, log=log)
     test_batches = list(test)
     before = prefix_accuracy(snn, test_batches)
     log(f"calibrating {name} from {ckpt.path} against {ann_name} ({ann_ckpt.path}), {target} target, v(0) per "
@@ -599,7 +664,7 @@ def calibrate_checkpoint(checkpoint: str | os.PathLike, *, out: str | os.PathLik
     buffer_shapes = {n: {"v_init": list(m.v_init.shape), "v_threshold": list(m.v_threshold.shape)} for n, m in neurons}
     step = {"op": "calibrate", "args": {"buffer_shapes": buffer_shapes},
             "settings": {"epochs": epochs, "lr": lr, "target": target, "v_init_shape": v_init_shape}}
-    config = _clean_config(cfg, dataset=spec.dataset, data_dir=spec.data_dir, out=str(out))
+    config = _clean_config(cfg, **_data_config(spec, info), out=str(out))
     path = save_network(out, snn, name=name, config=config, source_desc=describe_checkpoint(ckpt.meta, ckpt.path),
                         source_checkpoint=str(ckpt.path), steps=[step],
                         extra={"results": {"calibration": report.to_dict(), "acc": after["acc"]}})
@@ -633,7 +698,8 @@ def calibrate_checkpoint(checkpoint: str | os.PathLike, *, out: str | os.PathLik
 # LM-HT reparameterisation (§2.7)
 # ----------------------------------------------------------------------------------------------------
 def reparameterize_checkpoint(checkpoint: str | os.PathLike, *, out: str | os.PathLike, dataset: str | None = None,
-                              data_dir: str | None = None, limit: int | None = None, batch_size: int = 128,
+                              data_dir: str | None = None, data_opts: Mapping[str, Any] | None = None,
+                              limit: int | None = None, batch_size: int = 128,
                               overwrite: bool = False, log=print) -> dict:
     """Reparameterise an LM-HT checkpoint (converted or fine-tuned) into an IF network with L·T steps.
 
@@ -651,8 +717,9 @@ def reparameterize_checkpoint(checkpoint: str | os.PathLike, *, out: str | os.Pa
                          f"`multispike convert --to lmht` (or train with --neuron lmht) first")
     out = _check_out(out, overwrite)
     cfg = ckpt.meta.get("config") or {}
-    spec = data_spec(cfg, dataset, data_dir)
-    test, _ = static_loader(spec, "test", limit=limit, batch_size=batch_size)
+    spec = data_spec(cfg, dataset, data_dir, data_opts, origin=str(ckpt.path))
+    test, info = static_loader(spec, "test", limit=limit, batch_size=batch_size,
+                               num_classes=getattr(lmht, "num_classes", None), log=log)
     batches = list(test)
     step = {"op": "reparameterize_lmht", "args": {}}
     if_net, rep = run_step(lmht, step)
@@ -660,8 +727,7 @@ def reparameterize_checkpoint(checkpoint: str | os.PathLike, *, out: str | os.Pa
     acc_lmht = prefix_accuracy(lmht, batches)
     acc_if = prefix_accuracy(if_net, batches)
     T_if = model_timesteps(if_net)
-    config = _clean_config(cfg, neuron="if", timesteps=T_if, levels=None, dataset=spec.dataset, data_dir=spec.data_dir,
-                           out=str(out))
+    config = _clean_config(cfg, neuron="if", timesteps=T_if, levels=None, **_data_config(spec, info), out=str(out))
     path = save_network(out, if_net, name=name, config=config, source_desc=desc, source_checkpoint=str(ckpt.path),
                         steps=[step], extra={"results": {"acc": acc_if["acc"], "acc_per_t": acc_if["acc_per_t"],
                                                          "agreement": agreement.to_dict()}})

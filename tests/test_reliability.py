@@ -456,7 +456,7 @@ def test_class_count_mismatch_and_unexpected_bugs(tmp_path, capsys, monkeypatch)
     code = main(["eval", "--model", "vgg_small", "--dataset", "digits", "--num-classes", "7", "--model-kwargs",
                  "input_size=8", "--limit", "8", "--no-plots", "--out", str(tmp_path / "e")])
     err = capsys.readouterr().err
-    assert code == 2 and "the model has 7 output classes but dataset 'digits' has 10" in err
+    assert code == 2 and "the network has outputs for 7 classes but digits (test split) has 10" in err
     # a genuine bug (not an expected failure) still shows its traceback
     from multispike.cli.commands import eval as eval_cmd
     monkeypatch.setattr(eval_cmd, "run_eval", lambda args: (_ for _ in ()).throw(ZeroDivisionError("bug")))

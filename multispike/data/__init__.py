@@ -6,6 +6,9 @@
 * :mod:`~multispike.data.embedded`: ``digits``, scikit-learn's 8x8 digits (no download; used by the demo).
 * :mod:`~multispike.data.loader`: :class:`TensorLoader`, seeded shuffling, per-batch augmentation, DDP sharding.
 * :mod:`~multispike.data.catalog`: every known dataset, where it is expected, ``load_dataset``, ``dataset_status``.
+* :mod:`~multispike.data.provenance`: the data a checkpoint was trained on (``data_spec``), the one-line
+  description every workflow prints, and the class / input-size check before any work.
+* :mod:`~multispike.data.subset`: the class-stratified, seeded subsets of ``--subset``, ``--eval-subset``, ``--limit``.
 
 Event-camera data lives in :mod:`multispike.data.events` (imported on demand; it registers into the catalog).
 """
@@ -16,7 +19,10 @@ from .cifar import (CorruptDatasetError, StaticSplit, UnsafePickleError, find_ci
                     load_cifar100, restricted_load)
 from .embedded import (DIGITS_CLASSES, DIGITS_MEAN, DIGITS_STD, digits_split_indices, load_digits_all,
                        load_digits_split, load_digits_static)
+from . import provenance, subset
 from .imagefolder import ImageFolder, decode_image, find_image_classes
+from .provenance import DataMismatchError, DataSpec, data_spec
+from .subset import stratified_indices
 from .loader import Augment, TensorLoader, crop_at, normalize, random_crop, random_hflip
 
 __all__ = [
@@ -27,5 +33,6 @@ __all__ = [
     "DIGITS_CLASSES", "DIGITS_MEAN", "DIGITS_STD", "digits_split_indices", "load_digits_all", "load_digits_split",
     "load_digits_static",
     "ImageFolder", "decode_image", "find_image_classes",
+    "DataMismatchError", "DataSpec", "data_spec", "stratified_indices",
     "Augment", "TensorLoader", "crop_at", "normalize", "random_crop", "random_hflip",
 ]

@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -36,8 +37,9 @@ import torch
 
 from .cifar import StaticSplit, load_cifar
 from .embedded import DIGITS_CLASSES, DIGITS_MEAN, DIGITS_STD, load_digits_static, sklearn_digits_path
-from .imagefolder import ImageFolder, class_folders
+from .imagefolder import ImageFolder, class_folders, find_image_classes, native_size
 from .loader import Augment, TensorLoader
+from .subset import stratified_indices
 
 __all__ = [
     "DATASETS",
@@ -110,7 +112,8 @@ class DatasetInfo:
         kind: ``"static"`` (files under the data root, loaded into memory), ``"embedded"`` (ships in an
             installed package), ``"folder"`` (an image tree), or ``"events"`` (event-camera recordings).
         relpath: expected location relative to the data root (``None`` for embedded data).
-        files: names (files or folders) that must exist in the dataset folder for it to count as found.
+        files: names (files or folders) that must exist in the dataset folder for it to count as found;
+            ``"val|test"`` means either name.
         loader: ``loader(path, split, **kwargs)`` with ``path`` the located folder; returns
             ``(data, labels)``, ``(data, labels, classes)`` or a :class:`StaticSplit`. ``None``: the
             entry is declared but no reader is installed (see ``provided_by``).
@@ -246,7 +249,7 @@ def _search(info: DatasetInfo, root: str | os.PathLike | None) -> tuple[Path | N
     base = resolve_data_root(root)
     checked = info.candidates(base)
     for cand in checked:
-        if cand.is_dir() and all((cand / f).exists() for f in info.files):
+        if cand.is_dir() and all(any((cand / alt).exists() for alt in f.split("|")) for f in info.files):
             return cand, checked
     return None, checked
 
@@ -273,7 +276,8 @@ def locate(name: str, root: str | os.PathLike | None = None) -> Path:
         raise FileNotFoundError(f"{info.name}: embedded data not found in the installed packages. {_fix(info)}")
     raise FileNotFoundError(
         f"{info.name}: not found under data root {resolve_data_root(root)} ({data_root_source(root)}); looked at "
-        f"{', '.join(str(c) for c in checked)}; expected {', '.join(info.files)} in {info.relpath}. "
+        f"{', '.join(str(c) for c in checked)}; expected {', '.join(f.replace('|', ' or ') for f in info.files)} "
+        f"in {info.relpath}. "
         f"Fix: {_fix(info)}.")
 
 
@@ -326,7 +330,8 @@ def dataset_status(root: str | os.PathLike | None = None) -> list[DatasetStatus]
 # Loading
 # ----------------------------------------------------------------------------------------------------
 
-def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train",
+def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train", *,
+                 subset: int | None = None, subset_seed: int = 0, progress: bool | None = None,
                  **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, DatasetInfo]:
     """Load one split of an in-memory dataset.
 
@@ -334,12 +339,18 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
         name: a registered name (see :func:`list_datasets`).
         root: data root (see the module docstring) or the dataset folder itself.
         split: one of the entry's ``splits`` (``"train"`` / ``"test"`` for all built-ins).
-        **kwargs: passed to the reader (``label="coarse"`` for cifar100, ``size=`` for imagefolder,
-            ``test_fraction=``/``seed=`` for digits).
+        subset: keep a class-stratified, seeded (``subset_seed``) choice of this many samples
+            (:func:`~multispike.data.subset.stratified_indices`). Readers that take a ``select`` argument
+            (imagefolder) choose from the labels *before* decoding, so a subset of a large tree costs only
+            its own memory; others load the split and index it.
+        progress: forwarded to readers that take it (imagefolder's decode bar; ``None`` = automatic).
+        **kwargs: passed to the reader (``label="coarse"`` for cifar100, ``size=``/``resize=``/``mode=`` for
+            imagefolder, ``test_fraction=``/``seed=`` for digits).
 
     Returns:
         ``(data, labels, info)``: for images uint8 ``[N, C, H, W]`` and int64 ``[N]``; ``info`` is the
-        entry, with ``classes`` filled from the files when the reader provides them.
+        entry, with ``classes`` filled from the files when the reader provides them and ``input_shape``
+        from the loaded images.
     """
     info = get_dataset(name)
     if split not in info.splits:
@@ -350,6 +361,17 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
             f"{info.name}: no reader is installed for this dataset; it is provided by "
             f"{info.provided_by or 'a plugin module'}{' (' + why + ')' if why else ''}")
     path = locate(info.name, root)
+    params = inspect.signature(info.loader).parameters
+    select = None
+    if subset is not None:
+        if isinstance(subset, bool) or not isinstance(subset, int) or subset < 1:
+            raise ValueError(f"{info.name}: subset must be an integer >= 1, got {subset!r}")
+        select = lambda labels: stratified_indices(labels, subset, subset_seed)  # noqa: E731
+        if "select" in params:
+            kwargs["select"] = select
+            select = None
+    if progress is not None and "progress" in params:
+        kwargs["progress"] = progress
     out = info.loader(path, split, **kwargs)
     if isinstance(out, StaticSplit):
         data, labels, classes = out.images, out.labels, out.classes
@@ -359,8 +381,13 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
     else:
         raise TypeError(f"{info.name}: reader returned {type(out).__name__}; expected (data, labels[, classes]) "
                         "or a StaticSplit")
+    if select is not None:
+        idx = select(labels)
+        data, labels = data[idx], labels[idx]
     if classes:
         info = replace(info, classes=tuple(classes), num_classes=len(classes))
+    if isinstance(data, torch.Tensor) and data.dim() == 4:
+        info = replace(info, input_shape=tuple(int(s) for s in data.shape[1:]))
     return data, labels, info
 
 
@@ -406,29 +433,46 @@ def _digits_loader(path: Path, split: str, test_fraction: float = 0.2, seed: int
     return load_digits_static(split, test_fraction, seed)
 
 
-def _imagefolder_loader(path: Path, split: str, size: int = 224, resize: int | None = None,
-                        mode: str = "RGB") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def imagefolder_split_dir(path: Path, split: str) -> Path:
+    """The folder of ``split`` in an imagefolder dataset: ``train/``; ``val/`` or else ``test/`` for the test split.
+
+    Raises:
+        FileNotFoundError: neither exists (names what was looked for).
+    """
     names = ("train",) if split == "train" else ("val", "test")
     tree = next((path / n for n in names if (path / n).is_dir()), None)
     if tree is None:
         raise FileNotFoundError(f"imagefolder: {path} has no {' or '.join(names)}/ folder for split {split!r}; "
-                                f"expected {path}/train/<class>/<image> and {path}/val/<class>/<image>. For a single "
-                                "class tree use multispike.data.ImageFolder(path) directly.")
+                                f"expected {path}/train/<class>/<image> and {path}/val/<class>/<image> (or test/). "
+                                "For a single tree use multispike.data.ImageFolder(path) directly.")
+    return tree
+
+
+def _imagefolder_loader(path: Path, split: str, size: int | None = None, resize: int | None = None,
+                        mode: str = "RGB", select: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                        progress: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    tree = imagefolder_split_dir(path, split)
     # One class index for every split: the training split's folders. Numbering val/ by its own folders would
     # shift every label after a class that val/ lacks.
     classes = None
+    train_dir = path / "train"
     if split != "train":
-        classes = class_folders(path / "train") or None
+        classes = class_folders(train_dir) or None
         if classes is None:
             warnings.warn(f"imagefolder: {path} has no train/ class folders, so {tree.name}/ numbers its classes by "
                           f"its own folders; they must be exactly the classes the model was trained on",
                           stacklevel=3)
+    if size is None and classes is not None:
+        # the native size comes from train/, so every split decodes at the size the model was trained at
+        _, train_samples = find_image_classes(train_dir)
+        size = native_size(train_samples[0][0])
     ds = ImageFolder(tree, size=size, resize=resize, mode=mode, classes=classes)
     if ds.missing_classes:
         warnings.warn(f"imagefolder: {tree} has no folder for class(es) {', '.join(ds.missing_classes[:10])}"
                       f"{' ...' if len(ds.missing_classes) > 10 else ''} of train/; they are not evaluated (labels "
                       f"keep the training split's numbering)", stacklevel=3)
-    images, labels = ds.load_all()
+    # the subset is chosen from the labels of the file scan, before anything is decoded
+    images, labels = ds.load_all(None if select is None else select(ds.targets), progress=progress)
     return images, labels, ds.classes
 
 
@@ -463,12 +507,13 @@ register_dataset(
     citation="UCI Optical Recognition of Handwritten Digits (Alpaydin & Kaynak, 1998) via scikit-learn")
 
 register_dataset(
-    name="imagefolder", kind="folder", relpath="imagenet", files=("train", "val"),
-    description="ImageNet-style tree <dir>/{train,val}/<class>/<image> (decoded with Pillow, 224x224 default)",
+    name="imagefolder", kind="folder", relpath="imagenet", files=("train", "val|test"),
+    description="image tree <dir>/train/<class>/<image> + val/ or test/ (Pillow; native size up to 224, "
+                "options size=, resize=, mode=L)",
     loader=_imagefolder_loader, num_classes=None, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-    input_shape=(3, 224, 224), augment=Augment(crop_padding=0, hflip=True),
-    fix="needs an explicit path: pass --data-dir / root= pointing at a tree with train/ and val/ class folders "
-        "(or place it at <data root>/imagenet)")
+    input_shape=None, augment=Augment(crop_padding=0, hflip=True),   # native size: known once read
+    fix="needs an explicit path: pass --data-dir / root= pointing at a tree with train/ and val/ (or test/) class "
+        "folders (or place it at <data root>/imagenet)")
 
 # Slots for the event-camera datasets; multispike.data.events replaces them with its readers.
 register_dataset(

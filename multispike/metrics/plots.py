@@ -35,20 +35,39 @@ def _short(names: Sequence[str], width: int = 18) -> list[str]:
     return [n if len(n) <= width else "…" + n[-(width - 1):] for n in names]
 
 
+def _integer_axis(axis) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_accuracy_vs_T(curves: Mapping[str, Sequence[tuple[float, float]]], path: str | os.PathLike,
                        title: str = "Accuracy vs timesteps") -> str:
     """One line per run: accuracy (%) at every timestep prefix t."""
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
     markers, styles = "os^Dv<>p", ("-", "--", ":", "-.")
+    # a single-step run (an ANN) next to multi-step runs is a reference level, not a one-point curve
+    multi = any(len(p) > 1 for p in curves.values())
     for i, (name, pts) in enumerate(curves.items()):
         if not pts:
             continue
         ts, acc = zip(*pts)
+        if multi and len(pts) == 1:
+            ax.axhline(100 * acc[0], color="0.35", linestyle="--", linewidth=1.2, label=f"{name} (reference)")
+            continue
         # Distinct markers and dashes: runs with equal prefixes (e.g. T=4 vs T=16 of one SNN) overlap exactly.
         ax.plot(ts, [100 * a for a in acc], marker=markers[i % len(markers)], linestyle=styles[i % len(styles)],
                 markersize=7 - min(i, 3), label=name)
     ax.set_xlabel("timesteps t (prefix)")
+    # t is a count: ticks at the measured prefixes (no 0.96 ... 1.04 ticks around a single-step run)
+    steps = sorted({int(t) for pts in curves.values() for t, _ in pts})
+    if steps and len(steps) <= 16:
+        ax.set_xticks(steps)
+        if len(steps) == 1:
+            ax.set_xlim(steps[0] - 1, steps[0] + 1)
+    else:
+        _integer_axis(ax.xaxis)
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
@@ -64,7 +83,9 @@ def plot_layer_rates(layers: Iterable[Mapping[str, Any]], path: str | os.PathLik
     names = _short([l["name"] for l in layers])
     fig = _figure(max(6.0, 0.45 * len(names) + 2), 4.2)
     ax = fig.add_subplot(1, 1, 1)
-    keys = [("spike_rate", "spike rate (lanes / N·T)"), ("count_rate", "count rate (events / N·T·L)"),
+    # L = the levels of a multi-level neuron or the lanes S of a one-hot M-LIF (a fired lane is one event)
+    keys = [("spike_rate", "spike rate (fired / N·T)"), ("count_rate", "count rate (spike count / N·T·L, L = levels "
+                                                                       "or lanes)"),
             ("event_rate", "events / N·T")]
     width = 0.8 / len(keys)
     for j, (k, label) in enumerate(keys):
@@ -90,6 +111,7 @@ def plot_layer_timesteps(layers: Iterable[Mapping[str, Any]], path: str | os.Pat
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("T (timesteps)")
+    _integer_axis(ax.yaxis)
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
     return _save(fig, path)
@@ -111,8 +133,10 @@ def plot_energy_breakdown(energy: Mapping[str, Any], path: str | os.PathLike,
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("µJ per sample")
+    if max(bottom, default=0.0) > 0:
+        ax.set_ylim(0, 1.3 * max(bottom))   # headroom: the legend sits above the tallest bar, not on it
     ax.set_title(f"{title}: per layer (multispike count, {energy['constants']['name']})", fontsize=9)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper center", ncol=3)
     ax.grid(True, axis="y", alpha=0.3)
     ax2 = fig.add_subplot(1, 2, 2)
     labels, vals = _energy_totals(energy)

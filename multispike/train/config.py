@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ from ..quant.qac import LATENCY_WEIGHTINGS
 from .optim import DEFAULT_NEURON_PARAM_PATTERNS, OPTIMIZERS, SCHEDULES
 
 __all__ = ["TrainConfig", "ConfigError", "MODES", "AMP_MODES", "RESUME_MUST_MATCH", "load_yaml_config",
-           "resolve_config", "save_config", "add_config_arguments", "config_from_args", "config_conflicts"]
+           "resolve_config", "save_config", "add_config_arguments", "config_from_args", "config_conflicts",
+           "inherit_from_checkpoint", "FINETUNE_LR", "INHERITED_DATA_KEYS"]
 
 MODES = ("ann", "qat", "snn", "hybrid")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -49,8 +51,8 @@ class ConfigError(ValueError):
     """An unknown key, a value of the wrong type or out of range, or conflicting settings."""
 
 
-def _f(default: Any, help: str, group: str, choices: tuple | None = None, **kw) -> Any:
-    meta = {"help": help, "group": group}
+def _f(default: Any, help: str, group: str, choices: tuple | None = None, cli: bool = True, **kw) -> Any:
+    meta = {"help": help, "group": group, "cli": cli}
     if choices is not None:
         meta["choices"] = choices
     if isinstance(default, (list, dict)):
@@ -67,14 +69,17 @@ class TrainConfig:
     data_dir: str | None = _f(None, "dataset root (default: $MULTISPIKE_DATA, else ../shared/datasets)", "data")
     dataset_kwargs: dict = _f({}, "extra arguments of the dataset reader, KEY=VALUE (e.g. size=64 for imagefolder, "
                               "label=coarse for cifar100)", "data")
-    subset: int | None = _f(None, "train on a class-stratified subset of N training images (seeded)", "data")
-    eval_subset: int | None = _f(None, "evaluate on the first N test images", "data")
+    subset: int | None = _f(None, "train on a class-stratified subset of N training images (seeded; chosen before "
+                            "decoding, so a subset of a large image tree costs only its own memory)", "data")
+    eval_subset: int | None = _f(None, "evaluate on a class-stratified subset of N test images (seeded)", "data")
     batch_size: int = _f(64, "images per process and step (global batch = batch_size x world size)", "data")
     eval_batch_size: int | None = _f(None, "evaluation batch size (default: batch_size)", "data")
     augment: bool = _f(True, "training augmentation (random crop with padding, horizontal flip)", "data")
     crop_padding: int = _f(4, "zero padding of the random crop in pixels (0 disables cropping)", "data")
     hflip: bool = _f(True, "random horizontal flips", "data")
     normalize: bool = _f(True, "normalise inputs with the dataset's channel mean/std", "data")
+    data_info: dict | None = _f(None, "recorded by the run, not a flag: the data's class names, input shape and "
+                                "normalisation, which every later step checks its data against", "data", cli=False)
 
     # --- model -----------------------------------------------------------------------------------------
     model: str | None = _f(None, "zoo model name (multispike.models.list_models())", "model")
@@ -112,6 +117,9 @@ class TrainConfig:
                                 "in train mode BN would undo LM-HT's exact ×L bias scale). Default: on when training "
                                 "starts from a conversion (mode hybrid, or --init-from a converted network or a QCFS "
                                 "ANN with --neuron lmht), off otherwise", "training")
+    clip_init: str = _f("99.9%", "QCFS trained from scratch: start each clip ϑ at this percentile of its layer's "
+                         "pre-activations on 4 training batches (layer by layer), or 'none' to keep the neuron's "
+                         "threshold (8, or --neuron-kwargs threshold=X, which also disables it)", "training")
     prepare_qat: dict | None = _f(None, "after building the model run multispike.quant.qac.prepare_qat with these "
                                   "arguments (ReLU/QCFS -> QAC quantizer, MaxPool -> AvgPool), e.g. param=t_alpha t=4; "
                                   "`multispike qat` sets it", "training")
@@ -239,6 +247,11 @@ class TrainConfig:
              f"quant_weight_decay must be >= 0, got {self.quant_weight_decay}")
         need(self.prepare_qat is None or self.mode in ("qat", "ann"),
              f"prepare_qat makes a quantized ANN; use it with mode qat (mode is {self.mode!r})")
+        from ..quant.clip_init import parse_clip_init
+        try:
+            parse_clip_init(self.clip_init)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.mode == "hybrid":
             need(self.ann_checkpoint is not None, "mode 'hybrid' needs --ann-checkpoint (a checkpoint of the ANN)")
             need(self.convert_hook is not None, "mode 'hybrid' needs --convert-hook 'module:function' that turns the "
@@ -442,13 +455,16 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="YAML file of defaults (keys = the flag names with '_'); explicit flags override it")
     groups = {name: parser.add_argument_group(title) for name, title in _GROUP_TITLES.items()}
     for name, f in _FIELDS.items():
+        if not f.metadata.get("cli", True):
+            continue
         tp, optional = _unwrap_optional(_HINTS[name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag = "--" + name.replace("_", "-")
         help_text = f.metadata["help"]
         if "default" not in help_text:
             help_text += f" (default: {default!r})"
-        kw: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=help_text)
+        # argparse %-formats help strings: a literal % (a percentile such as 99.9%) must be doubled
+        kw: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
         if tp is bool:
@@ -468,8 +484,72 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         groups[f.metadata["group"]].add_argument(flag, **kw)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Build the config from a namespace produced by a parser with :func:`add_config_arguments`."""
+#: Data settings a run started from a checkpoint (--init-from, hybrid --ann-checkpoint) inherits unless given.
+INHERITED_DATA_KEYS = ("dataset", "data_dir", "dataset_kwargs", "normalize")
+#: Default learning rate of a fine-tune (--init-from without --lr): the network is already trained, so the
+#: from-scratch default (0.1 for SGD) would throw much of it away in the first steps.
+FINETUNE_LR = {"sgd": 0.01, "adam": 1e-4, "adamw": 1e-4}
+#: ``--neuron X --init-from ANN`` runs the hybrid initialisation of X (mode hybrid with this hook).
+HYBRID_HOOKS = {"mlif": "multispike.train.hybrid:mlif_hybrid", "lmht": "multispike.train.hybrid:lmht_hybrid"}
+
+
+def inherit_from_checkpoint(cfg: TrainConfig, explicit: set[str] | frozenset[str] = frozenset(),
+                            log=print) -> TrainConfig:
+    """Fill the data settings (and a fine-tune's lr) of a run that starts from a checkpoint.
+
+    The checkpoint is ``cfg.init_from`` (or ``cfg.ann_checkpoint`` in hybrid mode). Keys in ``explicit`` (given in
+    the YAML file or on the command line) are kept; the dataset, its root, reader options and normalisation
+    otherwise come from the checkpoint's config - a fine-tune never silently falls back to the default dataset.
+    A different ``dataset`` given explicitly drops the checkpoint's root and options (they belong to the other
+    dataset). Without an explicit ``lr``, an ``--init-from`` run uses :data:`FINETUNE_LR` for its optimizer.
+    Prints what it inherited (one line).
+    """
+    src = cfg.init_from if cfg.init_from is not None else (cfg.ann_checkpoint if cfg.mode == "hybrid" else None)
+    if src is None:
+        return cfg
+    from .rebuild import read_checkpoint_meta
+
+    path, meta = read_checkpoint_meta(src)
+    saved = meta.get("config") or {}
+    took = []
+    is_ann = not meta.get("conversion") and saved.get("mode") in ("ann", "qat")
+    if cfg.init_from is not None and cfg.mode == "snn" and "neuron" in explicit and cfg.neuron != saved.get("neuron"):
+        hook = HYBRID_HOOKS.get(cfg.neuron)
+        if not (is_ann and hook):
+            raise ConfigError(
+                f"--neuron {cfg.neuron} differs from the {saved.get('neuron')!r} network of --init-from {src}, and "
+                f"--init-from keeps the checkpoint's neurons. " + (
+                    f"Hybrid initialisation from an ANN exists for --neuron {' / '.join(HYBRID_HOOKS)}; for IF "
+                    f"neurons run `multispike convert --checkpoint {src} --to if --timesteps T --out DIR` and "
+                    f"--init-from DIR" if is_ann else "Drop --neuron, or start from the ANN it was converted from"))
+        # --neuron mlif|lmht --init-from ANN: the hybrid initialisation of that neuron (ANN -> SNN, then fine-tune)
+        cfg.mode, cfg.ann_checkpoint, cfg.init_from, cfg.convert_hook = "hybrid", src, None, hook
+        took.append(f"hybrid initialisation ({hook})")
+        if "lr" not in explicit:
+            cfg.lr = FINETUNE_LR.get(cfg.opt, cfg.lr)
+            took.append(f"lr={cfg.lr:g} (fine-tune default for {cfg.opt}; pass --lr to change)")
+    if saved.get("dataset") and "dataset" not in explicit:
+        for key in INHERITED_DATA_KEYS:
+            if key not in explicit and key in saved:
+                setattr(cfg, key, saved[key] if not isinstance(saved[key], dict) else dict(saved[key]))
+                took.append(key)
+    elif "dataset" in explicit and saved.get("dataset") and cfg.dataset != saved.get("dataset"):
+        log(f"note: {path} was trained on {saved['dataset']!r}; this run uses --dataset {cfg.dataset!r} (its classes "
+            f"and input size are checked against the checkpoint's)")
+    if cfg.init_from is not None and "lr" not in explicit:
+        cfg.lr = FINETUNE_LR.get(cfg.opt, cfg.lr)
+        took.append(f"lr={cfg.lr:g} (fine-tune default for {cfg.opt}; pass --lr to change)")
+    if took:
+        log(f"from {path}: " + ", ".join(f"{k}={getattr(cfg, k)!r}" if k in INHERITED_DATA_KEYS else k for k in took))
+    return cfg.validate()
+
+
+def config_from_args(args: argparse.Namespace, log=print) -> TrainConfig:
+    """Build the config from a namespace produced by a parser with :func:`add_config_arguments`.
+
+    A run that starts from a checkpoint inherits its data settings and gets a fine-tune lr unless they are
+    given (:func:`inherit_from_checkpoint`).
+    """
     overrides = {}
     for name in _FIELDS:
         if hasattr(args, name):
@@ -477,4 +557,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             if _unwrap_optional(_HINTS[name])[0] is dict and isinstance(value, list):
                 value = dict(value)
             overrides[name] = value
-    return resolve_config(getattr(args, "config", None), overrides)
+    yaml_path = getattr(args, "config", None)
+    explicit = set(overrides) | (set(load_yaml_config(yaml_path)) if yaml_path else set())
+    cfg = resolve_config(yaml_path, overrides)
+    if getattr(args, "print_config", False) or os.environ.get("RANK", "0") != "0":
+        log = lambda *a, **k: None  # noqa: E731 - --print-config prints JSON only; one rank speaks
+    return inherit_from_checkpoint(cfg, explicit, log=log)

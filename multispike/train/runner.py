@@ -25,43 +25,49 @@ __all__ = ["subset_indices", "build_loaders", "build_model", "load_convert_hook"
 
 
 def subset_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """A class-stratified, seeded choice of ``n`` indices (sorted).
+    """A class-stratified, seeded choice of ``n`` indices (sorted); see
+    :func:`multispike.data.subset.stratified_indices` (the one rule for training and evaluation subsets)."""
+    from ..data.subset import stratified_indices
 
-    Classes are visited round-robin over a seeded permutation, so every class gets ``⌊n/K⌋`` or ``⌈n/K⌉``
-    samples while it has them.
-    """
-    N = labels.shape[0]
-    if n >= N:
-        return torch.arange(N)
-    gen = torch.Generator().manual_seed(int(seed))
-    perm = torch.randperm(N, generator=gen)
-    lab = labels[perm]
-    within = torch.empty(N, dtype=torch.int64)
-    for c in torch.unique(lab):
-        pos = (lab == c).nonzero().flatten()
-        within[pos] = torch.arange(pos.numel())
-    # sort by (rank within class, position in the permutation): round-robin over classes
-    key = within * N + torch.arange(N)
-    chosen = perm[torch.argsort(key)[:n]]
-    return chosen.sort().values
+    return stratified_indices(labels, n, seed)
+
+
+def _checkpoint_record(cfg: TrainConfig) -> tuple[str | None, dict]:
+    """``(path, data record)`` of the checkpoint a run starts from (``--init-from`` / hybrid ANN), if any."""
+    src = cfg.init_from if cfg.init_from is not None else (cfg.ann_checkpoint if cfg.mode == "hybrid" else None)
+    if src is None:
+        return None, {}
+    from .rebuild import read_checkpoint_meta
+
+    path, meta = read_checkpoint_meta(src)
+    return str(path), dict((meta.get("config") or {}).get("data_info") or {})
 
 
 def build_loaders(cfg: TrainConfig, dist: DistInfo) -> tuple[Any, Any, Any]:
     """Train and test :class:`~multispike.data.TensorLoader` for ``cfg.dataset`` (sharded by rank)."""
     from ..data import Augment, TensorLoader, load_dataset
+    from ..data.provenance import DataSpec, check_data, data_record, describe_data
 
-    images, labels, info = load_dataset(cfg.dataset, cfg.data_dir, "train", **cfg.dataset_kwargs)
+    # the stratified subset is chosen before decoding (image trees decode only the chosen files)
+    images, labels, info = load_dataset(cfg.dataset, cfg.data_dir, "train", subset=cfg.subset, subset_seed=cfg.seed,
+                                        progress=cfg.progress and dist.is_primary, **cfg.dataset_kwargs)
     if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4):
         raise TypeError(f"dataset {cfg.dataset!r} yields {getattr(images, 'dtype', type(images).__name__)} "
                         f"{tuple(getattr(images, 'shape', ()))}; the train command handles uint8 image datasets "
                         f"[N, C, H, W]. For other data build loaders yourself and call "
                         f"multispike.train.run_training(cfg, train_loader=..., eval_loader=...)")
-    if cfg.subset is not None:
-        idx = subset_indices(labels, cfg.subset, cfg.seed)
-        images, labels = images[idx], labels[idx]
-    test_images, test_labels, _ = load_dataset(cfg.dataset, cfg.data_dir, "test", **cfg.dataset_kwargs)
-    if cfg.eval_subset is not None:
-        test_images, test_labels = test_images[:cfg.eval_subset], test_labels[:cfg.eval_subset]
+    src, record = _checkpoint_record(cfg)
+    # a run that starts from a checkpoint must see the classes and input size that network was trained on
+    check_data(record, info, images, where=f"training split; the network of {src}" if src else "")
+    test_images, test_labels, test_info = load_dataset(cfg.dataset, cfg.data_dir, "test", subset=cfg.eval_subset,
+                                                       subset_seed=cfg.seed, progress=cfg.progress and dist.is_primary,
+                                                       **cfg.dataset_kwargs)
+    check_data(data_record(info, images, cfg.normalize), test_info, test_images, where="test split")
+    cfg.data_info = data_record(info, images, cfg.normalize)
+    if dist.is_primary:
+        spec = DataSpec(cfg.dataset, cfg.data_dir, cfg.normalize, dict(cfg.dataset_kwargs), origin="config")
+        print(describe_data(spec, info, images, "train", int(labels.shape[0]))
+              + f"; test {int(test_labels.shape[0])} images")
     augment = Augment(crop_padding=cfg.crop_padding if cfg.augment else 0, hflip=cfg.hflip and cfg.augment)
     mean, std = (info.mean, info.std) if cfg.normalize else (None, None)
     device = dist.device if dist.device.type == "cuda" else None
@@ -143,10 +149,46 @@ def _init_model(cfg: TrainConfig) -> tuple[nn.Module, str]:
     T = model_timesteps(model)
     if T is not None and T != cfg.timesteps:
         if os.environ.get("RANK", "0") == "0":
-            print(f"note: --init-from {cfg.init_from} runs T={T} (its conversion's); using it instead of "
+            print(f"note: the network of --init-from {cfg.init_from} runs T={T}; using it instead of "
                   f"timesteps={cfg.timesteps}")
         cfg.timesteps = T
     return model, name
+
+
+def _init_clips(cfg: TrainConfig, model: nn.Module, train_loader: Any, dist: DistInfo) -> None:
+    """QCFS from scratch: clips ϑ from the data (``cfg.clip_init``), unless a threshold was given explicitly."""
+    from ..quant.clip_init import init_qcfs_clips, parse_clip_init
+    from ..quant.qcfs import QCFS
+
+    q = parse_clip_init(cfg.clip_init)
+    if q is None or "threshold" in cfg.neuron_arguments() or not any(isinstance(m, QCFS) for m in model.modules()):
+        return
+    from ..data import TensorLoader
+
+    if isinstance(train_loader, TensorLoader):
+        # a separate, seeded pass (no augmentation) so the training order is exactly that of a run without it
+        src = TensorLoader(train_loader.images, train_loader.labels, train_loader.batch_size, shuffle=True,
+                           seed=cfg.seed, mean=train_loader.mean, std=train_loader.std, rank=train_loader.rank,
+                           world_size=train_loader.world_size)
+        it = iter(src)
+    else:
+        it = iter(train_loader)
+    batches = []
+    for x, _ in it:
+        batches.append(x.to(dist.device))
+        if len(batches) == 4:
+            break
+    model.to(dist.device)
+    rows = init_qcfs_clips(model, batches, q)
+    if dist.world_size > 1:   # every rank must start from the same clips
+        import torch.distributed as tdist
+
+        for m in model.modules():
+            if isinstance(m, QCFS):
+                tdist.broadcast(m.threshold.data, src=0)
+    if dist.is_primary:
+        print(f"QCFS clips ϑ from the data ({cfg.clip_init} of each layer's pre-activations; --clip-init none "
+              f"keeps {rows[0]['before']:g}): " + " ".join(f"{r['after']:.3g}" for r in rows))
 
 
 def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_loader: Any = None,
@@ -212,6 +254,17 @@ def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_load
                 if cfg.num_classes is None:
                     raise ValueError("num_classes is unknown: set --num-classes")
                 model = build_model(cfg, cfg.num_classes, cfg.in_channels)
+                shape = list(info.input_shape) if info is not None and info.input_shape else None
+                if shape and "input_size" not in cfg.model_kwargs and \
+                        list(getattr(model, "input_size", shape)) != shape:
+                    # the data's image size (e.g. a 28x28 tree) sizes the classifier; recorded so every later step
+                    # rebuilds the same network
+                    cfg.model_kwargs = {**cfg.model_kwargs, "input_size": shape}
+                    model = build_model(cfg, cfg.num_classes, cfg.in_channels)
+                    if dist.is_primary:
+                        print(f"note: {cfg.model} built for the data's {'x'.join(map(str, shape))} inputs "
+                              f"(model_kwargs input_size={shape})")
+                _init_clips(cfg, model, train_loader, dist)
             _resolve_freeze_bn(cfg, False)
             if cfg.prepare_qat is not None:
                 from ..quant.qac import prepare_qat

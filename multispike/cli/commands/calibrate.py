@@ -36,11 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--v-init-shape", default="channel", choices=V_INIT_SHAPES,
                    help="one v(0) per channel (default) or one per layer")
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default=None, help="dataset (default: the checkpoint's)")
-    data.add_argument("--data-dir", default=None, help="dataset root (default: the checkpoint's)")
+    from ...data.provenance import add_data_arguments
+    add_data_arguments(data, limit_help="measure before/after on a class-stratified subset of N test images (seeded)")
     data.add_argument("--calib-samples", type=int, default=512,
                       help="class-balanced training images used, without labels (default 512)")
-    data.add_argument("--limit", type=int, default=None, help="measure before/after on the first N test images")
     data.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", required=True, help="output directory")
@@ -58,11 +57,13 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from ...data.provenance import data_opts
     from ...train.guards import RunLock
     # The lock proves --out writable before the work and keeps a second run from writing the same folder.
     with RunLock(args.out, "--out"):
         calibrate_checkpoint(args.checkpoint, out=args.out, epochs=args.epochs, lr=args.lr, target=args.target,
                              v_init_shape=args.v_init_shape, ann_checkpoint=args.ann_checkpoint, dataset=args.dataset,
-                             data_dir=args.data_dir, calib_samples=args.calib_samples, limit=args.limit,
+                             data_dir=args.data_dir, data_opts=data_opts(args), calib_samples=args.calib_samples,
+                             limit=args.limit,
                              batch_size=args.batch_size, overwrite=args.overwrite)
     return 0

@@ -59,12 +59,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="if: threshold rule - qcfs (the quantizer clip; default for quantized ANNs), max, or a "
                         "percentile such as 99.9%% (default for ReLU ANNs)")
     p.add_argument("--v-init", default="half", choices=("half", "zero"), help="initial membrane θ/2 or 0")
+    p.add_argument("--tgim", default=None, choices=("learnable", "identity"),
+                   help="lmht: T-GIM of the LM-HT neurons - learnable (the paper's; mixes steps, not exportable to "
+                        "NIR) or identity (fixed; `multispike export` writes it). Default: the converter's")
     p.add_argument("--no-sanity", action="store_true", help="lmht: skip the IF sanity conversions")
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default=None, help="dataset (default: the checkpoint's)")
-    data.add_argument("--data-dir", default=None, help="dataset root (default: the checkpoint's, $MULTISPIKE_DATA, "
-                                                       "../shared/datasets)")
-    data.add_argument("--limit", type=int, default=None, help="evaluate on the first N test images")
+    from ...data.provenance import add_data_arguments
+    add_data_arguments(data, limit_help="evaluate on a class-stratified subset of N test images (seeded)")
     data.add_argument("--batch-size", type=int, default=128, help="evaluation batch size (default 128)")
     data.add_argument("--calib-batches", type=int, default=8,
                       help="training batches for --threshold percentiles (default 8)")
@@ -91,12 +92,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from ...data.provenance import data_opts
     from ...train.guards import RunLock
     # The lock proves --out writable before the work and keeps a second run from writing the same folder.
     with RunLock(args.out, "--out"):
         convert_checkpoint(args.checkpoint, to, out=args.out, timesteps=args.timesteps, levels=args.levels,
                            hybrid_bias_scale=args.hybrid_bias_scale, align=args.align, threshold=args.threshold,
-                           v_init=args.v_init, dataset=args.dataset, data_dir=args.data_dir, limit=args.limit,
-                           batch_size=args.batch_size, calib_batches=args.calib_batches,
-                           compare_align=args.compare_align, sanity=not args.no_sanity, overwrite=args.overwrite)
+                           v_init=args.v_init, dataset=args.dataset, data_dir=args.data_dir, data_opts=data_opts(args),
+                           limit=args.limit, batch_size=args.batch_size, calib_batches=args.calib_batches,
+                           compare_align=args.compare_align, sanity=not args.no_sanity, tgim=args.tgim,
+                           overwrite=args.overwrite)
     return 0

@@ -55,12 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="extra create_model arguments")
     src.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: from the dataset)")
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default=None, help="dataset in the multispike.data catalog (default: the "
-                                                      "checkpoint's, else cifar10)")
-    data.add_argument("--data-dir", default=None, help="dataset root (default: $MULTISPIKE_DATA, else "
-                                                       "../shared/datasets)")
+    from ...data.provenance import add_data_arguments
+    add_data_arguments(data, limit_help="evaluate a class-stratified, seeded subset of N samples (default: all)")
     data.add_argument("--split", default="test", help="split to evaluate (default test)")
-    data.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
     data.add_argument("--batch-size", type=int, default=128, help="evaluation batch size (default 128)")
     data.add_argument("--no-normalize", action="store_true", help="do not normalise with the dataset mean/std")
     data.add_argument("--split-by", default="number", choices=("number", "time"),
@@ -178,16 +175,20 @@ def _data(args: argparse.Namespace, dataset: str, T: int, normalize: bool):
         ds, labels, info = load_dataset(dataset, args.data_dir, args.split, data_type="frame", frames_number=T,
                                         split_by=args.split_by)
         if args.limit is not None:
-            ds = torch.utils.data.Subset(ds, range(min(args.limit, len(ds))))
+            from ...data.subset import stratified_indices
+            ds = torch.utils.data.Subset(ds, stratified_indices(torch.as_tensor(labels), args.limit).tolist())
         loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=False,
                                              collate_fn=collate_time_major)
         return loader, info, "events"
-    images, labels, info = load_dataset(dataset, args.data_dir, args.split)
+    from ...data.provenance import load_split
+
+    spec = args.data_spec
+    spec.normalize = normalize
+    images, labels, info = load_split(spec, args.split, limit=args.limit, num_classes=args.model_classes,
+                                      in_channels=args.model_channels, log=print)
     if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4):
         raise TypeError(f"dataset {dataset!r} yields {getattr(images, 'dtype', type(images).__name__)}; eval handles "
                         "uint8 image datasets [N, C, H, W] and event datasets")
-    if args.limit is not None:
-        images, labels = images[:args.limit], labels[:args.limit]
     mean, std = (info.mean, info.std) if normalize else (None, None)
     loader = TensorLoader(images, labels, args.batch_size, shuffle=False, mean=mean, std=std)
     return loader, info, "static"
@@ -223,24 +224,27 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError("--device cuda requested but CUDA is not available; use --device cpu")
 
     # Dataset metadata first: it gives num_classes and in_channels for the model.
-    ckpt_defaults: dict[str, Any] = {}
     ckpt = None
+    cfg: dict[str, Any] = {}
     if args.checkpoint:
         from ...train.checkpoint import load_checkpoint
         ckpt = load_checkpoint(args.checkpoint)
         check_finite_state(ckpt.model_state, f"checkpoint {ckpt.path}")
         cfg = ckpt.meta.get("config") or {}
-        ckpt_defaults = {"dataset": cfg.get("dataset"), "timesteps": cfg.get("timesteps"),
-                         "normalize": cfg.get("normalize", True), "data_dir": cfg.get("data_dir")}
-    dataset = args.dataset or ckpt_defaults.get("dataset") or "cifar10"
-    if args.data_dir is None and ckpt_defaults.get("data_dir"):
-        args.data_dir = ckpt_defaults["data_dir"]
+    # dataset, root, reader options, normalisation and the data record all come from the checkpoint unless given
+    from ...data.provenance import data_opts, data_spec
+    spec = data_spec(cfg, args.dataset, args.data_dir, data_opts(args),
+                     origin=str(ckpt.path) if ckpt is not None else "flags")
+    args.data_spec = spec
+    dataset, args.data_dir = spec.dataset, spec.data_dir
     from ...data import get_dataset
     info = get_dataset(dataset)
     in_channels = info.input_shape[0] if info.input_shape else None
     model, name, defaults = _build_model(args, args.num_classes or info.num_classes, in_channels, ckpt)
     T = args.timesteps or defaults.get("timesteps") or 4
     normalize = not args.no_normalize and bool(defaults.get("normalize", True))
+    args.model_classes = getattr(model, "num_classes", None)
+    args.model_channels = getattr(model, "in_channels", None)
     batches, info, kind = _data(args, dataset, T, normalize)
     model_classes = getattr(model, "num_classes", None)
     if model_classes is not None and info.num_classes is not None and info.num_classes != model_classes:
@@ -262,7 +266,13 @@ def run_eval(args: argparse.Namespace) -> int:
     paths = write_report(result, args.out, plots_enabled=not args.no_plots)
     acc = ", ".join(f"t={t}: {100 * a:.2f}%" for t, a in result.accuracy_vs_T)
     print(f"{result.name} on {dataset}/{args.split} ({result.samples} samples): {acc}")
-    if result.energy:
+    from ...neurons.base import MemoryModule
+    spiking = any(isinstance(m, MemoryModule) for m in model.modules())
+    if result.energy and not spiking:
+        # a pure ANN (ReLU, QCFS, QAC): no spike, so an SNN energy and the ratio δ = E_ANN / E_SNN do not apply
+        print(f"energy per sample ({result.energy['constants']['name']}): ANN {result.energy['diet']['e_ann_uj']:.4g} "
+              f"uJ (no spiking layer: convert it to compare an SNN's energy)")
+    elif result.energy:
         d = result.energy["diet"]
         delta = f"{d['delta']:.2f}" if d["delta"] is not None else "n/a"
         print(f"energy per sample ({result.energy['constants']['name']}): ANN {d['e_ann_uj']:.4g} uJ, SNN (DIET) "

@@ -39,6 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--num-classes", type=int, default=None, help="classes of --model (default 10)")
     src.add_argument("--neuron-kwargs", default=None,
                      help="JSON object of neuron arguments for --model, e.g. '{\"levels\": 2, \"tgim\": \"identity\"}'")
+    data = p.add_argument_group("data (fidelity is measured on real test images when the dataset is known)")
+    from ...data.provenance import add_data_arguments
+    add_data_arguments(data)
+    data.add_argument("--random-inputs", action="store_true",
+                      help="measure on N(0, 1) random inputs even when the checkpoint names its dataset")
     p.add_argument("--mode", default="exact", choices=["exact", "if", "unrolled"], help="export mode (see below)")
     p.add_argument("--dt", type=float, default=1e-4, help="seconds per step written to the graph (default 1e-4, "
                                                           "the value snnTorch assumes)")
@@ -77,9 +82,30 @@ def _demo_network(args: argparse.Namespace):
     return snn, samples[:8], samples, labels, info
 
 
-def _zoo_network(args: argparse.Namespace):
+def _samples(args: argparse.Namespace, cfg: dict, origin: str, model, size: tuple):
+    """``(samples, labels, description)``: a class-stratified subset of ``--samples`` test images of the
+    checkpoint's dataset (normalised as in training, checked against the network), else random N(0, 1) inputs."""
     import torch
 
+    from ...data.provenance import data_opts, data_spec, load_split
+
+    if (cfg.get("dataset") or args.dataset) and not args.random_inputs:
+        spec = data_spec(cfg, args.dataset, args.data_dir, data_opts(args), origin=origin)
+        images, labels, info = load_split(spec, "test", limit=args.samples, seed=args.seed,
+                                          num_classes=getattr(model, "num_classes", None),
+                                          in_channels=getattr(model, "in_channels", None), log=print)
+        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4:
+            from ...data.loader import normalize
+
+            mean, std = (info.mean, info.std) if spec.normalize else (None, None)
+            x = normalize(images, mean, std, torch.float32) if mean is not None else images.float() / 255
+            return x, labels, f"fidelity measured on {labels.numel()} {spec.dataset} test images (class-stratified)"
+    gen = torch.Generator().manual_seed(args.seed)
+    return (torch.randn(args.samples, *size, generator=gen), None,
+            f"fidelity measured on {args.samples} random N(0, 1) inputs")
+
+
+def _zoo_network(args: argparse.Namespace):
     from ...models import create_model, model_info
 
     cfg: dict = {}
@@ -101,11 +127,9 @@ def _zoo_network(args: argparse.Namespace):
             if args.timesteps and hasattr(model, "set_timesteps"):
                 model.set_timesteps(int(args.timesteps))
             size = tuple(getattr(model, "input_size", None) or model_info(name).input_size)
-            gen = torch.Generator().manual_seed(args.seed)
-            samples = torch.randn(args.samples, *size, generator=gen)
-            info = (f"checkpoint {ckpt.path} (rebuilt from its recipe); fidelity measured on {args.samples} random "
-                    f"N(0, 1) inputs")
-            return model, samples[:2], samples, None, info
+            samples, labels, how = _samples(args, cfg, str(ckpt.path), model, size)
+            info = f"checkpoint {ckpt.path} (rebuilt from its recipe); {how}"
+            return model, samples[:2], samples, labels, info
         name = name or ckpt.meta.get("model") or cfg.get("model")
         if not name:
             raise ValueError(f"checkpoint {ckpt.path} does not record its model name; pass --model")
@@ -137,10 +161,9 @@ def _zoo_network(args: argparse.Namespace):
         info = f"model {name} with random weights (no --checkpoint)"
     model.eval()
     size = tuple(getattr(model, "input_size", None) or model_info(name).input_size)
-    gen = torch.Generator().manual_seed(args.seed)
-    samples = torch.randn(args.samples, *size, generator=gen)
-    info += f"; neuron={neuron}, T={T}; fidelity measured on {args.samples} random N(0, 1) inputs"
-    return model, samples[:2], samples, None, info
+    samples, labels, how = _samples(args, cfg, info.split(" ", 1)[-1] if state is not None else "flags", model, size)
+    info += f"; neuron={neuron}, T={T}; {how}"
+    return model, samples[:2], samples, labels, info
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -158,6 +181,18 @@ def _run(args: argparse.Namespace) -> int:
         model, example, samples, labels, info = _demo_network(args)
     else:
         model, example, samples, labels, info = _zoo_network(args)
+    from ...neurons.base import MemoryModule
+    if args.checkpoint and not any(isinstance(m, MemoryModule) for m in model.modules()):
+        # an ANN (ReLU / QCFS / QAC): say which step makes it a spiking network, before any measurement
+        from ...quant.qac import QACQuantizer
+        from ...quant.qcfs import QCFS
+        kinds = {type(m) for m in model.modules()}
+        step = ("--to lmht --levels L --timesteps T --tgim identity (or --to if --timesteps T)" if QCFS in kinds else
+                "--to uniform --timesteps T --align none" if QACQuantizer in kinds else
+                "--to if --threshold 99.9% --timesteps T")
+        raise ValueError(f"{args.checkpoint} holds an ANN without spiking neurons; NIR export writes spiking networks. "
+                         f"Convert it first: `multispike convert --checkpoint {args.checkpoint} {step} --out DIR`, "
+                         f"then `multispike export --checkpoint DIR`")
     print(info)
     batches = [samples[i:i + 64] for i in range(0, samples.shape[0], 64)]
     graph, report = export_to_nir(model, example, path=args.out, dt=args.dt, mode=args.mode, sample_inputs=batches,
@@ -168,8 +203,10 @@ def _run(args: argparse.Namespace) -> int:
 
         imported = import_from_nir(args.out, restore=False)
         pred = imported(samples).argmax(-1)
+        from ...workflows import prefix_accuracy
+        own = prefix_accuracy(model, [(samples, labels)])["acc"]
         print(f"accuracy of the exported graph under literal NIR semantics on {labels.numel()} test samples: "
-              f"{100.0 * float((pred == labels).float().mean()):.2f}%")
+              f"{100.0 * float((pred == labels).float().mean()):.2f}% (the original network: {100.0 * own:.2f}%)")
     if args.report_json:
         from ...train.checkpoint import atomic_write_text
 

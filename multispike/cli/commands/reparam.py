@@ -27,9 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="an LM-HT run directory or checkpoint file")
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default=None, help="dataset (default: the checkpoint's)")
-    data.add_argument("--data-dir", default=None, help="dataset root (default: the checkpoint's)")
-    data.add_argument("--limit", type=int, default=None, help="measure on the first N test images")
+    from ...data.provenance import add_data_arguments
+    add_data_arguments(data, limit_help="measure on a class-stratified subset of N test images (seeded)")
     data.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", required=True, help="output directory (checkpoints/, reparam.json, report.txt)")
@@ -47,9 +46,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from ...data.provenance import data_opts
     from ...train.guards import RunLock
     # The lock proves --out writable before the work and keeps a second run from writing the same folder.
     with RunLock(args.out, "--out"):
         reparameterize_checkpoint(args.checkpoint, out=args.out, dataset=args.dataset, data_dir=args.data_dir,
+                                  data_opts=data_opts(args),
                                   limit=args.limit, batch_size=args.batch_size, overwrite=args.overwrite)
     return 0

@@ -1,0 +1,107 @@
+"""Data-driven initialisation of QCFS clips ϑ (the default of ``multispike train`` for QCFS from scratch).
+
+A clip that starts far above a layer's activations (the QCFS codes' constant ϑ = 8) leaves almost every
+activation in the lowest quantization steps: with Adam at lr 2e-3 ϑ barely moves in a short run, the network
+learns to live on a few coarse levels, and evaluated at more levels - which is what an IF neuron run for more
+timesteps approximates - it collapses (the symptom of issue 16: accuracy *falling* with T). Starting each ϑ at a
+high percentile of its layer's pre-activations puts the quantization grid where the values are.
+
+Layers are initialised in order, each on the inputs it receives once the layers before it have their new clips
+(a clip changes what the next layer sees). BatchNorm runs in training mode (the statistics training will see)
+and every buffer is restored afterwards, so only the clips change.
+
+Example::
+
+    rows = init_qcfs_clips(model, batches, percentile=99.9)   # [{"layer", "before", "after"}, ...]
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .qcfs import QCFS
+
+__all__ = ["init_qcfs_clips", "parse_clip_init"]
+
+#: Most pre-activation values kept per layer for the percentile (a random sample beyond this).
+_MAX_VALUES = 1 << 22
+
+
+def parse_clip_init(text: str | None) -> float | None:
+    """``"none"``/``None`` -> ``None``; ``"99.9%"`` / ``"99.9"`` -> 99.9; ``"max"`` -> 100.
+
+    Raises:
+        ValueError: not a percentile in (0, 100], ``max`` or ``none``.
+    """
+    if text is None or str(text).strip().lower() in ("none", "off", "no"):
+        return None
+    s = str(text).strip().lower()
+    if s == "max":
+        return 100.0
+    try:
+        q = float(s[:-1] if s.endswith("%") else s)
+    except ValueError:
+        q = float("nan")
+    if not (0 < q <= 100):
+        raise ValueError(f"clip_init must be a percentile such as 99.9% (in (0, 100]), max or none; got {text!r}")
+    return q
+
+
+@torch.no_grad()
+def init_qcfs_clips(model: nn.Module, batches: Sequence[torch.Tensor] | Iterable[torch.Tensor],
+                    percentile: float = 99.9, minimum: float = 1e-3) -> list[dict]:
+    """Set every QCFS clip ϑ of ``model`` to the ``percentile`` of its layer's pre-activations on ``batches``.
+
+    Args:
+        model: a network with :class:`~multispike.quant.qcfs.QCFS` activations (called as ``model(x)``).
+        batches: input tensors (normalised as in training); a few batches suffice.
+        percentile: in (0, 100]; 100 = the maximum.
+        minimum: lower bound of a clip (a layer whose inputs are all <= 0 would otherwise get ϑ = 0).
+
+    Returns:
+        One ``{"layer", "before", "after"}`` row per QCFS layer, in order.
+    """
+    if not (0 < float(percentile) <= 100):
+        raise ValueError(f"percentile must be in (0, 100], got {percentile!r}")
+    xs = [b for b in batches]
+    if not xs:
+        raise ValueError("init_qcfs_clips: no batch to measure the pre-activations on")
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QCFS)]
+    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    was_training = model.training
+    model.train()
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    try:
+        for name, layer in layers:
+            seen: list[torch.Tensor] = []
+            handle = layer.register_forward_pre_hook(
+                lambda mod, args, seen=seen: seen.append(args[0].detach().flatten().float()))
+            try:
+                for x in xs:
+                    model(x)
+            finally:
+                handle.remove()
+            values = torch.cat(seen)
+            if values.numel() > _MAX_VALUES:
+                values = values[torch.randint(values.numel(), (_MAX_VALUES,), generator=gen)]
+            if percentile >= 100:
+                clip = float(values.max())
+            else:
+                k = max(1, min(values.numel(), int(round(values.numel() * percentile / 100))))
+                clip = float(values.kthvalue(k).values)
+            clip = max(clip, minimum)
+            before = float(layer.threshold.detach())
+            layer.threshold.data.fill_(clip)
+            rows.append({"layer": name, "before": before, "after": clip})
+            for k, v in model.named_buffers():   # BN statistics of this pass are not training's
+                if k in buffers:
+                    v.copy_(buffers[k])
+    finally:
+        for k, v in model.named_buffers():
+            if k in buffers:
+                v.copy_(buffers[k])
+        model.train(was_training)
+    return rows
