@@ -184,3 +184,76 @@ def test_broken_provider_is_an_error_not_a_silent_fallback(monkeypatch):
     with pytest.raises(ModuleNotFoundError, match="_no_such_provider"):
         dispatch.resolve_backend("lif", "auto", "cpu")
     assert dispatch._providers_loaded is False  # a later lookup retries rather than pretending it loaded
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# No "sibling module absent" guards: an ImportError from one of multispike's own modules is a bug to surface, not
+# a reason to change behaviour silently. Guards stay only around optional third-party packages.
+# ---------------------------------------------------------------------------------------------------------------
+_IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError"}
+
+
+def _catches_import_error(handler: ast.ExceptHandler) -> bool:
+    if handler.type is None:
+        return True
+    names = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    return any(isinstance(n, ast.Name) and n.id in _IMPORT_ERRORS | {"Exception", "BaseException"} for n in names)
+
+
+def own_module_import_guards() -> list[str]:
+    found = []
+    for path in sorted(PKG.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Try) or not any(_catches_import_error(h) for h in node.handlers):
+                continue
+            for stmt in node.body:
+                for sub in ast.walk(stmt):
+                    own = (isinstance(sub, ast.ImportFrom) and (sub.level > 0 or (sub.module or "").startswith(
+                        "multispike"))) or (isinstance(sub, ast.Import) and any(
+                            a.name.startswith("multispike") for a in sub.names))
+                    if own:
+                        found.append(f"{path.relative_to(PKG.parent)}:{sub.lineno}")
+    return found
+
+
+# The one allowed guard: the Triton kernel module imports triton itself, and on a machine where triton is absent
+# or has no usable backend, import failures are that third-party condition; it warns (RuntimeWarning) and the
+# reference runs. Not silent, and only reachable on CUDA or under TRITON_INTERPRET=1.
+ALLOWED_GUARDS = {"multispike/kernels/triton_kernels.py"}
+
+
+def test_no_guard_around_own_module_imports():
+    found = [g for g in own_module_import_guards() if g.rsplit(":", 1)[0] not in ALLOWED_GUARDS]
+    assert found == [], f"imports of multispike's own modules inside try/except ImportError: {found}"
+
+
+def test_guard_scanner_detects_a_guard(tmp_path, monkeypatch):
+    pkg = tmp_path / "multispike"
+    pkg.mkdir()
+    (pkg / "mod.py").write_text("try:\n    from .other import x\nexcept ImportError:\n    x = None\n"
+                                "try:\n    import numpy\nexcept ImportError:\n    numpy = None\n")
+    monkeypatch.setattr(sys.modules[__name__], "PKG", pkg)
+    assert own_module_import_guards() == ["multispike/mod.py:2"]
+
+
+def test_formerly_guarded_modules_use_their_siblings():
+    # These five modules used to fall back silently when a sibling failed to import; they now import it
+    # unconditionally and use it.
+    from multispike.convert.converter import MergedTimeNeuron, TimeMergedSNN
+    from multispike.convert.lmht import ExpandTime, reparameterize_lmht
+    from multispike.convert.mixed_timestep import AlignedNeuron
+    from multispike.data.catalog import DATASETS, list_datasets
+    from multispike.export import _trace, nir
+    from multispike.metrics import count_ops, diet_energy, opcount
+    from multispike.models.base import TimeSharedDropout
+    import multispike.data.events  # noqa: F401  (registers its datasets on import)
+    import multispike.demo_rows as demo_rows
+
+    assert set(_trace._wrapper_types()) == {MergedTimeNeuron, AlignedNeuron}
+    assert _trace._expand_type() == (ExpandTime,) and _trace._merged_graph_types() == (TimeMergedSNN,)
+    assert nir.reparameterize_lmht is reparameterize_lmht
+    assert TimeSharedDropout in opcount._dropout_types()
+    assert demo_rows.count_ops is count_ops and demo_rows.diet_energy is diet_energy
+    list_datasets()
+    assert DATASETS["nmnist"].provided_by == "multispike.data.events"

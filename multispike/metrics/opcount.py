@@ -44,6 +44,7 @@ from torch import nn
 
 from ..layers import DirectEncoder, MeanOverTime, MultiStepContainer, ResidualAdd, SeqToANNContainer, TemporalAlign
 from ..layers import align_time
+from ..models.base import TimeSharedDropout
 from ._tracking import SpikeRegistry, SpikeView
 from .optable import CONVENTIONS, LayerOps, NeuronOps, OpCountResult, format_count
 from .fanout import adaptive_fanout, adaptive_sum_pool, avgpool_fanout, conv_fanout, sum_pool
@@ -58,11 +59,8 @@ _MAXPOOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPoo
 
 
 def _dropout_types() -> tuple[type, ...]:
-    try:  # the zoo's time-shared dropout (one mask for all steps); imported here, not at module load
-        from ..models.base import TimeSharedDropout
-        return (nn.Dropout, nn.Dropout1d, nn.Dropout2d, TimeSharedDropout)
-    except ImportError:  # pragma: no cover - the zoo is optional for counting
-        return (nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+    # The zoo's time-shared dropout draws one mask for all steps; like nn.Dropout it is free at inference.
+    return (nn.Dropout, nn.Dropout1d, nn.Dropout2d, TimeSharedDropout)
 
 
 def _free_reason(m: nn.Module) -> str | None:
