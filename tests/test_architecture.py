@@ -257,3 +257,23 @@ def test_formerly_guarded_modules_use_their_siblings():
     assert demo_rows.count_ops is count_ops and demo_rows.diet_energy is diet_energy
     list_datasets()
     assert DATASETS["nmnist"].provided_by == "multispike.data.events"
+
+
+def test_spikingjelly_surrogate_translation_moved_with_the_surrogates():
+    # convert_surrogate now lives in neurons.surrogate (re-exported by interop.spikingjelly); it inspects only
+    # the type's module and name, so this runs without SpikingJelly installed.
+    from multispike.neurons import IFNode
+    from multispike.neurons.surrogate import ATan, Sigmoid, convert_spikingjelly_surrogate
+
+    def fake(name, **attrs):
+        return type(name, (), {"__module__": "spikingjelly.activation_based.surrogate", **attrs})()
+
+    sig = convert_spikingjelly_surrogate(fake("Sigmoid", alpha=4.0, spiking=True))
+    assert isinstance(sig, Sigmoid) and sig.alpha == 4.0
+    assert isinstance(convert_spikingjelly_surrogate(fake("ATan", alpha=2.0, spiking=True)), ATan)
+    with pytest.raises(TypeError, match="cannot translate surrogate"):
+        convert_spikingjelly_surrogate(fake("PiecewiseQuadratic", alpha=1.0))
+    with pytest.raises(TypeError, match="spiking=False"):
+        convert_spikingjelly_surrogate(fake("Sigmoid", alpha=4.0, spiking=False))
+    node = IFNode(surrogate_function=fake("ATan", alpha=3.0, spiking=True))
+    assert isinstance(node.surrogate_function, ATan) and node.surrogate_function.alpha == 3.0
