@@ -49,6 +49,7 @@ from .convert.mixed_timestep import to_mixed_timestep_snn, to_uniform_snn
 from .convert.mlif_init import mlif_hybrid_init
 from .demo import (EXTRA_ROWS, DemoConfig, DigitsCNN, evaluate_prefixes, predictions, spike_statistics,
                    train_classifier)
+from .metrics import count_ops, diet_energy
 from .quant.qac import LatencyRegulariser, QACQuantizer, average_timestep, prepare_qat, quantizer_summary
 from .quant.qcfs import QCFS
 
@@ -257,12 +258,8 @@ def qac_rows(cfg: DemoConfig, ctx: dict, log: Log) -> list[dict]:
 # ----------------------------------------------------------------------------------------------------
 # One-hot M-LIF (issue 5)
 # ----------------------------------------------------------------------------------------------------
-def _energy(snn: torch.nn.Module, x: torch.Tensor) -> dict | None:
-    """DIET δ and energies (MLIF-P eq. (11), 45 nm) measured with multispike.metrics, or None if absent."""
-    try:
-        from .metrics import count_ops, diet_energy
-    except ImportError:  # pragma: no cover - metrics is part of the package; kept optional for the demo
-        return None
+def _energy(snn: torch.nn.Module, x: torch.Tensor) -> dict:
+    """DIET δ and energies (MLIF-P eq. (11), 45 nm) measured with multispike.metrics."""
     e = diet_energy(count_ops(snn, x))
     return {"delta": e["delta"], "e_ann_uj": e["e_ann_uj"], "e_snn_uj": e["e_snn_uj"],
             "r": {layer["name"]: layer["r"] for layer in e["layers"]}}
@@ -341,7 +338,7 @@ def mlif_rows(cfg: DemoConfig, ctx: dict, log: Log) -> list[dict]:
         acc = _final_accuracy(snn, ctx)
         st = spike_statistics(snn, calib[:256])
         energy = _energy(snn, calib[:256])
-        note = recipe + (f"; δ = E_ANN/E_SNN = {energy['delta']:.2f}" if energy is not None else "")
+        note = recipe + (f"; δ = E_ANN/E_SNN = {energy['delta']:.2f}")
         rows.append({"group": group, "method": f"{name} fine-tuned", "T": 1, "accuracy": acc, "notes": note,
                      "lanes": lanes, "finetune_s": round(secs, 2),
                      "spike_events": {k: v["events"] for k, v in st.items()},
@@ -372,10 +369,9 @@ def mlif_rows(cfg: DemoConfig, ctx: dict, log: Log) -> list[dict]:
         lines.append(f"{lanes:<3} {'lanes':<8} " + "  ".join(f"{st[n]['active_lanes']:8.4f}" for n in layers))
         values = sorted({v for n in layers for v in st[n]["values"]})
         lines.append(f"{lanes:<3} {'payloads':<8} {values}")
-        if energy is not None:
-            lines.append(f"{lanes:<3} {'energy':<8} E_SNN {energy['e_snn_uj']:.4f} µJ vs E_ANN "
-                         f"{energy['e_ann_uj']:.4f} µJ per image (45 nm, first layer as MACs): "
-                         f"δ = {energy['delta']:.2f}")
+        lines.append(f"{lanes:<3} {'energy':<8} E_SNN {energy['e_snn_uj']:.4f} µJ vs E_ANN "
+                     f"{energy['e_ann_uj']:.4f} µJ per image (45 nm, first layer as MACs): "
+                     f"δ = {energy['delta']:.2f}")
     ctx["sections"].append("\n".join(lines))
     return rows
 

@@ -32,6 +32,7 @@ from torch import nn
 from ..layers import ResidualAdd, SeqToANNContainer
 from ..neurons.base import MemoryModule, check_positive_int
 from ..neurons.if_lif import IFNeuron
+from ..quant.qac import QACQuantizer
 from ..quant.qcfs import QCFS
 from .fuse import fold_bn, swap_maxpool
 
@@ -85,13 +86,7 @@ class ConversionReport:
 # ------------------------------------------------------------------------------------------------ op tables
 ACTIVATION_FUNCTIONS = (torch.relu, F.relu, torch.relu_, torch.nn.functional.relu_)
 _ACTIVATION_METHODS = ("relu", "relu_")
-_QUANT_TYPES: tuple[type, ...] = (QCFS,)
-try:  # optional: the QAC quantizer is a sibling module
-    from ..quant.qac import QACQuantizer  # noqa: F401
-
-    _QUANT_TYPES = (QCFS, QACQuantizer)
-except Exception:  # pragma: no cover - module absent
-    pass
+_QUANT_TYPES: tuple[type, ...] = (QCFS, QACQuantizer)
 
 _KEEP_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
                  nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,

@@ -27,7 +27,7 @@ import math
 import numpy as np
 import torch
 
-from ..neurons.base import check_positive_int
+from .._validate import check_positive_int
 from .cifar import StaticSplit
 
 __all__ = ["DIGITS_CLASSES", "DIGITS_MEAN", "DIGITS_STD", "digits_split_indices", "load_digits_all",

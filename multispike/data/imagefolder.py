@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..neurons.base import check_positive_int
+from .._validate import check_positive_int
 
 __all__ = ["IMG_EXTENSIONS", "ImageFolder", "class_folders", "decode_image", "find_image_classes", "native_size",
            "available_memory", "check_memory"]

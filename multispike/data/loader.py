@@ -34,7 +34,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..neurons.base import check_positive_int
+from .._validate import check_positive_int
 
 __all__ = ["Augment", "TensorLoader", "crop_at", "normalize", "random_crop", "random_hflip"]
 

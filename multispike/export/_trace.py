@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..convert.converter import MergedTimeNeuron, TimeMergedSNN
+from ..convert.lmht import ExpandTime
+from ..convert.mixed_timestep import AlignedNeuron
 from ..layers import DirectEncoder, MeanOverTime, MultiStepContainer, ResidualAdd, SeqToANNContainer, TemporalAlign
 from ..neurons.base import MemoryModule, StepModule, reset_net
 
@@ -95,35 +98,16 @@ class TracedNetwork:
 
 # ----------------------------------------------------------------------------------------------- classification
 def _wrapper_types() -> tuple[type, ...]:
-    """Neuron wrappers from sibling packages (imported lazily: they are optional for this module)."""
-    types: list[type] = []
-    try:
-        from ..convert.converter import MergedTimeNeuron
-        types.append(MergedTimeNeuron)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from ..convert.mixed_timestep import AlignedNeuron
-        types.append(AlignedNeuron)
-    except ImportError:  # pragma: no cover - module absent
-        pass
-    return tuple(types)
+    """Neuron wrappers made by the converters (traced through to the neuron they wrap)."""
+    return (MergedTimeNeuron, AlignedNeuron)
 
 
 def _expand_type() -> tuple[type, ...]:
-    try:
-        from ..convert.lmht import ExpandTime
-        return (ExpandTime,)
-    except ImportError:  # pragma: no cover
-        return ()
+    return (ExpandTime,)
 
 
 def _merged_graph_types() -> tuple[type, ...]:
-    try:
-        from ..convert.converter import TimeMergedSNN
-        return (TimeMergedSNN,)
-    except ImportError:  # pragma: no cover
-        return ()
+    return (TimeMergedSNN,)
 
 
 def _is_transparent_layer(m: nn.Module) -> bool:

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..convert.lmht import reparameterize_lmht
 from ._common import DEFAULT_DT, _full, _np, _sanitize, require_nir
 from ._emit import NeuronEmission, emit_neuron
 from ._measure import measure_fidelity
@@ -316,11 +317,6 @@ def _prepare_unrolled(model: nn.Module, example_input: torch.Tensor, T: int):
     has_rep = any(isinstance(m, ReparameterizedIF) for m in model.modules())
     if not has_mht:
         return model, None, ""
-    try:
-        from ..convert.lmht import reparameterize_lmht
-    except ImportError as exc:  # pragma: no cover - sibling module absent
-        raise NIRExportError("mode='unrolled' needs multispike.convert.lmht.reparameterize_lmht to fold the LM-HT "
-                             "T-GIM and leak first; it is not available in this installation") from exc
     try:
         net, rep = reparameterize_lmht(model, T=T, example_input=example_input, wrap_input=True)
     except ValueError as exc:

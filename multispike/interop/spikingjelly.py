@@ -26,12 +26,13 @@ from torch import nn
 
 from ..neurons.if_lif import IFNode, LIFNode
 from ..neurons.plif import ParametricLIFNode
-from ..neurons.surrogate import ATan, Sigmoid, SurrogateFunction
+# convert_surrogate lives beside the surrogates it produces, so the SpikingJelly-compatible neurons can use it
+# without importing this package (which imports them).
+from ..neurons.surrogate import convert_spikingjelly_surrogate as convert_surrogate
 
 __all__ = ["from_spikingjelly", "convert_surrogate", "SUPPORTED_NEURONS"]
 
 SUPPORTED_NEURONS = ("IFNode", "LIFNode", "ParametricLIFNode")
-_SURROGATES = {"Sigmoid": Sigmoid, "ATan": ATan}
 
 
 def _import_spikingjelly():
@@ -41,24 +42,6 @@ def _import_spikingjelly():
         raise ImportError("multispike.interop.spikingjelly needs SpikingJelly 2.0 (pip install --no-deps "
                           "spikingjelly loguru packaging; see multispike's 'interop' extra)") from exc
     return neuron, surrogate
-
-
-def convert_surrogate(sg) -> SurrogateFunction:
-    """The multispike surrogate computing the same derivative as SpikingJelly surrogate ``sg``.
-
-    Supported: ``Sigmoid(alpha)`` (derivative ``α·σ(αx)(1 − σ(αx))``) and ``ATan(alpha)``
-    (``(α/2) / (1 + (π/2·α·x)²)``), both with ``spiking=True``. Others raise ``TypeError``.
-    """
-    if isinstance(sg, SurrogateFunction):
-        return sg
-    name = type(sg).__name__
-    module = type(sg).__module__ or ""
-    if not module.startswith("spikingjelly") or name not in _SURROGATES:
-        raise TypeError(f"cannot translate surrogate {module}.{name}: multispike translates SpikingJelly's "
-                        f"{sorted(_SURROGATES)} (pass a multispike SurrogateFunction for anything else)")
-    if not getattr(sg, "spiking", True):
-        raise TypeError(f"SpikingJelly {name}(spiking=False) (smooth forward) has no multispike equivalent")
-    return _SURROGATES[name](alpha=float(sg.alpha))
 
 
 def _check_float(value, what: str, node_name: str):

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from ..data.events.datasets import collate_time_major
 from ..data.events.events import EVENT_DTYPE
-from ..neurons.base import check_positive_int
+from .._validate import check_positive_int
 
 __all__ = ["from_tonic_events", "to_tonic_events", "TonicDataset", "TimeMajorLoader", "tonic_loader"]
 

@@ -35,7 +35,6 @@ All counts are reported per sample (averaged over every sample seen) and, where 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import replace
 from typing import Any, Iterable
 
@@ -44,7 +43,9 @@ from torch import nn
 
 from ..layers import DirectEncoder, MeanOverTime, MultiStepContainer, ResidualAdd, SeqToANNContainer, TemporalAlign
 from ..layers import align_time
+from ..models.base import TimeSharedDropout
 from ._tracking import SpikeRegistry, SpikeView
+from .attention import declared_spike_roles, guessed_spike_roles, looks_like_attention
 from .optable import CONVENTIONS, LayerOps, NeuronOps, OpCountResult, format_count
 from .fanout import adaptive_fanout, adaptive_sum_pool, avgpool_fanout, conv_fanout, sum_pool
 from .monitors import check_statistics_shape, is_spiking_neuron, spiking_layers
@@ -58,11 +59,8 @@ _MAXPOOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPoo
 
 
 def _dropout_types() -> tuple[type, ...]:
-    try:  # the zoo's time-shared dropout (one mask for all steps); imported here, not at module load
-        from ..models.base import TimeSharedDropout
-        return (nn.Dropout, nn.Dropout1d, nn.Dropout2d, TimeSharedDropout)
-    except ImportError:  # pragma: no cover - the zoo is optional for counting
-        return (nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+    # The zoo's time-shared dropout draws one mask for all steps; like nn.Dropout it is free at inference.
+    return (nn.Dropout, nn.Dropout1d, nn.Dropout2d, TimeSharedDropout)
 
 
 def _free_reason(m: nn.Module) -> str | None:
@@ -87,14 +85,8 @@ def _free_reason(m: nn.Module) -> str | None:
     return None
 
 
-_ATTENTION_NAME = re.compile(r"(?i:attention|attn|sdsa)|SSA")
-_NEURON_SUFFIX = r"(lif|if|neuron|spike|sn|node|mlif|lmht)"
-_ROLES = {
-    "q": re.compile(rf"^q(_?{_NEURON_SUFFIX})?$", re.IGNORECASE),
-    "k": re.compile(rf"^k(_?{_NEURON_SUFFIX})?$", re.IGNORECASE),
-    "v": re.compile(rf"^v(_?{_NEURON_SUFFIX})?$", re.IGNORECASE),
-    "kv": re.compile(rf"^(kv|attn|talking_heads)_?{_NEURON_SUFFIX}$", re.IGNORECASE),
-}
+_ANN_ATTENTION_REASON = ("ANN attention (softmax over real-valued scores): no spike-driven attention counter; "
+                         "spike-driven blocks declare spike_roles (see multispike.metrics.attention)")
 
 
 class _Acc:
@@ -219,7 +211,9 @@ class OpCounter:
                 h.append(m.register_forward_hook(self._pool_hook(name)))
             elif isinstance(m, ResidualAdd):
                 h.append(m.register_forward_hook(self._residual_hook(name)))
-            elif _ATTENTION_NAME.search(type(m).__name__):
+            elif name in self._ann_attention:
+                h.append(m.register_forward_hook(self._unsupported_hook(name, _ANN_ATTENTION_REASON)))
+            elif name in self._attn_blocks:
                 h.append(m.register_forward_pre_hook(self._attention_pre(name)))
                 h.append(m.register_forward_hook(self._attention_hook(name, name in self._attn_ok)))
             if not isinstance(m, _SYNAPTIC + _POOLS + (ResidualAdd,)) and name not in neurons \
@@ -229,7 +223,7 @@ class OpCounter:
                     h.append(m.register_forward_hook(self._free_hook(name, reason)))
                     if isinstance(m, _SHAPE_ONLY + _MAXPOOLS + _dropout_types() + (TemporalAlign,)):
                         h.append(m.register_forward_hook(self._propagate_hook(name)))
-                elif not _ATTENTION_NAME.search(type(m).__name__) and (
+                elif name not in self._attn_blocks and name not in self._ann_attention and (
                         not any(True for _ in m.children()) or any(True for _ in m.parameters(recurse=False))):
                     if not isinstance(m, (SeqToANNContainer, MultiStepContainer, nn.Sequential)):
                         h.append(m.register_forward_hook(self._unsupported_hook(
@@ -575,21 +569,31 @@ class OpCounter:
     def _attention_roles(self, neurons: dict[str, nn.Module]) -> dict[str, tuple[str, str]]:
         """Map neuron name -> (attention module name, role) for recognised spike-driven attention blocks."""
         roles: dict[str, tuple[str, str]] = {}
+        self._attn_blocks: set[str] = set()      # declared (or, deprecated, name-guessed) attention blocks
+        self._ann_attention: set[str] = set()    # nn.MultiheadAttention: listed as unsupported
         self._attn_ok: set[str] = set()
         self._attn_missing: dict[str, str] = {}
         for name, m in self.model.named_modules():
-            if not _ATTENTION_NAME.search(type(m).__name__) or is_spiking_neuron(m):
+            if is_spiking_neuron(m):
                 continue
             prefix = f"{name}." if name else ""
-            found: dict[str, str] = {}
-            for child_name, _ in m.named_modules():
-                full = prefix + child_name
-                if not child_name or full not in neurons:
+            declared = declared_spike_roles(m)
+            if declared is not None:
+                found = {role: prefix + path for role, path in declared.items() if prefix + path in neurons}
+                wrong = [f"{role}={path!r}" for role, path in declared.items() if prefix + path not in neurons]
+                if wrong:
+                    # A declaration that names no neuron is a bug in the declaration: say so instead of guessing.
+                    self._attn_blocks.add(name)
+                    self._attn_missing[name] = "declared but not spiking neurons inside the block: " + ", ".join(wrong)
                     continue
-                last = child_name.split(".")[-1]
-                for role, pat in _ROLES.items():
-                    if pat.match(last) and role not in found:
-                        found[role] = full
+            elif isinstance(m, nn.MultiheadAttention):
+                self._ann_attention.add(name)
+                continue
+            elif looks_like_attention(m):
+                found = guessed_spike_roles(m, set(neurons), prefix)
+            else:
+                continue
+            self._attn_blocks.add(name)
             missing = [r for r in ("q", "k", "v") if r not in found]
             if missing:
                 self._attn_missing[name] = ", ".join(missing)
@@ -637,8 +641,9 @@ class OpCounter:
         def hook(module, args, out):
             cap = self._attn_capture.pop(name, {})
             if not recognised:
-                self._flag(name, module, "attention module without spiking q/k/v neurons named q_lif/k_lif/v_lif "
-                                         f"(missing: {self._attn_missing.get(name, 'q, k, v')}); its attention "
+                self._flag(name, module, "attention module without spiking q/k/v neurons (declare them with "
+                                         "spike_roles or multispike.metrics.register_attention; missing: "
+                                         f"{self._attn_missing.get(name, 'q, k, v')}); its attention "
                                          "products are not counted")
                 return
             if not all(r in cap for r in ("q", "k", "v")):

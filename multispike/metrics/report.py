@@ -282,11 +282,8 @@ def evaluate(model: nn.Module, data: Iterable, T_max: int | None = None, *, inpu
             "samples_per_s": round(total / elapsed, 2) if elapsed > 0 else None, "per_step_outputs": per_step_ok,
             "encoding": encoding, "input_events": input_events, "torch": torch.__version__,
             "python": platform.python_version(), "date": datetime.datetime.now().isoformat(timespec="seconds")}
-    try:
-        from .. import __version__ as version
-        info["multispike"] = version
-    except ImportError:  # pragma: no cover
-        pass
+    from .. import __version__ as version  # at call time: the root package may still be initialising at import
+    info["multispike"] = version
     info.update(dict(meta or {}))
     return EvalResult(name=name or type(model).__name__, samples=total, T=T_max if T_max is not None else T_out,
                       accuracy=correct[-1] / total, accuracy_vs_T=curve, spikes=spikes,

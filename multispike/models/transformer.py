@@ -81,6 +81,9 @@ class SpikeDrivenSelfAttention(nn.Module):
     Input and output ``[T, B, D, H, W]``; the residual addition is done by the enclosing block.
     """
 
+    # Which neurons produce Q, K, V and gate Σ K⊙V: read by multispike.metrics.OpCounter to count the masks.
+    spike_roles = {"q": "q_lif", "k": "k_lif", "v": "v_lif", "kv": "kv_lif"}
+
     def __init__(self, dim: int, num_heads: int, make_neuron: Callable[..., nn.Module],
                  kv_neuron_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()

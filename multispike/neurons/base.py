@@ -10,11 +10,13 @@ Conventions (SpikingJelly 2.0 vocabulary, ecosystem.md §8):
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Iterator
 
 import torch
 from torch import nn
+
+from .._validate import check_positive_int  # noqa: F401  (re-exported: its historical home)
+from .._validate import finite_number as _finite_number  # noqa: F401  (used by the neuron modules)
 
 __all__ = [
     "MemoryModule",
@@ -52,17 +54,6 @@ def input_checks(enabled: bool = True) -> Iterator[None]:
 def input_checks_enabled() -> bool:
     """Whether :func:`input_checks` is active."""
     return _CHECK_FINITE
-
-
-def check_positive_int(value, name: str, minimum: int = 1, fix: str = "") -> int:
-    """Return ``int(value)`` or raise ``ValueError`` naming the value, the allowed range and the fix."""
-    if isinstance(value, bool) or not isinstance(value, (int,)) and not (
-            isinstance(value, float) and value.is_integer()):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}. {fix}".strip())
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}. {fix}".strip())
-    return value
 
 
 def check_sequence(x: torch.Tensor, owner: str, min_rank: int = 2, expected_T: int | None = None) -> None:
@@ -196,11 +187,3 @@ def set_backend(net: nn.Module, backend: str, instance: type | tuple[type, ...] 
         if isinstance(m, MemoryModule) and hasattr(m, "supported_backends"):
             if instance is None or isinstance(m, instance):
                 m.backend = backend
-
-
-def _finite_number(value, name: str, owner: str, positive: bool = False) -> float:
-    v = float(value)
-    if not math.isfinite(v) or (positive and v <= 0):
-        rng = "a finite number > 0" if positive else "a finite number"
-        raise ValueError(f"{owner}: {name} must be {rng}, got {value!r}")
-    return v

@@ -27,9 +27,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..kernels.registry import get_kernel, register_kernel, resolve_backend
+from .._dispatch import get_kernel, register_kernel, resolve_backend
 from .base import MemoryModule, _finite_number, check_sequence
-from .surrogate import Sigmoid, SurrogateFunction, get_surrogate
+from .surrogate import Sigmoid, SurrogateFunction, convert_spikingjelly_surrogate, get_surrogate
 
 __all__ = ["LIFState", "lif_multistep", "IFNeuron", "LIFNeuron", "IFNode", "LIFNode", "LEAK_MODES",
            "BaseNeuron"]
@@ -229,7 +229,7 @@ class BaseNeuron(MemoryModule):
 
     @property
     def supported_backends(self) -> tuple[str, ...]:
-        from ..kernels.registry import available_backends
+        from .._dispatch import available_backends
         return ("auto", *available_backends(self.family))
 
     @property
@@ -388,8 +388,7 @@ def _sj_surrogate(surrogate_function):
     """A multispike surrogate for ``surrogate_function`` (SpikingJelly's ``Sigmoid``/``ATan`` are translated)."""
     if surrogate_function is None or isinstance(surrogate_function, (SurrogateFunction, str)):
         return surrogate_function
-    from ..interop.spikingjelly import convert_surrogate
-    return convert_surrogate(surrogate_function)
+    return convert_spikingjelly_surrogate(surrogate_function)
 
 
 class IFNode(IFNeuron):

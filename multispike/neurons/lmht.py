@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..kernels.registry import register_kernel
+from .._dispatch import register_kernel
 from .base import MemoryModule, StepModule, check_positive_int, check_sequence
 from .if_lif import BaseNeuron
 

@@ -38,7 +38,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-from ..kernels.registry import get_kernel, register_kernel, resolve_backend
+from .._dispatch import get_kernel, register_kernel, resolve_backend
 from .base import MemoryModule, _finite_number, check_positive_int, check_sequence
 from .if_lif import LIFState
 from .surrogate import Sigmoid, SurrogateFunction, Triangle
@@ -508,7 +508,7 @@ class OneHotMLIF(MemoryModule):
     # --- configuration -------------------------------------------------------------------------------
     @property
     def supported_backends(self) -> tuple[str, ...]:
-        from ..kernels.registry import available_backends
+        from .._dispatch import available_backends
         return ("auto", *available_backends(self.family))
 
     @property

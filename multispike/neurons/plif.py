@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from ..kernels.registry import register_kernel
+from .._dispatch import register_kernel
 from .base import check_sequence
 from .if_lif import BaseNeuron, LIFState, _float_tensor
 from .surrogate import Sigmoid, SurrogateFunction

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "convert_spikingjelly_surrogate",
     "SurrogateFunction",
     "Rectangular",
     "Triangle",
@@ -190,3 +191,27 @@ def get_surrogate(spec: "str | SurrogateFunction | None", default: SurrogateFunc
             raise ValueError(f"unknown surrogate {spec!r}; choose one of {sorted(SURROGATES)}")
         return SURROGATES[key](**kwargs)
     raise TypeError(f"surrogate must be a SurrogateFunction, a name or None, got {type(spec).__name__}")
+
+
+# SpikingJelly surrogate class name -> the multispike surrogate with the same derivative.
+_SJ_SURROGATES = {"Sigmoid": Sigmoid, "ATan": ATan}
+
+
+def convert_spikingjelly_surrogate(sg) -> SurrogateFunction:
+    """The multispike surrogate computing the same derivative as SpikingJelly surrogate ``sg``.
+
+    Supported: ``Sigmoid(alpha)`` (derivative ``α·σ(αx)(1 − σ(αx))``) and ``ATan(alpha)``
+    (``(α/2) / (1 + (π/2·α·x)²)``), both with ``spiking=True``. Others raise ``TypeError``. Only the type's
+    module and name are inspected, so SpikingJelly itself is not imported. Also importable as
+    :func:`multispike.interop.spikingjelly.convert_surrogate`.
+    """
+    if isinstance(sg, SurrogateFunction):
+        return sg
+    name = type(sg).__name__
+    module = type(sg).__module__ or ""
+    if not module.startswith("spikingjelly") or name not in _SJ_SURROGATES:
+        raise TypeError(f"cannot translate surrogate {module}.{name}: multispike translates SpikingJelly's "
+                        f"{sorted(_SJ_SURROGATES)} (pass a multispike SurrogateFunction for anything else)")
+    if not getattr(sg, "spiking", True):
+        raise TypeError(f"SpikingJelly {name}(spiking=False) (smooth forward) has no multispike equivalent")
+    return _SJ_SURROGATES[name](alpha=float(sg.alpha))

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..catalog import register_dataset
 from .datasets import (CIFAR10DVS, CIFAR10DVS_CLASSES, DATA_TYPES, NMNIST, EventDataset, SaccadeEventDataset,
                        TimeMajorCollate, collate_time_major)
 from .encoding import (MultiLevelEncoder, augment_lanes, binarize_frames, encode_multilevel, encoded_steps,
@@ -71,10 +72,6 @@ def _catalog_loader(cls):
 
 
 def _register() -> None:
-    try:
-        from ..catalog import register_dataset
-    except ImportError:  # the catalog is optional for this package
-        return
     register_dataset(
         name="nmnist", kind="events", relpath="events/nmnist-small", files=("Train", "Test"),
         loader=_catalog_loader(NMNIST), num_classes=10, input_shape=(2, 34, 34), classes=NMNIST.classes,
