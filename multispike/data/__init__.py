@@ -17,7 +17,8 @@ from .cifar import (CorruptDatasetError, StaticSplit, UnsafePickleError, find_ci
 from .embedded import (DIGITS_CLASSES, DIGITS_MEAN, DIGITS_STD, digits_split_indices, load_digits_all,
                        load_digits_split, load_digits_static)
 from .imagefolder import ImageFolder, decode_image, find_image_classes
-from .loader import Augment, TensorLoader, crop_at, normalize, random_crop, random_hflip
+from .loader import (PAD_MODES, Augment, TensorLoader, crop_at, cutout_at, normalize, random_crop, random_cutout,
+                     random_hflip)
 
 __all__ = [
     "DATASETS", "ENV_VAR", "DatasetInfo", "DatasetStatus", "data_root_source", "dataset_status", "default_data_root", "get_dataset",
@@ -27,5 +28,6 @@ __all__ = [
     "DIGITS_CLASSES", "DIGITS_MEAN", "DIGITS_STD", "digits_split_indices", "load_digits_all", "load_digits_split",
     "load_digits_static",
     "ImageFolder", "decode_image", "find_image_classes",
-    "Augment", "TensorLoader", "crop_at", "normalize", "random_crop", "random_hflip",
+    "Augment", "PAD_MODES", "TensorLoader", "crop_at", "cutout_at", "normalize", "random_crop", "random_cutout",
+    "random_hflip",
 ]
