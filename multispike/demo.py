@@ -207,23 +207,19 @@ def train_classifier(model: nn.Module, loader: TensorLoader, epochs: int, lr: fl
     return time.perf_counter() - start
 
 
-@torch.no_grad()
 def evaluate_prefixes(model: nn.Module, loader: TensorLoader) -> list[float]:
-    """Accuracy (%) of the cumulative time-mean output after every step t = 1..T."""
+    """Accuracy (%) of the cumulative time-mean output after every step t = 1..T.
+
+    A thin wrapper over :func:`multispike.metrics.prefix_accuracy` (the package's one prefix evaluator).
+    """
+    from .metrics.prefix import prefix_accuracy
+
+    try:
+        res = prefix_accuracy(model, loader)
+    except ValueError as exc:
+        raise ValueError(f"evaluate_prefixes: the evaluation set is empty ({exc})") from exc
     model.eval()
-    correct, n = None, 0
-    for x, y in loader:
-        reset_net(model)
-        out = model.forward_sequence(x)  # [T, B, classes]
-        steps = torch.arange(1, out.shape[0] + 1, dtype=out.dtype).view(-1, 1, 1)
-        pred = (out.cumsum(0) / steps).argmax(-1)
-        hits = (pred == y.unsqueeze(0)).sum(1).double()
-        correct = hits if correct is None else correct + hits
-        n += y.numel()
-    reset_net(model)
-    if n == 0:
-        raise ValueError("evaluate_prefixes: the evaluation set is empty")
-    return (100.0 * correct / n).tolist()
+    return [100.0 * a for a in res["acc_per_t"]]
 
 
 @torch.no_grad()
