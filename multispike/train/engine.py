@@ -334,10 +334,11 @@ class Trainer:
                 "train_time_s": elapsed, "images_per_s": seen * self.dist.world_size / max(elapsed, 1e-9)}
 
     @torch.no_grad()
-    def evaluate(self, loader: Any = None) -> dict:
+    def evaluate(self, loader: Any = None, full_precision: bool = False) -> dict:
         """Accuracy of the time-mean prediction, accuracy at every prefix t ≤ T, and the CE of the time mean.
 
-        Under DDP each rank evaluates its shard and the counts are summed.
+        Under DDP each rank evaluates its shard and the counts are summed. ``full_precision`` skips the AMP
+        autocast (the final evaluation of :meth:`fit` uses it, so reported accuracies are float32 numbers).
         """
         import torch.nn.functional as F
         from tqdm import tqdm
@@ -358,7 +359,7 @@ class Trainer:
             y = y.to(self.dist.device, non_blocking=True)
             if self.cfg.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with self._autocast():
+            with (contextlib.nullcontext() if full_precision else self._autocast()):
                 out = sequence_outputs(model, x, tta_flip=self.cfg.tta_flip, per_step=self.per_step_eval)
             c = prefix_correct(out, y).cpu().double()
             correct = c if correct is None else correct + c
@@ -375,7 +376,8 @@ class Trainer:
         per_t = (totals[:-2] / n).tolist()
         return {"eval_acc": per_t[-1], "eval_acc_per_t": per_t, "eval_loss": totals[-2].item() / n,
                 "eval_samples": int(totals[-1]), "eval_time_s": time.perf_counter() - t0,
-                "eval_weights": "ema" if self.ema is not None else "online", "eval_tta_flip": self.cfg.tta_flip}
+                "eval_weights": "ema" if self.ema is not None else "online", "eval_tta_flip": self.cfg.tta_flip,
+                "eval_precision": "float32" if full_precision or self.amp_dtype is None else str(self.amp_dtype)}
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def _meta(self, epoch: int, next_batch: int) -> dict:
@@ -546,7 +548,7 @@ class Trainer:
             is_last = epoch + 1 == cfg.epochs or self.stop_reason is not None
             best = False
             if self.eval_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or is_last):
-                final_eval = self.evaluate()
+                final_eval = self.evaluate(full_precision=is_last)
                 record.update(final_eval)
                 if self.best_acc is None or final_eval["eval_acc"] > self.best_acc:
                     self.best_acc, self.best_epoch, best = final_eval["eval_acc"], epoch + 1, True
