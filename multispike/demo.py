@@ -176,33 +176,30 @@ def train_classifier(model: nn.Module, loader: TensorLoader, epochs: int, lr: fl
                      progress: bool = True, params: list | None = None) -> float:
     """Adam + cosine schedule, cross-entropy on the time-mean output; returns seconds spent.
 
-    ``params`` may be a list of tensors or of Adam parameter groups (a group's own ``"lr"`` wins over
-    ``lr``). Epoch ``e`` of every call visits the batches in the same order (``loader.set_epoch(e)``), so a
-    network's training does not depend on which other rows ran before it.
+    A thin wrapper over the package's one training loop, :class:`multispike.train.Trainer` (mode ``ann``, loss
+    ``ce``, Adam without weight decay, per-iteration cosine lr over ``epochs · len(loader)`` steps); nothing is
+    written to disk. ``params`` may be a list of tensors or of Adam parameter groups (a group's own ``"lr"`` wins
+    over ``lr``). Epoch ``e`` of every call visits the batches in the same order (``loader.set_epoch(e)``), so a
+    network's training does not depend on which other rows ran before it. ``desc`` labels the progress bar.
     """
-    from tqdm.auto import tqdm
+    from .train.config import TrainConfig
+    from .train.distributed import DistInfo
+    from .train.engine import Trainer
 
     if epochs < 0:
         raise ValueError(f"train_classifier: epochs must be >= 0, got {epochs}")
-    opt = torch.optim.Adam(params if params is not None else model.parameters(), lr=lr)
-    total = max(1, epochs * len(loader))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total)))
-    model.train()
     start = time.perf_counter()
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="batch")
+    if epochs == 0:
+        model.eval()
+        return time.perf_counter() - start
+    cfg = TrainConfig(model=desc, mode="ann", loss="ce", opt="adam", lr=lr, weight_decay=0.0, sched="cosine",
+                      epochs=epochs, progress=progress, device="cpu")
+    trainer = Trainer(model, loader, None, cfg, dist=DistInfo(rank=0, world_size=1, local_rank=0,
+                                                               device=torch.device("cpu")))
+    if params is not None:   # caller-chosen parameters / groups (e.g. only the neurons' thresholds)
+        trainer.optimizer = torch.optim.Adam(params, lr=lr)
     for epoch in range(epochs):
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            reset_net(model)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            bar.update()
-    bar.close()
+        trainer.train_epoch(epoch)
     model.eval()
     return time.perf_counter() - start
 

@@ -253,3 +253,33 @@ def test_airbench_qcfs_converts_to_lmht_with_identical_predictions(cifar):
         xb, _ = next(iter(test))
         agree = (ann(xb).argmax(-1) == snn(xb).argmax(-1)).float().mean().item()
     assert agree == 1.0 and abs(s["acc"] - a["acc"]) <= 1 / 128
+
+
+# ------------------------------------------------------------------------------------- one training loop
+def test_demo_train_classifier_is_the_trainer_and_matches_the_old_loop_bit_for_bit():
+    """demo.train_classifier is now a wrapper over multispike.train.Trainer; it reproduces the loop it replaced
+    (Adam, LambdaLR cosine, CE on model(x), reset after each step) exactly."""
+    import copy
+
+    from multispike.demo import DemoConfig, DigitsCNN, _loaders as demo_loaders, train_classifier
+    from multispike.neurons.base import reset_net
+
+    train, _, _ = demo_loaders(DemoConfig.quick_config())
+    torch.manual_seed(0)
+    a = DigitsCNN()
+    b = copy.deepcopy(a)
+    opt = torch.optim.Adam(a.parameters(), lr=3e-3)
+    total = len(train)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total)))
+    a.train()
+    train.set_epoch(0)
+    for x, y in train:
+        loss = F.cross_entropy(a(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        reset_net(a)
+    train_classifier(b, train, 1, 3e-3, "wrapper", progress=False)
+    for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), k

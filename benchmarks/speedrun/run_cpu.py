@@ -88,6 +88,7 @@ def main() -> int:
     }
     flavours = [f.strip() for f in args.flavours.split(",") if f.strip()]
     commands, timings = [], {}
+    commit = _commit()       # the code that runs, taken before anything else can change the checkout
     t_all = time.perf_counter()
     for fl in flavours:
         for step, cmd in plan[fl]:
@@ -101,7 +102,7 @@ def main() -> int:
             if rc != 0:
                 print(f"step {fl}/{step} failed with exit code {rc}", file=sys.stderr)
                 return rc
-    res: dict = {"commit": _commit(), "cpu": _cpu(), "torch_threads_per_run": 2, "commands": commands,
+    res: dict = {"commit": commit, "cpu": _cpu(), "torch_threads_per_run": 2, "commands": commands,
                  "step_seconds": timings, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
     def load(p: Path) -> dict:
