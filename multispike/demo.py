@@ -19,14 +19,12 @@ Run it with ``multispike demo`` (see ``--help``); results go to ``<out>/results.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .convert.converter import convert_to_snn
@@ -189,57 +187,51 @@ def train_classifier(model: nn.Module, loader: TensorLoader, epochs: int, lr: fl
                      regulariser: Callable[[], torch.Tensor] | None = None) -> float:
     """Adam + cosine schedule, cross-entropy on the time-mean output; returns seconds spent.
 
-    ``regulariser()`` (e.g. QAC's :class:`~multispike.quant.qac.LatencyRegulariser`) is added to every batch's
-    loss after the forward pass.
+    A thin wrapper over the package's one training loop, :class:`multispike.train.Trainer` (mode ``ann``, loss
+    ``ce``, Adam without weight decay, per-iteration cosine lr over ``epochs · len(loader)`` steps); nothing is
+    written to disk. ``params`` may be a list of tensors or of Adam parameter groups (a group's own ``"lr"`` wins
+    over ``lr``). Epoch ``e`` of every call visits the batches in the same order (``loader.set_epoch(e)``), so a
+    network's training does not depend on which other rows ran before it. ``desc`` labels the progress bar.
 
-    ``params`` may be a list of tensors or of Adam parameter groups (a group's own ``"lr"`` wins over
-    ``lr``). Epoch ``e`` of every call visits the batches in the same order (``loader.set_epoch(e)``), so a
-    network's training does not depend on which other rows ran before it.
+    ``regulariser()`` (e.g. QAC's :class:`~multispike.quant.qac.LatencyRegulariser`) is added to every batch's
+    loss after the forward pass (the trainer's ``regulariser``).
     """
-    from tqdm.auto import tqdm
+    from .train.config import TrainConfig
+    from .train.distributed import DistInfo
+    from .train.engine import Trainer
 
     if epochs < 0:
         raise ValueError(f"train_classifier: epochs must be >= 0, got {epochs}")
-    opt = torch.optim.Adam(params if params is not None else model.parameters(), lr=lr)
-    total = max(1, epochs * len(loader))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total)))
-    model.train()
     start = time.perf_counter()
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="batch")
+    if epochs == 0:
+        model.eval()
+        return time.perf_counter() - start
+    cfg = TrainConfig(model=desc, mode="ann", loss="ce", opt="adam", lr=lr, weight_decay=0.0, sched="cosine",
+                      epochs=epochs, progress=progress, device="cpu")
+    trainer = Trainer(model, loader, None, cfg, dist=DistInfo(rank=0, world_size=1, local_rank=0,
+                                                               device=torch.device("cpu")))
+    if params is not None:   # caller-chosen parameters / groups (e.g. only the neurons' thresholds)
+        trainer.optimizer = torch.optim.Adam(params, lr=lr)
+    trainer.regulariser = regulariser
     for epoch in range(epochs):
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            (loss if regulariser is None else loss + regulariser()).backward()
-            opt.step()
-            sched.step()
-            reset_net(model)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            bar.update()
-    bar.close()
+        trainer.train_epoch(epoch)
     model.eval()
     return time.perf_counter() - start
 
 
-@torch.no_grad()
 def evaluate_prefixes(model: nn.Module, loader: TensorLoader) -> list[float]:
-    """Accuracy (%) of the cumulative time-mean output after every step t = 1..T."""
+    """Accuracy (%) of the cumulative time-mean output after every step t = 1..T.
+
+    A thin wrapper over :func:`multispike.metrics.prefix_accuracy` (the package's one prefix evaluator).
+    """
+    from .metrics.prefix import prefix_accuracy
+
+    try:
+        res = prefix_accuracy(model, loader)
+    except ValueError as exc:
+        raise ValueError(f"evaluate_prefixes: the evaluation set is empty ({exc})") from exc
     model.eval()
-    correct, n = None, 0
-    for x, y in loader:
-        reset_net(model)
-        out = model.forward_sequence(x)  # [T, B, classes]
-        steps = torch.arange(1, out.shape[0] + 1, dtype=out.dtype).view(-1, 1, 1)
-        pred = (out.cumsum(0) / steps).argmax(-1)
-        hits = (pred == y.unsqueeze(0)).sum(1).double()
-        correct = hits if correct is None else correct + hits
-        n += y.numel()
-    reset_net(model)
-    if n == 0:
-        raise ValueError("evaluate_prefixes: the evaluation set is empty")
-    return (100.0 * correct / n).tolist()
+    return [100.0 * a for a in res["acc_per_t"]]
 
 
 @torch.no_grad()

@@ -180,45 +180,17 @@ def static_loader(spec: DataSpec, split: str, *, limit: int | None = None, batch
     return TensorLoader(images, labels, batch_size, shuffle=False, mean=mean, std=std), info
 
 
-@torch.no_grad()
 def prefix_accuracy(model: nn.Module, data: Iterable, *, max_batches: int | None = None) -> dict:
     """Top-1 accuracy of the cumulative-mean readout at every output prefix ``t`` (and the time-mean CE).
 
-    Uses ``model.forward_sequence`` when the model has it (the zoo), else ``model(x)`` (``[B, K]`` = one step).
-    Returns ``{"acc", "acc_per_t", "samples", "loss", "time_s"}``; neurons are reset before every batch.
+    The package's one prefix evaluator, :func:`multispike.metrics.prefix_accuracy`; returns
+    ``{"acc", "acc_per_t", "samples", "loss", "time_s"}``.
     """
-    import torch.nn.functional as F
+    from .metrics.prefix import prefix_accuracy as _prefix_accuracy
 
-    from .train.engine import prefix_correct
-
-    was_training = model.training
-    model.eval()
-    correct, loss_sum, n = None, 0.0, 0
-    t0 = time.perf_counter()
-    try:
-        for b, (x, y) in enumerate(data):
-            if max_batches is not None and b >= max_batches:
-                break
-            reset_net(model)
-            out = model.forward_sequence(x) if hasattr(model, "forward_sequence") else model(x)
-            out = out.float()
-            if out.dim() == 2:
-                out = out.unsqueeze(0)
-            c = prefix_correct(out, y).double()
-            if correct is not None and correct.numel() != c.numel():
-                raise ValueError(f"prefix_accuracy: the model's output length changed between batches "
-                                 f"({correct.numel()} vs {c.numel()} steps)")
-            correct = c if correct is None else correct + c
-            loss_sum += float(F.cross_entropy(out.mean(0), y, reduction="sum"))
-            n += int(y.shape[0])
-    finally:
-        reset_net(model)
-        model.train(was_training)
-    if n == 0:
-        raise ValueError("prefix_accuracy: the data yielded no batch (check the split and --limit)")
-    per_t = (correct / n).tolist()
-    return {"acc": per_t[-1], "acc_per_t": per_t, "samples": n, "loss": loss_sum / n,
-            "time_s": round(time.perf_counter() - t0, 3)}
+    res = _prefix_accuracy(model, data, max_batches=max_batches)
+    res.pop("correct_per_t")
+    return res
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -176,11 +176,16 @@ def test_refuses_to_clobber_an_existing_run_and_resume_conflicts_are_named(tmp_p
     assert s["steps"] == 5
 
 
-def test_amp_is_ignored_with_a_warning_on_cpu(tmp_path):
+def test_fp16_amp_is_ignored_with_a_warning_on_cpu_and_bf16_is_used(tmp_path):
     train, test = _loaders()
-    with pytest.warns(UserWarning, match="amp='bf16' ignored: mixed precision is only used on CUDA"):
-        t = Trainer(Tiny(), train, test, _cfg(tmp_path, amp="bf16", device="cpu"))
+    with pytest.warns(UserWarning, match="amp='fp16' ignored: float16 autocast is only used on CUDA"):
+        t = Trainer(Tiny(), train, test, _cfg(tmp_path, amp="fp16", device="cpu"))
     assert t.amp_dtype is None and not t.scaler.is_enabled()
+    t = Trainer(Tiny(), train, test, _cfg(tmp_path, amp="bf16", device="cpu"))
+    assert t.amp_dtype == torch.bfloat16 and not t.scaler.is_enabled()
+    with t._autocast():
+        y = torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3))
+    assert y.dtype == torch.bfloat16
 
 
 def test_gradient_clipping_bounds_the_update(tmp_path):

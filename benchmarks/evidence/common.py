@@ -43,6 +43,7 @@ if str(REPO) not in sys.path:  # the scripts run as files; make ``multispike`` i
     sys.path.insert(0, str(REPO))
 
 from multispike.data import Augment, TensorLoader  # noqa: E402
+from multispike.metrics.prefix import prefix_correct  # noqa: E402
 from multispike.neurons.base import reset_net  # noqa: E402
 
 SCHEMA_VERSION = 1
@@ -844,8 +845,7 @@ def evaluate(model: nn.Module, loader: Iterable, ctx: "Context", *, prefix: bool
             correct += int((out.mean(0).argmax(-1) == y).sum())
             n += int(y.numel())
             if prefix:
-                steps = torch.arange(1, out.shape[0] + 1, device=out.device, dtype=out.dtype).view(-1, 1, 1)
-                hits = ((out.cumsum(0) / steps).argmax(-1) == y.unsqueeze(0)).sum(1).double().cpu()
+                hits = prefix_correct(out, y).double().cpu()     # the package's one prefix readout
                 pre = hits if pre is None else pre + hits
     reset_net(model)
     if n == 0:

@@ -23,7 +23,8 @@ from . import provenance, subset
 from .imagefolder import ImageFolder, decode_image, find_image_classes
 from .provenance import DataMismatchError, DataSpec, data_spec
 from .subset import stratified_indices
-from .loader import Augment, TensorLoader, crop_at, normalize, random_crop, random_hflip
+from .loader import (PAD_MODES, Augment, TensorLoader, crop_at, cutout_at, normalize, random_crop, random_cutout,
+                     random_hflip)
 
 __all__ = [
     "DATASETS", "ENV_VAR", "DatasetInfo", "DatasetStatus", "data_root_source", "dataset_status", "default_data_root", "get_dataset",
@@ -34,5 +35,6 @@ __all__ = [
     "load_digits_static",
     "ImageFolder", "decode_image", "find_image_classes",
     "DataMismatchError", "DataSpec", "data_spec", "stratified_indices",
-    "Augment", "TensorLoader", "crop_at", "normalize", "random_crop", "random_hflip",
+    "Augment", "PAD_MODES", "TensorLoader", "crop_at", "cutout_at", "normalize", "random_crop", "random_cutout",
+    "random_hflip",
 ]

@@ -27,6 +27,7 @@ from ..neurons.base import check_positive_int, reset_net
 from .energy import MemoryModel, energy_report
 from .monitors import SpikeMonitor
 from .opcount import OpCounter, OpCountResult, format_count
+from .prefix import prefix_correct
 from . import plots
 
 __all__ = ["EvalResult", "evaluate", "write_report", "compare_reports", "load_result", "INPUT_MODES"]
@@ -251,8 +252,7 @@ def evaluate(model: nn.Module, data: Iterable, T_max: int | None = None, *, inpu
                 if steps.dim() != 3 or steps.shape[1] != y.shape[0]:
                     raise ValueError(f"evaluate: per-step logits have shape {tuple(steps.shape)}, expected "
                                      f"[T, {y.shape[0]}, classes] for a batch of {y.shape[0]} targets")
-                pred = steps.float().cumsum(0).argmax(-1)              # [T, B]
-                hits = (pred == y.unsqueeze(0)).sum(1).tolist()
+                hits = prefix_correct(steps, y).tolist()               # the package's one prefix readout
                 if len(correct) < len(hits):
                     correct.extend([0.0] * (len(hits) - len(correct)))
                 for t, h in enumerate(hits):

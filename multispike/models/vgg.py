@@ -24,7 +24,7 @@ from .base import TimeMajorModel, build_model, conv_bn, init_weights, make_dropo
 from .registry import register_model
 from .sources import DIET, NONE
 
-__all__ = ["VGG", "CFG_VGG16_QCFS", "CFG_VGG16_DIET", "CFG_VGG13", "CFG_VGG_SMALL"]
+__all__ = ["VGG", "CFG_VGG16_QCFS", "CFG_VGG16_DIET", "CFG_VGG13", "CFG_VGG_SMALL", "AIRBENCH_WIDTHS", "airbench_cfg"]
 
 # A config item is a conv (int channels, or (channels, stride)) or "A" (2×2 average pooling).
 CfgItem = Union[int, tuple[int, int], str]
@@ -189,3 +189,34 @@ def vgg13(**kwargs: Any) -> VGG:
 def vgg_small(**kwargs: Any) -> VGG:
     """A small VGG for CIFAR-10 on a CPU (5 convs, one FC)."""
     return _vgg(CFG_VGG_SMALL, NONE, kwargs, "vgg_small", conv_bias=False, hidden=(), classifier_bias=True, dropout=0.0)
+
+
+def airbench_cfg(widths: Sequence[int]) -> list[CfgItem]:
+    """The layer list of :func:`airbench_cifar` for ``widths = (stem, block1, block2, block3)``."""
+    if len(widths) != 4 or any(not isinstance(w, int) or w < 1 for w in widths):
+        raise ValueError(f"airbench_cifar: widths must be 4 positive ints (stem, block1, block2, block3), got "
+                         f"{widths!r}")
+    w0, w1, w2, w3 = widths
+    return [w0, w1, "A", w1, w2, "A", w2, w3, "A", w3]
+
+
+#: Default widths of :func:`airbench_cifar` (stem, block 1-3), picked by measured CPU throughput (see the notes).
+AIRBENCH_WIDTHS = (32, 64, 128, 256)
+
+
+@register_model(input_size=(3, 32, 32), test_input_size=(3, 8, 8), cpu_scale=True,
+                source="airbench94 (Jordan 2024, '94% on CIFAR-10 in 3.29 seconds') layout, adapted for conversion",
+                tags=("cpu", "qcfs", "lmht-hybrid", "qac", "speedrun"),
+                notes="stem 3Cw0 -> 3 blocks [3Cw, AP2, 3Cw] -> global average pool -> FCn; every conv 3x3 + BN + "
+                      "neuron, no conv bias. airbench's whitened 2x2 stem, max pools and GELU are replaced by a "
+                      "3x3 conv, average pools and the injected activation (ReLU/QCFS/QAC) so that `convert --to "
+                      "lmht` and `--to mixed` apply unchanged. widths=(stem, b1, b2, b3) defaults to "
+                      "AIRBENCH_WIDTHS; airbench94 uses (24, 64, 256, 256).")
+def airbench_cifar(**kwargs: Any) -> VGG:
+    """A fast CIFAR backbone in the layout of airbench94 (7 convs, 3 pools, GAP, one FC).
+
+    ``widths=(w0, w1, w2, w3)`` sets the stem and block widths.
+    """
+    widths = tuple(kwargs.pop("widths", AIRBENCH_WIDTHS))
+    return _vgg(airbench_cfg(widths), NONE, kwargs, "airbench_cifar", conv_bias=False, hidden=(),
+                classifier_bias=True, global_pool=True, dropout=None)

@@ -80,6 +80,9 @@ class TrainConfig:
     normalize: bool = _f(True, "normalise inputs with the dataset's channel mean/std", "data")
     data_info: dict | None = _f(None, "recorded by the run, not a flag: the data's class names, input shape and "
                                 "normalisation, which every later step checks its data against", "data", cli=False)
+    pad_mode: str = _f("zeros", "border of the random crop: zeros (torchvision) or reflect (airbench's translate)",
+                       "data", ("zeros", "reflect"))
+    cutout: int = _f(0, "cutout: zero a random square of this side per training image (0: off)", "data")
 
     # --- model -----------------------------------------------------------------------------------------
     model: str | None = _f(None, "zoo model name (multispike.models.list_models())", "model")
@@ -103,7 +106,22 @@ class TrainConfig:
     label_smoothing: float = _f(0.0, "label smoothing ε in [0, 1)", "training")
     epochs: int = _f(1, "training epochs", "training")
     clip_grad: float | None = _f(None, "clip the global gradient L2 norm to this value", "training")
-    amp: str = _f("none", "mixed precision on CUDA (ignored with a warning on CPU)", "training", AMP_MODES)
+    amp: str = _f("none", "mixed precision (autocast): bf16 on CUDA or CPU (CPUs with AVX512-BF16/AMX run it "
+                  "several times faster), fp16 on CUDA only (ignored with a warning on CPU); evaluation after "
+                  "training, conversion and `multispike eval` stay in float32", "training", AMP_MODES)
+    channels_last: bool = _f(False, "run the model and the batches in torch.channels_last memory format", "training")
+    ema_decay: float | None = _f(None, "keep an exponential moving average of the weights with this decay per update "
+                                 "(e.g. 0.99); evaluation uses it and the final checkpoint holds it", "training")
+    ema_every: int = _f(1, "EMA: update every N optimizer steps", "training")
+    ema_warmup: bool = _f(True, "EMA: use decay min(ema_decay, (1+n)/(10+n)) at update n, so early averages do not "
+                          "remember the random initialisation", "training")
+    tta_flip: bool = _f(False, "evaluate with flip test-time augmentation: mean of the logits of each image and its "
+                        "mirror image", "training")
+    time_budget_s: float | None = _f(None, "stop training cleanly once this many wall-clock seconds of training "
+                                     "(incl. periodic evaluation) have passed, then evaluate and checkpoint", "training")
+    budget_schedule: bool = _f(True, "with time_budget_s: the lr schedule advances by max(step fraction, time "
+                               "fraction), so it ends at the budget when that comes first (not bit-reproducible)",
+                               "training")
     ann_checkpoint: str | None = _f(None, "hybrid: the ANN checkpoint (its saved config rebuilds the ANN)",
                                     "training")
     convert_hook: str | None = _f(None, "hybrid: 'module:function' called as function(ann_model, config) -> "
@@ -183,6 +201,8 @@ class TrainConfig:
     progress: bool = _f(True, "tqdm progress bars (rank 0 only)", "run")
     tensorboard: str | None = _f(None, "also write TensorBoard event files (epoch scalars) to this directory; needs "
                                        "the tensorboard package (pip install 'multispike[tensorboard]')", "run")
+    log_every_steps: int = _f(0, "also append a 'step' record (loss, lr, images/s, elapsed) to log.jsonl every N "
+                              "optimizer steps (0: epoch records only)", "run")
     num_threads: int | None = _f(None, "torch.set_num_threads for CPU training", "run")
 
     # ------------------------------------------------------------------------------------------------------
@@ -232,6 +252,13 @@ class TrainConfig:
                                                f"{self.checkpoint_every_steps}")
         need(self.keep_checkpoints >= 0, f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
         need(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
+        need(self.cutout >= 0, f"cutout must be >= 0 pixels, got {self.cutout}")
+        need(self.ema_decay is None or 0.0 < self.ema_decay < 1.0,
+             f"ema_decay must be in (0, 1) (or unset), got {self.ema_decay}")
+        need(self.ema_every >= 1, f"ema_every must be >= 1, got {self.ema_every}")
+        need(self.time_budget_s is None or self.time_budget_s > 0,
+             f"time_budget_s must be > 0 seconds (or unset), got {self.time_budget_s}")
+        need(self.log_every_steps >= 0, f"log_every_steps must be >= 0, got {self.log_every_steps}")
         need(self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
         need(self.mode == "hybrid" or self.model is not None or self.init_from is not None,
              "no model given: set --model (or 'model:' in the YAML config); see multispike.models.list_models()")

@@ -16,9 +16,19 @@ Modes (``TrainConfig.mode``):
   like ``snn``.
 
 Every batch: forward, loss, backward, optional gradient clipping, one optimizer step with the
-per-iteration lr, then ``multispike.reset_net(model)`` so no neuron state leaks into the next batch (and
-before every evaluation batch). Evaluation reports the accuracy of the cumulative-mean prediction
-``argmax_k (1/t)·Σ_{τ≤t} O(τ)`` for every prefix t ≤ T (:func:`prefix_correct`).
+per-iteration lr, an optional EMA update of the weights, then ``multispike.reset_net(model)`` so no neuron
+state leaks into the next batch (and before every evaluation batch). Evaluation reports the accuracy of the
+cumulative-mean prediction ``argmax_k (1/t)·Σ_{τ≤t} O(τ)`` for every prefix t ≤ T
+(:func:`multispike.metrics.prefix_correct`), on the EMA weights when ``ema_decay`` is set and with flip
+test-time augmentation when ``tta_flip`` is set.
+
+Speed features (the CPU speed recipe, ``configs/speedrun/``): ``amp: bf16`` autocasts on CPU as on CUDA,
+``channels_last`` converts the model (the loader converts the batches), ``time_budget_s`` stops the run
+cleanly at a wall-clock limit (the lr schedule follows the elapsed fraction of the budget when that is ahead
+of the step count, ``budget_schedule``), ``log_every_steps`` adds step records to ``log.jsonl``.
+With ``ema_decay`` the final checkpoint holds the averaged weights (its meta says ``"weights": "ema"``), so
+``multispike convert``/``eval`` use the network that was evaluated; intermediate checkpoints hold the online
+weights and the average lives beside them in ``checkpoints/ema.safetensors`` for ``--resume``.
 
 Reproducibility: seeds ``seed + rank``; the data order is a function of ``(seed, epoch)`` (the loader's
 ``set_epoch``); checkpoints store the generator states of every rank, the step and the position inside the
@@ -45,18 +55,23 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from ..metrics.prefix import prefix_correct, sequence_outputs
 from ..neurons.base import reset_net
 from .checkpoint import (Checkpoint, CheckpointError, atomic_write_text, capture_rng_state, load_model_state,
                          restore_rng_state, save_checkpoint)
 from .config import TrainConfig, config_conflicts
 from .guards import (NonFiniteError, RunLock, StopSignals, TrainingInterrupted, check_finite_state,
                      nonfinite_entries)
+from .ema import ModelEMA
 from .distributed import (DistInfo, all_gather_object, all_reduce_sum, barrier, init_distributed, seed_everything,
                           sync_bn_stats, unwrap_model, wrap_model)
 from .losses import build_loss
 from .optim import LRSchedule, build_training_optimizer
 
-__all__ = ["Trainer", "prefix_correct", "quantizer_report", "EXIT_AFTER_STEPS_ENV"]
+__all__ = ["Trainer", "prefix_correct", "quantizer_report", "EXIT_AFTER_STEPS_ENV", "EMA_FILE"]
+
+#: The EMA weights of the newest checkpoint, beside it (see the module docstring).
+EMA_FILE = "ema.safetensors"
 
 #: Test hook: when set to N, the process calls ``os._exit(75)`` right after optimizer step N (after any
 #: checkpoint of that step) - an abrupt death without cleanup, like a SIGKILL, at a reproducible point.
@@ -66,28 +81,6 @@ EXIT_AFTER_STEPS_ENV = "MULTISPIKE_TEST_EXIT_AFTER_STEPS"
 # ----------------------------------------------------------------------------------------------------
 # Metrics helpers
 # ----------------------------------------------------------------------------------------------------
-def prefix_correct(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Correct predictions of the cumulative-mean readout for every prefix ``t = 1..T``.
-
-    ``pred_t = argmax_k (1/t)·Σ_{τ=1}^{t} O(τ)_k``; returns an int64 tensor ``[T]`` of counts over the batch.
-
-    Args:
-        outputs: per-step logits ``[T, B, K]``.
-        target: class indices ``[B]``.
-
-    Example::
-
-        c = prefix_correct(model.forward_sequence(x), y)   # c[-1] == (model(x).argmax(-1) == y).sum()
-    """
-    if outputs.dim() != 3 or target.shape != outputs.shape[1:2]:
-        raise ValueError(f"prefix_correct: expected logits [T, B, K] and targets [B], got {tuple(outputs.shape)} and "
-                         f"{tuple(target.shape)}")
-    T = outputs.shape[0]
-    steps = torch.arange(1, T + 1, device=outputs.device, dtype=torch.float32).view(T, 1, 1)
-    cum_mean = outputs.float().cumsum(0) / steps
-    return (cum_mean.argmax(-1) == target.unsqueeze(0)).sum(1)
-
-
 def _scalar(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else value.detach().cpu().tolist()
@@ -163,6 +156,8 @@ class Trainer:
                             f"forward_sequence(x) -> [T, B, classes]; use loss 'ce' or a zoo model")
         self.per_step_eval = config.mode in ("snn", "hybrid") and hasattr(model, "forward_sequence")
         self.model = model.to(self.dist.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         inner = _SequenceForward(self.model) if self.sequence_loss else self.model
         self.net = wrap_model(inner, self.dist, sync_bn=config.sync_bn)
         if config.sync_bn:  # SyncBatchNorm conversion builds new modules: keep self.model pointing at them
@@ -181,11 +176,17 @@ class Trainer:
                                    milestones=tuple(config.milestones), decay_epochs=config.decay_epochs,
                                    decay_rate=config.decay_rate, min_lr=config.min_lr)
         cuda = self.dist.device.type == "cuda"
-        if config.amp != "none" and not cuda:
+        if config.amp == "fp16" and not cuda:
             if self.dist.is_primary:
-                warnings.warn(f"amp={config.amp!r} ignored: mixed precision is only used on CUDA (device is "
-                              f"{self.dist.device})", stacklevel=2)
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp) if cuda else None
+                warnings.warn(f"amp='fp16' ignored: float16 autocast is only used on CUDA (device is "
+                              f"{self.dist.device}); use amp='bf16' on CPU", stacklevel=2)
+        # bf16 autocast works on CPU too (oneDNN; several times faster on CPUs with AVX512-BF16/AMX)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16 if cuda else None}.get(config.amp)
+        self.ema = ModelEMA(self.model, config.ema_decay, config.ema_warmup) if config.ema_decay else None
+        self._elapsed_before = 0.0      # training seconds of earlier processes of this run (resume)
+        self._t_fit: float | None = None
+        self.stop_reason: str | None = None
+        self._stopped_at_batch: int | None = None
         self.scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.amp == "fp16")
         self.step = 0
         self.epoch = 0
@@ -211,7 +212,33 @@ class Trainer:
     def _autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=self.amp_dtype)
+        return torch.autocast(self.dist.device.type, dtype=self.amp_dtype)
+
+    def elapsed(self) -> float:
+        """Wall-clock seconds this run has spent in :meth:`fit` (over resumes)."""
+        now = time.perf_counter() - self._t_fit if self._t_fit is not None else 0.0
+        return self._elapsed_before + now
+
+    def _schedule_step(self) -> float:
+        """The step the lr schedule is evaluated at: with a time budget, ahead of ``step`` when time runs out."""
+        budget = self.cfg.time_budget_s
+        if budget is None or not self.cfg.budget_schedule:
+            return self.step
+        return max(self.step, int(self.elapsed() / budget * self.schedule.total_steps))
+
+    def _out_of_time(self) -> bool:
+        budget = self.cfg.time_budget_s
+        if budget is None:
+            return False
+        over = torch.tensor([1.0 if self.elapsed() >= budget else 0.0], dtype=torch.float64)
+        if self.dist.world_size > 1:   # every rank must stop after the same step
+            over = all_reduce_sum(over, self.dist)
+        return bool(over.item() > 0)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The network evaluation uses: the EMA average when enabled, else the online model."""
+        return self.ema.module if self.ema is not None else self.model
 
     def log(self, record: Mapping[str, Any]) -> None:
         """Append one JSON line to ``log.jsonl`` (rank 0 only)."""
@@ -255,11 +282,13 @@ class Trainer:
         if self.cfg.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
-        self.schedule.apply(self.optimizer, self.step)
+        self.schedule.apply(self.optimizer, self._schedule_step())
         self.scaler.step(self.optimizer)
         self.scaler.update()
         reset_net(self.model)
         self.step += 1
+        if self.ema is not None and self.step % self.cfg.ema_every == 0:
+            self.ema.update(self.model)
         logits = out.mean(0) if out.dim() == 3 else out
         return task_loss.detach(), (logits.argmax(-1) == y).sum()
 
@@ -310,6 +339,15 @@ class Trainer:
                 bar.close()
                 path = self.save(epoch=epoch, next_batch=batch_idx + 1)
                 raise TrainingInterrupted(signum, self.out, path)
+            every_log = self.cfg.log_every_steps
+            if every_log and self.step % every_log == 0:
+                self.log({"event": "step", "epoch": epoch + 1, "step": self.step, "loss": loss.item(),
+                          "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": ips,
+                          "elapsed_s": round(self.elapsed(), 3)})
+            if not last_in_epoch and self._out_of_time():
+                self.stop_reason = "time_budget"
+                self._stopped_at_batch = batch_idx + 1
+                break
         bar.close()
         elapsed = time.perf_counter() - t0
         sums = all_reduce_sum(self._epoch_sums, self.dist)
@@ -319,10 +357,11 @@ class Trainer:
                 "train_time_s": elapsed, "images_per_s": seen * self.dist.world_size / max(elapsed, 1e-9)}
 
     @torch.no_grad()
-    def evaluate(self, loader: Any = None) -> dict:
+    def evaluate(self, loader: Any = None, full_precision: bool = False) -> dict:
         """Accuracy of the time-mean prediction, accuracy at every prefix t ≤ T, and the CE of the time mean.
 
-        Under DDP each rank evaluates its shard and the counts are summed.
+        Under DDP each rank evaluates its shard and the counts are summed. ``full_precision`` skips the AMP
+        autocast (the final evaluation of :meth:`fit` uses it, so reported accuracies are float32 numbers).
         """
         import torch.nn.functional as F
         from tqdm import tqdm
@@ -330,7 +369,7 @@ class Trainer:
         loader = self.eval_loader if loader is None else loader
         if loader is None:
             return {}
-        model = self.model
+        model = self.eval_model
         was_training = model.training
         model.eval()
         correct: torch.Tensor | None = None
@@ -341,12 +380,10 @@ class Trainer:
         for x, y in bar:
             x = x.to(self.dist.device, non_blocking=True)
             y = y.to(self.dist.device, non_blocking=True)
-            reset_net(model)
-            with self._autocast():
-                out = model.forward_sequence(x) if self.per_step_eval else model(x)
-            out = out.float()
-            if out.dim() == 2:
-                out = out.unsqueeze(0)
+            if self.cfg.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with (contextlib.nullcontext() if full_precision else self._autocast()):
+                out = sequence_outputs(model, x, tta_flip=self.cfg.tta_flip, per_step=self.per_step_eval)
             c = prefix_correct(out, y).cpu().double()
             correct = c if correct is None else correct + c
             loss_sum += F.cross_entropy(out.mean(0), y, reduction="sum").item()
@@ -361,7 +398,9 @@ class Trainer:
         n = max(totals[-1].item(), 1.0)
         per_t = (totals[:-2] / n).tolist()
         return {"eval_acc": per_t[-1], "eval_acc_per_t": per_t, "eval_loss": totals[-2].item() / n,
-                "eval_samples": int(totals[-1]), "eval_time_s": time.perf_counter() - t0}
+                "eval_samples": int(totals[-1]), "eval_time_s": time.perf_counter() - t0,
+                "eval_weights": "ema" if self.ema is not None else "online", "eval_tta_flip": self.cfg.tta_flip,
+                "eval_precision": "float32" if full_precision or self.amp_dtype is None else str(self.amp_dtype)}
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def _meta(self, epoch: int, next_batch: int) -> dict:
@@ -381,9 +420,12 @@ class Trainer:
             "best_acc": self.best_acc,
             "best_epoch": self.best_epoch,
             "torch_version": torch.__version__,
+            "elapsed_s": self.elapsed(),
+            "stop_reason": self.stop_reason,
+            "ema_updates": self.ema.updates if self.ema is not None else None,
         }
 
-    def save(self, epoch: int, next_batch: int = 0, best: bool = False) -> Path | None:
+    def save(self, epoch: int, next_batch: int = 0, best: bool = False, final_ema: bool = False) -> Path | None:
         """Checkpoint (collective: every rank must call it; rank 0 writes). Returns the JSON path (rank 0).
 
         Refuses (:class:`~multispike.train.guards.NonFiniteError`) to write a model with NaN/Inf parameters or
@@ -392,13 +434,25 @@ class Trainer:
         Args:
             epoch: the epoch to continue with (``next_batch == 0``: the epoch after the completed one).
             next_batch: batches of ``epoch`` already done (mid-epoch checkpoint).
+            final_ema: the model holds the EMA weights (end of training): mark the checkpoint so.
         """
         self._check_finite(f"at step {self.step} (epoch {epoch + (1 if next_batch else 0)})")
         meta = self._meta(epoch, next_batch)
         path = None
+        if final_ema:
+            meta["weights"] = "ema"
         if self.dist.is_primary:
             completed = epoch if next_batch == 0 else epoch + next_batch / self.steps_per_epoch
             meta["epochs_completed"] = completed
+            if self.ema is not None and not final_ema:
+                from safetensors.torch import save as st_save
+
+                from .checkpoint import atomic_write_bytes
+
+                self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+                tensors = {k: v.detach().cpu().contiguous().clone() for k, v in self.ema.state_dict().items()}
+                atomic_write_bytes(self.ckpt_dir / EMA_FILE, st_save(tensors, metadata={"step": str(self.step)}))
+                meta["ema_file"] = EMA_FILE
             path = save_checkpoint(self.ckpt_dir, self.model, self.optimizer, meta, epoch=epoch, step=self.step,
                                    keep=self.cfg.keep_checkpoints, best=best)
         barrier(self.dist)
@@ -458,6 +512,28 @@ class Trainer:
                                   ". Use the original values (see config.json of that run) or start a new --out.")
         check_finite_state(ckpt.model_state, f"checkpoint {ckpt.path}")
         load_model_state(self.model, ckpt.model_state, source=f"checkpoint {ckpt.path}")
+        self._elapsed_before = float(meta.get("elapsed_s") or 0.0)
+        if self.ema is not None:
+            if meta.get("weights") == "ema":   # the final checkpoint of a finished run: its weights are the EMA
+                self.ema.load_state_dict(ckpt.model_state, int(meta.get("ema_updates") or 0))
+            elif meta.get("ema_file"):
+                from safetensors import safe_open
+
+                ema_path = ckpt.path.parent / meta["ema_file"] if ckpt.path.is_file() else \
+                    Path(ckpt.path) / meta["ema_file"]
+                if not ema_path.is_file():
+                    raise CheckpointError(f"checkpoint {ckpt.path} needs its EMA weights {ema_path}, which is missing")
+                with safe_open(str(ema_path), "pt") as f:
+                    saved_step = int((f.metadata() or {}).get("step", -1))
+                    state = {k: f.get_tensor(k) for k in f.keys()}
+                if saved_step != int(meta["step"]):
+                    raise CheckpointError(f"{ema_path} holds the EMA of step {saved_step}, the checkpoint is of step "
+                                          f"{meta['step']}: only the newest checkpoint of an EMA run can be resumed")
+                self.ema.load_state_dict(state, int(meta.get("ema_updates") or 0))
+            else:
+                warnings.warn(f"checkpoint {ckpt.path} has no EMA state; the average restarts from its weights",
+                              stacklevel=2)
+                self.ema = ModelEMA(self.model, self.cfg.ema_decay, self.cfg.ema_warmup)
         if ckpt.optimizer_state is None:
             raise CheckpointError(f"checkpoint {ckpt.path} holds no optimizer state (weights only); it can "
                                   f"initialise a model but not resume a run")
@@ -534,18 +610,31 @@ class Trainer:
             self._print(f"resumed from {resume.path} at epoch {self.epoch + 1}, batch {self._resume_batch}, "
                         f"step {self.step}")
         t_start = time.perf_counter()
+        self._t_fit = t_start
         final_eval: dict = {}
+        if self.stop_reason is None and self.epoch < cfg.epochs and self._out_of_time():
+            self.stop_reason = "time_budget"   # resumed a run whose budget is spent: only evaluate
         for epoch in range(self.epoch, cfg.epochs):
+            if self.stop_reason is not None:
+                break
+            self._stopped_at_batch = None
             record: dict[str, Any] = {"event": "epoch", "epoch": epoch + 1, "epochs": cfg.epochs}
             record.update(self.train_epoch(epoch))
             sync_bn_stats(self.model, self.dist, cfg.dist_bn)
             self._check_finite(f"in epoch {epoch + 1} (step {self.step})")
+            if self.ema is not None:
+                sync_bn_stats(self.ema.module, self.dist, cfg.dist_bn)
             record.update(step=self.step, lr=self.optimizer.param_groups[0]["lr"],
-                          lr_groups={g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)})
-            is_last = epoch + 1 == cfg.epochs
+                          lr_groups={g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)},
+                          elapsed_s=round(self.elapsed(), 3))
+            if self.stop_reason is None and epoch + 1 < cfg.epochs and self._out_of_time():
+                self.stop_reason = "time_budget"
+            if self.stop_reason is not None:
+                record["stop_reason"] = self.stop_reason
+            is_last = epoch + 1 == cfg.epochs or self.stop_reason is not None
             best = False
             if self.eval_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or is_last):
-                final_eval = self.evaluate()
+                final_eval = self.evaluate(full_precision=is_last)
                 record.update(final_eval)
                 if self.best_acc is None or final_eval["eval_acc"] > self.best_acc:
                     self.best_acc, self.best_epoch, best = final_eval["eval_acc"], epoch + 1, True
@@ -558,10 +647,17 @@ class Trainer:
             self.log(record)
             self.history.append(record)
             self._print(self._epoch_line(record))
-            path = self.save(epoch=epoch + 1, best=best)
-            self.epoch = epoch + 1
+            stopped_mid = self._stopped_at_batch is not None
+            next_epoch, next_batch = (epoch, self._stopped_at_batch) if stopped_mid else (epoch + 1, 0)
+            if self.ema is not None and is_last:
+                # the deployable result is the average: the final checkpoint holds it (meta weights="ema")
+                self.model.load_state_dict(self.ema.state_dict())
+                path = self.save(epoch=next_epoch, next_batch=next_batch, best=best, final_ema=True)
+            else:
+                path = self.save(epoch=next_epoch, next_batch=next_batch, best=best)
+            self.epoch = next_epoch
             signum = self._stop_requested()
-            if signum and epoch + 1 < cfg.epochs:
+            if signum and not is_last:
                 raise TrainingInterrupted(signum, self.out, path)
         if not final_eval:   # nothing evaluated in this process (e.g. resumed a finished run)
             if self.history and "eval_acc" in self.history[-1]:
@@ -618,4 +714,9 @@ class Trainer:
             "final_acc": final_eval.get("eval_acc"), "final_acc_per_t": final_eval.get("eval_acc_per_t"),
             "best_acc": self.best_acc, "best_epoch": self.best_epoch, "time_s": elapsed,
             "final_train_loss": self.history[-1]["train_loss"] if self.history else None,
+            "elapsed_s": self.elapsed(), "time_budget_s": self.cfg.time_budget_s, "stop_reason": self.stop_reason,
+            "epochs_completed": self.epoch if not getattr(self, "_stopped_at_batch", None) else
+            self.epoch + self._stopped_at_batch / self.steps_per_epoch,
+            "weights": "ema" if self.ema is not None else "online", "tta_flip": self.cfg.tta_flip,
+            "amp": self.cfg.amp if self.amp_dtype is not None else "none",
         }

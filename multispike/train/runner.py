@@ -68,15 +68,18 @@ def build_loaders(cfg: TrainConfig, dist: DistInfo) -> tuple[Any, Any, Any]:
         spec = DataSpec(cfg.dataset, cfg.data_dir, cfg.normalize, dict(cfg.dataset_kwargs), origin="config")
         print(describe_data(spec, info, images, "train", int(labels.shape[0]))
               + f"; test {int(test_labels.shape[0])} images")
-    augment = Augment(crop_padding=cfg.crop_padding if cfg.augment else 0, hflip=cfg.hflip and cfg.augment)
+    augment = Augment(crop_padding=cfg.crop_padding if cfg.augment else 0, hflip=cfg.hflip and cfg.augment,
+                      pad_mode=cfg.pad_mode, cutout=cfg.cutout if cfg.augment else 0)
     mean, std = (info.mean, info.std) if cfg.normalize else (None, None)
     device = dist.device if dist.device.type == "cuda" else None
     train = TensorLoader(images, labels, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=augment, mean=mean,
-                         std=std, rank=dist.rank, world_size=dist.world_size, device=device)
+                         std=std, rank=dist.rank, world_size=dist.world_size, device=device,
+                         channels_last=cfg.channels_last)
     # Evaluation shards the test set without shuffling; the at most world_size-1 left-over images are skipped
     # (identically in every run), and all ranks see equal shard sizes so the counts add up.
     test = TensorLoader(test_images, test_labels, cfg.eval_batch_size or cfg.batch_size, shuffle=False, seed=cfg.seed,
-                        mean=mean, std=std, rank=dist.rank, world_size=dist.world_size, device=device)
+                        mean=mean, std=std, rank=dist.rank, world_size=dist.world_size, device=device,
+                        channels_last=cfg.channels_last)
     return train, test, info
 
 

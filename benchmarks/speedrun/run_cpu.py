@@ -1,0 +1,164 @@
+"""Run the CPU speedrun's documented commands (configs/speedrun/) and write benchmarks/results/speedrun_cpu.json.
+
+Each step is the exact `multispike` command a user copies (train -> convert -> eval), run as a subprocess and
+timed. ``--time-budget-s``/``--limit``/``--subset`` shorten the run; the JSON then says ``"complete": false`` and
+records the scale, so a shortened run is never mistaken for the full recipe.
+
+    PYTHONPATH=. python benchmarks/speedrun/run_cpu.py --out runs/speedrun               # the full recipe
+    PYTHONPATH=. python benchmarks/speedrun/run_cpu.py --out runs/sr --time-budget-s 600 --limit 2000   # shortened
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = {"ann": "configs/speedrun/airbench_ann_cifar10.yaml", "qcfs": "configs/speedrun/airbench_qcfs4_cifar10.yaml",
+           "qac": "configs/speedrun/airbench_qac_cifar10.yaml"}
+
+
+def _cpu() -> str:
+    name = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} logical CPUs visible"
+
+
+def _commit() -> str | None:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/speedrun")
+    ap.add_argument("--results", default="benchmarks/results/speedrun_cpu.json")
+    ap.add_argument("--flavours", default="qcfs,qac,ann", help="comma-separated subset of ann,qcfs,qac (in order)")
+    ap.add_argument("--time-budget-s", type=float, default=None, help="override every config's time_budget_s")
+    ap.add_argument("--epochs", type=int, default=None, help="override every config's epochs")
+    ap.add_argument("--subset", type=int, default=None, help="train on N images (default: all 50,000)")
+    ap.add_argument("--limit", type=int, default=None, help="convert/eval on the first N test images (default 10,000)")
+    ap.add_argument("--op-batches", type=int, default=2, help="multispike eval: count operations on N batches")
+    ap.add_argument("--prefix", default="", help="command prefix, e.g. 'nice -n 10'")
+    args = ap.parse_args()
+    out = Path(args.out)
+    ms = f"{sys.executable} -m multispike.cli.main"
+    pre = (args.prefix + " ") if args.prefix else ""
+    train_extra, data_extra = "", ""
+    if args.time_budget_s is not None:
+        train_extra += f" --time-budget-s {args.time_budget_s:g}"
+    if args.epochs is not None:
+        train_extra += f" --epochs {args.epochs}"
+    if args.subset is not None:
+        train_extra += f" --subset {args.subset}"
+    if args.limit is not None:
+        train_extra += f" --eval-subset {args.limit}"
+        data_extra += f" --limit {args.limit}"
+    plan: dict[str, list[tuple[str, str]]] = {
+        "qcfs": [("train", f"train --config {CONFIGS['qcfs']} --out {out}/qcfs --overwrite --no-progress{train_extra}"),
+                 ("convert", f"convert --checkpoint {out}/qcfs --to lmht --levels 2 --timesteps 2 --hybrid-bias-scale L "
+                             f"--no-sanity --overwrite --out {out}/lmht_L2T2{data_extra}"),
+                 ("eval", f"eval --checkpoint {out}/lmht_L2T2 --op-batches {args.op_batches} --no-plots --no-progress "
+                          f"--out {out}/lmht_L2T2_eval{data_extra}")],
+        "qac": [("train", f"train --config {CONFIGS['qac']} --out {out}/qac --overwrite --no-progress{train_extra}"),
+                ("convert", f"convert --checkpoint {out}/qac --to mixed --align aver+aver --overwrite "
+                            f"--out {out}/qac_mixed{data_extra}"),
+                ("eval", f"eval --checkpoint {out}/qac_mixed --op-batches {args.op_batches} --no-plots --no-progress "
+                         f"--out {out}/qac_mixed_eval{data_extra}")],
+        "ann": [("train", f"train --config {CONFIGS['ann']} --out {out}/ann --overwrite --no-progress{train_extra}"),
+                ("eval", f"eval --checkpoint {out}/ann --op-batches 1 --no-plots --no-progress "
+                         f"--out {out}/ann_eval{data_extra}")],
+    }
+    flavours = [f.strip() for f in args.flavours.split(",") if f.strip()]
+    commands, timings = [], {}
+    commit = _commit()       # the code that runs, taken before anything else can change the checkout
+    t_all = time.perf_counter()
+    for fl in flavours:
+        for step, cmd in plan[fl]:
+            full = pre + ms + " " + cmd
+            print(f"$ {full}", flush=True)
+            t0 = time.perf_counter()
+            rc = subprocess.run(shlex.split(full), cwd=REPO).returncode
+            dt = time.perf_counter() - t0
+            commands.append("multispike " + cmd)
+            timings[f"{fl}_{step}_s"] = round(dt, 1)
+            if rc != 0:
+                print(f"step {fl}/{step} failed with exit code {rc}", file=sys.stderr)
+                return rc
+    res: dict = {"commit": commit, "cpu": _cpu(), "torch_threads_per_run": 2, "commands": commands,
+                 "step_seconds": timings, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+    def load(p: Path) -> dict:
+        return json.loads(p.read_text())
+
+    def train_info(run: Path) -> dict:
+        s = load(run / "summary.json")
+        recs = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
+        ep = [r for r in recs if r.get("event") == "epoch"]
+        imgs = sum(r["train_samples"] for r in ep)
+        secs = sum(r["train_time_s"] for r in ep)
+        return {"top1": s["final_acc"], "steps": s["steps"], "epochs_completed": s["epochs_completed"],
+                "stop_reason": s["stop_reason"], "train_seconds": round(secs, 1),
+                "train_images_per_s": round(imgs / secs, 1) if secs else None, "eval_samples": ep[-1].get("eval_samples")}
+
+    def eval_info(run: Path) -> dict:
+        r = load(run / "result.json")
+        e = r["energy"]
+        return {"top1": r["accuracy"], "accuracy_vs_T": r["accuracy_vs_T"], "T": r["T"], "samples": r["samples"],
+                "spike_rate": r["spikes"]["total"]["spike_rate"], "energy_delta_diet": e["diet"]["delta"],
+                "energy_uj_multispike": e["multispike"]["e_uj"], "energy_uj_ann": e["diet"]["e_ann_uj"],
+                "layer_timesteps": r.get("layer_timesteps")}
+
+    if "qcfs" in flavours:
+        tq = train_info(out / "qcfs")
+        conv = load(out / "lmht_L2T2" / "conversion.json")
+        ev = eval_info(out / "lmht_L2T2_eval")
+        res.update(quantized_top1=conv["ann"]["acc"], quantized_train=tq, snn_top1=ev["top1"], snn_T=2, snn_L=2,
+                   snn_eval=ev, snn_convert_top1=conv["snn"]["acc"])
+        res["wall_seconds"] = round(sum(v for k, v in timings.items() if k.startswith("qcfs_")), 1)
+        res["wall_seconds_definition"] = "QCFS ANN training + LM-HT conversion + SNN evaluation (one network)"
+    if "qac" in flavours:
+        tqa = train_info(out / "qac")
+        conv = load(out / "qac_mixed" / "conversion.json")
+        ev = eval_info(out / "qac_mixed_eval")
+        res.update(qac_quantized_top1=conv["ann"]["acc"], qac_train=tqa, qac_snn_top1=ev["top1"],
+                   qac_avg_T=(conv.get("average_T") or {}).get("plain"), qac_avg_T_detail=conv.get("average_T"),
+                   qac_snn_eval=ev, qac_convert_top1=conv["snn"]["acc"])
+        res["qac_wall_seconds"] = round(sum(v for k, v in timings.items() if k.startswith("qac_")), 1)
+    if "ann" in flavours:
+        ta = train_info(out / "ann")
+        ev = eval_info(out / "ann_eval")
+        res.update(ann_top1=ev["top1"], ann_train=ta)
+    res["total_wall_seconds"] = round(time.perf_counter() - t_all, 1)
+    shortened = any(x is not None for x in (args.time_budget_s, args.epochs, args.subset, args.limit))
+    res["complete"] = not shortened
+    res["scale"] = {"time_budget_s_per_network": args.time_budget_s or "config (1800)", "epochs": args.epochs or "config (16)",
+                    "train_images": args.subset or 50000, "test_images": args.limit or 10000,
+                    "note": "shortened run of the recipe: NOT the full recipe's numbers" if shortened else "full recipe"}
+    path = REPO / args.results
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
+    print(json.dumps({k: res.get(k) for k in ("ann_top1", "quantized_top1", "snn_top1", "qac_snn_top1", "qac_avg_T",
+                                              "wall_seconds", "complete")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
