@@ -1,6 +1,8 @@
 """Hybrid initialisation of an M-LIF SNN from a trained ANN (algorithms.md §5.6)."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -122,6 +124,30 @@ def test_dead_layer_falls_back_with_a_warning():
     with pytest.warns(UserWarning, match="P90"):
         _, report = mlif_hybrid_init(ann, [x], threshold_init="percentile")
     assert report.layers[0]["theta"] == pytest.approx(0.05) and report.layers[0]["fallback"]
+
+
+@pytest.mark.parametrize("mode", ["logquant", "percentile"])
+def test_structure_only_build_loads_a_calibrated_state_without_warnings(mode):
+    """``calibrate=False`` (a checkpoint rebuild, placeholder zeros): no capture, no fallback warning, and the same
+    module tree and state keys as the calibrated init, so loading its state reproduces it exactly."""
+    x = torch.randn(2, 16, 4, generator=torch.Generator().manual_seed(8)) * 2
+    ann = _mlp()
+    snn, _ = mlif_hybrid_init(ann, [x], lanes=3, threshold_init=mode)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # a zero batch would otherwise warn "layer input never positive"
+        bare, report = mlif_hybrid_init(ann, [torch.zeros_like(x)], lanes=3, threshold_init=mode, calibrate=False)
+    assert len(report.layers) == 2 and all(e["fallback"] == "not calibrated" for e in report.layers)
+    assert all(e["numel"] is None and e["percentile"] is None for e in report.layers)
+    sd, bare_sd = snn.state_dict(), bare.state_dict()
+    assert {k: v.shape for k, v in sd.items()} == {k: v.shape for k, v in bare_sd.items()}
+    thr = [k for k in sd if k.endswith("v_threshold")]
+    assert len(thr) == 2 and any(not torch.equal(sd[k], bare_sd[k]) for k in thr)   # values differ, tree agrees
+    bare.load_state_dict(sd)
+    from multispike.neurons.base import reset_net
+    snn.eval(), bare.eval(), reset_net(snn), reset_net(bare)
+    assert torch.equal(snn(x), bare(x))
+    with pytest.raises(TypeError, match="calibrate"):
+        mlif_hybrid_init(ann, [x], calibrate="no")
 
 
 def test_bad_input():

@@ -289,6 +289,7 @@ def mlif_hybrid_init(
     fold_batchnorm: bool = True,
     neuron_kwargs: dict | None = None,
     inplace: bool = False,
+    calibrate: bool = True,
 ) -> tuple[nn.Module, MLIFInitReport]:
     """Turn a trained time-major ANN (ReLU or log-quantized) into a one-hot M-LIF SNN (§5.4, §5.6).
 
@@ -313,6 +314,11 @@ def mlif_hybrid_init(
         neuron_kwargs: further :class:`OneHotMLIF` arguments (reset, leak, surrogate, gamma, ...). For
             ``logquant`` the defaults ``lane_bounds="floor"``, ``fire_ge=True`` make the mapping exact.
         inplace: modify ``model`` instead of a deep copy.
+        calibrate: ``False`` builds the structure only (what rebuilding a saved hybrid run needs, whose saved
+            thresholds and payload scales are loaded afterwards): ``data`` is only run once to find the layer
+            order, no input current is captured, the data-driven α/θ are placeholders (1, recorded as
+            ``fallback = "not calibrated"``) and no fallback warning is emitted. α read from a LogQuant is still
+            exact.
 
     Returns:
         ``(snn, report)``: the SNN in the training mode ``model`` had, and a :class:`MLIFInitReport`.
@@ -345,6 +351,8 @@ def mlif_hybrid_init(
     if payload == "auto":
         payload = "logquant" if threshold_init == "logquant" else "threshold"
     num_batches = check_positive_int(num_batches, "num_batches", fix="Use at least one calibration batch.")
+    if not isinstance(calibrate, bool):
+        raise TypeError(f"mlif_hybrid_init: calibrate must be True or False, got {calibrate!r}")
     if lanes is not None:
         lanes = check_positive_int(lanes, "mlif_hybrid_init: lanes (S)", fix="Use S >= 1 lanes.")
     dropout = _check_probability(dropout, "dropout")
@@ -416,6 +424,16 @@ def mlif_hybrid_init(
                          exact=(neuron.lanes == log_quant_lanes(quant.bits) and scale == 1.0
                                 and neuron.lane_bounds == "floor" and neuron.fire_ge))
             theta_t, c_t = mlif_lq_parameters(alpha, neuron.lanes, neuron.scaled)
+        elif not calibrate:
+            # Structure only: same modules, buffers and payload kind as a calibrated init, placeholder values.
+            entry["fallback"] = "not calibrated"
+            if threshold_init == "logquant":
+                alpha = torch.ones((), dtype=neuron.v_threshold.dtype, device=neuron.v_threshold.device)
+                entry["alpha"] = 1.0
+                theta_t, c_t = mlif_lq_parameters(alpha, neuron.lanes, neuron.scaled)
+            else:
+                theta_t = torch.tensor(1.0, dtype=neuron.v_threshold.dtype)
+                c_t = theta_t
         else:
             current = _capture_input(net, neuron, batches)
             entry["numel"] = current.numel()

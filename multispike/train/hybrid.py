@@ -1,7 +1,11 @@
 """Conversion hooks for ``mode: hybrid`` (ANN checkpoint -> SNN -> fine-tune).
 
 A hook is any callable ``hook(ann_model, config)`` or ``hook(ann_model, config, train_loader)`` returning the SNN;
-``--convert-hook package.module:function`` names it. The two paper recipes ship here:
+``--convert-hook package.module:function`` names it. Rebuilding a saved hybrid run (``multispike eval``,
+:func:`~multispike.train.rebuild.rebuild_model`) calls the hook again on a placeholder loader whose
+``structure_only`` attribute is true (see :func:`is_structure_only`): only the module tree matters there, since
+the checkpoint's weights replace every data-driven value, so a hook should skip its calibration. The two paper
+recipes ship here:
 
 * :func:`lmht_hybrid` - LM-HT (algorithms.md §2.6): every QCFS of the ANN becomes an LM-HT neuron with
   ``θ = ϑ``, ``v(0) = θ/2``, uniform T-GIM, ``λ = 1`` and ``in_scale = L`` on the first spiking layer
@@ -29,7 +33,7 @@ from torch import nn
 
 from .config import TrainConfig
 
-__all__ = ["lmht_hybrid", "mlif_hybrid", "call_convert_hook", "convert_init_model"]
+__all__ = ["lmht_hybrid", "mlif_hybrid", "call_convert_hook", "convert_init_model", "is_structure_only"]
 
 _LMHT_OPTIONS = ("hybrid_bias_scale", "tgim", "learnable_leak", "detach_temporal", "detach_reset", "surrogate_width",
                  "backend")
@@ -51,6 +55,12 @@ def _options(cfg: TrainConfig, allowed: tuple[str, ...], owner: str, passthrough
             raise ValueError(f"{owner}: neuron_kwargs key {key!r} is not a conversion option; accepted: "
                              f"{', '.join(allowed)}")
     return own, rest
+
+
+def is_structure_only(train_loader: Any) -> bool:
+    """True when ``train_loader`` is a checkpoint rebuild's placeholder (an attribute ``structure_only = True``):
+    its batches are zeros, and a hook should build the modules without data-driven calibration."""
+    return bool(getattr(train_loader, "structure_only", False))
 
 
 def _set_T(snn: nn.Module, T: int) -> nn.Module:
@@ -112,8 +122,10 @@ def mlif_hybrid(ann: nn.Module, cfg: TrainConfig, train_loader: Iterable | None 
     opts, neuron_kw = _options(cfg, _MLIF_OPTIONS, "mlif_hybrid", passthrough=True)
     neuron_kw.pop("v_threshold", None)   # set by the percentile rule
     _set_T(ann, cfg.timesteps)
+    # A rebuild's placeholder batch gives no statistics (all-zero input -> "never positive" fallbacks): build the
+    # structure only; the saved thresholds and payload scales are loaded right after.
     snn, _report = mlif_hybrid_init(ann, train_loader, lanes=int(lanes), T=cfg.timesteps, neuron_kwargs=neuron_kw,
-                                    **opts)
+                                    calibrate=not is_structure_only(train_loader), **opts)
     return _set_T(snn, cfg.timesteps)
 
 

@@ -11,7 +11,8 @@ different module tree and plain attributes that are not tensors (a layer's ``T_l
 * ``{"kind": "init_from", "model", "config", "init": <descriptor>}`` - the structure of another checkpoint
   (``--init-from``), then ``prepare_qat`` if set;
 * ``{"kind": "hybrid", "model", "config", "ann": <descriptor>}`` - the ANN, then the config's
-  ``convert_hook`` (fed a dummy batch where it wants data: only values depend on data, not structure);
+  ``convert_hook`` (fed a dummy batch marked ``structure_only`` where it wants data: only values depend on data,
+  not structure, and the hook skips its calibration);
 * ``{"kind": "converted", "model", "config", "conversion": {"source": <descriptor>, "steps": [...]},
   "structure": <snapshot>}`` - the source network, then the recorded conversion steps (:func:`run_step`, the
   same function the conversion itself ran), then the plain attributes of the :func:`structure_snapshot`.
@@ -258,7 +259,10 @@ def check_hooks(desc: Mapping[str, Any], where: Any = "checkpoint") -> None:
 
 class _DummyData:
     """One batch of zeros in a model's input format, for conversion steps that read data (their data-dependent
-    values are overwritten by the checkpoint's weights)."""
+    values are overwritten by the checkpoint's weights). ``structure_only`` tells a hybrid hook so
+    (:func:`~multispike.train.hybrid.is_structure_only`): it builds modules and skips calibration."""
+
+    structure_only = True
 
     def __init__(self, shape: tuple[int, ...]) -> None:
         self.x = torch.zeros(shape)
