@@ -269,6 +269,34 @@ def test_profiles_and_dry_run():
         C.get_profile("tpu")
 
 
+def test_mlif_profile_names_are_unambiguous(monkeypatch, tmp_path, capsys):
+    """The M-LIF table's own small CPU profile is ``mlif-cpu-small`` (old name ``cpu-small``, accepted by
+    mlif_table.py only, so the committed result's command reruns); it is not the suite's ``cpu_small``, and the
+    look-alike ``cpu_small`` is refused by mlif_table.py instead of silently running the other profile."""
+    monkeypatch.setattr(C, "PROFILES", dict(C.PROFILES))
+    assert "cpu-small" not in C.PROFILES and "mlif-cpu-small" not in C.PROFILES   # suite profiles unchanged
+    assert mlif_table.resolve_profile("cpu-small") == "mlif-cpu-small"
+    assert mlif_table.resolve_profile("mlif-cpu-small") == "mlif-cpu-small"
+    assert mlif_table.resolve_profile("gpu") == "gpu"
+    assert C.get_profile("mlif-cpu-small") == mlif_table.CPU_SMALL
+    assert C.get_profile("cpu_small") != C.get_profile("mlif-cpu-small")
+    assert C.get_profile("cpu_small").epochs != mlif_table.CPU_SMALL.epochs           # really different runs
+    assert "cpu-small" not in C.PROFILES                                             # alias stays local
+    assert mlif_table._resolve_argv(["--profile=cpu-small", "--out", "x"]) == ["--profile=mlif-cpu-small", "--out",
+                                                                                 "x"]
+    for name in ("cpu_small", "CPU-Small"):
+        with pytest.raises(ValueError, match="ambiguous.*mlif-cpu-small"):
+            mlif_table.resolve_profile(name)
+    assert mlif_table.main(["--profile", "cpu_small", "--out", str(tmp_path)]) == 2   # refused before any work
+    err = capsys.readouterr().err
+    assert "'cpu_small' is ambiguous" in err and "run_all.py --profile cpu_small --tables mlif" in err
+    assert not list(tmp_path.iterdir())
+    other = mlif_table.dataclasses.replace(mlif_table.CPU_SMALL, epochs={**mlif_table.CPU_SMALL.epochs, "ann": 1})
+    C.PROFILES["mlif-cpu-small"] = other                                             # a clash is an error
+    with pytest.raises(ValueError, match="'mlif-cpu-small' is ambiguous"):
+        mlif_table.register_profiles()
+
+
 def test_time_steps_leaves_model_and_loader_alone():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))

@@ -1,4 +1,5 @@
-"""Fine-tuning recipe check for the exact M-LIF init (evidence table 3's ``cpu-small`` data and ANN).
+"""Fine-tuning recipe check for the exact M-LIF init (evidence table 3's ``mlif-cpu-small`` data and ANN;
+that profile was called ``cpu-small`` when the committed sweep ran).
 
 From the calibrated 2-bit LQ-ANN, the S = 3 M-LIF net starts *equal* to it (algorithms.md §5.4); this script
 fine-tunes that start with Adam at several (γ, lr) and records the first conv's gradient norm at the start for each
@@ -35,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--cache-dir", type=Path, default=None, help="reuse the float ANN (as the evidence suite does)")
     args = ap.parse_args(argv)
-    C.PROFILES.setdefault(M.CPU_SMALL.name, M.CPU_SMALL)
-    ns = argparse.Namespace(profile="cpu-small", dry_run=False, max_seconds=None, data=args.data, out=args.out,
+    M.register_profiles()
+    ns = argparse.Namespace(profile=M.CPU_SMALL.name, dry_run=False, max_seconds=None, data=args.data, out=args.out,
                             device=None, commit=None, cache_dir=args.cache_dir, quiet=False, hard_seconds=None)
     ctx = C.make_context(ns, None if argv is None else [sys.argv[0], *argv])
     t0 = time.perf_counter()

@@ -22,7 +22,9 @@ S = S_i = S_o = 1..4 at a fixed budget of Q_F = 3 timesteps: the multi-level enc
 T_F = Q_F·2^(S−1) binary frames into the 3 steps. TET loss, Adam lr 1e-3, cosine; several seeds.
 
 Run: ``PYTHONPATH=. python3 benchmarks/evidence/mlif_table.py --profile gpu --data .evidence_data --out DIR``;
-on a CPU in about ten minutes: ``--profile cpu-small`` (ResNet-8, 5k CIFAR-10 subset, few epochs; defined here).
+on a CPU in about ten minutes: ``--profile mlif-cpu-small`` (ResNet-8, 5k CIFAR-10 subset, few epochs; defined here;
+called ``cpu-small`` before, which this script still accepts so recorded commands rerun). It is not the suite's
+``cpu_small``: ``--profile cpu_small`` is refused here as ambiguous (run that one with ``run_all.py --tables mlif``).
 """
 from __future__ import annotations
 
@@ -532,9 +534,10 @@ def judge(table: C.TableRun) -> None:
 
 
 #: A small CPU profile for this table alone (about ten minutes on a loaded 2-core CPU): ResNet-8 on the 5k/1k CIFAR-10
-#: subset of the ``cpu`` profile, few epochs. Registered by :func:`main` only, so the suite's profiles are unchanged.
+#: subset of the ``cpu`` profile, few epochs. Registered by :func:`register_profiles` (from :func:`main`) only, so the
+#: suite's profiles are unchanged; not the suite's ``cpu_small``.
 CPU_SMALL = C.Profile(
-    name="cpu-small", backbone="resnet8_cifar", cifar_train=5000, cifar_test=1000, batch_size=64, eval_batch=250,
+    name="mlif-cpu-small", backbone="resnet8_cifar", cifar_train=5000, cifar_test=1000, batch_size=64, eval_batch=250,
     epochs={"ann": 6, "qcfs": 1, "hybrid_ft": 1, "direct": 1, "qat": 1, "calib": 1, "mlif_ft": 1, "lq_ft": 1,
             "nmnist": 2},
     table_seconds={"lmht": 600, "qac": 600, "mlif": 600}, total_seconds=600,
@@ -544,9 +547,65 @@ CPU_SMALL = C.Profile(
           "LQ-ANN fine-tuning epoch, 2 N-MNIST epochs, one seed")
 
 
+#: Old spellings accepted by this script only (the committed ``evidence_mlif_cpu_small`` run was recorded as
+#: ``--profile cpu-small``); never registered in the suite's ``PROFILES``.
+PROFILE_ALIASES = {"cpu-small": CPU_SMALL.name}
+
+
+def register_profiles() -> None:
+    """Add :data:`CPU_SMALL` to the suite's profiles; a different profile already under its name is an error
+    (``setdefault`` would silently run the other one)."""
+    have = C.PROFILES.get(CPU_SMALL.name)
+    if have is not None and have != CPU_SMALL:
+        raise ValueError(f"profile name {CPU_SMALL.name!r} is ambiguous: the evidence suite already defines a "
+                         f"different profile under it; rename one of them")
+    C.PROFILES[CPU_SMALL.name] = CPU_SMALL
+
+
+def _spelling(name: str) -> str:
+    return name.lower().replace("-", "_")
+
+
+def resolve_profile(name: str) -> str:
+    """The registered profile ``--profile name`` means for this table: an alias maps to its new name; a name that
+    differs from another profile (or alias) only in ``-``/``_`` or case is refused, since the two look alike but
+    run different profiles (``cpu_small``, the suite's, vs ``cpu-small``, this table's old name)."""
+    register_profiles()
+    if name in PROFILE_ALIASES:
+        return PROFILE_ALIASES[name]
+    known = {n: n for n in C.PROFILES} | PROFILE_ALIASES
+    meant = {known[k] for k in known if _spelling(k) == _spelling(name)}
+    if len(meant) > 1:
+        spell = ", ".join(f"{k!r} -> {known[k]!r}" for k in sorted(known) if _spelling(k) == _spelling(name))
+        raise ValueError(f"profile name {name!r} is ambiguous for the M-LIF table ({spell}); pass "
+                         f"'--profile {CPU_SMALL.name}' for this table's small CPU profile (called 'cpu-small' "
+                         f"before), or run the suite's shared profile with 'run_all.py --profile {name} --tables "
+                         f"mlif'")
+    return name
+
+
+def _resolve_argv(argv: list[str]) -> list[str]:
+    """``argv`` with the ``--profile`` value resolved by :func:`resolve_profile`."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--profile" and i + 1 < len(out):
+            out[i + 1] = resolve_profile(out[i + 1])
+        elif arg.startswith("--profile="):
+            out[i] = "--profile=" + resolve_profile(arg.split("=", 1)[1])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    C.PROFILES.setdefault(CPU_SMALL.name, CPU_SMALL)
-    return C.table_main(sys.modules[__name__], argv)
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        resolved = _resolve_argv(args)
+    except ValueError as exc:
+        print(f"mlif_table.py: error: {exc}", file=sys.stderr)
+        return 2
+    if resolved != args:
+        print(f"mlif_table.py: profile alias resolved ({' '.join(args)} -> {' '.join(resolved)}); 'cpu-small' is now "
+              f"called '{CPU_SMALL.name}'", file=sys.stderr)
+    return C.table_main(sys.modules[__name__], resolved)
 
 
 if __name__ == "__main__":
