@@ -257,3 +257,20 @@ def test_bad_inputs(runs, tmp_path, capsys):
     assert "S_i=3" in err(["events-train", "--lanes", "3", "--frame-budget", "2", *out])
     assert "'vgg_small'" in err(["train", "--mode", "snn", "--init-from", str(runs / "qcfs"), "--model",
                                  "resnet8_cifar", *DIGITS, *out])
+
+
+def test_qat_alpha_from_the_data_by_default(tmp_path, capsys):
+    """`multispike qat` without --alpha-init starts each α from the data (one printed line, α != 8 in the
+    checkpoint's first epoch); the recorded prepare_qat has no alpha, so rebuild_model reloads the trained α."""
+    out = tmp_path / "qat"
+    assert main(["qat", "--model", "vgg_small", "--t-init", "3", "--subset", "64", "--epochs", "1", *DIGITS,
+                 "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert said.count("QAC clips α from the data (99.9% of each layer's pre-activations") == 1
+    cfg = _json(out / "config.json")
+    assert "alpha" not in cfg["prepare_qat"] and cfg["clip_init"] == "99.9%"
+    model, _ = rebuild_model(load_checkpoint(out))
+    from multispike.quant.qac import QACQuantizer
+
+    alphas = [m.alpha for m in model.modules() if isinstance(m, QACQuantizer)]
+    assert alphas and all(abs(a - 8.0) > 1.0 for a in alphas)

@@ -178,3 +178,40 @@ def test_cli_eval_checkpoint(tmp_path):
     assert rc == 0
     res = load_result(tmp_path / "eval")
     assert res.T == 2 and res.meta["dataset"] == "digits" and res.meta["checkpoint"].endswith(".json")
+
+
+def test_rate_and_energy_plots_name_layers_alike(tmp_path, monkeypatch):
+    """Issue 16: the rate plot named neurons, the energy plot the synaptic layers after them (features.0 vs
+    stem.0 / features.2.0). Both now name a layer by its spiking neuron: every rate bar's label starts an energy
+    bar's label (the operations its spikes drive) and every energy bar is driven by a labelled neuron or the input."""
+    from multispike.metrics import plots
+    from multispike.models import create_model
+
+    figs = {}
+    real_save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.setdefault(str(path), fig) and real_save(fig, path))
+    torch.manual_seed(0)
+    net = create_model("vgg_small", num_classes=10, neuron="if", T=2, in_channels=1, input_size=[8, 8])
+    g = torch.Generator().manual_seed(0)
+    res = evaluate(net, [(torch.rand(4, 1, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g))], T_max=2)
+    paths = write_report(res, tmp_path)
+
+    def ticks(path, i=0):
+        ax = figs[path].axes[i]
+        return [t.get_text() for t in ax.get_xticklabels()], ax.get_xlabel()
+
+    rate, rate_axis = ticks(paths["rates_plot"])
+    steps, steps_axis = ticks(paths["timesteps_plot"])
+    energy, energy_axis = ticks(paths["energy_plot"])
+    neurons = [l["name"] for l in res.spikes["layers"]]
+    assert rate == steps == neurons and rate_axis == steps_axis == plots.RATE_AXIS_LABEL
+    assert energy_axis == plots.ENERGY_AXIS_LABEL and len(energy) == len(res.energy["multispike"]["layers"])
+    sources = [e.split(" → ")[0] for e in energy]
+    assert sources[0] == "input" and set(sources[1:]) == set(neurons)      # same names, nothing else
+    # the neuron's name sits on exactly the operations its spikes feed (from the op counter's input_source)
+    fed = {l["name"]: l["input_source"] for l in res.ops["layers"]}
+    for label, row in zip(energy, res.energy["multispike"]["layers"]):
+        assert label.split(" → ") == [fed[row["name"]] or "input", row["type"]]
+    # a result written before input_source was recorded keeps the module names
+    old = [{k: v for k, v in r.items() if k != "input_source"} for r in res.energy["multispike"]["layers"]]
+    assert plots.energy_layer_labels(old) == [r["name"] for r in old]

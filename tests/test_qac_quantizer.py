@@ -280,3 +280,74 @@ def test_prepare_qat_rejects_what_it_cannot_quantize():
         prepare_qat(nn.ReLU())
     with pytest.raises(ValueError, match="t must be in"):
         prepare_qat(nn.Sequential(nn.ReLU()), t=0.0)
+
+
+# ------------------------------------------------------------------------------ α from the data (issue 16)
+def _digits_batches(n: int = 2, size: int = 32) -> list[torch.Tensor]:
+    from multispike.data import load_dataset
+
+    images, _, info = load_dataset("digits", None, "train")
+    x = images[: n * size].float() / 255
+    x = (x - torch.tensor(info.mean).view(1, -1, 1, 1)) / torch.tensor(info.std).view(1, -1, 1, 1)
+    return list(x.split(size))
+
+
+def test_qat_alpha_starts_at_each_layers_percentile_unless_given(capsys):
+    """`multispike qat` without --alpha-init: after prepare_qat each quantizer made from a ReLU has α = the 99th
+    percentile of its own inputs, measured with the earlier quantizers' new α in place; t is untouched, BN buffers
+    too. An explicit α (--alpha-init -> prepare_qat alpha) and --clip-init none keep the given/default α."""
+    from multispike.models import create_model
+    from multispike.train.config import TrainConfig
+    from multispike.train.distributed import DistInfo
+    from multispike.train.runner import _prepare_qat
+
+    batches = _digits_batches()
+    loader = [(x, torch.zeros(len(x), dtype=torch.long)) for x in batches]
+    dist = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+    def build():
+        torch.manual_seed(0)
+        return create_model("vgg_small", num_classes=10, neuron="relu", T=1, in_channels=1, input_size=[8, 8])
+
+    model = build()
+    bn_before = {k: v.clone() for k, v in model.named_buffers()}
+    cfg = TrainConfig(mode="qat", clip_init="99%", prepare_qat={"param": "t_alpha", "t": 3.0})
+    _prepare_qat(cfg, model, loader, dist)
+    said = capsys.readouterr().out
+    quant = [(n, m) for n, m in model.named_modules() if isinstance(m, QACQuantizer)]
+    assert len(quant) >= 3 and "QAC clips α from the data (99% of each layer's pre-activations" in said
+    assert all(torch.equal(v, bn_before[k]) for k, v in model.named_buffers())
+    model.train()
+    alphas = []
+    for name, layer in quant:
+        seen = []
+        h = layer.register_forward_pre_hook(lambda mod, a, seen=seen: seen.append(a[0].detach().flatten()))
+        with torch.no_grad():
+            for x in batches:
+                model(x)
+        h.remove()
+        v = torch.cat(seen)
+        k = int(round(v.numel() * 0.99))
+        assert layer.alpha == float(v.kthvalue(k).values) != 8.0, name    # exactly the layer's percentile
+        assert layer.timesteps == 3 and float(layer.t.detach()) == 3.0
+        alphas.append(layer.alpha)
+    assert f"{alphas[0]:.3g}" in said
+
+    for prep, clip_init in (({"param": "t_alpha", "t": 3.0, "alpha": 4.0}, "99%"),     # --alpha-init 4
+                            ({"param": "t_alpha", "t": 3.0}, "none")):                 # --clip-init none
+        model = build()
+        _prepare_qat(TrainConfig(mode="qat", clip_init=clip_init, prepare_qat=prep), model, loader, dist)
+        assert [m.alpha for _, m in model.named_modules() if isinstance(m, QACQuantizer)] == \
+            [prep.get("alpha", 8.0)] * len(quant)
+        assert "QAC clips α from the data" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("param", PARAMETERISATIONS)
+def test_set_qac_alpha_keeps_the_timestep(param):
+    from multispike.quant.clip_init import set_qac_alpha_
+
+    q = QACQuantizer(param, alpha=8.0, t=4.0)
+    set_qac_alpha_(q, 1.25)
+    assert q.timesteps == 4 and q.alpha == pytest.approx(1.25, rel=1e-6)
+    with pytest.raises(ValueError, match="alpha"):
+        set_qac_alpha_(q, 0.0)

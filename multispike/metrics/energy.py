@@ -202,11 +202,13 @@ def value_weighted_energy(ops: OpCountResult | Mapping, constants: Any = "45nm",
             em, ea = c.e_mac * l.analog, c.e_ac * l.acs
             e_mac += em
             e_ac += ea
-            rows.append({"name": l.name, "type": l.type, "e_mac_uj": _uj(em), "e_ac_uj": _uj(ea), "e_add_uj": 0.0})
+            rows.append({"name": l.name, "type": l.type, "input_source": l.input_source, "e_mac_uj": _uj(em),
+                         "e_ac_uj": _uj(ea), "e_add_uj": 0.0})
         elif include_additions:
             ed = c.e_ac * (l.acs + l.analog)
             e_add += ed
-            rows.append({"name": l.name, "type": l.type, "e_mac_uj": 0.0, "e_ac_uj": 0.0, "e_add_uj": _uj(ed)})
+            rows.append({"name": l.name, "type": l.type, "input_source": l.input_source, "e_mac_uj": 0.0,
+                         "e_ac_uj": 0.0, "e_add_uj": _uj(ed)})
     syn = _synaptic(res)
     e_ann = c.e_mac * sum(l.dense_per_step for l in syn)
     total = e_mac + e_ac + e_add

@@ -9,7 +9,8 @@ import os
 from typing import Any, Iterable, Mapping, Sequence
 
 __all__ = ["plot_accuracy_vs_T", "plot_layer_rates", "plot_layer_timesteps", "plot_energy_breakdown",
-           "plot_energy_comparison"]
+           "plot_energy_comparison", "layer_rate_labels", "energy_layer_labels", "RATE_AXIS_LABEL",
+           "ENERGY_AXIS_LABEL"]
 
 
 def _figure(width: float = 7.0, height: float = 4.0):
@@ -33,6 +34,32 @@ def _save(fig, path: str | os.PathLike) -> str:
 
 def _short(names: Sequence[str], width: int = 18) -> list[str]:
     return [n if len(n) <= width else "…" + n[-(width - 1):] for n in names]
+
+
+#: x-axis label of the per-layer plots: both name a layer by its spiking neuron module, so the rate bar of a neuron
+#: and the energy bars of the operations its spikes drive carry the same name
+RATE_AXIS_LABEL = "spiking layer (neuron module)"
+ENERGY_AXIS_LABEL = "spiking layer whose spikes drive it → operation (input: fed by no spiking layer)"
+
+
+def layer_rate_labels(layers: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Tick labels of :func:`plot_layer_rates` / :func:`plot_layer_timesteps`: the neuron module names."""
+    return _short([l["name"] for l in layers])
+
+
+def energy_layer_labels(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Tick labels of the per-layer energy bars, in the rate plot's naming: ``"<neuron> → <op type>"``.
+
+    A synaptic or addition layer's energy is driven by the spikes it receives, so its bar is named after the
+    spiking layer that feeds it (``input_source``; ``input`` for the encoded input, e.g. the first conv). Two
+    bars that would read alike (one neuron feeding two convs, e.g. a residual shortcut) add the module name.
+    Rows written before ``input_source`` was recorded fall back to the module name.
+    """
+    if not rows or "input_source" not in rows[0]:
+        return _short([r["name"] for r in rows])
+    labels = [f"{_short([r['input_source']])[0] if r.get('input_source') else 'input'} → {r['type']}" for r in rows]
+    counts = {l: labels.count(l) for l in labels}
+    return [f"{l} ({_short([r['name']])[0]})" if counts[l] > 1 else l for l, r in zip(labels, rows)]
 
 
 def _integer_axis(axis) -> None:
@@ -78,9 +105,10 @@ def plot_accuracy_vs_T(curves: Mapping[str, Sequence[tuple[float, float]]], path
 
 def plot_layer_rates(layers: Iterable[Mapping[str, Any]], path: str | os.PathLike,
                      title: str = "Per-layer spike statistics") -> str:
-    """Grouped bars per spiking layer: lane spike rate, count rate and event rate."""
+    """Grouped bars per spiking layer: lane spike rate, count rate and event rate (x labels:
+    :func:`layer_rate_labels`)."""
     layers = list(layers)
-    names = _short([l["name"] for l in layers])
+    names = layer_rate_labels(layers)
     fig = _figure(max(6.0, 0.45 * len(names) + 2), 4.2)
     ax = fig.add_subplot(1, 1, 1)
     # L = the levels of a multi-level neuron or the lanes S of a one-hot M-LIF (a fired lane is one event)
@@ -93,6 +121,7 @@ def plot_layer_rates(layers: Iterable[Mapping[str, Any]], path: str | os.PathLik
         ax.bar([i + (j - 1) * width for i in range(len(names))], vals, width, label=label)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    ax.set_xlabel(RATE_AXIS_LABEL, fontsize=8)
     ax.set_ylabel("rate")
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -104,12 +133,13 @@ def plot_layer_timesteps(layers: Iterable[Mapping[str, Any]], path: str | os.Pat
                          title: str = "Per-layer timesteps") -> str:
     """Bars of the observed T of every spiking layer (differs across layers in mixed-timestep models)."""
     layers = list(layers)
-    names = _short([l["name"] for l in layers])
+    names = layer_rate_labels(layers)
     fig = _figure(max(6.0, 0.4 * len(names) + 2), 3.8)
     ax = fig.add_subplot(1, 1, 1)
     ax.bar(range(len(names)), [l.get("T") or 0 for l in layers], color="tab:purple")
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    ax.set_xlabel(RATE_AXIS_LABEL, fontsize=8)
     ax.set_ylabel("T (timesteps)")
     _integer_axis(ax.yaxis)
     ax.set_title(title)
@@ -119,12 +149,13 @@ def plot_layer_timesteps(layers: Iterable[Mapping[str, Any]], path: str | os.Pat
 
 def plot_energy_breakdown(energy: Mapping[str, Any], path: str | os.PathLike,
                           title: str = "Energy per sample") -> str:
-    """Left: per-layer energy of the value-weighted (multispike) count, stacked MAC / AC / additions.
+    """Left: per-layer energy of the value-weighted (multispike) count, stacked MAC / AC / additions, each bar
+    named after the spiking layer that drives it (:func:`energy_layer_labels`, the rate plot's naming).
     Right: total energy under every convention next to the iso-architecture ANN."""
-    fig = _figure(11.0, 4.2)
+    fig = _figure(11.0, 4.6)
     ax = fig.add_subplot(1, 2, 1)
     rows = energy["multispike"]["layers"]
-    names = _short([r["name"] for r in rows])
+    names = energy_layer_labels(rows)
     bottom = [0.0] * len(rows)
     for key, label in (("e_mac_uj", "MAC (analog input)"), ("e_ac_uj", "AC (spike input)"), ("e_add_uj", "additions")):
         vals = [r[key] for r in rows]
@@ -132,6 +163,8 @@ def plot_energy_breakdown(energy: Mapping[str, Any], path: str | os.PathLike,
         bottom = [b + v for b, v in zip(bottom, vals)]
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    if rows and "input_source" in rows[0]:
+        ax.set_xlabel(ENERGY_AXIS_LABEL, fontsize=8)
     ax.set_ylabel("µJ per sample")
     if max(bottom, default=0.0) > 0:
         ax.set_ylim(0, 1.3 * max(bottom))   # headroom: the legend sits above the tallest bar, not on it

@@ -1,4 +1,5 @@
-"""Data-driven initialisation of QCFS clips ϑ (the default of ``multispike train`` for QCFS from scratch).
+"""Data-driven initialisation of QCFS clips ϑ and QAC clips α (the default of ``multispike train`` for QCFS from
+scratch and of ``multispike qat`` / ``train --mode qat`` for the quantizers ``prepare_qat`` makes from ReLUs).
 
 A clip that starts far above a layer's activations (the QCFS codes' constant ϑ = 8) leaves almost every
 activation in the lowest quantization steps: with Adam at lr 2e-3 ϑ barely moves in a short run, the network
@@ -13,6 +14,7 @@ and every buffer is restored afterwards, so only the clips change.
 Example::
 
     rows = init_qcfs_clips(model, batches, percentile=99.9)   # [{"layer", "before", "after"}, ...]
+    rows = init_qac_alphas(model, batches, percentile=99.9)   # QACQuantizer α, same rule
 """
 from __future__ import annotations
 
@@ -21,9 +23,10 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from .qac import QACQuantizer
 from .qcfs import QCFS
 
-__all__ = ["init_qcfs_clips", "parse_clip_init"]
+__all__ = ["init_qcfs_clips", "init_qac_alphas", "set_qac_alpha_", "parse_clip_init"]
 
 #: Most pre-activation values kept per layer for the percentile (a random sample beyond this).
 _MAX_VALUES = 1 << 22
@@ -50,25 +53,33 @@ def parse_clip_init(text: str | None) -> float | None:
 
 
 @torch.no_grad()
-def init_qcfs_clips(model: nn.Module, batches: Sequence[torch.Tensor] | Iterable[torch.Tensor],
-                    percentile: float = 99.9, minimum: float = 1e-3) -> list[dict]:
-    """Set every QCFS clip ϑ of ``model`` to the ``percentile`` of its layer's pre-activations on ``batches``.
+def set_qac_alpha_(q: QACQuantizer, alpha: float) -> None:
+    """Set the clip α of a :class:`~multispike.quant.qac.QACQuantizer` in place, keeping its timestep.
 
-    Args:
-        model: a network with :class:`~multispike.quant.qcfs.QCFS` activations (called as ``model(x)``).
-        batches: input tensors (normalised as in training); a few batches suffice.
-        percentile: in (0, 100]; 100 = the maximum.
-        minimum: lower bound of a clip (a layer whose inputs are all <= 0 would otherwise get ϑ = 0).
-
-    Returns:
-        One ``{"layer", "before", "after"}`` row per QCFS layer, in order.
+    ``t_alpha``/``n_alpha`` set the learnable clip; ``n_d`` sets the step ``d = α/T_l`` (so ``q.alpha == α``);
+    ``d_alpha`` sets the clip and ``d = α/t`` with the continuous level count ``t`` it had (so ``T_l`` is unchanged).
     """
+    alpha = float(alpha)
+    if not (alpha > 0 and alpha < float("inf")):
+        raise ValueError(f"set_qac_alpha_: alpha must be a finite number > 0, got {alpha!r}")
+    if q.param in ("t_alpha", "n_alpha"):
+        q.clip.data.fill_(alpha)
+    elif q.param == "n_d":
+        q.d.data.fill_(alpha / q.timesteps)
+    else:   # d_alpha: T = α/d, so d moves with α
+        t = q.continuous_timesteps
+        q.clip.data.fill_(alpha)
+        q.d.data.fill_(alpha / t)
+
+
+def _percentile_init(model: nn.Module, layers: list[tuple[str, nn.Module]], batches, percentile: float,
+                     minimum: float, read, write, who: str) -> list[dict]:
+    """Layer by layer: ``write(layer, percentile of its inputs)`` with the earlier layers already set."""
     if not (0 < float(percentile) <= 100):
         raise ValueError(f"percentile must be in (0, 100], got {percentile!r}")
     xs = [b for b in batches]
     if not xs:
-        raise ValueError("init_qcfs_clips: no batch to measure the pre-activations on")
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QCFS)]
+        raise ValueError(f"{who}: no batch to measure the pre-activations on")
     buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
     was_training = model.training
     model.train()
@@ -93,8 +104,8 @@ def init_qcfs_clips(model: nn.Module, batches: Sequence[torch.Tensor] | Iterable
                 k = max(1, min(values.numel(), int(round(values.numel() * percentile / 100))))
                 clip = float(values.kthvalue(k).values)
             clip = max(clip, minimum)
-            before = float(layer.threshold.detach())
-            layer.threshold.data.fill_(clip)
+            before = read(layer)
+            write(layer, clip)
             rows.append({"layer": name, "before": before, "after": clip})
             for k, v in model.named_buffers():   # BN statistics of this pass are not training's
                 if k in buffers:
@@ -105,3 +116,57 @@ def init_qcfs_clips(model: nn.Module, batches: Sequence[torch.Tensor] | Iterable
                 v.copy_(buffers[k])
         model.train(was_training)
     return rows
+
+
+@torch.no_grad()
+def init_qcfs_clips(model: nn.Module, batches: Sequence[torch.Tensor] | Iterable[torch.Tensor],
+                    percentile: float = 99.9, minimum: float = 1e-3) -> list[dict]:
+    """Set every QCFS clip ϑ of ``model`` to the ``percentile`` of its layer's pre-activations on ``batches``.
+
+    Args:
+        model: a network with :class:`~multispike.quant.qcfs.QCFS` activations (called as ``model(x)``).
+        batches: input tensors (normalised as in training); a few batches suffice.
+        percentile: in (0, 100]; 100 = the maximum.
+        minimum: lower bound of a clip (a layer whose inputs are all <= 0 would otherwise get ϑ = 0).
+
+    Returns:
+        One ``{"layer", "before", "after"}`` row per QCFS layer, in order.
+    """
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QCFS)]
+    return _percentile_init(model, layers, batches, percentile, minimum,
+                            lambda m: float(m.threshold.detach()), lambda m, c: m.threshold.data.fill_(c),
+                            "init_qcfs_clips")
+
+
+@torch.no_grad()
+def init_qac_alphas(model: nn.Module, batches: Sequence[torch.Tensor] | Iterable[torch.Tensor],
+                    percentile: float = 99.9, names: Iterable[str] | None = None,
+                    minimum: float = 1e-3) -> list[dict]:
+    """Set the clip α of QAC quantizers to the ``percentile`` of their layer's pre-activations on ``batches``.
+
+    The same rule as :func:`init_qcfs_clips` (layer by layer, BN buffers restored); each quantizer's timestep
+    is kept (:func:`set_qac_alpha_`).
+
+    Args:
+        model: a network with :class:`~multispike.quant.qac.QACQuantizer` modules (after ``prepare_qat``).
+        batches: input tensors (normalised as in training).
+        percentile: in (0, 100]; 100 = the maximum.
+        names: only these quantizers (module names, e.g. those ``prepare_qat`` made from ReLUs); default all.
+        minimum: lower bound of α.
+
+    Returns:
+        One ``{"layer", "before", "after"}`` row per initialised quantizer, in model order.
+
+    Raises:
+        ValueError: a name in ``names`` is not a QACQuantizer of ``model``.
+    """
+    quant = {n: m for n, m in model.named_modules() if isinstance(m, QACQuantizer)}
+    if names is not None:
+        names = list(names)
+        bad = [n for n in names if n not in quant]
+        if bad:
+            raise ValueError(f"init_qac_alphas: {bad} are not QACQuantizer modules of {type(model).__name__}")
+        keep = set(names)
+        quant = {n: m for n, m in quant.items() if n in keep}
+    return _percentile_init(model, list(quant.items()), batches, percentile, minimum,
+                            lambda m: m.alpha, set_qac_alpha_, "init_qac_alphas")

@@ -137,7 +137,9 @@ class TrainConfig:
                                 "ANN with --neuron lmht), off otherwise", "training")
     clip_init: str = _f("99.9%", "QCFS trained from scratch: start each clip ϑ at this percentile of its layer's "
                          "pre-activations on 4 training batches (layer by layer), or 'none' to keep the neuron's "
-                         "threshold (8, or --neuron-kwargs threshold=X, which also disables it)", "training")
+                         "threshold (8, or --neuron-kwargs threshold=X, which also disables it). QAT (prepare_qat): "
+                         "the same for the clip α of every quantizer made from a ReLU, unless --alpha-init / "
+                         "prepare_qat alpha is given", "training")
     prepare_qat: dict | None = _f(None, "after building the model run multispike.quant.qac.prepare_qat with these "
                                   "arguments (ReLU/QCFS -> QAC quantizer, MaxPool -> AvgPool), e.g. param=t_alpha t=4; "
                                   "`multispike qat` sets it", "training")

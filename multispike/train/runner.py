@@ -158,14 +158,8 @@ def _init_model(cfg: TrainConfig) -> tuple[nn.Module, str]:
     return model, name
 
 
-def _init_clips(cfg: TrainConfig, model: nn.Module, train_loader: Any, dist: DistInfo) -> None:
-    """QCFS from scratch: clips ϑ from the data (``cfg.clip_init``), unless a threshold was given explicitly."""
-    from ..quant.clip_init import init_qcfs_clips, parse_clip_init
-    from ..quant.qcfs import QCFS
-
-    q = parse_clip_init(cfg.clip_init)
-    if q is None or "threshold" in cfg.neuron_arguments() or not any(isinstance(m, QCFS) for m in model.modules()):
-        return
+def _clip_batches(cfg: TrainConfig, train_loader: Any, dist: DistInfo, n: int = 4) -> list[torch.Tensor]:
+    """``n`` training batches for the data-driven clip initialisation, on the run's device."""
     from ..data import TensorLoader
 
     if isinstance(train_loader, TensorLoader):
@@ -179,19 +173,60 @@ def _init_clips(cfg: TrainConfig, model: nn.Module, train_loader: Any, dist: Dis
     batches = []
     for x, _ in it:
         batches.append(x.to(dist.device))
-        if len(batches) == 4:
+        if len(batches) == n:
             break
-    model.to(dist.device)
-    rows = init_qcfs_clips(model, batches, q)
-    if dist.world_size > 1:   # every rank must start from the same clips
+    return batches
+
+
+def _broadcast_params(model: nn.Module, kinds: tuple, dist: DistInfo) -> None:
+    """Every rank starts from rank 0's clips (each rank measured its own shard)."""
+    if dist.world_size > 1:
         import torch.distributed as tdist
 
         for m in model.modules():
-            if isinstance(m, QCFS):
-                tdist.broadcast(m.threshold.data, src=0)
+            if isinstance(m, kinds):
+                for p in [*m.parameters(recurse=False), *m.buffers(recurse=False)]:
+                    tdist.broadcast(p.data, src=0)
+
+
+def _init_clips(cfg: TrainConfig, model: nn.Module, train_loader: Any, dist: DistInfo) -> None:
+    """QCFS from scratch: clips ϑ from the data (``cfg.clip_init``), unless a threshold was given explicitly."""
+    from ..quant.clip_init import init_qcfs_clips, parse_clip_init
+    from ..quant.qcfs import QCFS
+
+    q = parse_clip_init(cfg.clip_init)
+    if q is None or "threshold" in cfg.neuron_arguments() or not any(isinstance(m, QCFS) for m in model.modules()):
+        return
+    batches = _clip_batches(cfg, train_loader, dist)
+    model.to(dist.device)
+    rows = init_qcfs_clips(model, batches, q)
+    _broadcast_params(model, (QCFS,), dist)
     if dist.is_primary:
         print(f"QCFS clips ϑ from the data ({cfg.clip_init} of each layer's pre-activations; --clip-init none "
               f"keeps {rows[0]['before']:g}): " + " ".join(f"{r['after']:.3g}" for r in rows))
+
+
+def _prepare_qat(cfg: TrainConfig, model: nn.Module, train_loader: Any, dist: DistInfo) -> None:
+    """``prepare_qat`` with ``cfg.prepare_qat``; then the clips α of the quantizers it made from ReLUs start at
+    ``cfg.clip_init`` of their layer's pre-activations, unless α was given (``--alpha-init``, ``prepare_qat.alpha``)
+    or the run resumes. Quantizers made from QCFS keep its ϑ (already from the data when trained from scratch) and
+    quantizers loaded with ``--init-from`` keep their trained α."""
+    from ..quant.clip_init import init_qac_alphas, parse_clip_init
+    from ..quant.qac import QACQuantizer, prepare_qat
+
+    report = prepare_qat(model, **cfg.prepare_qat)
+    names = [r["name"] for r in report.replaced if r["old"] == "ReLU" and r["new"] == "QACQuantizer"]
+    q = parse_clip_init(cfg.clip_init)
+    if q is None or not names or "alpha" in cfg.prepare_qat or cfg.resume is not None:
+        return
+    batches = _clip_batches(cfg, train_loader, dist)
+    model.to(dist.device)
+    rows = init_qac_alphas(model, batches, q, names=names)
+    _broadcast_params(model, (QACQuantizer,), dist)
+    if dist.is_primary:
+        print(f"QAC clips α from the data ({cfg.clip_init} of each layer's pre-activations, {len(rows)} quantizers; "
+              f"--alpha-init X or --clip-init none keeps a fixed α, {rows[0]['before']:g} by default): "
+              + " ".join(f"{r['after']:.3g}" for r in rows))
 
 
 def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_loader: Any = None,
@@ -270,9 +305,7 @@ def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_load
                 _init_clips(cfg, model, train_loader, dist)
             _resolve_freeze_bn(cfg, False)
             if cfg.prepare_qat is not None:
-                from ..quant.qac import prepare_qat
-
-                prepare_qat(model, **cfg.prepare_qat)
+                _prepare_qat(cfg, model, train_loader, dist)
         if dist.is_primary:
             save_config(cfg, out, extra={"world_size": dist.world_size, "device": str(dist.device)})
         trainer = Trainer(model, train_loader, eval_loader, cfg, dist=dist, model_name=model_name)

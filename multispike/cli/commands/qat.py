@@ -12,7 +12,7 @@ import argparse
 
 EPILOG = """\
 examples:
-  multispike qat --model vgg_small --dataset cifar10 --subset 5000 --epochs 2 --t-init 4 --alpha-init 8 \\
+  multispike qat --model vgg_small --dataset cifar10 --subset 5000 --epochs 2 --t-init 4 \\
       --out runs/qac
   multispike qat --model resnet20_cifar --qac-param n_alpha --t-init 4 --epochs 1 --out runs/qac_r20
   multispike qat --init-from runs/qcfs_ann --epochs 1 --out runs/qac_from_qcfs   # QCFS clip/levels -> α/t
@@ -47,7 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--qac-param", default="t_alpha", choices=PARAMETERISATIONS,
                    help="learnable pair: t_alpha (default; continuous t and clip α), n_d, n_alpha, d_alpha")
     q.add_argument("--t-init", type=float, default=4.0, help="initial continuous timestep t (levels), >= 1 (default 4)")
-    q.add_argument("--alpha-init", type=float, default=8.0, help="initial clip α = θ of the SNN, > 0 (default 8)")
+    q.add_argument("--alpha-init", type=float, default=None,
+                   help="initial clip α = θ of the SNN, > 0, the same for every layer. Default: each layer's α from "
+                        "the data (--clip-init, the 99.9th percentile of its pre-activations on 4 training batches); "
+                        "8 with --clip-init none. Quantizers made from QCFS start at its ϑ either way")
     q.add_argument("--t-to-T", default="round", choices=T_ROUNDING,
                    help="integer T_l from t: round (half up, default) or ceil")
     q.add_argument("--t-max", type=int, default=64, help="upper bound of T_l (default 64)")
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                          f"`multispike train` for other modes")
     if not args.t_init >= 1:
         raise ValueError(f"--t-init must be >= 1 (a layer runs at least one timestep), got {args.t_init}")
-    if not args.alpha_init > 0:
+    if args.alpha_init is not None and not args.alpha_init > 0:
         raise ValueError(f"--alpha-init must be > 0, got {args.alpha_init}")
     if args.t_max < 1:
         raise ValueError(f"--t-max must be >= 1, got {args.t_max}")
@@ -88,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
     if "neuron_param_patterns" not in vars(args) and "neuron_param_patterns" not in yaml_keys:
         # the quantizer's learnable pair joins the neuron group, so --neuron-lr / --neuron-weight-decay set its lr
         cfg.neuron_param_patterns = [*cfg.neuron_param_patterns, *_QAC_PARAMS]
-    prep = {"param": args.qac_param, "t": args.t_init, "alpha": args.alpha_init, "t_to_T": args.t_to_T,
-            "t_max": args.t_max}
+    prep = {"param": args.qac_param, "t": args.t_init, "t_to_T": args.t_to_T, "t_max": args.t_max}
+    if args.alpha_init is not None:   # given: kept; absent: α from the data (run_training, --clip-init)
+        prep["alpha"] = args.alpha_init
     cfg.prepare_qat = {**prep, **(cfg.prepare_qat or {})}
     cfg.validate()
     if args.print_config:
