@@ -42,7 +42,7 @@ from torch import nn
 
 from .data.provenance import DataSpec
 from .data.provenance import data_spec as _data_spec
-from .neurons.base import check_positive_int, reset_net
+from .neurons.base import check_positive_int
 
 __all__ = ["TARGETS", "ALIGN_NONE", "DataSpec", "data_spec", "static_loader", "prefix_accuracy", "parse_align_option",
            "parse_bias_scale", "convert_checkpoint", "calibrate_checkpoint", "reparameterize_checkpoint",
@@ -506,7 +506,7 @@ def convert_checkpoint(checkpoint: str | os.PathLike, to: str, *, out: str | os.
             if_net, _ = run_step(ann, {"op": "convert_qcfs_to_if", "args": {"T": T_if}})
             acc = prefix_accuracy(if_net, test)
             sanity_rows.append({"target": "if", "T": T_if, **acc})
-            table.append((f"IF sanity (same ANN)", T_if, _pct(acc["acc"]), _curve(acc["acc_per_t"])))
+            table.append(("IF sanity (same ANN)", T_if, _pct(acc["acc"]), _curve(acc["acc_per_t"])))
         result["sanity"] = sanity_rows
     if to == "uniform" and compare_align:
         other = "aver+aver" if align is None else None

@@ -15,7 +15,7 @@ from tonic.io import read_mnist_file  # noqa: E402
 
 import multispike as ms  # noqa: E402
 from multispike.data.events import NMNIST, read_nmnist_bin, to_frame  # noqa: E402
-from multispike.interop.tonic import (TonicDataset, from_tonic_events, to_tonic_events,  # noqa: E402
+from multispike.interop.tonic import (from_tonic_events, to_tonic_events,  # noqa: E402
                                       tonic_loader)
 
 ROOT = Path(os.environ.get("MULTISPIKE_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))

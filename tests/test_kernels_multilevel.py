@@ -11,7 +11,6 @@ import pytest
 import torch
 from conftest import require_cpp_library
 
-import multispike as ms
 from multispike.kernels import lmht_cpp, mlif_cpp
 from multispike.kernels.registry import get_kernel, resolve_backend
 from multispike.neurons.if_lif import LIFState

@@ -31,7 +31,7 @@ def _lane_rule(r: float, S: int, bounds: str, fire_ge: bool) -> int:
     if not fired:
         return -1
     for s in range(S - 1):
-        lo, hi = 2.0 ** s, 2.0 ** (s + 1)
+        hi = 2.0 ** (s + 1)
         inside = (r < hi) if bounds == "floor" else (r <= hi)
         if inside:
             return s

@@ -1,5 +1,4 @@
 """IF/LIF core: the invariants of algorithms.md §1.4, step-mode equivalence, surrogates, bad input."""
-import math
 
 import pytest
 import torch

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ import multispike
 from multispike.cli.main import main
 from multispike.data import TensorLoader
 from multispike.layers import DirectEncoder, SeqToANNContainer
-from multispike.train import load_checkpoint, resolve_config, run_training
+from multispike.train import load_checkpoint, resolve_config
 from multispike.train.checkpoint import save_checkpoint
 from multispike.train.engine import Trainer
 from multispike.train.guards import (LOCK_NAME, NonFiniteError, RunLock, RunLockedError, ensure_writable_dir,

@@ -4,15 +4,12 @@ import os
 import subprocess
 import sys
 import textwrap
-import warnings
 
 import pytest
 import torch
 from torch import nn
 
-import multispike
 from multispike.data import Augment, TensorLoader
-from multispike.layers import DirectEncoder, SeqToANNContainer
 from multispike.train import (EXIT_AFTER_STEPS_ENV, CheckpointError, Trainer, load_checkpoint, prefix_correct,
                               quantizer_report, resolve_config, run_training, subset_indices)
 

@@ -32,7 +32,6 @@ import copy
 import dataclasses
 import math
 import statistics
-import time
 import sys
 from pathlib import Path
 

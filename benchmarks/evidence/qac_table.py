@@ -133,7 +133,7 @@ def _qat(table: C.TableRun, qann, train, phase: str, latency_weight: float):
 
 def run(table: C.TableRun) -> None:
     from multispike.convert import to_mixed_timestep_snn, to_uniform_snn
-    from multispike.quant import QACQuantizer, average_timestep, prepare_qat, quantizer_summary
+    from multispike.quant import average_timestep, quantizer_summary
 
     ctx, p = table.ctx, table.ctx.profile
     data = ctx.cifar

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import ResidualAdd, SeqToANNContainer
+from ..layers import ResidualAdd
 from ..neurons.base import MemoryModule, check_positive_int
 from ..neurons.if_lif import IFNeuron
 from ..quant.qac import QACQuantizer

@@ -300,8 +300,8 @@ def _analyze_reparameterized(core: ReparameterizedIF, name: str) -> NeuronSpec:
     elif torch.allclose(omega / omega[0, 0] * (1.0 / L), block, rtol=0, atol=1e-12) and omega[0, 0] > 0:
         c = float(omega[0, 0]) * L
     if c is None:
-        reason = (f"the reparameterised layer keeps a non-identity T-GIM Ω ⊗ (1/L) (its LM-HT Ω mixes steps); NIR "
-                  f"cannot express step mixing. Fine-tune the LM-HT network with tgim='identity' first")
+        reason = ("the reparameterised layer keeps a non-identity T-GIM Ω ⊗ (1/L) (its LM-HT Ω mixes steps); NIR "
+                  "cannot express step mixing. Fine-tune the LM-HT network with tgim='identity' first")
         spec.problems = {m: reason for m in ("exact", "if", "unrolled")}
     else:
         spec.gain = spec.gain * c

@@ -311,10 +311,9 @@ def _emit_avgpool(b: _Builder, call: TracedCall, value: list[_Term]) -> list[_Te
 
 def _prepare_unrolled(model: nn.Module, example_input: torch.Tensor, T: int):
     """Reparameterise LM-HT/M-HT layers into an L·T-step IF network (algorithms.md §2.7)."""
-    from ..neurons.lmht import LMHTNeuron, MHTNeuron, ReparameterizedIF
+    from ..neurons.lmht import LMHTNeuron, MHTNeuron
 
     has_mht = any(isinstance(unwrap(m)[0], (LMHTNeuron, MHTNeuron)) for m in model.modules())
-    has_rep = any(isinstance(m, ReparameterizedIF) for m in model.modules())
     if not has_mht:
         return model, None, ""
     try:

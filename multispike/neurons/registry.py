@@ -6,9 +6,7 @@ neurons with a T×T T-GIM) and neuron keyword arguments.
 """
 from __future__ import annotations
 
-import functools
 import importlib
-from typing import Callable
 
 from torch import nn
 
