@@ -48,6 +48,9 @@ import time
 import warnings
 from pathlib import Path
 
+from .._fileio import atomic_write_text as _atomic_write_text
+from .._fileio import sha256_file as _sha256
+
 __all__ = ["load_library", "build_info", "cache_dir", "CppBuildWarning", "KernelCacheWarning", "InsecureCacheError",
            "DEFAULT_CXX_TIMEOUT"]
 
@@ -249,32 +252,8 @@ def _version(cxx: str) -> str:
     return out if rc == 0 else ""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _sidecar(lib: Path) -> Path:
     return lib.with_name(lib.name + ".sha256")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _verify(lib: Path) -> None:
