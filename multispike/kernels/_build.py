@@ -228,7 +228,8 @@ def _cpu_fingerprint() -> str:
 def _sources() -> str:
     from ._cpu_src_lif import SOURCE as LIF
     from ._cpu_src_multi import SOURCE as MULTI
-    return LIF + "\n" + MULTI
+    from ._cpu_src_quant import SOURCE as QUANT
+    return LIF + "\n" + MULTI + "\n" + QUANT
 
 
 def _flag_sets(version: str) -> list[list[str]]:
@@ -333,6 +334,13 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.ms_lmht_forward.argtypes = [i32, vp, i64, i64, i64, vp, i64, vp, vp, dp, dp, lp, i32]
     lib.ms_lmht_backward.restype = i32
     lib.ms_lmht_backward.argtypes = [i32, vp, i64, i64, i64, vp, i64, vp, vp, vp, i64, vp, dp, dp, dp, lp, i32]
+    f64 = ctypes.c_double
+    for name, args in (("ms_qcfs_forward", [i32, vp, vp, i64, f64, f64, f64, i32]),
+                       ("ms_qcfs_backward", [i32, vp, vp, vp, i64, f64, f64, f64, dp, i32]),
+                       ("ms_qac_forward", [i32, vp, vp, i64, f64, f64, i32]),
+                       ("ms_qac_backward", [i32, vp, vp, vp, i64, f64, f64, dp, i32])):
+        getattr(lib, name).restype = i32
+        getattr(lib, name).argtypes = args
 
 
 def load_library() -> ctypes.CDLL | None:

@@ -101,20 +101,59 @@ def _param_grad(ctx, index: int, per_element: torch.Tensor) -> torch.Tensor | No
     return per_element.sum().reshape(shape).to(dtype)
 
 
+def _fused_ok(x: torch.Tensor, clip: torch.Tensor) -> bool:
+    """Use the one-pass C++ kernels (dense float32/bf16 CPU input, one clip value, not while compiling)."""
+    if clip.numel() != 1 or clip.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    from ..kernels import quant_cpp   # lazily: importing the neurons must not import the kernels
+    return quant_cpp.quantizer_kernels_available(x)
+
+
+def _fused_forward(ctx, x: torch.Tensor, clip: torch.Tensor, T: int) -> torch.Tensor:
+    """Forward through the fused kernel; saves only ``x`` and the clip (the backward recomputes the level)."""
+    from ..kernels import quant_cpp
+    ctx.fused = True
+    ctx.save_for_backward(x, clip)
+    return quant_cpp.qac_forward(x, clip.item(), T)
+
+
+def _fused_sums(ctx, g: torch.Tensor, T: int) -> tuple[torch.Tensor, float, float, float]:
+    """(∂L/∂x, Σ_inside g·r, Σ_above g, clip) with ``r = q − x``: every parameterisation's gradient is a
+    combination of the two sums."""
+    from ..kernels import quant_cpp
+    x, clip = ctx.saved_tensors
+    c = clip.item()
+    gx, s_r, s_above = quant_cpp.qac_backward(x, g.contiguous(), c, T)
+    return gx, s_r, s_above, c
+
+
+def _scalar_grad(ctx, index: int, value: float) -> torch.Tensor | None:
+    if not ctx.needs_input_grad[index]:
+        return None
+    shape, dtype = ctx.meta[index - 1]
+    return torch.tensor(value, dtype=dtype).reshape(shape)
+
+
 class _QuantizeTAlpha(torch.autograd.Function):
     """Case 4, learnable (t, α): ∂Q/∂t = −r/T_l, ∂Q/∂α = r/α inside; (0, 1) above."""
 
     @staticmethod
     def forward(ctx, x, t, alpha, T: int):
+        ctx.T = T
+        _save_meta(ctx, t, alpha)
+        if _fused_ok(x, alpha):
+            return _fused_forward(ctx, x, alpha.detach(), T)
+        ctx.fused = False
         a = alpha.detach().to(x.dtype)
         q = qac_quantize(x, a, T)
         ctx.save_for_backward(x, q, a)
-        ctx.T = T
-        _save_meta(ctx, t, alpha)
         return q
 
     @staticmethod
     def backward(ctx, g):
+        if ctx.fused:
+            gx, s_r, s_above, a = _fused_sums(ctx, g, ctx.T)
+            return gx, _scalar_grad(ctx, 1, -s_r / ctx.T), _scalar_grad(ctx, 2, s_r / a + s_above), None
         x, q, a = ctx.saved_tensors
         inside, above = _regions(x, a)
         r = q - x
@@ -127,14 +166,21 @@ class _QuantizeNAlpha(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, n, alpha, T: int):
+        ctx.T = T
+        _save_meta(ctx, n, alpha)
+        if _fused_ok(x, alpha):
+            return _fused_forward(ctx, x, alpha.detach(), T)
+        ctx.fused = False
         a = alpha.detach().to(x.dtype)
         q = qac_quantize(x, a, T)
         ctx.save_for_backward(x, q, a)
-        _save_meta(ctx, n, alpha)
         return q
 
     @staticmethod
     def backward(ctx, g):
+        if ctx.fused:
+            gx, s_r, s_above, a = _fused_sums(ctx, g, ctx.T)
+            return gx, _scalar_grad(ctx, 1, -_LN2 * s_r), _scalar_grad(ctx, 2, s_r / a + s_above), None
         x, q, a = ctx.saved_tensors
         inside, above = _regions(x, a)
         r = q - x
@@ -147,17 +193,25 @@ class _QuantizeND(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, n, d, T: int):
+        ctx.T = T
+        _save_meta(ctx, n, d)
+        if _fused_ok(x, d):
+            ctx.step = d.detach().to(torch.float32).item()
+            return _fused_forward(ctx, x, d.detach().to(torch.float32) * T, T)
+        ctx.fused = False
         dd = d.detach().to(x.dtype)
         q = qac_quantize(x, dd * T, T)
         ctx.save_for_backward(x, q, dd)
-        ctx.T = T
-        _save_meta(ctx, n, d)
         return q
 
     @staticmethod
     def backward(ctx, g):
-        x, q, dd = ctx.saved_tensors
         T = ctx.T
+        if ctx.fused:
+            gx, s_r, s_above, _ = _fused_sums(ctx, g, T)
+            dd = ctx.step
+            return gx, _scalar_grad(ctx, 1, s_above * _LN2 * T * dd), _scalar_grad(ctx, 2, s_r / dd + s_above * T), None
+        x, q, dd = ctx.saved_tensors
         inside, above = _regions(x, dd * T)
         r = q - x
         return (g * inside, _param_grad(ctx, 1, g * above * (_LN2 * T * dd)),
@@ -169,15 +223,22 @@ class _QuantizeDAlpha(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, d, alpha, T: int):
+        ctx.T = T
+        _save_meta(ctx, d, alpha)
+        if _fused_ok(x, d):
+            ctx.step = d.detach().to(torch.float32).item()
+            return _fused_forward(ctx, x, d.detach().to(torch.float32) * T, T)
+        ctx.fused = False
         dd = d.detach().to(x.dtype)
         q = qac_quantize(x, dd * T, T)
         ctx.save_for_backward(x, q, dd)
-        ctx.T = T
-        _save_meta(ctx, d, alpha)
         return q
 
     @staticmethod
     def backward(ctx, g):
+        if ctx.fused:
+            gx, s_r, s_above, _ = _fused_sums(ctx, g, ctx.T)
+            return gx, _scalar_grad(ctx, 1, s_r / ctx.step), _scalar_grad(ctx, 2, s_above), None
         x, q, dd = ctx.saved_tensors
         inside, above = _regions(x, dd * ctx.T)
         r = q - x

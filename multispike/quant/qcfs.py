@@ -34,10 +34,78 @@ def floor_ste(x: torch.Tensor) -> torch.Tensor:
     return _FloorSTE.apply(x)
 
 
+def _qcfs_forward(z: torch.Tensor, threshold: torch.Tensor | float, levels: int, shift: float) -> torch.Tensor:
+    # One allocation, then in place, in the order of the reference formula (so values are bit-identical to it):
+    # the converted SNN's exact-equivalence checks compare against exactly these roundings.
+    out = z / threshold
+    return out.mul_(levels).add_(shift).floor_().div_(levels).clamp_(0.0, 1.0).mul_(threshold)
+
+
+def _fused_ok(z: torch.Tensor, threshold: torch.Tensor) -> bool:
+    """Use the one-pass C++ kernels (dense float32/bf16 CPU input, one clip value, not while compiling)."""
+    if threshold.numel() != 1 or threshold.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    from ..kernels import quant_cpp   # lazily: importing the neurons must not import the kernels
+    return quant_cpp.quantizer_kernels_available(z)
+
+
+class _QCFSFunction(torch.autograd.Function):
+    """QCFS with a hand-written backward: saves only ``z`` and ``ϑ`` (autograd of the code form keeps five
+    intermediates) and recomputes the level index, which makes bf16 training markedly faster on CPUs."""
+
+    @staticmethod
+    def forward(ctx, z, threshold, levels, shift):
+        ctx.save_for_backward(z, threshold)
+        ctx.levels, ctx.shift = levels, shift
+        ctx.fused = _fused_ok(z, threshold)
+        if ctx.fused:
+            from ..kernels import quant_cpp
+            return quant_cpp.qcfs_forward(z, threshold.item(), levels, shift)
+        return _qcfs_forward(z, threshold, levels, shift)
+
+    @staticmethod
+    def backward(ctx, g):
+        z, threshold = ctx.saved_tensors
+        levels, shift = ctx.levels, ctx.shift
+        if ctx.fused:
+            from ..kernels import quant_cpp
+            grad_z, grad_th = quant_cpp.qcfs_backward(z, g.contiguous(), threshold.item(), levels, shift)
+            grad_th = torch.tensor(grad_th, dtype=threshold.dtype).reshape(threshold.shape)
+            return (grad_z if ctx.needs_input_grad[0] else None,
+                    grad_th if ctx.needs_input_grad[1] else None, None, None)
+        q = (z / threshold).mul_(levels).add_(shift).floor_().div_(levels)
+        inside = (q >= 0) & (q <= 1)          # clamp passes the gradient at both bounds
+        grad_z = grad_th = None
+        if ctx.needs_input_grad[0]:
+            grad_z = torch.where(inside, g, 0).to(z.dtype)
+        if ctx.needs_input_grad[1]:
+            # ∂out/∂ϑ = q − z/ϑ inside the clip, 1 above it, 0 below: = clamp(q, 0, 1) − inside·z/ϑ
+            term = q.clamp_(0.0, 1.0).sub_(torch.where(inside, z / threshold, 0))
+            per_elem = g * term
+            if threshold.dim() == 0:
+                # accumulate the layer's scalar in float32 at least, whatever the activation dtype
+                grad_th = per_elem.sum(dtype=torch.promote_types(threshold.dtype, torch.float32)).to(threshold.dtype)
+            else:
+                grad_th = per_elem.sum_to_size(threshold.shape).to(threshold.dtype)
+        return grad_z, grad_th, None, None
+
+
 def qcfs(z: torch.Tensor, threshold: torch.Tensor | float, levels: int, shift: float = 0.5) -> torch.Tensor:
-    """Functional QCFS: ``ϑ · clamp(⌊z·Q/ϑ + φ⌋ / Q, 0, 1)`` with a straight-through floor."""
-    q = floor_ste(z / threshold * levels + shift) / levels
-    return torch.clamp(q, 0.0, 1.0) * threshold
+    """Functional QCFS: ``ϑ · clamp(⌊z·Q/ϑ + φ⌋ / Q, 0, 1)`` with a straight-through floor.
+
+    ``∂out/∂z = 1`` where ``0 ≤ ⌊z·Q/ϑ + φ⌋/Q ≤ 1`` (else 0); ``∂out/∂ϑ`` as in the module docstring.
+    """
+    if not torch.is_tensor(threshold):
+        if not torch.is_grad_enabled() or not z.requires_grad:
+            return _qcfs_forward(z, threshold, levels, shift)
+        threshold = torch.tensor(float(threshold), dtype=z.dtype if z.is_floating_point() else torch.float32,
+                                 device=z.device)
+    if torch.is_grad_enabled() and (z.requires_grad or threshold.requires_grad):
+        return _QCFSFunction.apply(z, threshold, levels, shift)
+    if _fused_ok(z, threshold):
+        from ..kernels import quant_cpp
+        return quant_cpp.qcfs_forward(z, threshold.item(), levels, shift)
+    return _qcfs_forward(z, threshold, levels, shift)
 
 
 class QCFS(nn.Module):
