@@ -87,7 +87,7 @@ def main() -> int:
                          f"--out {out}/ann_eval{data_extra}")],
     }
     flavours = [f.strip() for f in args.flavours.split(",") if f.strip()]
-    commands, timings = [], {}
+    commands, timings, loads = [], {}, {}
     commit = _commit()       # the code that runs, taken before anything else can change the checkout
     t_all = time.perf_counter()
     for fl in flavours:
@@ -95,15 +95,19 @@ def main() -> int:
             full = pre + ms + " " + cmd
             print(f"$ {full}", flush=True)
             t0 = time.perf_counter()
+            load_before = os.getloadavg()
             rc = subprocess.run(shlex.split(full), cwd=REPO).returncode
             dt = time.perf_counter() - t0
             commands.append("multispike " + cmd)
             timings[f"{fl}_{step}_s"] = round(dt, 1)
+            # 1/5/15-minute load averages before and after: the run's share of the 2 cores, for the reader
+            loads[f"{fl}_{step}"] = {"before": [round(v, 2) for v in load_before],
+                                     "after": [round(v, 2) for v in os.getloadavg()]}
             if rc != 0:
                 print(f"step {fl}/{step} failed with exit code {rc}", file=sys.stderr)
                 return rc
     res: dict = {"commit": commit, "cpu": _cpu(), "torch_threads_per_run": 2, "commands": commands,
-                 "step_seconds": timings, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                 "step_seconds": timings, "load_average": loads, "flavours": flavours, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
     def load(p: Path) -> dict:
         return json.loads(p.read_text())
