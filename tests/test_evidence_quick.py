@@ -100,6 +100,31 @@ def test_quick_table_structure(quick_run, table):
     assert res["command"] in md
 
 
+@needs_data
+@pytest.mark.parametrize("table", ["lmht", "qac", "mlif"])
+def test_quick_table_trains_through_the_library_trainer(quick_run, table):
+    """Issue 15: every network of a table is trained by multispike.train.Trainer (real CIFAR-10 / N-MNIST at tiny
+    size): the result names the trainer, and each trained phase's record matches the Trainer's own log.jsonl and
+    summary.json (same steps, same per-epoch losses)."""
+    res = json.loads((quick_run / f"evidence_{table}.json").read_text())
+    assert res["trainer"] == "multispike.train" and res["environment"]["trainer"] == "multispike.train"
+    assert "multispike.train" in (quick_run / f"evidence_{table}.md").read_text()
+    trained = [p for p in res["phases"] if "steps_run" in p and "reused" not in p]
+    assert trained, "the table trains at least one network itself"
+    for p in trained:
+        assert p["trainer"] == "multispike.train.Trainer", p["name"]
+        log = quick_run / p["trainer_log"]
+        recs = [json.loads(line) for line in log.read_text().splitlines()]
+        epochs = [r for r in recs if r["event"] == "epoch"]
+        summary = json.loads((log.parent / "summary.json").read_text())
+        assert recs[-1]["event"] == "summary" and summary["steps"] == p["steps_run"] >= 1
+        assert [round(r["train_loss"], 5) for r in epochs] == p["epoch_loss"]
+        assert summary["mode"] == p["trainer_mode"] and summary["loss"] == p["trainer_loss"]
+        assert not (log.parent / "checkpoints").exists()         # the suite keeps its models in memory
+    summary = json.loads((quick_run / "evidence_summary.json").read_text())
+    assert summary["trainer"] == "multispike.train"
+
+
 def snn_T_l(qac: dict) -> list:
     return qac["extra"]["qac_snn"]["T_l"]
 

@@ -208,7 +208,12 @@ def train_phase(model: nn.Module, loader: TensorLoader | Iterable, spec: TrainSp
         record["cuts"].append({"at_step": trainer.step, "reason": f"non-finite training state: {exc}"[:300],
                                "steps_before": planned, "steps_after": trainer.step})
     except TrainingInterrupted as exc:
-        raise Interrupted(f"received signal {exc.signum} during phase {name}") from None
+        import signal
+        try:
+            sig = signal.Signals(exc.signum).name
+        except ValueError:
+            sig = str(exc.signum)
+        raise Interrupted(f"received signal {sig} during phase {name} (the Trainer stopped after its step)") from None
     finally:
         reg = trainer.regulariser
         if reg is not None:
