@@ -143,8 +143,8 @@ def run(table: C.TableRun) -> None:
                 break
             with table.guard(f"hybrid L={L} T={T}"):
                 seed = ctx.seed(key)
-                rec = C.train_phase(snn, train, dataclasses.replace(spec, epochs=plan[0]), name=key, ctx=ctx, table=table.name,
-                            allot_s=plan[1][key])
+                rec = C.train_phase(snn, train, dataclasses.replace(spec, epochs=plan[0]), name=key, ctx=ctx,
+                                    table=table.name, allot_s=plan[1][key])
                 rec["seed"] = seed
                 table.phases.append(rec)
                 acc = C.test_accuracy(snn, test, ctx)["accuracy"]
@@ -175,8 +175,8 @@ def run(table: C.TableRun) -> None:
             break
         with table.guard(f"direct {key}"):
             seed = ctx.seed("direct_train")  # same data order and augmentation draws for every row
-            rec = C.train_phase(model, train, dataclasses.replace(spec, epochs=plan[0]), name=key, ctx=ctx, table=table.name,
-                        allot_s=plan[1][key])
+            rec = C.train_phase(model, train, dataclasses.replace(spec, epochs=plan[0]), name=key, ctx=ctx,
+                                table=table.name, allot_s=plan[1][key])
             rec["seed"] = seed
             table.phases.append(rec)
             acc = C.test_accuracy(model, test, ctx)["accuracy"]

@@ -321,8 +321,8 @@ def run(table: C.TableRun) -> None:
             break
         with table.guard(key):
             ctx.seed(f"{key}_train")
-            rec = C.train_phase(snn, train, dataclasses.replace(spec, epochs=plan[0]), name=key, ctx=ctx, table=table.name,
-                        allot_s=plan[1][key])
+            rec = C.train_phase(snn, train, dataclasses.replace(spec, epochs=plan[0]), name=key, ctx=ctx,
+                                table=table.name, allot_s=plan[1][key])
             rec["init"] = init.to_dict()
             table.phases.append(rec)
             acc = C.test_accuracy(snn, test, ctx)["accuracy"]
@@ -354,8 +354,8 @@ def run(table: C.TableRun) -> None:
             break
         with table.guard(key):
             ctx.seed(f"{key}_train")
-            rec = C.train_phase(lq, train, dataclasses.replace(spec, epochs=plan[0]), name=key, ctx=ctx, table=table.name,
-                        allot_s=plan[1][key])
+            rec = C.train_phase(lq, train, dataclasses.replace(spec, epochs=plan[0]), name=key, ctx=ctx,
+                                table=table.name, allot_s=plan[1][key])
             rec["alphas"] = alphas
             table.phases.append(rec)
             acc = C.test_accuracy(lq, test, ctx)["accuracy"]
@@ -409,9 +409,8 @@ def run_nmnist(table: C.TableRun) -> None:
                 model = _dvs_model(S, Q).to(ctx.device)
                 train = EventLoader(xtr, nm.train_y, p.nmnist_batch, shuffle=True, seed=s, max_roll=NMNIST_ROLL,
                                     drop_last=True, device=ctx.device)
-                rec = C.train_phase(model, train, dataclasses.replace(spec, epochs=epochs), name=f"nmnist_{name}", ctx=ctx,
-                            table=table.name,
-                            allot_s=allots[f"S{S}"])
+                rec = C.train_phase(model, train, dataclasses.replace(spec, epochs=epochs), name=f"nmnist_{name}",
+                                    ctx=ctx, table=table.name, allot_s=allots[f"S{S}"])
                 rec["seed"] = s
                 table.phases.append(rec)
                 acc = C.test_accuracy(model, test, ctx)["accuracy"]
