@@ -7,7 +7,7 @@ turns into a :class:`multispike.train.TrainConfig`:
 * fractional epochs -> ``max_steps = round(epochs x steps per epoch)`` (the cosine spans exactly those steps);
 * the phase's time allotment -> ``time_budget_s`` (the Trainer stops cleanly there and its cosine follows the
   elapsed time, ``budget_schedule``), with ``budget_min_steps`` so a phase under a tiny allotment still takes a
-  few steps; past the run's hard deadline a phase stops after one step;
+  few steps; the run's hard deadline stops a phase regardless (after at least one step);
 * weight decay on conv/linear weights only (``decay_norm_and_bias: false``, neuron and quantizer groups 0);
 * QAC's (t, alpha) optimizer and multispike's latency term -> ``quant_opt``/``quant_lr``/``latency_weight``;
 * the converted networks' BatchNorm statistics stay fixed -> ``freeze_bn``.
@@ -173,7 +173,8 @@ def train_phase(model: nn.Module, loader: TensorLoader | Iterable, spec: TrainSp
     hard_left = ctx.hard_deadline - time.perf_counter()
     hard_limited = hard_left <= allot_s
     budget = min(allot_s, hard_left)
-    min_steps = 1 if hard_left <= 0 else min(planned, spec.min_steps)
+    # The hard deadline of the run overrides a phase's minimum step count (as the allotment does not).
+    min_steps = 1 if hard_limited else min(planned, spec.min_steps)
     out = _phase_dir(ctx, table, name)
     seed = int(torch.initial_seed()) % 2**31
     cfg = phase_config(spec, model, name=name, out=out, device=device, seed=seed, steps_per_epoch=spe,
