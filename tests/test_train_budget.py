@@ -61,8 +61,13 @@ def test_max_steps_trains_a_fractional_epoch_and_logs_it(tmp_path):
 def test_budget_min_steps_overrides_a_spent_budget(tmp_path):
     cfg = _cfg(tmp_path, epochs=3, time_budget_s=1e-6, budget_min_steps=4, save_checkpoints=False)
     tr = Trainer(_model(), _batches(), None, cfg)
+    lrs = []
+    orig = tr.schedule.apply
+    tr.schedule.apply = lambda opt, step: lrs.append(orig(opt, step)) or lrs[-1]
     summary = tr.fit()
     assert tr.step == 4 and summary["stop_reason"] == "time_budget"
+    # the guaranteed steps follow a cosine over 4 steps (30 planned), not the spent budget's lr of 0
+    assert lrs == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(4)])
     cfg = _cfg(tmp_path, epochs=3, time_budget_s=1e-6, save_checkpoints=False, out=str(tmp_path / "b"))
     assert Trainer(_model(), _batches(), None, cfg).fit()["steps"] == 0     # the default: a spent budget trains nothing
 

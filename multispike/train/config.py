@@ -122,8 +122,9 @@ class TrainConfig:
     max_steps: int | None = _f(None, "stop after this many optimizer steps (a fractional number of epochs: the last "
                                "epoch is cut short); the lr schedule spans min(epochs x steps per epoch, max_steps)",
                                "training")
-    budget_min_steps: int = _f(0, "with time_budget_s: never stop for the budget before this many optimizer steps "
-                               "(a phase that overruns a tiny budget still takes a few steps)", "training")
+    budget_min_steps: int = _f(0, "with time_budget_s: never stop for the budget before this many optimizer steps, "
+                               "and let the budget-following lr schedule span at least that many (a phase that "
+                               "overruns a tiny budget still takes a few steps with a whole schedule)", "training")
     budget_schedule: bool = _f(True, "with time_budget_s: the lr schedule advances by max(step fraction, time "
                                "fraction), so it ends at the budget when that comes first (not bit-reproducible)",
                                "training")

@@ -233,7 +233,12 @@ class Trainer:
         budget = self.cfg.time_budget_s
         if budget is None or not self.cfg.budget_schedule:
             return self.step
-        return max(self.step, int(self.elapsed() / budget * self.schedule.total_steps))
+        total = self.schedule.total_steps
+        ahead = max(self.step, int(self.elapsed() / budget * total))
+        floor = min(self.cfg.budget_min_steps, total)
+        if floor:   # the steps budget_min_steps guarantees still get a whole schedule (never squeezed below them)
+            ahead = min(ahead, max(self.step, self.step * total / floor))
+        return ahead
 
     def _steps_done(self) -> bool:
         """Whether ``max_steps`` optimizer steps have run (the same on every rank)."""
