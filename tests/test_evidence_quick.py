@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.evidence import common as C  # noqa: E402
-from benchmarks.evidence import mlif_table  # noqa: E402
+from benchmarks.evidence import mlif_table, profiles  # noqa: E402
 
 SHARED = Path(os.environ.get("MULTISPIKE_DATA", REPO.parent / "shared" / "datasets"))
 HAVE_DATA = (SHARED / "cifar10" / "cifar-10-batches-py").is_dir() and (SHARED / "events" / "nmnist-small").is_dir()
@@ -100,6 +100,31 @@ def test_quick_table_structure(quick_run, table):
     assert res["command"] in md
 
 
+@needs_data
+@pytest.mark.parametrize("table", ["lmht", "qac", "mlif"])
+def test_quick_table_trains_through_the_library_trainer(quick_run, table):
+    """Issue 15: every network of a table is trained by multispike.train.Trainer (real CIFAR-10 / N-MNIST at tiny
+    size): the result names the trainer, and each trained phase's record matches the Trainer's own log.jsonl and
+    summary.json (same steps, same per-epoch losses)."""
+    res = json.loads((quick_run / f"evidence_{table}.json").read_text())
+    assert res["trainer"] == "multispike.train" and res["environment"]["trainer"] == "multispike.train"
+    assert "multispike.train" in (quick_run / f"evidence_{table}.md").read_text()
+    trained = [p for p in res["phases"] if "steps_run" in p and "reused" not in p]
+    assert trained, "the table trains at least one network itself"
+    for p in trained:
+        assert p["trainer"] == "multispike.train.Trainer", p["name"]
+        log = quick_run / p["trainer_log"]
+        recs = [json.loads(line) for line in log.read_text().splitlines()]
+        epochs = [r for r in recs if r["event"] == "epoch"]
+        summary = json.loads((log.parent / "summary.json").read_text())
+        assert recs[-1]["event"] == "summary" and summary["steps"] == p["steps_run"] >= 1
+        assert [round(r["train_loss"], 5) for r in epochs] == p["epoch_loss"]
+        assert summary["mode"] == p["trainer_mode"] and summary["loss"] == p["trainer_loss"]
+        assert not (log.parent / "checkpoints").exists()         # the suite keeps its models in memory
+    summary = json.loads((quick_run / "evidence_summary.json").read_text())
+    assert summary["trainer"] == "multispike.train"
+
+
 def snn_T_l(qac: dict) -> list:
     return qac["extra"]["qac_snn"]["T_l"]
 
@@ -176,36 +201,44 @@ def test_planner_shares_and_releases_time():
 
 
 class _TinyCtx:
-    def __init__(self):
+    def __init__(self, out_dir):
         self.device = torch.device("cpu")
         self.profile = C.get_profile("quick")
         self.hard_deadline = time.perf_counter() + 3600
+        self.out_dir = Path(out_dir)
         self.logs = []
 
     def log(self, msg):
         self.logs.append(msg)
 
 
-def test_fit_cuts_to_the_allotment_and_finishes_the_schedule():
+def test_train_phase_cuts_to_the_allotment_and_finishes_the_schedule(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
     batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,))) for _ in range(10)]
     spec = C.TrainSpec(epochs=10, lr=0.1, opt="sgd", min_steps=7)
-    rec = C.fit(model, batches, spec, name="tiny", ctx=_TinyCtx(), allot_s=0.0)
+    rec = C.train_phase(model, batches, spec, name="tiny", ctx=_TinyCtx(tmp_path), allot_s=0.0)
     assert rec["steps_planned"] == 100 and rec["steps_run"] == 7
-    assert rec["cuts"] and rec["cuts"][0]["steps_after"] == 7
+    assert rec["cuts"] and rec["cuts"][0]["steps_after"] == 7 and rec["stop_reason"] == "time_budget"
     assert rec["epochs_run"] == pytest.approx(0.7)
-    # Without a tight allotment every planned step runs.
-    rec = C.fit(model, batches, C.TrainSpec(epochs=2, lr=0.1), name="tiny", ctx=_TinyCtx(), allot_s=1e9)
+    assert rec["trainer"] == "multispike.train.Trainer"
+    # Without a tight allotment every planned step runs, also a fractional last epoch (max_steps).
+    ctx = _TinyCtx(tmp_path)
+    rec = C.train_phase(model, batches, C.TrainSpec(epochs=2, lr=0.1), name="tiny", ctx=ctx, allot_s=1e9)
     assert rec["steps_run"] == 20 and rec["cuts"] == [] and len(rec["epoch_loss"]) == 2
+    rec = C.train_phase(model, batches, C.TrainSpec(epochs=1.5, lr=0.1), name="tiny", ctx=ctx, allot_s=1e9)
+    assert rec["steps_run"] == 15 and rec["stop_reason"] == "max_steps" and rec["epochs_run"] == 1.5
+    # Each phase has the Trainer's own log; a repeated name gets its own folder.
+    logs = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("log.jsonl"))
+    assert logs == ["train_logs/phase/tiny-2/log.jsonl", "train_logs/phase/tiny/log.jsonl"]
 
 
-def test_fit_stops_at_the_hard_deadline():
-    ctx = _TinyCtx()
+def test_train_phase_stops_at_the_hard_deadline(tmp_path):
+    ctx = _TinyCtx(tmp_path)
     ctx.hard_deadline = time.perf_counter() - 1.0
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
     batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,))) for _ in range(5)]
-    rec = C.fit(model, batches, C.TrainSpec(epochs=3, lr=0.1), name="late", ctx=ctx, allot_s=1e9)
+    rec = C.train_phase(model, batches, C.TrainSpec(epochs=3, lr=0.1), name="late", ctx=ctx, allot_s=1e9)
     assert rec["steps_run"] == 1 and "hard deadline" in rec["cuts"][-1]["reason"]
 
 
@@ -273,15 +306,15 @@ def test_mlif_profile_names_are_unambiguous(monkeypatch, tmp_path, capsys):
     """The M-LIF table's own small CPU profile is ``mlif-cpu-small`` (old name ``cpu-small``, accepted by
     mlif_table.py only, so the committed result's command reruns); it is not the suite's ``cpu_small``, and the
     look-alike ``cpu_small`` is refused by mlif_table.py instead of silently running the other profile."""
-    monkeypatch.setattr(C, "PROFILES", dict(C.PROFILES))
-    assert "cpu-small" not in C.PROFILES and "mlif-cpu-small" not in C.PROFILES   # suite profiles unchanged
+    monkeypatch.setattr(profiles, "PROFILES", dict(profiles.PROFILES))
+    assert "cpu-small" not in profiles.PROFILES and "mlif-cpu-small" not in profiles.PROFILES   # suite profiles unchanged
     assert mlif_table.resolve_profile("cpu-small") == "mlif-cpu-small"
     assert mlif_table.resolve_profile("mlif-cpu-small") == "mlif-cpu-small"
     assert mlif_table.resolve_profile("gpu") == "gpu"
     assert C.get_profile("mlif-cpu-small") == mlif_table.CPU_SMALL
     assert C.get_profile("cpu_small") != C.get_profile("mlif-cpu-small")
     assert C.get_profile("cpu_small").epochs != mlif_table.CPU_SMALL.epochs           # really different runs
-    assert "cpu-small" not in C.PROFILES                                             # alias stays local
+    assert "cpu-small" not in profiles.PROFILES                                      # alias stays local
     assert mlif_table._resolve_argv(["--profile=cpu-small", "--out", "x"]) == ["--profile=mlif-cpu-small", "--out",
                                                                                  "x"]
     for name in ("cpu_small", "CPU-Small"):
@@ -292,22 +325,22 @@ def test_mlif_profile_names_are_unambiguous(monkeypatch, tmp_path, capsys):
     assert "'cpu_small' is ambiguous" in err and "run_all.py --profile cpu_small --tables mlif" in err
     assert not list(tmp_path.iterdir())
     other = mlif_table.dataclasses.replace(mlif_table.CPU_SMALL, epochs={**mlif_table.CPU_SMALL.epochs, "ann": 1})
-    C.PROFILES["mlif-cpu-small"] = other                                             # a clash is an error
+    profiles.PROFILES["mlif-cpu-small"] = other                                            # a clash is an error
     with pytest.raises(ValueError, match="'mlif-cpu-small' is ambiguous"):
         mlif_table.register_profiles()
 
 
-def test_time_steps_leaves_model_and_loader_alone():
+def test_step_seconds_leaves_model_and_loader_alone(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,)))]       # one batch: several passes needed
-    sec = C.time_steps(model, batches, C.TrainSpec(epochs=1, lr=0.5), _TinyCtx(), steps=3)
+    sec = C.step_seconds(model, batches, C.TrainSpec(epochs=1, lr=0.5), _TinyCtx(tmp_path), steps=3)
     assert sec > 0
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, before[k], atol=0, rtol=0)
     with pytest.raises(ValueError, match="no batch"):
-        C.time_steps(model, [], C.TrainSpec(epochs=1, lr=0.5), _TinyCtx())
+        C.step_seconds(model, [], C.TrainSpec(epochs=1, lr=0.5), _TinyCtx(tmp_path))
 
 
 def test_a_failing_table_is_recorded_and_the_next_one_runs(tmp_path, monkeypatch):
@@ -345,8 +378,8 @@ def test_a_failing_table_is_recorded_and_the_next_one_runs(tmp_path, monkeypatch
         run_all.main(["--profile", "quick", "--out", str(tmp_path), "--tables", "nope"])
 
 
-def test_plan_equal_epochs_shares_one_epoch_count():
-    ctx = _TinyCtx()
+def test_plan_equal_epochs_shares_one_epoch_count(tmp_path):
+    ctx = _TinyCtx(tmp_path)
     table = C.TableRun("t", "t", ctx, 1e6, {"grp": 1.0})
     batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,))) for _ in range(5)]
     small = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))

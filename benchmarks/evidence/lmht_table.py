@@ -109,7 +109,7 @@ def run(table: C.TableRun) -> None:
     if qann is not None:
         with table.guard("QCFS -> IF"):
             snn = convert_qcfs_to_if(qann, T=8).to(ctx.device)
-            ev = C.evaluate(snn, test, ctx, prefix=True)
+            ev = C.test_accuracy(snn, test, ctx, prefix=True)
             for T in (2, 4, 8):
                 table.add_row("QCFS→IF (converted, not trained)", "IF, θ=ϑ, v(0)=θ/2", f"T={T}", ev["prefix"][T - 1],
                               key=f"if_T{T}", n=n, paper=PAPER[f"if_T{T}"])
@@ -120,11 +120,11 @@ def run(table: C.TableRun) -> None:
             key = f"hybrid_L{L}T{T}"
             with table.guard(f"hybrid L={L} T={T} conversion"):
                 code = convert_qcfs_to_lmht(qann, levels=L, T=T, hybrid_bias_scale="code").to(ctx.device)
-                acc_code = C.evaluate(code, test, ctx)["accuracy"]
+                acc_code = C.test_accuracy(code, test, ctx)["accuracy"]
                 del code
                 # Fine-tuning starts from the exact conversion (= the QCFS ANN with L·T levels), the default.
                 snn = convert_qcfs_to_lmht(qann, levels=L, T=T, hybrid_bias_scale="exact").to(ctx.device)
-                acc_exact = C.evaluate(snn, test, ctx)["accuracy"]
+                acc_exact = C.test_accuracy(snn, test, ctx)["accuracy"]
                 converted[key] = (L, T, snn, acc_code, acc_exact)
                 table.add_row("hybrid LM-HT init (exact ×L conversion, not trained)", f"LM-HT L={L}", f"T={T}",
                               acc_exact, key=f"{key}_init", n=n, init_accuracy_code_bias=round(acc_code, 4),
@@ -143,11 +143,11 @@ def run(table: C.TableRun) -> None:
                 break
             with table.guard(f"hybrid L={L} T={T}"):
                 seed = ctx.seed(key)
-                rec = C.fit(snn, train, dataclasses.replace(spec, epochs=plan[0]), name=key, ctx=ctx,
-                            allot_s=plan[1][key])
+                rec = C.train_phase(snn, train, dataclasses.replace(spec, epochs=plan[0]), name=key, ctx=ctx,
+                                    table=table.name, allot_s=plan[1][key])
                 rec["seed"] = seed
                 table.phases.append(rec)
-                acc = C.evaluate(snn, test, ctx)["accuracy"]
+                acc = C.test_accuracy(snn, test, ctx)["accuracy"]
                 extra = _sops(snn, test, ctx) if (L, T) == (2, 2) else {}
                 table.add_row("hybrid LM-HT (QCFS ANN → exact LM-HT init → STBP fine-tune)", f"LM-HT L={L}",
                               f"T={T}", acc, key=key, n=n, paper=PAPER[key], init_accuracy=round(acc_exact, 4),
@@ -175,11 +175,11 @@ def run(table: C.TableRun) -> None:
             break
         with table.guard(f"direct {key}"):
             seed = ctx.seed("direct_train")  # same data order and augmentation draws for every row
-            rec = C.fit(model, train, dataclasses.replace(spec, epochs=plan[0]), name=key, ctx=ctx,
-                        allot_s=plan[1][key])
+            rec = C.train_phase(model, train, dataclasses.replace(spec, epochs=plan[0]), name=key, ctx=ctx,
+                                table=table.name, allot_s=plan[1][key])
             rec["seed"] = seed
             table.phases.append(rec)
-            acc = C.evaluate(model, test, ctx)["accuracy"]
+            acc = C.test_accuracy(model, test, ctx)["accuracy"]
             extra = _sops(model, test, ctx)
             table.add_row("direct STBP training (equal epochs, same seed)", label, f"T={T}", acc, key=key, n=n,
                           paper=PAPER.get(key), epochs_run=rec["epochs_run"],

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ann, rec = C.float_ann(table)
     lq = M._lq_model(ann, M.SOURCE_BITS).to(ctx.device)
     calibrate_log_quant(lq, calib, num_batches=16)
-    lq_acc = C.evaluate(lq, test, ctx)["accuracy"]
+    lq_acc = C.test_accuracy(lq, test, ctx)["accuracy"]
     batch = next(iter(plain))
     grads = {"lq_ann_ste": M._first_conv_grad(copy.deepcopy(lq), batch, ctx)}
     runs = []
@@ -61,15 +61,17 @@ def main(argv: list[str] | None = None) -> int:
         key = f"gamma{gamma:g}"
         if key not in grads:
             grads[key] = M._first_conv_grad(copy.deepcopy(snn), batch, ctx)
-        acc0 = C.evaluate(snn, test, ctx)["accuracy"]
+        acc0 = C.test_accuracy(snn, test, ctx)["accuracy"]
         ctx.seed("mlif_S3_train")
-        r = C.fit(snn, train, C.TrainSpec(epochs=args.epochs, lr=lr, opt="adam", weight_decay=0.0),
-                  name=f"S3_gamma{gamma:g}_lr{lr:g}", ctx=ctx, allot_s=1e9)
-        runs.append({"gamma": gamma, "lr": lr, "init_accuracy": acc0, "accuracy": C.evaluate(snn, test, ctx)["accuracy"],
-                     "epochs_run": r["epochs_run"], "epoch_loss": r["epoch_loss"], "seconds": r.get("seconds")})
+        r = C.train_phase(snn, train, C.TrainSpec(epochs=args.epochs, lr=lr, opt="adam", weight_decay=0.0),
+                          name=f"S3_gamma{gamma:g}_lr{lr:g}", ctx=ctx, allot_s=1e9, table="mlif_recipe_sweep")
+        runs.append({"gamma": gamma, "lr": lr, "init_accuracy": acc0,
+                     "accuracy": C.test_accuracy(snn, test, ctx)["accuracy"], "epochs_run": r["epochs_run"],
+                     "epoch_loss": r["epoch_loss"], "seconds": r.get("seconds"), "trainer_log": r["trainer_log"]})
         ctx.log(f"  γ {gamma:g}, lr {lr:g}: init {acc0:.2f} -> {runs[-1]['accuracy']:.2f}")
     n = len(data.test_y)
-    out = {"what": __doc__.splitlines()[0], "command": C.command_line(None if argv is None else [sys.argv[0], *argv]),
+    out = {"what": __doc__.splitlines()[0], "trainer": C.TRAINER,
+           "command": C.command_line(None if argv is None else [sys.argv[0], *argv]),
            "environment": C.environment(ctx.device), "profile": ctx.profile.to_dict(),
            "ann_accuracy": rec["test_accuracy"], "lq_b2_calibrated_accuracy": lq_acc, "n_test": n,
            "stderr_pp_at_44": round(C.stderr_pp(44.0, n), 3),

@@ -42,6 +42,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks.evidence import common as C  # noqa: E402
+from benchmarks.evidence import profiles as P  # noqa: E402
 
 NAME = "mlif"
 TITLE = "One-hot M-LIF: multi-level spikes at T = 1 and multi-level event encoding (evidence table 3)"
@@ -169,16 +170,17 @@ def _replace_relu(model: nn.Module, make) -> int:
 
 
 def _predictions(model: nn.Module, loader, ctx) -> torch.Tensor:
-    """Argmax of the time-mean output on every test image, in order (full fp32, like ``C.evaluate``)."""
+    """Argmax of the time-mean output on every test image, in order (full fp32), from the package's readout
+    (:func:`multispike.metrics.prefix.sequence_outputs`, the per-step logits ``C.test_accuracy`` also scores)."""
+    from multispike.metrics.prefix import sequence_outputs
+
     model.eval()
     out = []
     with C.exact_fp32(ctx.device), torch.no_grad():
         for b, (x, _y) in enumerate(loader):
             if ctx.profile.max_batches and b >= ctx.profile.max_batches:
                 break
-            C.reset_net(model)
-            o = model.forward_sequence(x) if hasattr(model, "forward_sequence") else model(x).unsqueeze(0)
-            out.append(o.float().mean(0).argmax(-1).cpu())
+            out.append(sequence_outputs(model, x).mean(0).argmax(-1).cpu())
     C.reset_net(model)
     return torch.cat(out)
 
@@ -269,7 +271,7 @@ def run(table: C.TableRun) -> None:
         with table.guard(f"{key} calibration"):
             lq = _lq_model(ann, b).to(ctx.device)
             alphas = calibrate_log_quant(lq, calib, num_batches=16)
-            acc0 = C.evaluate(lq, test, ctx)["accuracy"]
+            acc0 = C.test_accuracy(lq, test, ctx)["accuracy"]
             lqs[key] = (b, lq, alphas, acc0)
             if b == SOURCE_BITS:
                 source = (copy.deepcopy(lq), acc0, _predictions(lq, test, ctx))
@@ -287,13 +289,13 @@ def run(table: C.TableRun) -> None:
                                  ("topedge", dict(threshold_init="percentile_topedge", q=99.7, scale=0.4,
                                                   payload_scale="unit"))):
                     other, _ = mlif_hybrid_init(ann, calib[:1], lanes=S, T=1, **kw)
-                    ref[rule] = C.evaluate(other.to(ctx.device), test, ctx)["accuracy"]
+                    ref[rule] = C.test_accuracy(other.to(ctx.device), test, ctx)["accuracy"]
                     del other
                 snn, init = mlif_hybrid_init(src, calib[:1], lanes=S, T=1, threshold_init="logquant",
                                              dropout=MLIF_RECIPE["dropout"],
                                              neuron_kwargs=dict(gamma=MLIF_RECIPE["gamma"]))
                 snn.to(ctx.device)
-                acc0 = C.evaluate(snn, test, ctx)["accuracy"]
+                acc0 = C.test_accuracy(snn, test, ctx)["accuracy"]
                 agree = float((_predictions(snn, test, ctx) == src_pred).double().mean())
                 snns[key] = (S, snn, init, acc0, agree, ref)
         # The surrogate's gradient at the first conv, exact S = 3 init, one training batch: γ = 0.3 vs the recipe's.
@@ -319,11 +321,11 @@ def run(table: C.TableRun) -> None:
             break
         with table.guard(key):
             ctx.seed(f"{key}_train")
-            rec = C.fit(snn, train, dataclasses.replace(spec, epochs=plan[0]), name=key, ctx=ctx,
-                        allot_s=plan[1][key])
+            rec = C.train_phase(snn, train, dataclasses.replace(spec, epochs=plan[0]), name=key, ctx=ctx,
+                                table=table.name, allot_s=plan[1][key])
             rec["init"] = init.to_dict()
             table.phases.append(rec)
-            acc = C.evaluate(snn, test, ctx)["accuracy"]
+            acc = C.test_accuracy(snn, test, ctx)["accuracy"]
             en = _energy(snn, test, ctx)
             label = "LIF (= M-LIF S=1)" if S == 1 else f"one-hot M-LIF S={S}"
             pairing = ("exact: = LQ b=2" if init.exact else
@@ -352,11 +354,11 @@ def run(table: C.TableRun) -> None:
             break
         with table.guard(key):
             ctx.seed(f"{key}_train")
-            rec = C.fit(lq, train, dataclasses.replace(spec, epochs=plan[0]), name=key, ctx=ctx,
-                        allot_s=plan[1][key])
+            rec = C.train_phase(lq, train, dataclasses.replace(spec, epochs=plan[0]), name=key, ctx=ctx,
+                                table=table.name, allot_s=plan[1][key])
             rec["alphas"] = alphas
             table.phases.append(rec)
-            acc = C.evaluate(lq, test, ctx)["accuracy"]
+            acc = C.test_accuracy(lq, test, ctx)["accuracy"]
             table.add_row("CIFAR-10, T=1", f"log-quantized ANN b={b}", f"{2 ** b} levels", acc, key=key, n=n,
                           paper=PAPER[key], init_accuracy=round(acc0, 4), e_ann_uj=e_ann, delta=1.0,
                           epochs_run=rec["epochs_run"], notes=f"calibrated {acc0:.2f}; an ANN: dense MACs, δ = 1")
@@ -407,11 +409,11 @@ def run_nmnist(table: C.TableRun) -> None:
                 model = _dvs_model(S, Q).to(ctx.device)
                 train = EventLoader(xtr, nm.train_y, p.nmnist_batch, shuffle=True, seed=s, max_roll=NMNIST_ROLL,
                                     drop_last=True, device=ctx.device)
-                rec = C.fit(model, train, dataclasses.replace(spec, epochs=epochs), name=f"nmnist_{name}", ctx=ctx,
-                            allot_s=allots[f"S{S}"])
+                rec = C.train_phase(model, train, dataclasses.replace(spec, epochs=epochs), name=f"nmnist_{name}",
+                                    ctx=ctx, table=table.name, allot_s=allots[f"S{S}"])
                 rec["seed"] = s
                 table.phases.append(rec)
-                acc = C.evaluate(model, test, ctx)["accuracy"]
+                acc = C.test_accuracy(model, test, ctx)["accuracy"]
                 en = _energy(model, test, ctx, encoding="dvs", input_events="count")
                 results[S].append({"seed": s, "accuracy": acc, **en, "epochs_run": rec["epochs_run"]})
                 del model
@@ -554,11 +556,11 @@ PROFILE_ALIASES = {"cpu-small": CPU_SMALL.name}
 def register_profiles() -> None:
     """Add :data:`CPU_SMALL` to the suite's profiles; a different profile already under its name is an error
     (``setdefault`` would silently run the other one)."""
-    have = C.PROFILES.get(CPU_SMALL.name)
+    have = P.PROFILES.get(CPU_SMALL.name)
     if have is not None and have != CPU_SMALL:
         raise ValueError(f"profile name {CPU_SMALL.name!r} is ambiguous: the evidence suite already defines a "
                          f"different profile under it; rename one of them")
-    C.PROFILES[CPU_SMALL.name] = CPU_SMALL
+    P.PROFILES[CPU_SMALL.name] = CPU_SMALL
 
 
 def _spelling(name: str) -> str:
@@ -572,7 +574,7 @@ def resolve_profile(name: str) -> str:
     register_profiles()
     if name in PROFILE_ALIASES:
         return PROFILE_ALIASES[name]
-    known = {n: n for n in C.PROFILES} | PROFILE_ALIASES
+    known = {n: n for n in P.PROFILES} | PROFILE_ALIASES
     meant = {known[k] for k in known if _spelling(k) == _spelling(name)}
     if len(meant) > 1:
         spell = ", ".join(f"{k!r} -> {known[k]!r}" for k in sorted(known) if _spelling(k) == _spelling(name))

@@ -82,10 +82,10 @@ def _calibrate(table: C.TableRun, phase: str, snn, teacher, calib_data, test) ->
     with torch.no_grad(), C.exact_fp32(ctx.device):
         for _ in range(2):  # the second forward is timed (the first may include cuDNN autotuning)
             C.reset_net(snn)
-            C._sync(ctx.device)
+            C.synchronize(ctx.device)
             t = time.perf_counter()
             snn(calib_data[0][0])
-            C._sync(ctx.device)
+            C.synchronize(ctx.device)
             fwd = time.perf_counter() - t
     est_epoch = 3.0 * fwd * len(calib_data)  # forward + BPTT backward per batch
     planned = int(p.epochs["calib"])
@@ -125,7 +125,8 @@ def _qat(table: C.TableRun, qann, train, phase: str, latency_weight: float):
     spec = C.TrainSpec(epochs=p.epochs["qat"], lr=C.sgd_lr(p) * 0.1, opt="sgd", weight_decay=5e-4,
                        log_quantizers=True, quant_opt=QUANT_OPT, quant_lr=QUANT_LR, latency_weight=latency_weight,
                        latency_per_layer=LATENCY_PER_LAYER)
-    rec = C.fit(model, train, spec, name=phase, ctx=ctx, allot_s=table.planner.allot(phase))
+    rec = C.train_phase(model, train, spec, name=phase, ctx=ctx, allot_s=table.planner.allot(phase),
+                        table=table.name)
     rec.update(seed=seed, quantizers_replaced=report.n_quantizers, parameterisation="t_alpha (case 4)")
     table.phases.append(rec)
     return model
@@ -171,7 +172,7 @@ def run(table: C.TableRun) -> None:
                 with table.guard(f"QCFS T={T} {label}"):
                     snn, _rep = to_uniform_snn(qann, T=T, align=align)
                     snn.to(ctx.device)
-                    acc = C.evaluate(snn, test, ctx)["accuracy"]
+                    acc = C.test_accuracy(snn, test, ctx)["accuracy"]
                     method = "QCFS → IF" if align is None else "QCFS + aver (aver+aver alignment)"
                     table.add_row("uniform T: QCFS with / without averaging", method, f"T={T}", acc,
                                   key=f"qcfs_T{T}_{label}", n=n,
@@ -185,7 +186,7 @@ def run(table: C.TableRun) -> None:
                 model = _qat(table, qann, train, phase, lam)
                 summary = quantizer_summary(model)
                 avg = average_timestep(model)
-                acc = C.evaluate(model, test, ctx)["accuracy"]
+                acc = C.test_accuracy(model, test, ctx)["accuracy"]
                 T_l = [r["T"] for r in summary]
                 label = ("quantized ANN after QAT, cross-entropy only (QAC's Alg. 1)" if lam == 0 else
                          f"quantized ANN after QAT + latency term (λ={lam:g}, w_l ∝ MACs)")
@@ -203,7 +204,7 @@ def run(table: C.TableRun) -> None:
                         snn.to(ctx.device)
                         table.add_row("QAC (learned per-layer T_l)", "mixed-timestep SNN of the cross-entropy-only "
                                       "QAT, before calibration", f"avg T={rep.average_T:.2f}",
-                                      C.evaluate(snn, test, ctx)["accuracy"], key="qac_snn_ce", n=n,
+                                      C.test_accuracy(snn, test, ctx)["accuracy"], key="qac_snn_ce", n=n,
                                       T_l=[l.T for l in rep.layers], average_T=rep.average_T)
                         del snn
                     del model
@@ -212,7 +213,7 @@ def run(table: C.TableRun) -> None:
         with table.guard("QAC mixed-timestep SNN"):
             snn, rep = to_mixed_timestep_snn(qat, align="aver+aver", example_input=example)
             snn.to(ctx.device)
-            acc0 = C.evaluate(snn, test, ctx)["accuracy"]
+            acc0 = C.test_accuracy(snn, test, ctx)["accuracy"]
             with torch.no_grad(), C.exact_fp32(ctx.device):
                 C.reset_net(snn)
                 gap = float((snn(example) - qat(example)).abs().max())
@@ -230,7 +231,7 @@ def run(table: C.TableRun) -> None:
             calib_data = _calibration_batches(ctx, ctx.seed("calib_data"))
             crec = _calibrate(table, "calib_qac", snn, qat, calib_data, test)
             r = crec["report"]
-            acc1 = C.evaluate(snn, test, ctx)["accuracy"]
+            acc1 = C.test_accuracy(snn, test, ctx)["accuracy"]
             table.add_row("QAC (learned per-layer T_l)", "mixed-timestep SNN, after calibration (v(0), θ)", setting,
                           acc1, key="qac_snn_cal", n=n, paper=PAPER["qac_snn_cal"], average_T=rep.average_T,
                           calibration_loss_before=r["loss_before"], calibration_loss_after=r["loss_after"],
@@ -246,7 +247,7 @@ def run(table: C.TableRun) -> None:
             calib_data = _calibration_batches(ctx, ctx.seed("calib_data"))
             crec = _calibrate(table, "calib_plain", snn, qann, calib_data, test)
             r = crec["report"]
-            acc1 = C.evaluate(snn, test, ctx)["accuracy"]
+            acc1 = C.test_accuracy(snn, test, ctx)["accuracy"]
             table.add_row("diagnostic (not a paper row)", "plain QCFS → IF + calibration (v(0), θ)", "T=2", acc1,
                           key="diag_plain_T2_cal", n=n, before=acc0,
                           calibration_loss_before=r["loss_before"], calibration_loss_after=r["loss_after"],

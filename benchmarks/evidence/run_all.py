@@ -44,14 +44,14 @@ def parse_tables(text: str) -> list[str]:
 
 def _stub(name: str, title: str, status: str, error: str, tb: str = "") -> dict:
     """The record of a table that produced no result file of its own."""
-    return {"table": name, "title": title, "status": status, "wall_time_s": 0.0, "claims": [], "rows": [],
+    return {"table": name, "title": title, "status": status, "trainer": C.TRAINER, "wall_time_s": 0.0, "claims": [], "rows": [],
             "scale": {}, "errors": [{"part": "run_all", "error": error, "traceback": tb}]}
 
 
 def summarize(results: list[dict], ctx: C.Context, started: float) -> dict:
     return {
-        "schema_version": C.SCHEMA_VERSION, "command": ctx.command, "profile": ctx.profile.name,
-        "environment": ctx.env, "wall_time_s": round(time.perf_counter() - started, 2),
+        "schema_version": C.SCHEMA_VERSION, "trainer": C.TRAINER, "command": ctx.command,
+        "profile": ctx.profile.name, "environment": ctx.env, "wall_time_s": round(time.perf_counter() - started, 2),
         "tables": [{"table": r["table"], "title": r["title"], "status": r["status"], "wall_time_s": r["wall_time_s"],
                     "claims": [{"id": c["id"], "claim": c["claim"], "verdict": c["verdict"], "reason": c["reason"]}
                                for c in r["claims"]],

@@ -1,5 +1,7 @@
 """Training: the engine (ANN / QAT / SNN / hybrid), losses (CE on the time mean, TET), optimizers and
-per-iteration schedules, crash-safe checkpoints, YAML configs and DDP plumbing.
+per-iteration schedules, crash-safe checkpoints, YAML configs and DDP plumbing; ``budget`` (per-phase seeds, step
+timing with the Trainer's own step, equal-epoch plans) and ``precision`` (exact-fp32 evaluation, TF32) for studies
+that train many short phases under a wall-clock budget (the evidence suite in ``benchmarks/evidence``).
 
 Example::
 
@@ -7,6 +9,7 @@ Example::
     cfg = resolve_config("configs/cpu/vgg_small_if_cifar10.yaml", {"out": "runs/x"})
     summary = run_training(cfg)      # also: multispike train --config ... (alone or under torchrun)
 """
+from .budget import EqualEpochPlan, equal_epoch_plan, measure_step_seconds, phase_seed
 from .checkpoint import (Checkpoint, CheckpointError, atomic_write_bytes, atomic_write_text, capture_rng_state,
                          load_checkpoint, load_model_state, restore_rng_state, save_checkpoint)
 from .config import (MODES, RESUME_MUST_MATCH, ConfigError, TrainConfig, add_config_arguments, config_conflicts,
@@ -18,11 +21,14 @@ from .hooks import TRUSTED_HOOKS_ENV, UntrustedHookError, list_convert_hooks, re
 from .guards import NonFiniteError, RunLock, RunLockedError, StopSignals, TrainingInterrupted, ensure_writable_dir
 from .hybrid import call_convert_hook, lmht_hybrid, mlif_hybrid
 from .losses import CEOnMean, TETLoss, build_loss, ce_on_mean, tet_loss
+from .precision import exact_fp32, get_tf32, set_tf32, synchronize
 from .optim import DEFAULT_NEURON_PARAM_PATTERNS, LRSchedule, build_optimizer, build_param_groups, match_neuron_param
 from .rebuild import describe_checkpoint, needs_rebuild, rebuild_model, structure_snapshot
 from .runner import build_loaders, build_model, load_convert_hook, run_training, subset_indices
 
 __all__ = [
+    "EqualEpochPlan", "equal_epoch_plan", "measure_step_seconds", "phase_seed",
+    "exact_fp32", "get_tf32", "set_tf32", "synchronize",
     "Checkpoint", "CheckpointError", "atomic_write_bytes", "atomic_write_text", "capture_rng_state",
     "load_checkpoint", "load_model_state", "restore_rng_state", "save_checkpoint",
     "MODES", "RESUME_MUST_MATCH", "ConfigError", "TrainConfig", "add_config_arguments", "config_conflicts",

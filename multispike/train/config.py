@@ -119,6 +119,12 @@ class TrainConfig:
                         "mirror image", "training")
     time_budget_s: float | None = _f(None, "stop training cleanly once this many wall-clock seconds of training "
                                      "(incl. periodic evaluation) have passed, then evaluate and checkpoint", "training")
+    max_steps: int | None = _f(None, "stop after this many optimizer steps (a fractional number of epochs: the last "
+                               "epoch is cut short); the lr schedule spans min(epochs x steps per epoch, max_steps)",
+                               "training")
+    budget_min_steps: int = _f(0, "with time_budget_s: never stop for the budget before this many optimizer steps, "
+                               "and let the budget-following lr schedule span at least that many (a phase that "
+                               "overruns a tiny budget still takes a few steps with a whole schedule)", "training")
     budget_schedule: bool = _f(True, "with time_budget_s: the lr schedule advances by max(step fraction, time "
                                "fraction), so it ends at the budget when that comes first (not bit-reproducible)",
                                "training")
@@ -197,6 +203,11 @@ class TrainConfig:
     sync_bn: bool = _f(False, "convert BatchNorm to SyncBatchNorm (CUDA + DDP only)", "run")
     dist_bn: str = _f("reduce", "DDP: reconcile BN running stats each epoch by averaging (reduce) or copying "
                       "rank 0's (broadcast)", "run", DIST_BN)
+    save_checkpoints: bool = _f(True, "write checkpoints (off: only log.jsonl and summary.json, for a caller that "
+                                "keeps the trained model in memory, e.g. the evidence suite; such a run cannot be "
+                                "resumed)", "run")
+    tf32: bool | None = _f(None, "CUDA: allow TF32 matmuls/convolutions while training (None: leave torch's setting); "
+                           "the final evaluation always runs in exact float32 (TF32 off)", "run")
     checkpoint_every_steps: int = _f(0, "also checkpoint every N optimizer steps (0: only at epoch ends)", "run")
     keep_checkpoints: int = _f(2, "keep the N newest checkpoints (plus the best; 0 keeps all)", "run")
     eval_every: int = _f(1, "evaluate every N epochs (and always after the last)", "run")
@@ -260,6 +271,8 @@ class TrainConfig:
         need(self.ema_every >= 1, f"ema_every must be >= 1, got {self.ema_every}")
         need(self.time_budget_s is None or self.time_budget_s > 0,
              f"time_budget_s must be > 0 seconds (or unset), got {self.time_budget_s}")
+        need(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1 (or unset), got {self.max_steps}")
+        need(self.budget_min_steps >= 0, f"budget_min_steps must be >= 0, got {self.budget_min_steps}")
         need(self.log_every_steps >= 0, f"log_every_steps must be >= 0, got {self.log_every_steps}")
         need(self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
         need(self.mode == "hybrid" or self.model is not None or self.init_from is not None,

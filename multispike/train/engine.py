@@ -25,7 +25,12 @@ test-time augmentation when ``tta_flip`` is set.
 Speed features (the CPU speed recipe, ``configs/speedrun/``): ``amp: bf16`` autocasts on CPU as on CUDA,
 ``channels_last`` converts the model (the loader converts the batches), ``time_budget_s`` stops the run
 cleanly at a wall-clock limit (the lr schedule follows the elapsed fraction of the budget when that is ahead
-of the step count, ``budget_schedule``), ``log_every_steps`` adds step records to ``log.jsonl``.
+of the step count, ``budget_schedule``; ``budget_min_steps`` guarantees a few steps under a tiny budget),
+``log_every_steps`` adds step records to ``log.jsonl``. ``max_steps`` trains a fractional number of epochs (the
+cosine spans exactly those steps), ``tf32`` sets CUDA's TF32 for training while the final evaluation always runs
+in exact float32 (:func:`multispike.train.precision.exact_fp32`), and ``save_checkpoints: false`` keeps only
+``log.jsonl``/``summary.json`` for callers that hold the model in memory (the evidence suite, which plans many
+short phases with :mod:`multispike.train.budget`).
 With ``ema_decay`` the final checkpoint holds the averaged weights (its meta says ``"weights": "ema"``), so
 ``multispike convert``/``eval`` use the network that was evaluated; intermediate checkpoints hold the online
 weights and the average lives beside them in ``checkpoints/ema.safetensors`` for ``--resume``.
@@ -67,6 +72,7 @@ from .distributed import (DistInfo, all_gather_object, all_reduce_sum, barrier, 
                           sync_bn_stats, unwrap_model, wrap_model)
 from .losses import build_loss
 from .optim import LRSchedule, build_training_optimizer
+from .precision import exact_fp32, set_tf32
 
 __all__ = ["Trainer", "prefix_correct", "quantizer_report", "EXIT_AFTER_STEPS_ENV", "EMA_FILE"]
 
@@ -174,8 +180,11 @@ class Trainer:
         self.schedule = LRSchedule(config.sched, config.lr, self.steps_per_epoch, config.epochs,
                                    warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr,
                                    milestones=tuple(config.milestones), decay_epochs=config.decay_epochs,
-                                   decay_rate=config.decay_rate, min_lr=config.min_lr)
+                                   decay_rate=config.decay_rate, min_lr=config.min_lr,
+                                   max_steps=config.max_steps)
         cuda = self.dist.device.type == "cuda"
+        if cuda and config.tf32 is not None:
+            set_tf32(config.tf32)
         if config.amp == "fp16" and not cuda:
             if self.dist.is_primary:
                 warnings.warn(f"amp='fp16' ignored: float16 autocast is only used on CUDA (device is "
@@ -224,11 +233,26 @@ class Trainer:
         budget = self.cfg.time_budget_s
         if budget is None or not self.cfg.budget_schedule:
             return self.step
-        return max(self.step, int(self.elapsed() / budget * self.schedule.total_steps))
+        total = self.schedule.total_steps
+        ahead = max(self.step, int(self.elapsed() / budget * total))
+        floor = min(self.cfg.budget_min_steps, total)
+        if floor:   # the steps budget_min_steps guarantees still get a whole schedule (never squeezed below them)
+            ahead = min(ahead, max(self.step, self.step * total / floor))
+        return ahead
+
+    def _steps_done(self) -> bool:
+        """Whether ``max_steps`` optimizer steps have run (the same on every rank)."""
+        return self.cfg.max_steps is not None and self.step >= self.cfg.max_steps
+
+    def _stop_now(self) -> str | None:
+        """The reason to stop before the planned end (``max_steps`` or ``time_budget``), else None."""
+        if self._steps_done():
+            return "max_steps"
+        return "time_budget" if self._out_of_time() else None
 
     def _out_of_time(self) -> bool:
         budget = self.cfg.time_budget_s
-        if budget is None:
+        if budget is None or self.step < self.cfg.budget_min_steps:
             return False
         over = torch.tensor([1.0 if self.elapsed() >= budget else 0.0], dtype=torch.float64)
         if self.dist.world_size > 1:   # every rank must stop after the same step
@@ -267,6 +291,8 @@ class Trainer:
         """
         x = x.to(self.dist.device, non_blocking=True)
         y = y.to(self.dist.device, non_blocking=True)
+        if self.cfg.channels_last and x.dim() == 4:   # a no-op when the loader already converted the batch
+            x = x.contiguous(memory_format=torch.channels_last)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             out = self.net(x)
@@ -344,10 +370,12 @@ class Trainer:
                 self.log({"event": "step", "epoch": epoch + 1, "step": self.step, "loss": loss.item(),
                           "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": ips,
                           "elapsed_s": round(self.elapsed(), 3)})
-            if not last_in_epoch and self._out_of_time():
-                self.stop_reason = "time_budget"
-                self._stopped_at_batch = batch_idx + 1
-                break
+            if not last_in_epoch:
+                reason = self._stop_now()
+                if reason is not None:
+                    self.stop_reason = reason
+                    self._stopped_at_batch = batch_idx + 1
+                    break
         bar.close()
         elapsed = time.perf_counter() - t0
         sums = all_reduce_sum(self._epoch_sums, self.dist)
@@ -361,8 +389,13 @@ class Trainer:
         """Accuracy of the time-mean prediction, accuracy at every prefix t ≤ T, and the CE of the time mean.
 
         Under DDP each rank evaluates its shard and the counts are summed. ``full_precision`` skips the AMP
-        autocast (the final evaluation of :meth:`fit` uses it, so reported accuracies are float32 numbers).
+        autocast and, on CUDA, TF32 (the final evaluation of :meth:`fit` uses it, so reported accuracies are
+        exact float32 numbers).
         """
+        with (exact_fp32(self.dist.device) if full_precision else contextlib.nullcontext()):
+            return self._evaluate(loader, full_precision)
+
+    def _evaluate(self, loader: Any, full_precision: bool) -> dict:
         import torch.nn.functional as F
         from tqdm import tqdm
 
@@ -437,6 +470,8 @@ class Trainer:
             final_ema: the model holds the EMA weights (end of training): mark the checkpoint so.
         """
         self._check_finite(f"at step {self.step} (epoch {epoch + (1 if next_batch else 0)})")
+        if not self.cfg.save_checkpoints:   # the caller keeps the model in memory (config save_checkpoints)
+            return None
         meta = self._meta(epoch, next_batch)
         path = None
         if final_ema:
@@ -612,8 +647,8 @@ class Trainer:
         t_start = time.perf_counter()
         self._t_fit = t_start
         final_eval: dict = {}
-        if self.stop_reason is None and self.epoch < cfg.epochs and self._out_of_time():
-            self.stop_reason = "time_budget"   # resumed a run whose budget is spent: only evaluate
+        if self.stop_reason is None and self.epoch < cfg.epochs:
+            self.stop_reason = self._stop_now()   # resumed a run whose budget is spent: only evaluate
         for epoch in range(self.epoch, cfg.epochs):
             if self.stop_reason is not None:
                 break
@@ -627,8 +662,8 @@ class Trainer:
             record.update(step=self.step, lr=self.optimizer.param_groups[0]["lr"],
                           lr_groups={g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)},
                           elapsed_s=round(self.elapsed(), 3))
-            if self.stop_reason is None and epoch + 1 < cfg.epochs and self._out_of_time():
-                self.stop_reason = "time_budget"
+            if self.stop_reason is None and epoch + 1 < cfg.epochs:
+                self.stop_reason = self._stop_now()
             if self.stop_reason is not None:
                 record["stop_reason"] = self.stop_reason
             is_last = epoch + 1 == cfg.epochs or self.stop_reason is not None

@@ -154,6 +154,8 @@ class LRSchedule:
         decay_epochs: period of ``step``.
         decay_rate: γ of ``step``/``multistep``.
         min_lr: floor of ``cosine``.
+        max_steps: cap on the total optimizer steps (a fractional number of epochs); the cosine then spans
+            ``min(epochs * steps_per_epoch, max_steps)`` steps and still ends at ``min_lr``.
 
     Example::
 
@@ -171,6 +173,7 @@ class LRSchedule:
     decay_epochs: float = 30.0
     decay_rate: float = 0.1
     min_lr: float = 0.0
+    max_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
@@ -190,8 +193,13 @@ class LRSchedule:
                 raise ValueError(f"the multistep schedule needs increasing positive milestones (epochs), got {ms}")
         if self.lr <= 0 and (self.warmup_epochs > 0 or self.kind == "cosine"):
             raise ValueError("warm-up and cosine schedules need lr > 0 (they are defined relative to lr)")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 (or None), got {self.max_steps}")
         self.warmup_steps = int(round(self.warmup_epochs * self.steps_per_epoch))
         self.total_steps = self.epochs * self.steps_per_epoch
+        if self.max_steps is not None:
+            self.total_steps = min(self.total_steps, int(self.max_steps))
+            self.warmup_steps = min(self.warmup_steps, self.total_steps)
 
     def factor(self, step: int) -> float:
         """Multiplicative factor of the base lr at global optimizer step ``step`` (0-based)."""
@@ -227,7 +235,8 @@ class LRSchedule:
         """Plain-JSON description (the schedule itself is stateless; the step lives in the checkpoint)."""
         return dict(kind=self.kind, lr=self.lr, steps_per_epoch=self.steps_per_epoch, epochs=self.epochs,
                     warmup_epochs=self.warmup_epochs, warmup_lr=self.warmup_lr, milestones=list(self.milestones),
-                    decay_epochs=self.decay_epochs, decay_rate=self.decay_rate, min_lr=self.min_lr)
+                    decay_epochs=self.decay_epochs, decay_rate=self.decay_rate, min_lr=self.min_lr,
+                    max_steps=self.max_steps)
 
 
 class CompositeOptimizer:
