@@ -2,7 +2,7 @@
 """Every performance goal of issue 19 measured in one run, printed next to its goal and saved as JSON.
 
     python benchmarks/perf_goals.py                 # full run (~8 min on 2 cores): benchmarks/results/perf_goals_cpu.json
-    python benchmarks/perf_goals.py --quick         # smoke test: tiny sizes, seconds, no file unless --out is given
+    python benchmarks/perf_goals.py --quick         # smoke test: tiny sizes, workers in-process, no file unless --out
     python benchmarks/perf_goals.py --sections neurons --Ts 4,8
 
 Use an interpreter that has SpikingJelly 2.0 installed for the peer rows (they are skipped, with a note, when it
@@ -29,7 +29,9 @@ is missing). Sections:
     Peak training memory of the same networks and variants, each in a fresh process (so one cannot hide
     another's peak), with ``MALLOC_MMAP_THRESHOLD_`` fixed so that large freed blocks go back to the OS and the
     resident-set peak tracks live memory: ``ru_maxrss`` over three training steps minus the resident size
-    before the first one.
+    before the first one. ``*_pool_off`` rows repeat the SNN with the CPU kernels' output-buffer pool disabled
+    (``MULTISPIKE_KERNEL_POOL_MB=0``): the pool keeps freed spike buffers cached, which hides the saving of
+    storing saved spikes as bytes.
 
 The JSON records the commit, hardware, versions, threads, load averages before and after each section and
 whether the machine was shared (load average above 0.5 per core at the start, or ``--shared``).
@@ -227,9 +229,10 @@ def _build(model: str, variant: str, T: int, batch: int):
                                  step_mode="m")
         return create_model(model, neuron=spec, T=T), functional.reset_net
     m = create_model(model, neuron="if", T=T, neuron_kwargs={"backend": "cpp"})
-    if variant == "snn_float_saves":
+    base = variant[:-len("_pool_off")] if variant.endswith("_pool_off") else variant  # pool: set by the env
+    if base == "snn_float_saves":
         set_spike_storage(m, "float")
-    elif variant != "snn":
+    elif base != "snn":
         raise ValueError(f"unknown variant {variant!r}")
     return m, reset_net
 
@@ -254,7 +257,16 @@ def _steps(m, reset, batch: int):
     return train, infer
 
 
-def _profile(train, steps: int = 1, top: int = 12) -> list[dict]:
+#: ops that are the activation's own work (fused neuron kernels; ReLU forward and backward)
+_ACTIVATION_OPS = ("_LIFCppFunction", "_LIFCppFunctionBackward", "aten::relu", "aten::clamp_min",
+                   "aten::threshold_backward")
+_GROUPS = {"conv": ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution"),
+           "batch_norm": ("aten::native_batch_norm", "aten::native_batch_norm_backward"),
+           "activation": _ACTIVATION_OPS}
+
+
+def _profile(train, steps: int = 1, top: int = 12) -> dict:
+    """Self CPU time by op of ``steps`` training steps: the top ops and the share of conv, BN, activation."""
     from torch.profiler import ProfilerActivity, profile
     train()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -262,8 +274,11 @@ def _profile(train, steps: int = 1, top: int = 12) -> list[dict]:
             train()
     rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in rows) or 1.0
-    return [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3 / steps, "share": e.self_cpu_time_total / total,
-             "calls": e.count // steps} for e in rows[:top]]
+    groups = {g: sum(e.self_cpu_time_total for e in rows if e.key in names) / total for g, names in _GROUPS.items()}
+    groups["other"] = 1.0 - sum(groups.values())
+    return {"total_self_cpu_ms": total / 1e3 / steps, "share_by_group": groups,
+            "top_ops": [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3 / steps,
+                         "share": e.self_cpu_time_total / total, "calls": e.count // steps} for e in rows[:top]]}
 
 
 def net_worker(cfg: dict) -> dict:
@@ -327,7 +342,12 @@ def mem_worker(cfg: dict) -> dict:
             "rss_before_MiB": before, "peak_rss_MiB": peak, "peak_training_memory_MiB": peak - before}
 
 
-def _subprocess(flag: str, cfg: dict, env: dict | None = None, timeout: float = 1800) -> dict:
+def _subprocess(flag: str, cfg: dict, env: dict | None = None, timeout: float = 1800, in_process: bool = False) -> dict:
+    if in_process:  # --quick: no isolation (memory numbers then include everything before), much faster to start
+        try:
+            return (net_worker if flag == "--net-worker" else mem_worker)(dict(cfg))
+        except Exception as exc:
+            return {"error": f"{type(exc).__name__}: {exc}", **cfg}
     res = subprocess.run([sys.executable, __file__, flag, json.dumps(cfg)], capture_output=True, text=True,
                          timeout=timeout, env=env)
     line = [ln for ln in res.stdout.splitlines() if ln.startswith("PERFRESULT ")]
@@ -366,13 +386,14 @@ def goal_rows(result: dict) -> list[dict]:
     mem = {(m.get("model"), m.get("variant")): m for m in result.get("memory", []) if "error" not in m}
     for model in sorted({k[0] for k in mem}):
         sj = mem.get((model, "snn_spikingjelly"))
-        for v in ("snn", "snn_float_saves"):
+        notes = {"snn": "", "snn_float_saves": "before spike_storage='bytes'",
+                 "snn_pool_off": "kernel buffer pool off", "snn_float_saves_pool_off": "float saves, pool off"}
+        for v, note in notes.items():
             ours = mem.get((model, v))
             if ours and sj:
                 rows.append(_row(f"{model} peak train memory ({v}) / SpikingJelly",
                                  "peak_train_memory_vs_spikingjelly",
-                                 ours["peak_training_memory_MiB"] / max(sj["peak_training_memory_MiB"], 1e-9),
-                                 "" if v == "snn" else "before spike_storage='bytes'"))
+                                 ours["peak_training_memory_MiB"] / max(sj["peak_training_memory_MiB"], 1e-9), note))
     return rows
 
 
@@ -416,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.mem_worker:
         print("PERFRESULT " + json.dumps(mem_worker(json.loads(args.mem_worker))))
         return 0
+    if args.quick and not args.threads:
+        # one thread: on a busy machine an OpenMP team waits at every barrier for a descheduled member
+        args.threads = 1
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
@@ -471,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
                    "rounds": args.rounds, "warmup": max(1, args.warmup // 2), "iters": args.iters,
                    "threads": args.threads, "profile": not args.no_profile}
             lb = _load()
-            res = _subprocess("--net-worker", cfg)
+            res = _subprocess("--net-worker", cfg, in_process=args.quick)
             res["loadavg_before"], res["loadavg_after"] = lb, _load()
             result["network"].append(res)
             if "error" in res:
@@ -479,15 +503,24 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"network {model} T={args.net_T}: " + ", ".join(f"{k} {v:.3f}" for k, v in res["ratios"].items()),
                       flush=True)
+                for v, prof in res.get("profile", {}).items():
+                    print(f"  profile {v} train step ({prof['total_self_cpu_ms']:.0f} ms self CPU): " + ", ".join(
+                        f"{g} {sh:.0%}" for g, sh in prof["share_by_group"].items()), flush=True)
     if "memory" in sections:
         result["memory"] = []
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+        # The fused CPU kernels keep their large output buffers in a pool (multispike.kernels._common.BufferPool)
+        # that outlives the step; the *_pool_off rows (MULTISPIKE_KERNEL_POOL_MB=0) show the memory without it.
+        mem_variants = list(variants)
+        if not args.quick:
+            mem_variants += [f"{v}_pool_off" for v in ("snn", "snn_float_saves") if v in variants]
         for model in args.models.split(","):
-            for v in variants:
+            for v in mem_variants:
                 cfg = {"model": model, "variant": v, "T": args.net_T, "batch": args.batch, "steps": 3,
                        "threads": args.threads}
                 lb = _load()
-                res = _subprocess("--mem-worker", cfg, env=env)
+                venv = dict(env, MULTISPIKE_KERNEL_POOL_MB="0") if v.endswith("_pool_off") else env
+                res = _subprocess("--mem-worker", cfg, env=venv, in_process=args.quick)
                 res["loadavg_before"], res["loadavg_after"] = lb, _load()
                 result["memory"].append(res)
                 if "error" in res:

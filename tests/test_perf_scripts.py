@@ -48,6 +48,15 @@ def test_perf_goals_quick(tmp_path):
             "infer_per_timestep_vs_ann"} <= goals
 
 
+def test_perf_goals_worker_subprocess():
+    """The isolated worker path of the full run (one fresh process, as for every memory measurement)."""
+    pg = _load("perf_goals")
+    res = pg._subprocess("--mem-worker", {"model": "resnet20_cifar", "variant": "snn", "T": 2, "batch": 2, "steps": 1,
+                                          "threads": 1})
+    assert "error" not in res, res.get("error")
+    assert res["peak_rss_MiB"] > 0 and res["variant"] == "snn"
+
+
 def test_perf_goals_rejects_unknown_section():
     pg = _load("perf_goals")
     try:
