@@ -327,6 +327,31 @@ def _rss_MiB() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
+def _peak_rss_MiB() -> tuple[float, str]:
+    """The resident high-water mark of this process's address space (``VmHWM``), else ``ru_maxrss``.
+
+    ``ru_maxrss`` survives ``exec``: a worker started from a large parent reports the parent's size at the fork.
+    ``VmHWM`` belongs to the current address space and can be reset (``clear_refs``), so it is preferred.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024, "VmHWM"
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "ru_maxrss"
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:  # "5": reset the peak RSS to the current RSS (Linux >= 4.0)
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def mem_worker(cfg: dict) -> dict:
     """Peak training memory of one network variant (fresh process, training only)."""
     if cfg.get("threads"):
@@ -335,11 +360,13 @@ def mem_worker(cfg: dict) -> dict:
     train, _ = _steps(m, reset, cfg["batch"])
     gc.collect()
     before = _rss_MiB()
+    was_reset = _reset_peak_rss()
     for _ in range(cfg["steps"]):
         train()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak, how = _peak_rss_MiB()
     return {"model": cfg["model"], "variant": cfg["variant"], "T": cfg["T"], "batch": cfg["batch"],
-            "rss_before_MiB": before, "peak_rss_MiB": peak, "peak_training_memory_MiB": peak - before}
+            "rss_before_MiB": before, "peak_rss_MiB": peak, "peak_training_memory_MiB": peak - before,
+            "peak_source": how, "peak_reset_before_training": was_reset}
 
 
 def _subprocess(flag: str, cfg: dict, env: dict | None = None, timeout: float = 1800, in_process: bool = False) -> dict:
@@ -428,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", default="", help="free text stored in the JSON")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/perf_goals_cpu.json; "
                                                 "--quick writes nothing unless given)")
+    ap.add_argument("--update", default=None, help="an existing JSON of this script: replace the --sections run "
+                                                   "now, keep the rest, record the rerun under 'reruns'")
     ap.add_argument("--net-worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--mem-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -529,10 +558,22 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"memory {model} {v}: peak training memory {res['peak_training_memory_MiB']:.1f} MiB",
                           flush=True)
     result["loadavg_after"] = _load()
+    if args.update:
+        # replace only the sections run now; the rest of the file (and its provenance) stays, and the rerun is
+        # recorded with its own commit, date, load averages and reason
+        base = json.loads(Path(args.update).read_text())
+        for sec in sections:
+            base[sec] = result[sec]
+        base.setdefault("reruns", []).append(
+            {"sections": sections, "command": result["command"], "commit": result["commit"],
+             "date_utc": result["date_utc"], "loadavg_before": load0, "loadavg_after": result["loadavg_after"],
+             "threads": result["settings"]["threads"], "note": args.note})
+        result = base
     result["goal_rows"] = goal_rows(result)
     print_table(result["goal_rows"])
     print(f"load average before {load0}, after {result['loadavg_after']}; machine shared: {shared}")
-    out = args.out or (None if args.quick else str(ROOT / "benchmarks" / "results" / "perf_goals_cpu.json"))
+    out = args.out or args.update or (None if args.quick else
+                                      str(ROOT / "benchmarks" / "results" / "perf_goals_cpu.json"))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=2))

@@ -46,6 +46,8 @@ def test_perf_goals_quick(tmp_path):
     goals = {r["goal_key"] for r in rows}
     assert {"fwd_x_floor", "fwd_bwd_x_floor", "lmht_vs_mht", "train_per_timestep_vs_ann",
             "infer_per_timestep_vs_ann"} <= goals
+    md = _load("perf_readme").render(res, str(out))
+    assert "Goals of issue 19" in md and "`resnet20_cifar`" in md and res["commit"][:12] in md
 
 
 def test_perf_goals_worker_subprocess():
