@@ -21,8 +21,8 @@ is missing). Sections:
     ``resnet20_cifar`` and ``airbench_cifar`` (the speedrun backbone) as ANN (ReLU, T = 1) and as IF SNN at T = 4
     (``--net-T``): one training step (forward, cross-entropy, backward, SGD) and one inference step, in one
     worker process per model that interleaves the variants round by round. Variants: ``snn`` (the shipped
-    default), ``snn_float_saves`` (spike inputs saved as float32 by autograd, the path before
-    ``SeqToANNContainer.spike_storage``: the before/after of that change in the same run) and SpikingJelly.
+    default), ``snn_bytes`` (``set_spike_storage(model, "bytes")``: spike inputs saved for backward as uint8;
+    the before/after of that option in the same run) and SpikingJelly.
     The goal ratio is the SNN's time per timestep over the ANN's: ``t_snn / (T · t_ann)``. A torch.profiler
     breakdown (self CPU time by op, one SNN and one ANN training step) says where the time goes.
 ``memory``
@@ -30,8 +30,8 @@ is missing). Sections:
     another's peak), with ``MALLOC_MMAP_THRESHOLD_`` fixed so that large freed blocks go back to the OS and the
     resident-set peak tracks live memory: ``ru_maxrss`` over three training steps minus the resident size
     before the first one. ``*_pool_off`` rows repeat the SNN with the CPU kernels' output-buffer pool disabled
-    (``MULTISPIKE_KERNEL_POOL_MB=0``): the pool keeps freed spike buffers cached, which hides the saving of
-    storing saved spikes as bytes.
+    (``MULTISPIKE_KERNEL_POOL_MB=0``): the pool keeps freed spike buffers cached, which hides most of the
+    saving of ``snn_bytes``.
 
 The JSON records the commit, hardware, versions, threads, load averages before and after each section and
 whether the machine was shared (load average above 0.5 per core at the start, or ``--shared``).
@@ -230,8 +230,8 @@ def _build(model: str, variant: str, T: int, batch: int):
         return create_model(model, neuron=spec, T=T), functional.reset_net
     m = create_model(model, neuron="if", T=T, neuron_kwargs={"backend": "cpp"})
     base = variant[:-len("_pool_off")] if variant.endswith("_pool_off") else variant  # pool: set by the env
-    if base == "snn_float_saves":
-        set_spike_storage(m, "float")
+    if base == "snn_bytes":
+        set_spike_storage(m, "bytes")
     elif base != "snn":
         raise ValueError(f"unknown variant {variant!r}")
     return m, reset_net
@@ -313,9 +313,9 @@ def net_worker(cfg: dict) -> dict:
         for ph in ("train", "infer"):
             ratios[f"{v}_{ph}_per_timestep_vs_ann"] = (out["times"][f"{v}_{ph}"]["median_ms"]
                                                        / (T * out["times"][f"ann_{ph}"]["median_ms"]))
-    if "snn" in runs and "snn_float_saves" in runs:
-        ratios["snn_vs_snn_float_saves_train"] = (out["times"]["snn_train"]["median_ms"]
-                                                  / out["times"]["snn_float_saves_train"]["median_ms"])
+    if "snn" in runs and "snn_bytes" in runs:
+        ratios["snn_bytes_vs_snn_train"] = (out["times"]["snn_bytes_train"]["median_ms"]
+                                            / out["times"]["snn_train"]["median_ms"])
     out["ratios"] = ratios
     if cfg.get("profile"):
         out["profile"] = {v: _profile(runs[v][0]) for v in ("ann", "snn") if v in runs}
@@ -413,8 +413,8 @@ def goal_rows(result: dict) -> list[dict]:
     mem = {(m.get("model"), m.get("variant")): m for m in result.get("memory", []) if "error" not in m}
     for model in sorted({k[0] for k in mem}):
         sj = mem.get((model, "snn_spikingjelly"))
-        notes = {"snn": "", "snn_float_saves": "before spike_storage='bytes'",
-                 "snn_pool_off": "kernel buffer pool off", "snn_float_saves_pool_off": "float saves, pool off"}
+        notes = {"snn": "", "snn_bytes": "spike_storage='bytes'", "snn_pool_off": "kernel buffer pool off",
+                 "snn_bytes_pool_off": "spike_storage='bytes', kernel buffer pool off"}
         for v, note in notes.items():
             ours = mem.get((model, v))
             if ours and sj:
@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--net-T", type=int, default=4)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--iters", type=int, default=2, help="timed network steps per variant and round")
-    ap.add_argument("--variants", default="ann,snn,snn_float_saves,snn_spikingjelly")
+    ap.add_argument("--variants", default="ann,snn,snn_bytes,snn_spikingjelly")
     ap.add_argument("--no-peers", action="store_true", help="skip SpikingJelly")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         # that outlives the step; the *_pool_off rows (MULTISPIKE_KERNEL_POOL_MB=0) show the memory without it.
         mem_variants = list(variants)
         if not args.quick:
-            mem_variants += [f"{v}_pool_off" for v in ("snn", "snn_float_saves") if v in variants]
+            mem_variants += [f"{v}_pool_off" for v in ("snn", "snn_bytes") if v in variants]
         for model in args.models.split(","):
             for v in mem_variants:
                 cfg = {"model": model, "variant": v, "T": args.net_T, "batch": args.batch, "steps": 3,

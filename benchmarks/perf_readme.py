@@ -56,18 +56,21 @@ def render(res: dict, source: str = "benchmarks/results/perf_goals_cpu.json") ->
         out.append(f"Whole networks at T = {s['net_T']}, batch {s['batch']} (IF, soft reset, sigmoid surrogate; ANN = "
                    f"ReLU at T = 1): time per timestep relative to the ANN, medians of interleaved rounds:")
         out.append("")
-        out.append("| network | train / ANN | infer / ANN | float-saves train / ANN | SpikingJelly train / ANN | "
-                   "bytes vs float saves (train time) | conv / BN / activation share of the SNN step |")
+        out.append("| network | train / ANN | infer / ANN | `snn_bytes` train / ANN | SpikingJelly train / ANN | "
+                   "`snn_bytes` / `snn` train time | conv / BN / activation share of the SNN step (ANN) |")
         out.append("|---|---|---|---|---|---|---|")
         for n in nets:
             r = n["ratios"]
             prof = n.get("profile", {}).get("snn", {}).get("share_by_group")
+            aprof = n.get("profile", {}).get("ann", {}).get("share_by_group")
             shares = (f"{prof['conv']:.0%} / {prof['batch_norm']:.0%} / {prof['activation']:.0%}" if prof else "n/a")
+            if aprof:
+                shares += f" ({aprof['conv']:.0%} / {aprof['batch_norm']:.0%} / {aprof['activation']:.0%})"
             out.append(f"| `{n['model']}` | {_f(r.get('snn_train_per_timestep_vs_ann'))} | "
                        f"{_f(r.get('snn_infer_per_timestep_vs_ann'))} | "
-                       f"{_f(r.get('snn_float_saves_train_per_timestep_vs_ann'))} | "
+                       f"{_f(r.get('snn_bytes_train_per_timestep_vs_ann'))} | "
                        f"{_f(r.get('snn_spikingjelly_train_per_timestep_vs_ann'))} | "
-                       f"{_f(r.get('snn_vs_snn_float_saves_train'), 3)} | {shares} |")
+                       f"{_f(r.get('snn_bytes_vs_snn_train'), 3)} | {shares} |")
         out.append("")
     mem = [m for m in res.get("memory", []) if "error" not in m]
     if mem:

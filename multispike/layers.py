@@ -46,7 +46,7 @@ def to_time_major(x: torch.Tensor, layout: str) -> torch.Tensor:
     raise ValueError(f"to_time_major: layout must be 'TB' or 'BT', got {layout!r}")
 
 
-SPIKE_STORAGE_MODES = ("bytes", "float")
+SPIKE_STORAGE_MODES = ("float", "bytes")
 
 # Integer views of the float dtypes, for a bitwise (not ==) comparison: -0.0 and NaN payloads must round-trip too.
 _BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
@@ -120,19 +120,22 @@ class _InputPacker:
 class SeqToANNContainer(nn.Sequential):
     """Run stateless modules on the merged ``T·B`` batch: ``[T, B, ...] -> [T, B, ...]``.
 
-    Spike storage (training memory): the first layer of a container usually saves its input for the backward
-    pass (a conv or linear needs it for the weight gradient, a pooling for its indices or shape). When that input
-    is a spike tensor - every value an integer in ``[0, 255]``, checked bit for bit - the saved copy is kept as
-    ``uint8`` (a quarter of float32's bytes) and restored exactly, with the same strides, when the backward needs
-    it: outputs and gradients are bit-identical to the float path (tests/test_layers_spike_storage.py). Set
-    ``spike_storage = "float"`` on a container (or :func:`set_spike_storage` on a model) for autograd's plain
-    saving. The check costs about three elementwise passes over the input per training step; after
-    ``_PROBE_AFTER_FAILURES`` inputs in a row that are not spikes (an ANN's ReLU output, an image) the container
+    Spike storage (training memory, opt-in): the first layer of a container usually saves its input for the
+    backward pass (a conv or linear needs it for the weight gradient, a pooling for its shape or indices). With
+    ``spike_storage = "bytes"`` (per container, or :func:`set_spike_storage` on a model), an input that is a
+    spike tensor - every value an integer in ``[0, 255]``, checked bit for bit - is saved as ``uint8`` (a quarter
+    of float32's bytes) and restored exactly, with the same strides, when the backward needs it: outputs and
+    gradients are bit-identical to the default ``"float"`` path (tests/test_layers_spike_storage.py). Measured
+    (benchmarks/perf_goals.py, IF SNN at T = 4 on a CPU): peak training memory -16 to -18 % with the CPU
+    kernels' buffer pool off (``MULTISPIKE_KERNEL_POOL_MB=0``) but only about -4 % with it on (the pool keeps
+    the freed float spike buffers cached), for 2-5 % more training time (about three elementwise passes over
+    the input per step); on CUDA each check also waits for the device (``torch.equal``). Hence opt-in. After
+    ``_PROBE_AFTER_FAILURES`` inputs in a row that are not spikes (an ANN's ReLU output, an image) a container
     stops checking and re-probes every ``_REPROBE_EVERY`` calls. Nothing changes without autograd, under
     ``torch.compile``/tracing, or under a caller's own ``saved_tensors_hooks`` (activation checkpointing).
     """
 
-    spike_storage: str = "bytes"
+    spike_storage: str = "float"
     _PROBE_AFTER_FAILURES = 3
     _REPROBE_EVERY = 64
 
@@ -168,8 +171,8 @@ def set_spike_storage(net: nn.Module, mode: str) -> nn.Module:
     """Set how every :class:`SeqToANNContainer` in ``net`` saves a spike input for the backward pass.
 
     Args:
-        mode: ``"bytes"`` (default: ``uint8`` when that is bit-exact, see :class:`SeqToANNContainer`) or
-            ``"float"`` (autograd's plain float saving).
+        mode: ``"bytes"`` (``uint8`` when that is bit-exact, see :class:`SeqToANNContainer`) or ``"float"``
+            (the default: autograd's plain float saving).
 
     Returns ``net``.
     """

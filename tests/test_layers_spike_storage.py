@@ -106,6 +106,8 @@ def test_outer_saved_tensor_hooks_and_checkpointing_win():
 
 def test_no_grad_and_ann_probing_stop():
     c = SeqToANNContainer(nn.Linear(4, 3))
+    assert c.spike_storage == "float"   # opt-in
+    c.spike_storage = "bytes"
     with torch.no_grad():
         c(torch.ones(2, 5, 4))
     assert "_spike_fail_streak" not in c.__dict__   # nothing is saved without autograd: no check at all

@@ -25,7 +25,7 @@ def _load(name: str):
 def test_perf_goals_quick(tmp_path):
     pg = _load("perf_goals")
     out = tmp_path / "perf.json"
-    assert pg.main(["--quick", "--models", "resnet20_cifar", "--variants", "ann,snn,snn_float_saves",
+    assert pg.main(["--quick", "--models", "resnet20_cifar", "--variants", "ann,snn,snn_bytes",
                     "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     for key in ("commit", "hardware", "versions", "loadavg_before", "loadavg_after", "machine_shared", "settings"):
@@ -39,7 +39,7 @@ def test_perf_goals_quick(tmp_path):
     (net,) = res["network"]
     assert "error" not in net, net.get("error")
     assert {"snn_train_per_timestep_vs_ann", "snn_infer_per_timestep_vs_ann",
-            "snn_vs_snn_float_saves_train"} <= set(net["ratios"])
+            "snn_bytes_vs_snn_train"} <= set(net["ratios"])
     assert len(res["memory"]) == 3 and all("error" not in m and m["peak_rss_MiB"] > 0 for m in res["memory"])
     rows = res["goal_rows"]
     assert rows and all(r["measured"] is not None and r["goal"] and isinstance(r["met"], bool) for r in rows)
