@@ -1,0 +1,123 @@
+"""SeqToANNContainer's spike storage: a spike input saved for backward as uint8 must change nothing, bit for bit."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from multispike.layers import SeqToANNContainer, pack_exact_uint8, set_spike_storage
+from multispike.models import create_model
+
+BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+
+
+def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(BITS[a.dtype]), b.view(BITS[b.dtype]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_pack_round_trips_spikes_and_counts(dtype):
+    x = torch.randint(0, 256, (3, 4, 5, 6)).to(dtype)
+    q = pack_exact_uint8(x)
+    assert q is not None and q.dtype == torch.uint8 and q.stride() == x.stride()
+    assert _bits_equal(q.to(dtype), x)
+    cl = torch.randint(0, 2, (2, 8, 5, 5)).to(dtype).contiguous(memory_format=torch.channels_last)
+    q = pack_exact_uint8(cl)
+    assert q is not None and q.stride() == cl.stride()
+
+
+@pytest.mark.parametrize("bad", [0.5, -1.0, 256.0, -0.0, float("nan"), float("inf"), 1e-30])
+def test_pack_refuses_anything_not_bit_exact(bad):
+    x = torch.zeros(2, 3, 4)
+    x[1, 2, 3] = bad
+    assert pack_exact_uint8(x) is None
+
+
+def test_pack_refuses_non_dense_and_non_float():
+    x = torch.ones(4, 6)
+    assert pack_exact_uint8(x[:, ::2]) is None          # strided slice: unpacked strides could not match
+    assert pack_exact_uint8(x.t()) is None               # transposed (neither contiguous nor channels_last)
+    assert pack_exact_uint8(torch.ones(3, dtype=torch.int64)) is None
+    assert pack_exact_uint8(torch.ones(0)) is None
+
+
+def _train_step(model_name, neuron, T, mode, *, channels_last=False, seed=0, wrap=None, **kw):
+    torch.manual_seed(seed)
+    m = create_model(model_name, neuron=neuron, T=T, **kw)
+    set_spike_storage(m, mode)
+    if channels_last:
+        m = m.to(memory_format=torch.channels_last)
+    x = torch.randn(3, 3, 16, 16)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (3,))
+    out = wrap(m, x) if wrap else m(x)
+    nn.functional.cross_entropy(out, y).backward()
+    grads = {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+    return out.detach(), grads, m
+
+
+def _packed_containers(m):
+    return [n for n, c in m.named_modules() if isinstance(c, SeqToANNContainer)
+            and c.__dict__.get("_spike_fail_streak") == 0]
+
+
+@pytest.mark.parametrize("model_name,neuron,T,kw", [
+    ("resnet20_cifar", "if", 2, {"input_size": 16}),
+    ("airbench_cifar", "if", 3, {"input_size": 16}),
+    ("vgg_small", "mlif", 2, {"input_size": 16, "neuron_kwargs": {"lanes": 3}}),    # one-hot payloads 0, 1, 2, 4
+    ("vgg_small", "lmht", 2, {"input_size": 16}),                                    # fractional levels: float path
+    ("resnet20_cifar", "relu", 1, {"input_size": 16}),                               # the ANN: never packs
+])
+def test_bytes_storage_is_bit_identical_to_float(model_name, neuron, T, kw):
+    o_f, g_f, _ = _train_step(model_name, neuron, T, "float", **kw)
+    o_b, g_b, m = _train_step(model_name, neuron, T, "bytes", **kw)
+    assert _bits_equal(o_f, o_b)
+    assert g_f.keys() == g_b.keys() and len(g_f) > 0
+    for k in g_f:
+        assert _bits_equal(g_f[k], g_b[k]), k
+    packed = _packed_containers(m)
+    if neuron in ("if", "mlif"):
+        assert packed, "no container kept its spike input as bytes: the test would not exercise the new path"
+    if neuron == "relu":
+        assert not packed
+
+
+def test_bytes_storage_bit_identical_channels_last():
+    o_f, g_f, _ = _train_step("resnet20_cifar", "if", 2, "float", channels_last=True, input_size=16)
+    o_b, g_b, m = _train_step("resnet20_cifar", "if", 2, "bytes", channels_last=True, input_size=16)
+    assert _bits_equal(o_f, o_b) and all(_bits_equal(g_f[k], g_b[k]) for k in g_f)
+    assert _packed_containers(m)
+
+
+def test_outer_saved_tensor_hooks_and_checkpointing_win():
+    def ckpt(m, x):
+        return checkpoint(m, x, use_reentrant=False)
+    o_f, g_f, _ = _train_step("resnet20_cifar", "if", 2, "float", input_size=16)
+    o_c, g_c, m = _train_step("resnet20_cifar", "if", 2, "bytes", wrap=ckpt, input_size=16)
+    assert _bits_equal(o_f, o_c) and all(_bits_equal(g_f[k], g_c[k]) for k in g_f)
+    assert not _packed_containers(m)   # checkpointing's hooks were active: ours stayed out of the way
+    seen = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: seen.append(t.dtype) or t, lambda t: t):
+        _, g_h, m = _train_step("resnet20_cifar", "if", 2, "bytes", input_size=16)
+    assert seen and torch.uint8 not in seen and not _packed_containers(m)
+
+
+def test_no_grad_and_ann_probing_stop():
+    c = SeqToANNContainer(nn.Linear(4, 3))
+    assert c.spike_storage == "float"   # opt-in
+    c.spike_storage = "bytes"
+    with torch.no_grad():
+        c(torch.ones(2, 5, 4))
+    assert "_spike_fail_streak" not in c.__dict__   # nothing is saved without autograd: no check at all
+    for _ in range(5):
+        c(torch.full((2, 5, 4), 0.5)).sum().backward()
+    assert c._spike_fail_streak == SeqToANNContainer._PROBE_AFTER_FAILURES   # then it stops checking
+    c(torch.ones(2, 5, 4)).sum().backward()
+    assert c._spike_fail_streak == SeqToANNContainer._PROBE_AFTER_FAILURES
+
+
+def test_set_spike_storage_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="spike storage"):
+        set_spike_storage(nn.Sequential(), "int4")

@@ -1,0 +1,86 @@
+"""Smoke tests of the issue-19 benchmark scripts: their quick / dry-run paths run and write complete JSON.
+
+No timing is asserted (the numbers of a tiny run on a shared machine mean nothing); the tests check that every
+section ran, that every goal row carries a measured value and its bound, and that CUDA-only parts are skipped with
+a reason on a CPU.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_perf_goals_quick(tmp_path):
+    pg = _load("perf_goals")
+    out = tmp_path / "perf.json"
+    assert pg.main(["--quick", "--models", "resnet20_cifar", "--variants", "ann,snn,snn_bytes",
+                    "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    for key in ("commit", "hardware", "versions", "loadavg_before", "loadavg_after", "machine_shared", "settings"):
+        assert key in res
+    assert res["quick"] is True and res["settings"]["threads"] >= 1
+    (nres,) = res["neurons"]
+    for name in pg.NEURONS:
+        for ph in ("fwd", "fwd_bwd"):
+            assert res["neurons"][0]["times"][f"{name}_{ph}"]["reps"] >= 1
+            assert nres["ratios"][f"{name}_{ph}_x_floor"] > 0
+    (net,) = res["network"]
+    assert "error" not in net, net.get("error")
+    assert {"snn_train_per_timestep_vs_ann", "snn_infer_per_timestep_vs_ann",
+            "snn_bytes_vs_snn_train"} <= set(net["ratios"])
+    assert len(res["memory"]) == 3 and all("error" not in m and m["peak_rss_MiB"] > 0 for m in res["memory"])
+    rows = res["goal_rows"]
+    assert rows and all(r["measured"] is not None and r["goal"] and isinstance(r["met"], bool) for r in rows)
+    goals = {r["goal_key"] for r in rows}
+    assert {"fwd_x_floor", "fwd_bwd_x_floor", "lmht_vs_mht", "train_per_timestep_vs_ann",
+            "infer_per_timestep_vs_ann"} <= goals
+    md = _load("perf_readme").render(res, str(out))
+    assert "Goals of issue 19" in md and "`resnet20_cifar`" in md and res["commit"][:12] in md
+
+
+def test_perf_goals_worker_subprocess():
+    """The isolated worker path of the full run (one fresh process, as for every memory measurement)."""
+    pg = _load("perf_goals")
+    res = pg._subprocess("--mem-worker", {"model": "resnet20_cifar", "variant": "snn", "T": 2, "batch": 2, "steps": 1,
+                                          "threads": 1})
+    assert "error" not in res, res.get("error")
+    assert res["peak_rss_MiB"] > 0 and res["variant"] == "snn"
+
+
+def test_perf_goals_rejects_unknown_section():
+    pg = _load("perf_goals")
+    try:
+        pg.main(["--quick", "--sections", "neurons,gpu"])
+    except SystemExit as exc:
+        assert "unknown section" in str(exc)
+    else:
+        raise AssertionError("an unknown section must be refused")
+
+
+def test_gpu_checks_dry_run(tmp_path):
+    gc = _load("gpu_checks")
+    out = tmp_path / "g.json"
+    assert gc.main(["--dry-run", "--models", "resnet20_cifar", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["dry_run"] is True
+    assert "CUDA-only" in res["triton_tests"]["skipped"] and "CUDA-only" in res["kernel_timing"]["skipped"]
+    rows = {(r["neuron"], r["variant"]): r for r in res["training"]}
+    for neuron in ("relu", "if"):
+        for v in ("trainer", "plain", "plain_bf16"):
+            assert rows[(neuron, v)]["images_per_s"] > 0, rows[(neuron, v)]
+        for v in ("plain_compile", "plain_compile_cudagraphs"):
+            assert "CUDA-only" in rows[(neuron, v)]["skipped"]
+    assert rows[("if", "plain")]["time_per_timestep_vs_ann"] > 0
+    assert rows[("if", "trainer")]["vs_plain"] > 0
