@@ -117,7 +117,7 @@ def test_graph_builder_sees_known_edges():
     # Guard against a builder that silently finds nothing: these dependencies exist by design.
     edges = import_graph()
     for edge in [("kernels", "neurons"), ("kernels", "_dispatch"), ("neurons", "_dispatch"), ("data", "_validate"),
-                 ("export", "multispike"), ("cli", "workflows")]:
+                 ("export", "multispike"), ("cli", "train"), ("workflows", "cli")]:
         assert edge in edges, edge
 
 

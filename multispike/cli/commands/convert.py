@@ -36,7 +36,7 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ...workflows import TARGETS
+    from ..workflows import TARGETS
 
     p = subparsers.add_parser(
         "convert", help="convert a trained ANN/QCFS/QAT checkpoint to an IF, LM-HT, mixed-timestep or uniform SNN",
@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ...workflows import convert_checkpoint
+    from ..workflows import convert_checkpoint
 
     to = args.to
     if args.mixed_timestep:
