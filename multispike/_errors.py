@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Mapping
 
-__all__ = ["CheckpointError", "ParameterError"]
+__all__ = ["CheckpointError", "ParameterMessage", "ParameterError", "MissingDataError"]
 
 
 class CheckpointError(ValueError):
@@ -19,25 +19,22 @@ class CheckpointError(ValueError):
     """
 
 
-class ParameterError(ValueError):
-    """A bad value of a named function parameter.
+class ParameterMessage:
+    """Mixin of errors whose message names function parameters.
 
     The message is a template in which ``{name}`` stands for the parameter ``name`` (one of :attr:`params`).
     ``str(error)`` writes the Python parameter names; :meth:`render` writes other spellings, which is how the
     command line turns ``timesteps must be >= 1`` into ``--timesteps must be >= 1`` without the library knowing
-    any flag.
-
-    Example::
-
-        err = ParameterError("{timesteps} must be >= 1, got 0", "timesteps")
-        str(err)                                        # 'timesteps must be >= 1, got 0'
-        err.render({"timesteps": "--timesteps"})        # '--timesteps must be >= 1, got 0'
+    any flag. Only the listed parameters are substituted, so other braces in the text are left alone.
     """
 
-    def __init__(self, template: str, *params: str) -> None:
+    template: str
+    params: tuple[str, ...]
+
+    def _set_template(self, template: str, params: Iterable[str]) -> str:
         self.template = template
-        self.params: tuple[str, ...] = tuple(params)
-        super().__init__(self.render())
+        self.params = tuple(params)
+        return self.render()
 
     @property
     def param(self) -> str | None:
@@ -53,5 +50,25 @@ class ParameterError(ValueError):
             text = text.replace("{" + p + "}", spelled or p)
         return text
 
-    def with_params(self, extra: Iterable[str]) -> "ParameterError":  # pragma: no cover - convenience
-        return ParameterError(self.template, *self.params, *extra)
+
+
+class ParameterError(ParameterMessage, ValueError):
+    """A bad value of a named function parameter (a ``ValueError``; see :class:`ParameterMessage`).
+
+    Example::
+
+        err = ParameterError("{timesteps} must be >= 1, got 0", "timesteps")
+        str(err)                                        # 'timesteps must be >= 1, got 0'
+        err.render({"timesteps": "--timesteps"})        # '--timesteps must be >= 1, got 0'
+    """
+
+    def __init__(self, template: str, *params: str) -> None:
+        ValueError.__init__(self, self._set_template(template, params))
+
+
+class MissingDataError(ParameterMessage, FileNotFoundError):
+    """Data files that are not where a parameter (or the environment) says they are (a ``FileNotFoundError``;
+    see :class:`ParameterMessage`)."""
+
+    def __init__(self, template: str, *params: str) -> None:
+        FileNotFoundError.__init__(self, self._set_template(template, params))

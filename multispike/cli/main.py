@@ -42,8 +42,15 @@ DEBUG_ENV = "MULTISPIKE_DEBUG"
 EXIT_BAD_INPUT, EXIT_FAILURE = 2, 1
 
 
-#: Library parameters whose name differs from the ``dest`` of the flag that sets them.
-PARAM_DESTS = {"data_opts": "data_opt"}
+#: Library parameters whose name differs from the ``dest`` of the flag that sets them (first match wins).
+PARAM_DESTS: dict[str, tuple[str, ...]] = {"data_opts": ("data_opt", "dataset_kwargs")}
+
+
+def _flag_for(flags: dict[str, str], param: str) -> str | None:
+    for dest in (param, *PARAM_DESTS.get(param, ())):
+        if dest in flags:
+            return flags[dest]
+    return None
 
 
 def option_flags(parser: argparse.ArgumentParser, command: str | None) -> dict[str, str]:
@@ -65,15 +72,15 @@ def option_flags(parser: argparse.ArgumentParser, command: str | None) -> dict[s
 def _describe(exc: BaseException, flags: dict[str, str] | None = None) -> tuple[str, int]:
     """One line for an expected failure and its exit code; raises ``exc`` again for unexpected ones (bugs).
 
-    A :class:`~multispike._errors.ParameterError` names Python parameters; ``flags`` (:func:`option_flags`) writes
+    A :class:`~multispike._errors.ParameterMessage` error names Python parameters; ``flags`` (:func:`option_flags`) writes
     each as the command's flag that sets it, so the library never has to know the command line.
     """
-    from .._errors import ParameterError
+    from .._errors import ParameterMessage
     from ..train.guards import NonFiniteError, RunLockedError, TrainingInterrupted
 
-    if isinstance(exc, ParameterError):
+    if isinstance(exc, ParameterMessage):   # ParameterError, MissingDataError, DataMismatchError: bad input
         flags = flags or {}
-        return exc.render(lambda p: flags.get(PARAM_DESTS.get(p, p))) or type(exc).__name__, EXIT_BAD_INPUT
+        return exc.render(lambda p: _flag_for(flags, p)) or type(exc).__name__, EXIT_BAD_INPUT
 
     if isinstance(exc, TrainingInterrupted):
         return str(exc), 128 + exc.signum
