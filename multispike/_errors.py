@@ -11,12 +11,6 @@ from typing import Callable, Iterable, Mapping
 __all__ = ["CheckpointError", "ParameterMessage", "ParameterError", "MissingDataError"]
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, truncated or incompatible with the model/config it is loaded into.
-
-    Also raised by :mod:`multispike.convert.recipe` when a recorded conversion recipe cannot be replayed.
-    Re-exported as :class:`multispike.train.CheckpointError`.
-    """
 
 
 class ParameterMessage:
@@ -50,6 +44,18 @@ class ParameterMessage:
             text = text.replace("{" + p + "}", spelled or p)
         return text
 
+
+
+class CheckpointError(ParameterMessage, ValueError):
+    """A checkpoint is missing, corrupt, truncated or incompatible with the model/config it is loaded into.
+
+    Also raised by :mod:`multispike.convert.recipe` when a recorded conversion recipe cannot be replayed.
+    Re-exported as :class:`multispike.train.CheckpointError`. The message may name parameters
+    (:class:`ParameterMessage`); most messages are plain text.
+    """
+
+    def __init__(self, template: str = "", *params: str) -> None:
+        ValueError.__init__(self, self._set_template(template, params))
 
 
 class ParameterError(ParameterMessage, ValueError):

@@ -277,7 +277,7 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
                 break
         else:
             raise CheckpointError(f"no checkpoint in {path}: expected {p / 'checkpoints' / 'last.json'} (is this the "
-                                  f"output directory of a run that finished at least one checkpoint?)")
+                                  f"{{out}} directory of a run that finished at least one checkpoint?)", "out")
     if p.suffix == ".safetensors":
         p = p.with_suffix(".json")
     if not p.exists():

@@ -18,7 +18,7 @@ def qat_epoch_table(run_dir: str | os.PathLike) -> tuple[str, list[dict]]:
     """
     log_path = Path(run_dir) / "log.jsonl"
     if not log_path.exists():
-        raise FileNotFoundError(f"{log_path} does not exist; is {run_dir} the output directory of a QAT run?")
+        raise FileNotFoundError(f"{log_path} does not exist; is {run_dir} the --out of a QAT run?")
     epochs = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
     epochs = [e for e in epochs if e.get("event") == "epoch" and e.get("quantizers")]
     if not epochs:
