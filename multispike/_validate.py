@@ -1,4 +1,4 @@
-"""Argument validation shared across subpackages (no torch, no multispike imports).
+"""Argument validation shared across subpackages (no torch; imports only :mod:`multispike._errors`).
 
 These helpers used to live in :mod:`multispike.neurons.base`, which made :mod:`multispike.data` import the neuron
 package only to check an integer. They stay re-exported there under their old names.
@@ -7,24 +7,28 @@ from __future__ import annotations
 
 import math
 
+from ._errors import ParameterError
+
 __all__ = ["check_positive_int", "finite_number"]
 
 
 def check_positive_int(value, name: str, minimum: int = 1, fix: str = "") -> int:
-    """Return ``int(value)`` or raise ``ValueError`` naming the value, the allowed range and the fix.
+    """Return ``int(value)`` or raise :class:`~multispike._errors.ParameterError` (a ``ValueError``) naming the
+    value, the allowed range and the fix.
 
     Args:
         value: an ``int`` or an integral ``float`` (``bool`` is rejected).
-        name: how the error message names the argument.
+        name: how the error message names the argument; a Python parameter name (``"timesteps"``) lets the
+            command line write it as its flag (``--timesteps``).
         minimum: smallest allowed value.
         fix: a sentence appended to the error, telling the user what to do.
     """
     if isinstance(value, bool) or not isinstance(value, (int,)) and not (
             isinstance(value, float) and value.is_integer()):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}. {fix}".strip())
+        raise ParameterError(f"{{{name}}} must be an integer >= {minimum}, got {value!r}. {fix}".strip(), name)
     value = int(value)
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}. {fix}".strip())
+        raise ParameterError(f"{{{name}}} must be >= {minimum}, got {value}. {fix}".strip(), name)
     return value
 
 

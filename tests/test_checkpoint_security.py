@@ -19,7 +19,8 @@ from multispike.train import (TRUSTED_HOOKS_ENV, CheckpointError, UntrustedHookE
 from multispike.train.config import TrainConfig
 from multispike.train.hooks import _REGISTERED, list_convert_hooks, resolve_convert_hook
 from multispike.train.hybrid import lmht_hybrid
-from multispike.train.rebuild import build_structure, rebuild_model, restore_structure, structure_snapshot
+from multispike.convert.recipe import restore_structure, structure_snapshot
+from multispike.train.rebuild import build_structure, rebuild_model
 
 PLANTED = "ms_planted_hook"
 EVIL_HOOKS = ["os:system", "builtins:eval", "subprocess:call", f"{PLANTED}:run"]

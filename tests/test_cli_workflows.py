@@ -14,7 +14,8 @@ from multispike.cli.main import main
 from multispike.data import dataset_status
 from multispike.neurons.base import reset_net
 from multispike.train import load_checkpoint
-from multispike.train.rebuild import needs_rebuild, rebuild_model, run_step
+from multispike.convert.recipe import run_step
+from multispike.train.rebuild import needs_rebuild, rebuild_model
 
 QUICK = ["--no-progress", "--num-threads", "1"]
 DIGITS = ["--dataset", "digits", "--model-kwargs", "input_size=8", "--batch-size", "32", "--no-augment",

@@ -399,7 +399,7 @@ def test_default_conversion_of_a_trained_qcfs_ann_equals_it_on_digits():
     from multispike.demo import DemoConfig, DigitsCNN, _loaders, predictions, train_classifier
     from multispike.train import resolve_config
     from multispike.train.hybrid import convert_init_model, lmht_hybrid
-    from multispike.workflows import parse_bias_scale
+    from multispike.cli.workflows import parse_bias_scale
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

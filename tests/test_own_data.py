@@ -286,7 +286,7 @@ def test_convert_warns_when_the_quantized_ann_collapses_at_more_levels():
     from torch import nn
 
     from multispike.quant.qcfs import QCFS
-    from multispike.workflows import _levels_check
+    from multispike.cli.workflows.convert import _levels_check
 
     class Net(nn.Module):   # class 1 iff the 1-level code of x is 0: true at 1 level, a tie (class 0) at 8
         def __init__(self):

@@ -42,9 +42,45 @@ DEBUG_ENV = "MULTISPIKE_DEBUG"
 EXIT_BAD_INPUT, EXIT_FAILURE = 2, 1
 
 
-def _describe(exc: BaseException) -> tuple[str, int]:
-    """One line for an expected failure and its exit code; raises ``exc`` again for unexpected ones (bugs)."""
+#: Library parameters whose name differs from the ``dest`` of the flag that sets them (first match wins).
+PARAM_DESTS: dict[str, tuple[str, ...]] = {"data_opts": ("data_opt", "dataset_kwargs")}
+
+
+def _flag_for(flags: dict[str, str], param: str) -> str | None:
+    for dest in (param, *PARAM_DESTS.get(param, ())):
+        if dest in flags:
+            return flags[dest]
+    return None
+
+
+def option_flags(parser: argparse.ArgumentParser, command: str | None) -> dict[str, str]:
+    """``{dest: "--flag"}`` for every option of sub-command ``command`` (its first long spelling)."""
+    sub = None
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            sub = action.choices[command]
+    if sub is None:
+        return {}
+    flags = {}
+    for action in sub._actions:
+        long = [o for o in action.option_strings if o.startswith("--")]
+        if long and action.dest != "help":
+            flags.setdefault(action.dest, long[0])
+    return flags
+
+
+def _describe(exc: BaseException, flags: dict[str, str] | None = None) -> tuple[str, int]:
+    """One line for an expected failure and its exit code; raises ``exc`` again for unexpected ones (bugs).
+
+    A :class:`~multispike._errors.ParameterMessage` error names Python parameters; ``flags`` (:func:`option_flags`) writes
+    each as the command's flag that sets it, so the library never has to know the command line.
+    """
+    from .._errors import ParameterMessage
     from ..train.guards import NonFiniteError, RunLockedError, TrainingInterrupted
+
+    if isinstance(exc, ParameterMessage):   # ParameterError, MissingDataError, DataMismatchError: bad input
+        flags = flags or {}
+        return exc.render(lambda p: _flag_for(flags, p)) or type(exc).__name__, EXIT_BAD_INPUT
 
     if isinstance(exc, TrainingInterrupted):
         return str(exc), 128 + exc.signum
@@ -112,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - expected failures become one line; _describe re-raises bugs
         if debug:
             raise
-        message, code = _describe(exc)
+        message, code = _describe(exc, option_flags(parser, args.command))
         print(f"multispike {args.command}: error: {message}", file=sys.stderr)
         return code
 

@@ -33,6 +33,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from .._errors import MissingDataError
+
 __all__ = [
     "CIFAR_LAYOUTS",
     "CIFARLayout",
@@ -254,10 +256,10 @@ def find_cifar_dir(root: str | os.PathLike | None = None, variant: str = "cifar1
             f"{lay.name}: folder {partial} is incomplete: missing {', '.join(missing)} "
             f"(expected {', '.join(lay.files)}). Restore the missing files.")
     looked = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(
+    raise MissingDataError(
         f"{lay.name}: no '{lay.folder}' folder found; looked at {looked}; expected files "
-        f"{', '.join(lay.files)}. Set MULTISPIKE_DATA or pass root=/--data-dir pointing at the folder that "
-        f"contains {lay.name}/{lay.folder} (nothing is downloaded).")
+        f"{', '.join(lay.files)}. Set MULTISPIKE_DATA or pass root=/{{data_dir}} pointing at the folder that "
+        f"contains {lay.name}/{lay.folder} (nothing is downloaded).", "data_dir")
 
 
 # ----------------------------------------------------------------------------------------------------

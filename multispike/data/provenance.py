@@ -20,11 +20,16 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from .._errors import ParameterError
+
 __all__ = ["DataSpec", "data_spec", "data_record", "check_data", "describe_data", "load_split", "DataMismatchError"]
 
 
-class DataMismatchError(ValueError):
-    """The data a step would use do not match the data the network was trained on (classes or input shape)."""
+class DataMismatchError(ParameterError):
+    """The data a step would use do not match the data the network was trained on (classes or input shape).
+
+    A :class:`~multispike._errors.ParameterError`: the fix names the ``dataset``/``data_dir``/``data_opts``
+    parameters (the command line writes them as its flags)."""
 
 
 @dataclass
@@ -107,22 +112,24 @@ def check_data(record: Mapping[str, Any], info: Any, images: torch.Tensor | None
             f"the network was trained on {len(mine)} classes {mine[:5]}{' ...' if len(mine) > 5 else ''} but "
             f"{name}{where} has {len(theirs)} classes {theirs[:5]}{' ...' if len(theirs) > 5 else ''}"
             f"{' (' + detail + ')' if detail else ' (same names, another order: the labels would be permuted)'}. "
-            f"Use the data it was trained on (--dataset/--data-dir), or train a network for these classes.")
+            f"Use the data it was trained on ({{dataset}}/{{data_dir}}), or train a network for these classes.",
+            "dataset", "data_dir")
     k_data = getattr(info, "num_classes", None) or (len(theirs) or None)
     for k_net, what in ((record.get("num_classes"), "was trained on"), (num_classes, "has outputs for")):
         if k_net is not None and k_data is not None and int(k_net) != int(k_data):
             raise DataMismatchError(f"the network {what} {k_net} classes but {name}{where} has {k_data}. Use the "
-                                    f"data it was trained on (--dataset/--data-dir/--data-opt).")
+                                    f"data it was trained on ({{dataset}}/{{data_dir}}/{{data_opts}}).", "dataset",
+                                    "data_dir", "data_opts")
     shape = list(images.shape[1:]) if isinstance(images, torch.Tensor) and images.dim() == 4 else None
     rec_shape = record.get("input_shape")
     if shape is not None and rec_shape and list(rec_shape) != shape:
         raise DataMismatchError(
             f"the network was trained on {'x'.join(map(str, rec_shape))} inputs but {name}{where} gives "
-            f"{'x'.join(map(str, shape))}. Pass the reader options of training (e.g. --data-opt size="
-            f"{rec_shape[-1]}" + (" mode=L" if rec_shape[0] == 1 else "") + ") or use its data.")
+            f"{'x'.join(map(str, shape))}. Pass the reader options of training (e.g. {{data_opts}} size="
+            f"{rec_shape[-1]}" + (" mode=L" if rec_shape[0] == 1 else "") + ") or use its data.", "data_opts")
     if shape is not None and in_channels is not None and shape[0] != int(in_channels):
         raise DataMismatchError(f"the network takes {in_channels} input channel(s) but {name}{where} gives "
-                                f"{shape[0]} (--data-opt mode=L gives 1 channel, mode=RGB 3)")
+                                f"{shape[0]} ({{data_opts}} mode=L gives 1 channel, mode=RGB 3)", "data_opts")
 
 
 def describe_data(spec: DataSpec, info: Any = None, images: torch.Tensor | None = None, split: str | None = None,

@@ -31,62 +31,28 @@ comparisons) or as *unsupported* - never skipped silently. Residual additions wr
 inside a module's ``forward`` are invisible to hooks; zoo models route them through ``ResidualAdd``.
 
 All counts are reported per sample (averaged over every sample seen) and, where it applies, per step.
+
+Layout: this module holds the counter (hooks, bookkeeping, results); each module type is counted by a small
+handler in :mod:`multispike.metrics._op_layers` (dispatch table ``LAYER_HANDLERS``), and spike-driven attention,
+found through the roles its blocks declare, in :mod:`multispike.metrics._op_attention`.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 
-from ..layers import DirectEncoder, MeanOverTime, MultiStepContainer, ResidualAdd, SeqToANNContainer, TemporalAlign
-from ..layers import align_time
-from ..models.base import TimeSharedDropout
-from ._tracking import SpikeRegistry, SpikeView
-from .attention import declared_spike_roles, guessed_spike_roles, looks_like_attention
+from ..layers import MultiStepContainer, SeqToANNContainer
+from ._op_attention import ANN_ATTENTION_REASON, attention_hook, attention_pre, attention_roles, role_hook
+from ._op_layers import (_dropout_types, free_hook, free_reason, layer_handler,  # noqa: F401
+                         moves_spikes, neuron_hook, propagate_hook, unsupported_hook, wrapper_hook)
+from ._tracking import SpikeRegistry
 from .optable import CONVENTIONS, LayerOps, NeuronOps, OpCountResult, format_count
-from .fanout import adaptive_fanout, adaptive_sum_pool, avgpool_fanout, conv_fanout, sum_pool
-from .monitors import check_statistics_shape, is_spiking_neuron, spiking_layers
+from .monitors import is_spiking_neuron, spiking_layers
 
 __all__ = ["OpCounter", "OpCountResult", "LayerOps", "NeuronOps", "count_ops", "CONVENTIONS", "format_count"]
-
-_SYNAPTIC = (nn.Conv1d, nn.Conv2d, nn.Linear)
-_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
-_SHAPE_ONLY = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
-_MAXPOOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
-
-
-def _dropout_types() -> tuple[type, ...]:
-    # The zoo's time-shared dropout draws one mask for all steps; like nn.Dropout it is free at inference.
-    return (nn.Dropout, nn.Dropout1d, nn.Dropout2d, TimeSharedDropout)
-
-
-def _free_reason(m: nn.Module) -> str | None:
-    """Why a module costs no counted operation, or ``None`` if it is not a known free module."""
-    from ..quant.qcfs import QCFS
-    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-        return "batch norm: folded into the preceding conv/linear at inference"
-    if isinstance(m, _dropout_types()):
-        return "dropout: identity at inference"
-    if isinstance(m, (nn.Identity, nn.Flatten, nn.Unflatten)):
-        return "data movement"
-    if isinstance(m, _MAXPOOLS):
-        return "max pooling: comparisons, no accumulate"
-    if isinstance(m, (nn.ReLU, nn.ReLU6, QCFS)):
-        return "elementwise ANN activation"
-    if isinstance(m, TemporalAlign):
-        return "temporal alignment: data movement (averaging adds not counted)"
-    if isinstance(m, DirectEncoder):
-        return "direct encoding: repetition of the input"
-    if isinstance(m, MeanOverTime):
-        return "readout time-mean (T-1 adds per output, not counted)"
-    return None
-
-
-_ANN_ATTENTION_REASON = ("ANN attention (softmax over real-valued scores): no spike-driven attention counter; "
-                         "spike-driven blocks declare spike_roles (see multispike.metrics.attention)")
 
 
 class _Acc:
@@ -192,45 +158,46 @@ class OpCounter:
         neurons = dict(spiking_layers(self.model))
         # Sub-modules of a neuron (its surrogate function) are part of the neuron, never layers of their own.
         inside_neuron = {f"{name}.{c}" if name else c for name, m in neurons.items() for c, _ in m.named_modules() if c}
-        roles = self._attention_roles(neurons)
+        roles = attention_roles(self, neurons)
         for name, m in self.model.named_modules():
-            if name in inside_neuron:
-                continue
-            if name in neurons:
-                h.append(m.register_forward_hook(self._neuron_hook(name)))
-                if name in roles:
-                    h.append(m.register_forward_hook(self._role_hook(*roles[name])))
-            elif is_spiking_neuron(m):  # a wrapper around a neuron (e.g. mixed-timestep alignment)
-                h.append(m.register_forward_hook(self._wrapper_hook(name)))
-            elif isinstance(m, (SeqToANNContainer, MultiStepContainer)):
-                h.append(m.register_forward_pre_hook(self._push_time))
-                h.append(m.register_forward_hook(self._pop_time))
-            elif isinstance(m, _SYNAPTIC):
-                h.append(m.register_forward_hook(self._synaptic_hook(name)))
-            elif isinstance(m, _POOLS):
-                h.append(m.register_forward_hook(self._pool_hook(name)))
-            elif isinstance(m, ResidualAdd):
-                h.append(m.register_forward_hook(self._residual_hook(name)))
-            elif name in self._ann_attention:
-                h.append(m.register_forward_hook(self._unsupported_hook(name, _ANN_ATTENTION_REASON)))
-            elif name in self._attn_blocks:
-                h.append(m.register_forward_pre_hook(self._attention_pre(name)))
-                h.append(m.register_forward_hook(self._attention_hook(name, name in self._attn_ok)))
-            if not isinstance(m, _SYNAPTIC + _POOLS + (ResidualAdd,)) and name not in neurons \
-                    and not is_spiking_neuron(m):
-                reason = _free_reason(m)
-                if reason is not None:
-                    h.append(m.register_forward_hook(self._free_hook(name, reason)))
-                    if isinstance(m, _SHAPE_ONLY + _MAXPOOLS + _dropout_types() + (TemporalAlign,)):
-                        h.append(m.register_forward_hook(self._propagate_hook(name)))
-                elif name not in self._attn_blocks and name not in self._ann_attention and (
-                        not any(True for _ in m.children()) or any(True for _ in m.parameters(recurse=False))):
-                    if not isinstance(m, (SeqToANNContainer, MultiStepContainer, nn.Sequential)):
-                        h.append(m.register_forward_hook(self._unsupported_hook(
-                            name, "no operation counter for this layer type")))
+            if name not in inside_neuron:
+                h.extend(self._attach_module(name, m, name in neurons, roles.get(name)))
         # Registered last, so it runs after the root module's own hooks (e.g. a root attention block).
         h.append(self.model.register_forward_hook(lambda m, a, o: self.end_forward()))
         return self
+
+    def _attach_module(self, name: str, m: nn.Module, is_neuron: bool, role: tuple[str, str] | None) -> list:
+        """The hooks that count ``m``: chosen by what it is (a neuron, a time container, a counted layer type, an
+        attention block) and, for the rest, whether it is free (with the reason) or unsupported."""
+        hooks = []
+        if is_neuron:
+            hooks.append(m.register_forward_hook(neuron_hook(self, name)))
+            if role is not None:
+                hooks.append(m.register_forward_hook(role_hook(self, *role)))
+            return hooks
+        if is_spiking_neuron(m):  # a wrapper around a neuron (e.g. mixed-timestep alignment)
+            return [m.register_forward_hook(wrapper_hook(self, name))]
+        if isinstance(m, (SeqToANNContainer, MultiStepContainer)):
+            return [m.register_forward_pre_hook(self._push_time), m.register_forward_hook(self._pop_time)]
+        handler = layer_handler(m)
+        if handler is not None:
+            return [m.register_forward_hook(handler(self, name))]
+        if name in self._ann_attention:
+            hooks.append(m.register_forward_hook(unsupported_hook(self, name, ANN_ATTENTION_REASON)))
+        elif name in self._attn_blocks:
+            hooks.append(m.register_forward_pre_hook(attention_pre(self, name)))
+            hooks.append(m.register_forward_hook(attention_hook(self, name, name in self._attn_ok)))
+        reason = free_reason(m)
+        if reason is not None:
+            hooks.append(m.register_forward_hook(free_hook(self, name, reason)))
+            if moves_spikes(m):
+                hooks.append(m.register_forward_hook(propagate_hook(self, name)))
+        elif name not in self._attn_blocks and name not in self._ann_attention and (
+                not any(True for _ in m.children()) or any(True for _ in m.parameters(recurse=False))):
+            if not isinstance(m, (SeqToANNContainer, MultiStepContainer, nn.Sequential)):
+                hooks.append(m.register_forward_hook(unsupported_hook(self, name,
+                                                                      "no operation counter for this layer type")))
+        return hooks
 
     def detach(self) -> None:
         """Remove every hook. Counts are kept until :meth:`reset`."""
@@ -317,377 +284,25 @@ class OpCounter:
         return None
 
     # ------------------------------------------------------------------ neurons
-    def _neuron_hook(self, name: str):
-        def hook(module, args, y):
-            if not isinstance(y, torch.Tensor):
-                raise TypeError(f"OpCounter: spiking layer {name!r} returned {type(y).__name__}, expected a tensor")
-            with torch.no_grad():
-                ev = module.spike_events(y)
-                ln = module.active_lanes(y)
-                check_statistics_shape(module, name, y, ev, "spike_events")
-                check_statistics_shape(module, name, y, ln, "active_lanes")
-                single = getattr(module, "step_mode", "m") == "s"
-                T, B = (1, y.shape[0]) if single else (y.shape[0], y.shape[1])
-                if self._fwd_B is None:
-                    self._fwd_B = int(B)
-                self._fwd_netT = max(self._fwd_netT, int(T))
-                cost = _ac_events(module, ev, ln)
-                self._spikes.register(y, cost, cost if torch.equal(cost, ln) else ln, name, T, B)
-                st = self._neurons.get(name)
-                if st is None:
-                    st = self._neurons[name] = NeuronOps(name, type(module).__name__,
-                                                         levels=int(getattr(module, "levels", 1) or 1),
-                                                         lanes=int(getattr(module, "lanes", 1) or 1))
-                    self._neuron_raw[name] = {"events": 0.0, "lanes": 0.0, "elements": 0.0, "steps": 0.0}
-                raw = self._neuron_raw[name]
-                st.neurons = y[0].numel() if single else y[0, 0].numel()
-                raw["events"] += float(ev.sum(dtype=torch.float64))
-                raw["lanes"] += float(ln.sum(dtype=torch.float64))
-                raw["elements"] += y.numel()
-                if single:
-                    raw["steps"] += 1
-                    st.T = max(st.T, 1)
-                else:
-                    st.T = T
-        return hook
 
-    def _wrapper_hook(self, name: str):
-        def hook(module, args, y):
-            if not isinstance(y, torch.Tensor) or self._spikes.lookup(y) is not None or y.dim() < 2:
-                return
-            with torch.no_grad():
-                ev, ln = module.spike_events(y), module.active_lanes(y)
-                if isinstance(ev, torch.Tensor) and ev.shape == y.shape and ln.shape == y.shape:
-                    self._spikes.register(y, _ac_events(module, ev, ln), ln, name, y.shape[0], y.shape[1])
-        return hook
 
     # ------------------------------------------------------------------ synaptic layers
-    def _fanout(self, name: str, module: nn.Module, in_shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        key = (name, in_shape, str(device))
-        fan = self._fanouts.get(key)
-        if fan is None:
-            if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-                fan = conv_fanout(module, in_shape).to(device)
-            elif isinstance(module, (nn.AvgPool1d, nn.AvgPool2d)):
-                fan = avgpool_fanout(module, in_shape, device=device)
-            else:
-                fan = adaptive_fanout(module, in_shape, device=device)
-            self._fanouts[key] = fan
-        return fan
 
-    def _synaptic_hook(self, name: str):
-        def hook(module, args, out):
-            x = args[0] if args else None
-            if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
-                self._flag(name, module, "called without a tensor input")
-                return
-            with torch.no_grad():
-                self._count_synaptic(name, module, x, out)
-        return hook
 
-    def _count_synaptic(self, name: str, module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
-        acc = self._layer(name, module, "linear" if isinstance(module, nn.Linear) else "conv", "MAC")
-        view = self._spikes.lookup(x)
-        if view is None and self._attn_capture:
-            view = self._attention_output_view(x)
-        w = module.weight
-        if isinstance(module, nn.Linear):
-            in_f, out_f = module.in_features, module.out_features
-            if x.dim() >= 3 and not self._time_stack:
-                S, T_call = x.shape[0] * x.shape[1], x.shape[0]   # time-major [T, B, ..., C]
-            else:
-                S, T_call = (x.shape[0] if x.dim() >= 2 else 1), self._context_T(view)
-            # Every input feature has the same fan-out (out_features), so per-feature sums suffice.
-            fold = lambda t: t.reshape(-1, in_f)  # noqa: E731
-            fan: torch.Tensor | float = float(out_f)
-            dense = float(x.numel() // in_f) * in_f * out_f
-            conn = dense
-            acc.info.in_elements = x.numel() // S
-        else:
-            nd = w.dim() - 2
-            if x.dim() == nd + 1:  # unbatched input
-                x, out = x.unsqueeze(0), out.unsqueeze(0)
-                if view is not None:
-                    view = SpikeView(view.events.unsqueeze(0), view.lanes.unsqueeze(0), view.source, view.T, view.B)
-            S, T_call = x.shape[0], self._context_T(view)
-            fold = lambda t: t  # noqa: E731
-            fan = self._fanout(name, module, tuple(x.shape[1:]), x.device)
-            dense = float(out.numel()) * (module.in_channels // module.groups) * math.prod(w.shape[2:])
-            conn = float(fan.sum()) * S
-            acc.info.in_elements = x[0].numel()
-        # Per-position totals over the merged batch: one reduction per tensor, then a dot product with the
-        # fan-out map. Counts summed in float32 are exact (far below 2^24 per position); the dot is float64.
-        nz_map = torch.count_nonzero(fold(x), dim=0).to(torch.float64)
-        nonzero = float(nz_map.sum())
-        acs_nz = float((nz_map * fan).sum())
-        acc.add("dense", dense)
-        acc.add("connections", conn)
-        acc.add("acs_nonzero", acs_nz)
-        acc.add("nonzero", nonzero)
-        if view is not None:
-            ev_map = fold(view.events).sum(0).to(torch.float64)
-            ln_map = ev_map if view.lanes is view.events else fold(view.lanes).sum(0).to(torch.float64)
-            acc.add("acs", float((ev_map * fan).sum()))
-            acc.add("acs_lanes", float((ln_map * fan).sum()))
-            acc.add("events", float(ev_map.sum()))
-            acc.add("active", float(ln_map.sum()))
-            acc.sources.add(view.source)
-        else:
-            acc.all_spiking = False
-            acc.add("analog", dense)
-            acc.add("active", nonzero)
-        if self.neurobench:
-            eff = acs_nz
-            if bool((w == 0).any()):  # NeuroBench also binarises the weights: zero weights are no operation
-                nzx = (x != 0).to(w.dtype)
-                if isinstance(module, nn.Linear):
-                    eff = float((nz_map * (w != 0).sum(0).to(torch.float64)).sum())
-                else:
-                    eff = float(module._conv_forward(nzx, (w != 0).to(w.dtype), None).sum(dtype=torch.float64))
-            self._neurobench(acc, x, eff, conn)
-        acc.call(S, T_call)
 
-    def _neurobench(self, acc: _Acc, x: torch.Tensor, effective: float, dense: float) -> None:
-        # NeuroBench's test: every value in {-1, 0, 1}. A range check first settles analog inputs in one pass.
-        lo, hi = torch.aminmax(x)
-        spiking = bool(lo >= -1) and bool(hi <= 1) and bool((x == x.trunc()).all())
-        acc.nb_seen = True
-        acc.nb_all_spiking &= spiking
-        acc.add("nb_ac" if spiking else "nb_mac", effective)
-        acc.add("nb_dense", dense)
 
     # ------------------------------------------------------------------ pools, residuals, propagation
-    def _pool_hook(self, name: str):
-        def hook(module, args, out):
-            x = args[0] if args else None
-            if not isinstance(x, torch.Tensor):
-                return
-            with torch.no_grad():
-                acc = self._layer(name, module, "pool", "ADD")
-                view = self._spikes.lookup(x)
-                nd = 1 if isinstance(module, (nn.AvgPool1d, nn.AdaptiveAvgPool1d)) else 2
-                xb = x.unsqueeze(0) if x.dim() == nd + 1 else x
-                fan = self._fanout(name, module, tuple(xb.shape[1:]), x.device)
-                S = xb.shape[0]
-                dense = float(fan.sum()) * S
-                acc.add("dense", dense)
-                acc.add("connections", dense)
-                acc.info.in_elements = xb[0].numel()
-                nz = (xb != 0)
-                acc.add("nonzero", float(nz.sum()))
-                acc.call(S, self._context_T(view))
-                if view is None:
-                    acc.all_spiking = False
-                    acc.add("analog", dense)
-                    acc.add("active", float(nz.sum()))
-                    return
-                ev = view.events.reshape(xb.shape)
-                ln = view.lanes.reshape(xb.shape)
-                acc.sources.add(view.source)
-                acc.add("events", float(ev.sum(dtype=torch.float64)))
-                acc.add("active", float(ln.sum(dtype=torch.float64)))
-                acc.add("acs", float((ev.sum(0, dtype=torch.float64) * fan).sum()))
-                acc.add("acs_lanes", float((ln.sum(0, dtype=torch.float64) * fan).sum()))
-                pool = sum_pool if isinstance(module, (nn.AvgPool1d, nn.AvgPool2d)) else adaptive_sum_pool
-                ev_out = pool(module, ev).reshape(out.shape)
-                ln_out = ev_out if view.lanes is view.events else pool(module, ln).reshape(out.shape)
-                self._spikes.register(out, ev_out, ln_out, view.source, view.T, view.B)
-        return hook
 
-    def _residual_hook(self, name: str):
-        def hook(module, args, out):
-            if len(args) < 2 or not all(isinstance(a, torch.Tensor) for a in args[:2]):
-                self._flag(name, module, "ResidualAdd called without two tensor inputs")
-                return
-            x, sc = args[0], args[1]
-            with torch.no_grad():
-                acc = self._layer(name, module, "residual", "ADD")
-                if x.dim() < 2 or not isinstance(out, torch.Tensor) or out.dim() != x.dim():
-                    self._flag(name, module, f"expected time-major [T, B, ...] operands, got {tuple(x.shape)}")
-                    return
-                # Operands are aligned to the output's T (the shortcut to x's T, or both to the consumer's T).
-                T, B = out.shape[0], out.shape[1]
-                dense = float(out.numel())
-                acc.add("dense", dense)
-                acc.add("connections", dense)
-                acc.info.in_elements = out[0, 0].numel()
-                acc.call(T * B, T)
-                views = []
-                for operand in (x, sc):
-                    v = self._spikes.lookup(operand)
-                    if v is not None and operand.shape[0] != T:
-                        v = type(v)(align_time(v.events, T, module.align), align_time(v.lanes, T, module.align),
-                                    v.source, T, v.B)
-                    views.append(v)
-                spikes = [v for v in views if v is not None]
-                acc.add("nonzero", float((x != 0).sum()) + float((sc != 0).sum()))
-                if not spikes:
-                    acc.all_spiking = False
-                    acc.add("analog", dense)
-                    acc.add("active", float((x != 0).sum()))
-                    return
-                acc.all_spiking &= len(spikes) == 2
-                for v in spikes:
-                    acc.sources.add(v.source)
-                    acc.add("acs", float(v.events.sum(dtype=torch.float64)))
-                    acc.add("acs_lanes", float(v.lanes.sum(dtype=torch.float64)))
-                    acc.add("events", float(v.events.sum(dtype=torch.float64)))
-                    acc.add("active", float(v.lanes.sum(dtype=torch.float64)))
-                if len(spikes) == 2:  # spike + spike (SEW-style ADD) is a multi-level spike train
-                    ev = views[0].events + views[1].events
-                    ln = views[0].lanes + views[1].lanes
-                    self._spikes.register(out, ev, ln, views[0].source, T, B)
-        return hook
 
-    def _propagate_hook(self, name: str):
-        def hook(module, args, out):
-            x = args[0] if args else None
-            if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
-                return
-            if self._spikes.lookup(out) is not None:
-                return
-            view = self._spikes.lookup(x)
-            if view is None:
-                return
-            with torch.no_grad():
-                ev, ln, T = view.events, view.lanes, view.T
-                if isinstance(module, TemporalAlign):
-                    ev, ln, T = align_time(ev, module.T, module.mode), align_time(ln, module.T, module.mode), module.T
-                elif isinstance(module, _MAXPOOLS):
-                    ev = _apply_like(module, ev)
-                    ln = ev if view.lanes is view.events else _apply_like(module, ln)
-                elif isinstance(module, _dropout_types()):
-                    keep = (out != 0).to(ev.dtype)
-                    ev, ln = ev * keep, ln * keep
-                if ev.numel() != out.numel():
-                    return
-                self._spikes.register(out, ev.reshape(out.shape),
-                                      (ev if ln is ev else ln).reshape(out.shape), view.source, T, view.B)
-        return hook
 
     # ------------------------------------------------------------------ spike-driven attention
-    def _attention_roles(self, neurons: dict[str, nn.Module]) -> dict[str, tuple[str, str]]:
-        """Map neuron name -> (attention module name, role) for recognised spike-driven attention blocks."""
-        roles: dict[str, tuple[str, str]] = {}
-        self._attn_blocks: set[str] = set()      # declared (or, deprecated, name-guessed) attention blocks
-        self._ann_attention: set[str] = set()    # nn.MultiheadAttention: listed as unsupported
-        self._attn_ok: set[str] = set()
-        self._attn_missing: dict[str, str] = {}
-        for name, m in self.model.named_modules():
-            if is_spiking_neuron(m):
-                continue
-            prefix = f"{name}." if name else ""
-            declared = declared_spike_roles(m)
-            if declared is not None:
-                found = {role: prefix + path for role, path in declared.items() if prefix + path in neurons}
-                wrong = [f"{role}={path!r}" for role, path in declared.items() if prefix + path not in neurons]
-                if wrong:
-                    # A declaration that names no neuron is a bug in the declaration: say so instead of guessing.
-                    self._attn_blocks.add(name)
-                    self._attn_missing[name] = "declared but not spiking neurons inside the block: " + ", ".join(wrong)
-                    continue
-            elif isinstance(m, nn.MultiheadAttention):
-                self._ann_attention.add(name)
-                continue
-            elif looks_like_attention(m):
-                found = guessed_spike_roles(m, set(neurons), prefix)
-            else:
-                continue
-            self._attn_blocks.add(name)
-            missing = [r for r in ("q", "k", "v") if r not in found]
-            if missing:
-                self._attn_missing[name] = ", ".join(missing)
-                continue
-            self._attn_ok.add(name)
-            for role, full in found.items():
-                roles[full] = (name, role)
-        self._attn_capture: dict[str, dict[str, torch.Tensor]] = {}
-        return roles
 
-    def _role_hook(self, attn: str, role: str):
-        def hook(module, args, y):
-            if attn in self._attn_capture and isinstance(y, torch.Tensor):
-                view = self._spikes.lookup(y)  # registered a moment ago by the neuron hook
-                if view is not None:
-                    self._attn_capture[attn][role] = y.detach()
-                    self._attn_capture[attn][role + "_events"] = view.events
-        return hook
 
-    def _attention_output_view(self, x: torch.Tensor) -> SpikeView | None:
-        """The mask product ``Q ⊙ KV`` of an active attention block, recognised by value.
 
-        SDSA reshapes Q into heads (a copy), so its product is not a view of any neuron output. Its events
-        are those of Q where KV fired, laid out like Q; the candidate is accepted only if its non-zeros
-        coincide exactly with those of ``x``."""
-        for attn, cap in self._attn_capture.items():
-            q, kv = cap.get("q"), cap.get("kv")
-            if q is None or kv is None or x.numel() != q.numel():
-                continue
-            kvb = _broadcast_kv(q, kv)
-            if kvb is None:
-                continue
-            with torch.no_grad():
-                ev = (cap["q_events"] * (kvb != 0)).reshape(x.shape)
-                if torch.equal(ev != 0, x != 0):
-                    return SpikeView(ev, (ev != 0).to(ev.dtype), f"{attn} (Q*KV)", q.shape[0], q.shape[1])
-        return None
 
-    def _attention_pre(self, name: str):
-        def pre(module, args):
-            self._attn_capture[name] = {}
-        return pre
-
-    def _attention_hook(self, name: str, recognised: bool):
-        def hook(module, args, out):
-            cap = self._attn_capture.pop(name, {})
-            if not recognised:
-                self._flag(name, module, "attention module without spiking q/k/v neurons (declare them with "
-                                         "spike_roles or multispike.metrics.register_attention; missing: "
-                                         f"{self._attn_missing.get(name, 'q, k, v')}); its attention "
-                                         "products are not counted")
-                return
-            if not all(r in cap for r in ("q", "k", "v")):
-                self._flag(name, module, "q/k/v neurons did not all run inside the attention forward")
-                return
-            q, k, v = cap["q"], cap["k"], cap["v"]
-            if k.shape != v.shape or q.dim() < 3:
-                self._flag(name, module, f"k {tuple(k.shape)} and v {tuple(v.shape)} must have the same time-major "
-                                         "shape")
-                return
-            with torch.no_grad():
-                acc = self._layer(name, module, "attention", "ADD")
-                T, B = q.shape[0], q.shape[1]
-                kv_nz = (k != 0) & (v != 0)
-                kvb = _broadcast_kv(q, cap["kv"]) if "kv" in cap else None
-                # Without a KV neuron that lines up with Q, every active q position is counted (an upper bound).
-                q_mask = ((q != 0) & (kvb != 0)) if kvb is not None else (q != 0)
-                acc.call(T * B, T)
-                acc.info.in_elements = k[0, 0].numel()
-                acc.add("dense", float(k.numel()))
-                acc.add("connections", float(k.numel()))
-                acc.add("acs", float((cap["k_events"] * cap["v_events"]).sum(dtype=torch.float64)))
-                acc.add("acs_lanes", float(kv_nz.sum()))
-                acc.add("events", float(cap["k_events"].sum(dtype=torch.float64)))
-                acc.add("active", float((k != 0).sum()))
-                acc.add("nonzero", float((k != 0).sum()))
-                acc.add("mask_ops_dense", float(k.numel() + q.numel()))
-                acc.add("mask_ops", float(kv_nz.sum()) + float(q_mask.sum()))
-                acc.sources.update({"q", "k", "v"})
-        return hook
 
     # ------------------------------------------------------------------ not counted / unsupported
-    def _free_hook(self, name: str, reason: str):
-        def hook(module, args, out):
-            entry = self._not_counted.setdefault(type(module).__name__, {"count": 0, "reason": reason, "names": []})
-            if name not in entry["names"]:
-                entry["names"].append(name)
-                entry["count"] = len(entry["names"])
-        return hook
 
-    def _unsupported_hook(self, name: str, reason: str):
-        def hook(module, args, out):
-            self._flag(name, module, reason)
-        return hook
 
     def _flag(self, name: str, module: nn.Module, reason: str) -> None:
         self._unsupported.setdefault(name, {"name": name, "type": type(module).__name__, "reason": reason})
@@ -738,34 +353,6 @@ class OpCounter:
         samples = max((l.samples for l in layers), default=0)
         return OpCountResult(layers, neurons, list(self._unsupported.values()),
                              {k: dict(v) for k, v in self._not_counted.items()}, samples)
-
-
-def _ac_events(neuron: nn.Module, events: torch.Tensor, lanes: torch.Tensor) -> torch.Tensor:
-    """Accumulates one output element costs downstream: its unit events for a count neuron (a spike of
-    count k is k accumulates), its active lanes for a lane neuron (``lanes > 1``: each one-hot lane has
-    pre-scaled weights, so a fired lane is one accumulate whatever its weight 2^s)."""
-    return lanes if int(getattr(neuron, "lanes", 1) or 1) > 1 else events
-
-
-def _broadcast_kv(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor | None:
-    """KV laid out to broadcast against Q: per-channel KV (``h·d = C`` values per sample and step, channel
-    ``c = head·d + j`` as in SDT) against ``[T, B, C, H, W]`` or ``[T, B, N, C]`` queries."""
-    T, B = q.shape[:2]
-    per = kv[0, 0].numel() if kv.dim() >= 2 and kv.shape[:2] == q.shape[:2] else -1
-    if q.dim() == 5 and per == q.shape[2]:
-        return kv.reshape(T, B, per, 1, 1)
-    if q.dim() == 4 and per == q.shape[-1]:
-        return kv.reshape(T, B, 1, per)
-    try:
-        torch.broadcast_shapes(q.shape, kv.shape)
-        return kv
-    except RuntimeError:
-        return None
-
-
-def _apply_like(module: nn.Module, t: torch.Tensor) -> torch.Tensor:
-    """Apply a stateless module (max pooling) to an events map; ``forward`` directly, so no hook fires."""
-    return module.forward(t)
 
 
 def count_ops(model: nn.Module, inputs: torch.Tensor | Iterable[torch.Tensor], **kwargs) -> OpCountResult:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._errors import ParameterError
 from ..neurons.base import reset_net
 
 __all__ = ["prefix_correct", "prefix_accuracy", "sequence_outputs"]
@@ -119,7 +120,7 @@ def prefix_accuracy(model: nn.Module, data: Iterable, *, max_batches: int | None
         reset_net(model)
         model.train(was_training)
     if n == 0 or correct is None:
-        raise ValueError("prefix_accuracy: the data yielded no batch (check the split and --limit)")
+        raise ParameterError("prefix_accuracy: the data yielded no batch (check the split and {limit})", "limit")
     per_t = (correct / n).tolist()
     return {"acc": per_t[-1], "acc_per_t": per_t, "correct_per_t": correct, "samples": n, "loss": loss_sum / n,
             "time_s": round(time.perf_counter() - t0, 3)}

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from .._errors import ParameterError
 from ..layers import DirectEncoder, MeanOverTime
 from ..neurons.base import check_positive_int, reset_net
 from .energy import MemoryModel, energy_report
@@ -265,8 +266,8 @@ def evaluate(model: nn.Module, data: Iterable, T_max: int | None = None, *, inpu
         reset_net(model)
         model.train(was_training)
     if total == 0:
-        raise ValueError("evaluate: the evaluation set is empty (no batch was produced); check the dataset "
-                         "path, the split and --max-samples/--limit")
+        raise ParameterError("evaluate: the evaluation set is empty (no batch was produced); check the dataset "
+                             "path, the split and {max_samples}/{limit}", "max_samples", "limit")
     elapsed = time.perf_counter() - t0
     T_out = len(correct)
     if per_step_ok:

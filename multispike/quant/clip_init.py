@@ -4,7 +4,7 @@ scratch and of ``multispike qat`` / ``train --mode qat`` for the quantizers ``pr
 A clip that starts far above a layer's activations (the QCFS codes' constant ϑ = 8) leaves almost every
 activation in the lowest quantization steps: with Adam at lr 2e-3 ϑ barely moves in a short run, the network
 learns to live on a few coarse levels, and evaluated at more levels - which is what an IF neuron run for more
-timesteps approximates - it collapses (the symptom of issue 16: accuracy *falling* with T). Starting each ϑ at a
+timesteps approximates - it collapses (the converted SNN's accuracy then *falls* as T grows). Starting each ϑ at a
 high percentile of its layer's pre-activations puts the quantization grid where the values are.
 
 Layers are initialised in order, each on the inputs it receives once the layers before it have their new clips

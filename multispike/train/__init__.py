@@ -23,7 +23,8 @@ from .hybrid import call_convert_hook, lmht_hybrid, mlif_hybrid
 from .losses import CEOnMean, TETLoss, build_loss, ce_on_mean, tet_loss
 from .precision import exact_fp32, get_tf32, set_tf32, synchronize
 from .optim import DEFAULT_NEURON_PARAM_PATTERNS, LRSchedule, build_optimizer, build_param_groups, match_neuron_param
-from .rebuild import describe_checkpoint, needs_rebuild, rebuild_model, structure_snapshot
+from ..convert.recipe import structure_snapshot
+from .rebuild import describe_checkpoint, needs_rebuild, rebuild_model
 from .runner import build_loaders, build_model, load_convert_hook, run_training, subset_indices
 
 __all__ = [

@@ -39,6 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
+# CheckpointError is defined below every subpackage so the conversion recipes (multispike.convert.recipe) raise
+# the same class; re-exported here, its historical home.
+from .._errors import CheckpointError
 from .._fileio import _atomic_replace, _fsync_dir, atomic_write_bytes, atomic_write_text, sha256_file  # noqa: F401
 
 __all__ = ["CheckpointError", "Checkpoint", "FORMAT", "atomic_write_bytes", "atomic_write_text", "save_checkpoint",
@@ -50,10 +53,6 @@ FORMAT = "multispike-checkpoint"
 POINTER_FORMAT = "multispike-checkpoint-pointer"
 VERSION = 2
 META_DIGEST_KEY = "meta_sha256"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, truncated or incompatible with the model/config it is loaded into."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -278,7 +277,7 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
                 break
         else:
             raise CheckpointError(f"no checkpoint in {path}: expected {p / 'checkpoints' / 'last.json'} (is this the "
-                                  f"--out directory of a run that finished at least one checkpoint?)")
+                                  f"{{out}} directory of a run that finished at least one checkpoint?)", "out")
     if p.suffix == ".safetensors":
         p = p.with_suffix(".json")
     if not p.exists():

@@ -128,7 +128,8 @@ def _resolve_freeze_bn(cfg: TrainConfig, converted_start: bool) -> None:
 
 def _init_model(cfg: TrainConfig) -> tuple[nn.Module, str]:
     """The network of ``cfg.init_from`` (structure and weights); ``cfg`` takes its name, classes and T."""
-    from .rebuild import model_timesteps, rebuild_model
+    from ..convert.recipe import model_timesteps
+    from .rebuild import rebuild_model
 
     ckpt = load_checkpoint(cfg.init_from)
     check_finite_state(ckpt.model_state, f"checkpoint {ckpt.path}")   # a diverged network would train on garbage

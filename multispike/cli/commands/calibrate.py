@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ...workflows import calibrate_checkpoint
+    from ..workflows import calibrate_checkpoint
 
     for value, flag in ((args.batch_size, "--batch-size"), (args.threads, "--threads"), (args.limit, "--limit")):
         if value is not None and value < 1:

@@ -36,14 +36,14 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ...workflows import TARGETS
+    from ..workflows import TARGETS
 
     p = subparsers.add_parser(
         "convert", help="convert a trained ANN/QCFS/QAT checkpoint to an IF, LM-HT, mixed-timestep or uniform SNN",
         description=__doc__.split("\n\n")[0], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="run directory or checkpoint file of the trained network")
     p.add_argument("--to", choices=TARGETS, default=None, help="conversion target (see below)")
-    p.add_argument("--mixed-timestep", action="store_true", help="the issue's spelling of --to mixed")
+    p.add_argument("--mixed-timestep", action="store_true", help="same as --to mixed (QAC's name for the target)")
     p.add_argument("--timesteps", "-T", type=int, default=None, help="T of every layer (if, lmht, uniform)")
     p.add_argument("--levels", "-L", type=int, default=2, help="LM-HT levels L (default 2)")
     p.add_argument("--hybrid-bias-scale", default=None, metavar="L|1",
@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ...workflows import convert_checkpoint
+    from ..workflows import convert_checkpoint
 
     to = args.to
     if args.mixed_timestep:

@@ -126,7 +126,8 @@ def _build_model(args: argparse.Namespace, num_classes: int | None, in_channels:
         from ...train.checkpoint import CheckpointError, load_model_state
 
         cfg = ckpt.meta.get("config") or {}
-        from ...train.rebuild import model_timesteps, needs_rebuild, rebuild_model
+        from ...convert.recipe import model_timesteps
+        from ...train.rebuild import needs_rebuild, rebuild_model
         if needs_rebuild(ckpt.meta):
             # converted / QAT-prepared / hybrid / --init-from networks: their module tree is not create_model's
             model, name = rebuild_model(ckpt)

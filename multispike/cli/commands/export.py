@@ -203,7 +203,7 @@ def _run(args: argparse.Namespace) -> int:
 
         imported = import_from_nir(args.out, restore=False)
         pred = imported(samples).argmax(-1)
-        from ...workflows import prefix_accuracy
+        from ..workflows import prefix_accuracy
         own = prefix_accuracy(model, [(samples, labels)])["acc"]
         print(f"accuracy of the exported graph under literal NIR semantics on {labels.numel()} test samples: "
               f"{100.0 * float((pred == labels).float().mean()):.2f}% (the original network: {100.0 * own:.2f}%)")

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ...train.config import config_from_args, load_yaml_config
     from ...train.runner import run_training
-    from ...workflows import qat_epoch_table
+    from ..workflows import qat_epoch_table
 
     if getattr(args, "mode", "qat") != "qat":
         raise ValueError(f"multispike qat always trains with --mode qat (got --mode {args.mode}); use "

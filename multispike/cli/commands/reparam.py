@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ...workflows import reparameterize_checkpoint
+    from ..workflows import reparameterize_checkpoint
 
     for value, flag in ((args.batch_size, "--batch-size"), (args.threads, "--threads"), (args.limit, "--limit")):
         if value is not None and value < 1:
