@@ -130,7 +130,7 @@ def phase_config(spec: TrainSpec, model: nn.Module, *, name: str, out: Path, dev
         latency_weight=spec.latency_weight, latency_per_layer=spec.latency_per_layer,
         sched="cosine", warmup_epochs=min(spec.warmup_epochs, float(max(1, math.ceil(spec.epochs)))),
         amp="bf16" if spec.amp else "none", channels_last=spec.channels_last, freeze_bn=spec.freeze_bn,
-        time_budget_s=max(1e-3, float(time_budget_s)), budget_min_steps=min_steps, budget_schedule=True,
+        time_budget_s=max(1e-9, float(time_budget_s)), budget_min_steps=min_steps, budget_schedule=True,
         out=str(out), seed=seed, device=str(device), save_checkpoints=False, progress=False, keep_checkpoints=1,
     )
     return cfg.validate()
@@ -172,7 +172,9 @@ def train_phase(model: nn.Module, loader: TensorLoader | Iterable, spec: TrainSp
     planned = max(1, int(round(spec.epochs * spe)))
     hard_left = ctx.hard_deadline - time.perf_counter()
     hard_limited = hard_left <= allot_s
-    budget = min(allot_s, hard_left)
+    # An expired deadline becomes a 1 ns budget (not 1 ms: a warmed-up tiny step is faster than that, and the
+    # phase would run on past its guaranteed step).
+    budget = max(min(allot_s, hard_left), 1e-9)
     # The hard deadline of the run overrides a phase's minimum step count (as the allotment does not).
     min_steps = 1 if hard_limited else min(planned, spec.min_steps)
     out = _phase_dir(ctx, table, name)
