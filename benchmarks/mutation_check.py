@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # name: (file, old text, new text, test files that must fail)
 MUTATIONS: dict[str, tuple[str, str, str, list[str]]] = {
-    "cpp_syntax": ("multispike/kernels/_cpu_src_lif.py", "int ms_abi_version() { return 1; }",
-                   "int ms_abi_version() { return 1 }  // mutation: missing semicolon",
+    "cpp_syntax": ("multispike/kernels/csrc/abi.cpp", "int ms_abi_version() { return MS_ABI_VERSION; }",
+                   "int ms_abi_version() { return MS_ABI_VERSION }  // mutation: missing semicolon",
                    ["tests/test_kernels_lif.py", "tests/test_kernels_multilevel.py"]),
     "qcfs_detach": ("multispike/quant/qcfs.py", "return torch.clamp(q, 0.0, 1.0) * threshold",
                     "return torch.clamp(q, 0.0, 1.0) * threshold.detach()", ["tests/test_qcfs_gradients.py"]),

@@ -4,8 +4,10 @@ The kernels are plain C++17 (no PyTorch or Python headers), compiled on first us
 compiler into a shared library that is loaded with :mod:`ctypes`. This needs only ``g++`` (or ``c++``/
 ``clang++``; ``$CXX`` wins) - no ``ninja``, no Python development headers - and takes a few seconds.
 
-The library is cached per user in ``$MULTISPIKE_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/multispike/kernels``
-or ``~/.cache/multispike/kernels``) under a name that hashes the source, the compiler, the flags and the CPU
+The sources are the files of ``multispike/kernels/csrc`` (shipped as package data): every ``.cpp`` there is
+compiled, with the shared header ``ms_common.h``, into one library (as one translation unit). It is cached per user in
+``$MULTISPIKE_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/multispike/kernels`` or ``~/.cache/multispike/kernels``)
+under a name that hashes every source file (headers included, with their names), the compiler, the flags and the CPU
 features (so a cache shared between different machines never loads a binary built for another CPU).
 
 Loading a shared library runs its code, so the cache is treated as part of the trusted code base:
@@ -54,7 +56,8 @@ from .._fileio import sha256_file as _sha256
 __all__ = ["load_library", "build_info", "cache_dir", "CppBuildWarning", "KernelCacheWarning", "InsecureCacheError",
            "DEFAULT_CXX_TIMEOUT"]
 
-ABI_VERSION = 1
+ABI_VERSION = 2  # MS_ABI_VERSION of csrc/ms_common.h: one argument record per call
+CSRC = Path(__file__).resolve().parent / "csrc"
 DEFAULT_CXX_TIMEOUT = 180.0
 
 
@@ -225,11 +228,22 @@ def _cpu_fingerprint() -> str:
         return platform.machine() + platform.processor()
 
 
-def _sources() -> str:
-    from ._cpu_src_lif import SOURCE as LIF
-    from ._cpu_src_multi import SOURCE as MULTI
-    from ._cpu_src_quant import SOURCE as QUANT
-    return LIF + "\n" + MULTI + "\n" + QUANT
+def _sources() -> dict[str, str]:
+    """The kernel sources ``{file name: text}`` (every ``.cpp`` and ``.h`` of ``csrc``), read once per build.
+
+    The build compiles exactly these texts (copied into its temporary folder), so the cache key - which hashes
+    them all - always describes the library it names, even if the package files change meanwhile."""
+    files = sorted(p for p in CSRC.iterdir() if p.suffix in (".cpp", ".h") and p.is_file())
+    if not any(p.suffix == ".cpp" for p in files):
+        raise FileNotFoundError(f"no kernel sources in {CSRC} (the package data was not installed)")
+    return {p.name: p.read_text(encoding="utf-8") for p in files}
+
+
+def _source_digest(src: dict[str, str]) -> str:
+    h = hashlib.sha256()
+    for name, text in sorted(src.items()):
+        h.update(name.encode() + b"\0" + text.encode() + b"\0")
+    return h.hexdigest()
 
 
 def _flag_sets(version: str) -> list[list[str]]:
@@ -275,15 +289,21 @@ def _verify(lib: Path) -> None:
         raise OSError("its sha256 does not match its checksum file (corrupt or replaced)")
 
 
-def _try_build(cxx: str, src: str, flags: list[str], out: Path) -> str | None:
-    """Compile ``src`` into ``out`` atomically, then write its checksum file; return None on success, else the
-    compiler's error text. Raises :class:`_CompilerTimeout` if the compiler exceeds ``$MULTISPIKE_CXX_TIMEOUT``."""
+def _try_build(cxx: str, src: dict[str, str], flags: list[str], out: Path) -> str | None:
+    """Compile the sources ``src`` into ``out`` atomically, then write its checksum file; return None on success,
+    else the compiler's error text. Raises :class:`_CompilerTimeout` if the compiler exceeds
+    ``$MULTISPIKE_CXX_TIMEOUT``."""
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
-        cpp = Path(tmp) / "kernels.cpp"
-        cpp.write_text(src, encoding="utf-8")
+        for name, text in src.items():
+            (Path(tmp) / name).write_text(text, encoding="utf-8")
+        # One translation unit including every .cpp: the shared header is parsed once (a faster build than
+        # separate units) and the library needs no link step between objects.
+        unity = Path(tmp) / "_all_kernels.cpp"
+        unity.write_text("".join(f'#include "{name}"\n' for name in sorted(src) if name.endswith(".cpp")),
+                         encoding="utf-8")
         so = Path(tmp) / out.name
         try:
-            rc, log = _run_tool([cxx, *flags, str(cpp), "-o", str(so)], timeout=_cxx_timeout())
+            rc, log = _run_tool([cxx, *flags, str(unity), "-o", str(so)], timeout=_cxx_timeout())
         except OSError as exc:
             return str(exc)
         if rc != 0:
@@ -318,29 +338,25 @@ def _remember(marker: Path, text: str) -> None:
 
 
 def _declare(lib: ctypes.CDLL) -> None:
-    vp, i64, i32, dp = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.POINTER(ctypes.c_double)
-    lp = ctypes.POINTER(ctypes.c_int64)
-    lib.ms_abi_version.restype = i32
-    lib.ms_lif_forward.restype = i32
-    lib.ms_lif_forward.argtypes = [i32, vp, i64, i64, i64, vp, i64, vp, vp, vp, vp, dp, lp, i32]
-    lib.ms_lif_backward.restype = i32
-    lib.ms_lif_backward.argtypes = [i32, vp, i64, i64, i64, vp, i64, vp, vp, vp, vp, vp, i64, vp, vp, dp, dp, lp,
-                                    i32]
-    lib.ms_mlif_forward.restype = i32
-    lib.ms_mlif_forward.argtypes = lib.ms_lif_forward.argtypes
-    lib.ms_mlif_backward.restype = i32
-    lib.ms_mlif_backward.argtypes = lib.ms_lif_backward.argtypes
-    lib.ms_lmht_forward.restype = i32
-    lib.ms_lmht_forward.argtypes = [i32, vp, i64, i64, i64, vp, i64, vp, vp, dp, dp, lp, i32]
-    lib.ms_lmht_backward.restype = i32
-    lib.ms_lmht_backward.argtypes = [i32, vp, i64, i64, i64, vp, i64, vp, vp, vp, i64, vp, dp, dp, dp, lp, i32]
-    f64 = ctypes.c_double
-    for name, args in (("ms_qcfs_forward", [i32, vp, vp, i64, f64, f64, f64, i32]),
-                       ("ms_qcfs_backward", [i32, vp, vp, vp, i64, f64, f64, f64, dp, i32]),
-                       ("ms_qac_forward", [i32, vp, vp, i64, f64, f64, i32]),
-                       ("ms_qac_backward", [i32, vp, vp, vp, i64, f64, f64, dp, i32])):
-        getattr(lib, name).restype = i32
-        getattr(lib, name).argtypes = args
+    """Declare the entry points (each takes a pointer to its family's argument record) and check that the
+    library's records have the sizes of the ctypes mirrors in :mod:`multispike.kernels._abi`."""
+    from ._abi import ARGS_INDEX, LifArgs, LmhtArgs, MlifArgs, QuantArgs
+    lib.ms_abi_version.restype = ctypes.c_int
+    lib.ms_args_size.restype = ctypes.c_int64
+    lib.ms_args_size.argtypes = [ctypes.c_int]
+    for family, record in (("lif", LifArgs), ("mlif", MlifArgs), ("lmht", LmhtArgs)):
+        for direction in ("forward", "backward"):
+            fn = getattr(lib, f"ms_{family}_{direction}")
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.POINTER(record)]
+    for name in ("ms_qcfs_forward", "ms_qcfs_backward", "ms_qac_forward", "ms_qac_backward"):
+        getattr(lib, name).restype = ctypes.c_int
+        getattr(lib, name).argtypes = [ctypes.POINTER(QuantArgs)]
+    for record, index in ARGS_INDEX.items():
+        size = lib.ms_args_size(index)
+        if size != ctypes.sizeof(record):
+            raise OSError(f"the library's {record.__name__} has {size} bytes, the ctypes mirror "
+                          f"{ctypes.sizeof(record)} (csrc/ms_common.h and kernels/_abi.py disagree)")
 
 
 def load_library() -> ctypes.CDLL | None:
@@ -372,7 +388,7 @@ def _load() -> ctypes.CDLL | None:
     src = _sources()
     version = _version(cxx)
     directory = _select_cache_dir()
-    base = "\0".join([str(ABI_VERSION), src, cxx, version, _cpu_fingerprint()])
+    base = "\0".join([str(ABI_VERSION), _source_digest(src), cxx, version, _cpu_fingerprint()])
     timeout_marker = directory / f"multispike_kernels_{hashlib.sha256(base.encode()).hexdigest()[:16]}.timeout"
     if timeout_marker.exists() and _marker_ok(timeout_marker):
         _warn(f"the compiler {cxx} timed out in an earlier build (see {timeout_marker}; delete it or set "
@@ -392,26 +408,27 @@ def _load() -> ctypes.CDLL | None:
                 _verify(out)
             except OSError as exc:
                 problem = f"the cached kernel library {out} was not loaded: {exc}"
+        def build(reason: str | None) -> bool:
+            """(Re)build this flag set's library; False (remembered in the failure marker) if it fails."""
+            if reason:
+                _cache_warn(f"multispike: {reason}; rebuilding it with the same flags")
+            err = _try_build(cxx, src, flags, out)
+            if err is not None:
+                _remember(failed, f"{cxx} {' '.join(flags)}\n{err}")
+                errors.append(f"{' '.join(flags)}: {err.strip()}")
+            return err is None
+
         built_now = False
         try:
             if problem or not os.path.lexists(out):
-                if problem:
-                    _cache_warn(f"multispike: {problem}; rebuilding it with the same flags")
-                err = _try_build(cxx, src, flags, out)
-                if err is not None:
-                    _remember(failed, f"{cxx} {' '.join(flags)}\n{err}")
-                    errors.append(f"{' '.join(flags)}: {err.strip()}")
+                if not build(problem):
                     continue
                 built_now = True
             lib, exc = _open(out)
             if lib is None and not built_now:
                 # a verified file that does not load (e.g. a library of another ABI under our name): once more
                 problem = f"the cached kernel library {out} failed to load ({exc})"
-                _cache_warn(f"multispike: {problem}; rebuilding it with the same flags")
-                err = _try_build(cxx, src, flags, out)
-                if err is not None:
-                    _remember(failed, f"{cxx} {' '.join(flags)}\n{err}")
-                    errors.append(f"{' '.join(flags)}: {err.strip()}")
+                if not build(problem):
                     continue
                 lib, exc = _open(out)
         except _CompilerTimeout as exc:

@@ -49,6 +49,46 @@ def _row(tile, rows, t):
     return tl.sum(tl.where(rows[:, None] == t, tile, 0.0), axis=0)
 
 
+# ---------------------------------------------------------------------------------------------- shared skeleton
+# The forward and backward kernels of all families share these steps: loading an optional state, keeping the
+# recomputed membranes of a block (register tile for T <= TILE_T_MAX, else global scratch) and reading them back
+# in the reverse pass, and writing a block's parameter-gradient partial sums.
+@triton.jit
+def _load_or(ptr, offs, mask, fill, HAS: tl.constexpr):
+    """``ptr[offs]`` when the optional tensor is present, else ``fill``."""
+    if HAS:
+        v = tl.load(ptr + offs, mask=mask, other=0.0)
+    else:
+        v = fill
+    return v
+
+
+@triton.jit
+def _keep_m(tile, rows, scr_ptr, t, N, offs, mask, m, SCRATCH: tl.constexpr):
+    """Remember the membrane m(t) of the block (returns the updated tile)."""
+    if SCRATCH:
+        tl.store(scr_ptr + tl.cast(t, tl.int64) * N + offs, m, mask=mask)
+    else:
+        tile = tl.where(rows[:, None] == t, m[None, :], tile)
+    return tile
+
+
+@triton.jit
+def _m_at(tile, rows, scr_ptr, t, N, offs, mask, SCRATCH: tl.constexpr):
+    """The remembered m(t); 0 for t = -1 (the caller selects the initial state there)."""
+    if SCRATCH:
+        m = tl.load(scr_ptr + tl.cast(t, tl.int64) * N + offs, mask=mask & (t >= 0), other=0.0)
+    else:
+        m = _row(tile, rows, t)
+    return m
+
+
+@triton.jit
+def _store_part(part_ptr, idx, acc, mask):
+    """A block's partial sum of one parameter gradient, in float64."""
+    tl.store(part_ptr + idx, tl.sum(tl.where(mask, acc, 0.0).to(tl.float64), axis=0))
+
+
 # ============================================================================================ IF / LIF
 @triton.jit
 def _lif_charge(v, lr, xv, leak, tau, vr0, LM: tl.constexpr, F32: tl.constexpr):
@@ -100,18 +140,12 @@ def lif_fwd_kernel(x_ptr, y_ptr, v0_ptr, lr0_ptr, vT_ptr, lrT_ptr, p_ptr, T, N, 
     theta = tl.load(p_ptr + 0)
     leak = tl.load(p_ptr + 1)
     tau = tl.load(p_ptr + 2)
-    vr0 = tl.load(p_ptr + 3)
-    v_reset = tl.load(p_ptr + 4)
-    v_init = tl.load(p_ptr + 5)
+    v_reset = tl.load(p_ptr + 3)   # 0 for a soft reset: also the decay modes' rest value vr0
+    vr0 = v_reset
+    v_init = tl.load(p_ptr + 4)
     zero = tl.zeros([BLOCK], dtype=p_ptr.dtype.element_ty)
-    if HAS_V0:
-        v = tl.load(v0_ptr + offs, mask=mask, other=0.0)
-    else:
-        v = zero + v_init
-    if HAS_LR0:
-        lr = tl.load(lr0_ptr + offs, mask=mask, other=0.0)
-    else:
-        lr = zero
+    v = _load_or(v0_ptr, offs, mask, zero + v_init, HAS_V0)
+    lr = _load_or(lr0_ptr, offs, mask, zero, HAS_LR0)
     for t in range(T):
         toff = tl.cast(t, tl.int64) * xst
         xv = tl.load(x_ptr + toff + offs, mask=mask, other=0.0)
@@ -144,20 +178,14 @@ def lif_bwd_kernel(x_ptr, gy_ptr, v0_ptr, lr0_ptr, gvT_ptr, glrT_ptr, gx_ptr, gv
     theta = tl.load(p_ptr + 0)
     leak = tl.load(p_ptr + 1)
     tau = tl.load(p_ptr + 2)
-    vr0 = tl.load(p_ptr + 3)
-    v_reset = tl.load(p_ptr + 4)
-    v_init = tl.load(p_ptr + 5)
-    sp0 = tl.load(p_ptr + 6)
-    sp1 = tl.load(p_ptr + 7)
+    v_reset = tl.load(p_ptr + 3)   # 0 for a soft reset: also the decay modes' rest value vr0
+    vr0 = v_reset
+    v_init = tl.load(p_ptr + 4)
+    sp0 = tl.load(p_ptr + 5)
+    sp1 = tl.load(p_ptr + 6)
     zero = tl.zeros([BLOCK], dtype=p_ptr.dtype.element_ty)
-    if HAS_V0:
-        vi = tl.load(v0_ptr + offs, mask=mask, other=0.0)
-    else:
-        vi = zero + v_init
-    if HAS_LR0:
-        li = tl.load(lr0_ptr + offs, mask=mask, other=0.0)
-    else:
-        li = zero
+    vi = _load_or(v0_ptr, offs, mask, zero + v_init, HAS_V0)
+    li = _load_or(lr0_ptr, offs, mask, zero, HAS_LR0)
     rows = tl.arange(0, TP)
     tile = tl.zeros([TP, BLOCK], dtype=p_ptr.dtype.element_ty)
     v = vi
@@ -165,31 +193,19 @@ def lif_bwd_kernel(x_ptr, gy_ptr, v0_ptr, lr0_ptr, gvT_ptr, glrT_ptr, gx_ptr, gv
     for t in range(T):
         xv = tl.load(x_ptr + tl.cast(t, tl.int64) * xst + offs, mask=mask, other=0.0)
         m = _lif_charge(v, lr, xv, leak, tau, vr0, LM, F32)
-        if SCRATCH:
-            tl.store(scr_ptr + tl.cast(t, tl.int64) * N + offs, m, mask=mask)
-        else:
-            tile = tl.where(rows[:, None] == t, m[None, :], tile)
+        tile = _keep_m(tile, rows, scr_ptr, t, N, offs, mask, m, SCRATCH)
         s = _fire(_lif_arg(m, theta, NORM, F32), FIRE_GE)
         if LM == 1:
             lr = theta * s
         v = _lif_reset(m, s, theta, v_reset, SOFT)
-    if HAS_GVT:
-        gv = tl.load(gvT_ptr + offs, mask=mask, other=0.0)
-    else:
-        gv = zero
-    if HAS_GLRT:
-        glr = tl.load(glrT_ptr + offs, mask=mask, other=0.0)
-    else:
-        glr = zero
+    gv = _load_or(gvT_ptr, offs, mask, zero, HAS_GVT)
+    glr = _load_or(glrT_ptr, offs, mask, zero, HAS_GLRT)
     ath = zero
     ale = zero
     ata = zero
     for k in range(T):
         t = T - 1 - k
-        if SCRATCH:
-            m = tl.load(scr_ptr + tl.cast(t, tl.int64) * N + offs, mask=mask, other=0.0)
-        else:
-            m = _row(tile, rows, t)
+        m = _m_at(tile, rows, scr_ptr, t, N, offs, mask, SCRATCH)
         arg = _lif_arg(m, theta, NORM, F32)
         s = _fire(arg, FIRE_GE)
         g_y = tl.load(gy_ptr + tl.cast(t, tl.int64) * gyst + offs, mask=mask, other=0.0)
@@ -219,10 +235,7 @@ def lif_bwd_kernel(x_ptr, gy_ptr, v0_ptr, lr0_ptr, gvT_ptr, glrT_ptr, gx_ptr, gv
             gm = gm + garg
         ath = ath + gth
         if NEED_P:
-            if SCRATCH:
-                mp = tl.load(scr_ptr + tl.cast(t - 1, tl.int64) * N + offs, mask=mask & (t > 0), other=0.0)
-            else:
-                mp = _row(tile, rows, t - 1)
+            mp = _m_at(tile, rows, scr_ptr, t - 1, N, offs, mask, SCRATCH)
             sp = _fire(_lif_arg(mp, theta, NORM, F32), FIRE_GE)
             vp = tl.where(t > 0, _lif_reset(mp, sp, theta, v_reset, SOFT), vi)
             lp = tl.where(t > 0, theta * sp, li)
@@ -250,12 +263,9 @@ def lif_bwd_kernel(x_ptr, gy_ptr, v0_ptr, lr0_ptr, gvT_ptr, glrT_ptr, gx_ptr, gv
         tl.store(gv0_ptr + offs, gv, mask=mask)
     if WANT_GLR0:
         tl.store(glr0_ptr + offs, glr, mask=mask)
-    ath = tl.where(mask, ath, 0.0)
-    ale = tl.where(mask, ale, 0.0)
-    ata = tl.where(mask, ata, 0.0)
-    tl.store(part_ptr + pid * 3 + 0, tl.sum(ath.to(tl.float64), axis=0))
-    tl.store(part_ptr + pid * 3 + 1, tl.sum(ale.to(tl.float64), axis=0))
-    tl.store(part_ptr + pid * 3 + 2, tl.sum(ata.to(tl.float64), axis=0))
+    _store_part(part_ptr, pid * 3 + 0, ath, mask)
+    _store_part(part_ptr, pid * 3 + 1, ale, mask)
+    _store_part(part_ptr, pid * 3 + 2, ata, mask)
 
 
 # ============================================================================================ one-hot M-LIF
@@ -321,14 +331,8 @@ def mlif_fwd_kernel(x_ptr, y_ptr, v0_ptr, lr0_ptr, vT_ptr, lrT_ptr, p_ptr, T, N,
     unit = tl.load(p_ptr + 4)
     oml = tl.load(p_ptr + 7)
     zero = tl.zeros([BLOCK], dtype=p_ptr.dtype.element_ty)
-    if HAS_V0:
-        v = tl.load(v0_ptr + offs, mask=mask, other=0.0)
-    else:
-        v = zero + v_init
-    if HAS_LR0:
-        lr = tl.load(lr0_ptr + offs, mask=mask, other=0.0)
-    else:
-        lr = zero
+    v = _load_or(v0_ptr, offs, mask, zero + v_init, HAS_V0)
+    lr = _load_or(lr0_ptr, offs, mask, zero, HAS_LR0)
     for t in range(T):
         xv = tl.load(x_ptr + tl.cast(t, tl.int64) * xst + offs, mask=mask, other=0.0)
         m = _mlif_charge(v, lr, xv, leak, oml, CM)
@@ -366,14 +370,8 @@ def mlif_bwd_kernel(x_ptr, gy_ptr, v0_ptr, lr0_ptr, gvT_ptr, glrT_ptr, gx_ptr, g
     sp1 = tl.load(p_ptr + 6)
     oml = tl.load(p_ptr + 7)
     zero = tl.zeros([BLOCK], dtype=p_ptr.dtype.element_ty)
-    if HAS_V0:
-        vi = tl.load(v0_ptr + offs, mask=mask, other=0.0)
-    else:
-        vi = zero + v_init
-    if HAS_LR0:
-        li = tl.load(lr0_ptr + offs, mask=mask, other=0.0)
-    else:
-        li = zero
+    vi = _load_or(v0_ptr, offs, mask, zero + v_init, HAS_V0)
+    li = _load_or(lr0_ptr, offs, mask, zero, HAS_LR0)
     rows = tl.arange(0, TP)
     tile = tl.zeros([TP, BLOCK], dtype=p_ptr.dtype.element_ty)
     v = vi
@@ -381,10 +379,7 @@ def mlif_bwd_kernel(x_ptr, gy_ptr, v0_ptr, lr0_ptr, gvT_ptr, glrT_ptr, gx_ptr, g
     for t in range(T):
         xv = tl.load(x_ptr + tl.cast(t, tl.int64) * xst + offs, mask=mask, other=0.0)
         m = _mlif_charge(v, lr, xv, leak, oml, CM)
-        if SCRATCH:
-            tl.store(scr_ptr + tl.cast(t, tl.int64) * N + offs, m, mask=mask)
-        else:
-            tile = tl.where(rows[:, None] == t, m[None, :], tile)
+        tile = _keep_m(tile, rows, scr_ptr, t, N, offs, mask, m, SCRATCH)
         o, f = _mlif_fire(_div(m, theta_e, F32), unit, S, FLOOR, FIRE_GE)
         reset = theta * o
         if SOFT:
@@ -393,23 +388,14 @@ def mlif_bwd_kernel(x_ptr, gy_ptr, v0_ptr, lr0_ptr, gvT_ptr, glrT_ptr, gx_ptr, g
             v = m * (1.0 - f)
         if CM == 1:
             lr = reset
-    if HAS_GVT:
-        gv = tl.load(gvT_ptr + offs, mask=mask, other=0.0)
-    else:
-        gv = zero
-    if HAS_GLRT:
-        glr = tl.load(glrT_ptr + offs, mask=mask, other=0.0)
-    else:
-        glr = zero
+    gv = _load_or(gvT_ptr, offs, mask, zero, HAS_GVT)
+    glr = _load_or(glrT_ptr, offs, mask, zero, HAS_GLRT)
     ath = zero
     ale = zero
     dte = theta_e / theta
     for k in range(T):
         t = T - 1 - k
-        if SCRATCH:
-            m = tl.load(scr_ptr + tl.cast(t, tl.int64) * N + offs, mask=mask, other=0.0)
-        else:
-            m = _row(tile, rows, t)
+        m = _m_at(tile, rows, scr_ptr, t, N, offs, mask, SCRATCH)
         r = _div(m, theta_e, F32)
         o, f = _mlif_fire(r, unit, S, FLOOR, FIRE_GE)
         do, df = _mlif_windows(r, sp0, sp1, S, SIGN, UNSCALED, SK, unit)
@@ -436,10 +422,7 @@ def mlif_bwd_kernel(x_ptr, gy_ptr, v0_ptr, lr0_ptr, gvT_ptr, glrT_ptr, gx_ptr, g
         gth = gth - gr * m / (theta_e * theta_e) * dte
         ath = ath + gth
         if NEED_P:
-            if SCRATCH:
-                mp = tl.load(scr_ptr + tl.cast(t - 1, tl.int64) * N + offs, mask=mask & (t > 0), other=0.0)
-            else:
-                mp = _row(tile, rows, t - 1)
+            mp = _m_at(tile, rows, scr_ptr, t - 1, N, offs, mask, SCRATCH)
             op, fp_ = _mlif_fire(_div(mp, theta_e, F32), unit, S, FLOOR, FIRE_GE)
             resp = theta * op
             if SOFT:
@@ -466,10 +449,8 @@ def mlif_bwd_kernel(x_ptr, gy_ptr, v0_ptr, lr0_ptr, gvT_ptr, glrT_ptr, gx_ptr, g
         tl.store(gv0_ptr + offs, gv, mask=mask)
     if WANT_GLR0:
         tl.store(glr0_ptr + offs, glr, mask=mask)
-    ath = tl.where(mask, ath, 0.0)
-    ale = tl.where(mask, ale, 0.0)
-    tl.store(part_ptr + pid * 2 + 0, tl.sum(ath.to(tl.float64), axis=0))
-    tl.store(part_ptr + pid * 2 + 1, tl.sum(ale.to(tl.float64), axis=0))
+    _store_part(part_ptr, pid * 2 + 0, ath, mask)
+    _store_part(part_ptr, pid * 2 + 1, ale, mask)
 
 
 # ============================================================================================ LM-HT level loop
@@ -491,10 +472,7 @@ def lmht_fwd_kernel(x_ptr, y_ptr, v0_ptr, vT_ptr, lam_ptr, p_ptr, T, N, xst,
     v_init = tl.load(p_ptr + 2)
     L = tl.load(p_ptr + 5)
     zero = tl.zeros([BLOCK], dtype=p_ptr.dtype.element_ty)
-    if HAS_V0:
-        v = tl.load(v0_ptr + offs, mask=mask, other=0.0)
-    else:
-        v = zero + v_init
+    v = _load_or(v0_ptr, offs, mask, zero + v_init, HAS_V0)
     for t in range(T):
         lt = tl.load(lam_ptr + t)
         xv = tl.load(x_ptr + tl.cast(t, tl.int64) * xst + offs, mask=mask, other=0.0)
@@ -522,10 +500,7 @@ def lmht_bwd_kernel(x_ptr, gy_ptr, v0_ptr, gvT_ptr, gx_ptr, gv0_ptr, lam_ptr, pa
     hi = tl.load(p_ptr + 4)
     L = tl.load(p_ptr + 5)
     zero = tl.zeros([BLOCK], dtype=p_ptr.dtype.element_ty)
-    if HAS_V0:
-        vi = tl.load(v0_ptr + offs, mask=mask, other=0.0)
-    else:
-        vi = zero + v_init
+    vi = _load_or(v0_ptr, offs, mask, zero + v_init, HAS_V0)
     rows = tl.arange(0, TP)
     tile = tl.zeros([TP, BLOCK], dtype=p_ptr.dtype.element_ty)
     v = vi
@@ -535,22 +510,13 @@ def lmht_bwd_kernel(x_ptr, gy_ptr, v0_ptr, gvT_ptr, gx_ptr, gv0_ptr, lam_ptr, pa
         if SCALE_IN:
             xv = xv * in_scale
         m = lt * v + xv
-        if SCRATCH:
-            tl.store(scr_ptr + tl.cast(t, tl.int64) * N + offs, m, mask=mask)
-        else:
-            tile = tl.where(rows[:, None] == t, m[None, :], tile)
+        tile = _keep_m(tile, rows, scr_ptr, t, N, offs, mask, m, SCRATCH)
         v = m - _lmht_fire(m, theta, L, F32)
-    if HAS_GVT:
-        gv = tl.load(gvT_ptr + offs, mask=mask, other=0.0)
-    else:
-        gv = zero
+    gv = _load_or(gvT_ptr, offs, mask, zero, HAS_GVT)
     for k in range(T):
         t = T - 1 - k
         lt = tl.load(lam_ptr + t)
-        if SCRATCH:
-            m = tl.load(scr_ptr + tl.cast(t, tl.int64) * N + offs, mask=mask, other=0.0)
-        else:
-            m = _row(tile, rows, t)
+        m = _m_at(tile, rows, scr_ptr, t, N, offs, mask, SCRATCH)
         win = ((m >= lo) & (m <= hi)).to(m.dtype)
         g_y = tl.load(gy_ptr + tl.cast(t, tl.int64) * gyst + offs, mask=mask, other=0.0)
         if not DETACH_R:
@@ -561,13 +527,9 @@ def lmht_bwd_kernel(x_ptr, gy_ptr, v0_ptr, gvT_ptr, gx_ptr, gv0_ptr, lam_ptr, pa
         else:
             tl.store(gx_ptr + tl.cast(t, tl.int64) * N + offs, gm, mask=mask)
         if NEED_P:
-            if SCRATCH:
-                mp = tl.load(scr_ptr + tl.cast(t - 1, tl.int64) * N + offs, mask=mask & (t > 0), other=0.0)
-            else:
-                mp = _row(tile, rows, t - 1)
+            mp = _m_at(tile, rows, scr_ptr, t - 1, N, offs, mask, SCRATCH)
             vp = tl.where(t > 0, mp - _lmht_fire(mp, theta, L, F32), vi)
-            contrib = tl.where(mask, gm * vp, 0.0)
-            tl.store(part_ptr + pid * T + t, tl.sum(contrib.to(tl.float64), axis=0))
+            _store_part(part_ptr, pid * T + t, gm * vp, mask)
         if DETACH_T:
             gv = zero
         else:

@@ -17,6 +17,7 @@ import ctypes
 import torch
 
 from . import _build
+from ._abi import QuantArgs
 
 __all__ = ["quantizer_kernels_available", "qcfs_forward", "qcfs_backward", "qac_forward", "qac_backward"]
 
@@ -29,20 +30,23 @@ def quantizer_kernels_available(x: torch.Tensor) -> bool:
             and _build.load_library() is not None)
 
 
-def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
-    return ctypes.c_void_p(t.data_ptr())
-
-
-def _check(rc: int, name: str) -> None:
+def _call(name: str, x: torch.Tensor, out: torch.Tensor, params: tuple[float, ...],
+          grad: torch.Tensor | None = None) -> tuple[float, float]:
+    """Run kernel ``ms_<name>`` on ``x`` (writing ``out``); returns the backward's two sums (zeros forwards)."""
+    sums = (ctypes.c_double * 2)()
+    args = QuantArgs(x=x.data_ptr(), g=grad.data_ptr() if grad is not None else None, out=out.data_ptr(),
+                     sums=sums, n=x.numel(), p=(ctypes.c_double * 3)(*params, *[0.0] * (3 - len(params))),
+                     dtype=_DTYPES[x.dtype], nthreads=torch.get_num_threads())
+    rc = getattr(_build.load_library(), "ms_" + name)(ctypes.byref(args))
     if rc != 0:
-        raise RuntimeError(f"multispike: kernel {name} failed with code {rc}")
+        raise RuntimeError(f"multispike: kernel ms_{name} failed with code {rc}")
+    return sums[0], sums[1]
 
 
 def qcfs_forward(z: torch.Tensor, threshold: float, levels: int, shift: float) -> torch.Tensor:
     """``clamp(⌊z/ϑ·Q + φ⌋/Q, 0, 1)·ϑ`` in one pass."""
     out = torch.empty_like(z)
-    _check(_build.load_library().ms_qcfs_forward(_DTYPES[z.dtype], _ptr(z), _ptr(out), z.numel(), float(threshold),
-                                                 float(levels), float(shift), torch.get_num_threads()), "qcfs_forward")
+    _call("qcfs_forward", z, out, (float(threshold), float(levels), float(shift)))
     return out
 
 
@@ -51,18 +55,14 @@ def qcfs_backward(z: torch.Tensor, grad: torch.Tensor, threshold: float, levels:
     """(∂L/∂z, ∂L/∂ϑ) of QCFS for the upstream gradient ``grad`` (same shape and dtype as ``z``)."""
     grad = grad.to(z.dtype).contiguous()
     gz = torch.empty_like(z)
-    sums = (ctypes.c_double * 2)()
-    _check(_build.load_library().ms_qcfs_backward(_DTYPES[z.dtype], _ptr(z), _ptr(grad), _ptr(gz), z.numel(),
-                                                  float(threshold), float(levels), float(shift), sums,
-                                                  torch.get_num_threads()), "qcfs_backward")
-    return gz, sums[0] - sums[1]
+    a, b = _call("qcfs_backward", z, gz, (float(threshold), float(levels), float(shift)), grad)
+    return gz, a - b
 
 
 def qac_forward(x: torch.Tensor, alpha: float, T: int) -> torch.Tensor:
     """``clamp(⌊x·T/α + ½⌋, 0, T)·α/T`` in one pass."""
     out = torch.empty_like(x)
-    _check(_build.load_library().ms_qac_forward(_DTYPES[x.dtype], _ptr(x), _ptr(out), x.numel(), float(alpha),
-                                                float(T), torch.get_num_threads()), "qac_forward")
+    _call("qac_forward", x, out, (float(alpha), float(T)))
     return out
 
 
@@ -71,7 +71,5 @@ def qac_backward(x: torch.Tensor, grad: torch.Tensor, alpha: float, T: int
     """(∂L/∂x, Σ_inside g·(q − x), Σ_above g) of the QAC quantizer: every parameterisation's gradients follow."""
     grad = grad.to(x.dtype).contiguous()
     gx = torch.empty_like(x)
-    sums = (ctypes.c_double * 2)()
-    _check(_build.load_library().ms_qac_backward(_DTYPES[x.dtype], _ptr(x), _ptr(grad), _ptr(gx), x.numel(),
-                                                 float(alpha), float(T), sums, torch.get_num_threads()), "qac_backward")
-    return gx, sums[0], sums[1]
+    inside, above = _call("qac_backward", x, gx, (float(alpha), float(T)), grad)
+    return gx, inside, above

@@ -5,6 +5,8 @@ gradients equal up to summation order, and a transparent fallback to the referen
 (the coverage is shared with the CPU kernels through :func:`~multispike.kernels.lif_cpp.lif_plan`,
 :func:`~multispike.kernels.mlif_cpp.mlif_plan` and :func:`~multispike.kernels.lmht_cpp.lmht_plan`). Scalar
 parameters are passed as a small device tensor in the data type, so a call never synchronises with the device.
+The autograd function and the gradient buffers are those of the C++ kernels (:mod:`multispike.kernels._fused`);
+the engines here only launch.
 
 ``triton`` is imported on first use only; without it (or on a CPU tensor) the functions run the reference, and
 ``backend="auto"`` only resolves to ``"triton"`` when CUDA is present. The kernels themselves are in
@@ -16,7 +18,9 @@ import warnings
 
 import torch
 
-from ._common import match_layout, reference, step_layout
+from ..neurons.params import LIFParameters, LMHTParameters, MLIFParameters, keyword_entry
+from ._common import reference
+from ._fused import Call, run_planned
 from .registry import register_kernel
 
 __all__ = ["lif_multistep_triton", "mlif_multistep_triton", "lmht_multistep_triton", "triton_available"]
@@ -90,277 +94,194 @@ def _tstride(t: torch.Tensor) -> int:
     return t.stride(0) if t.shape[0] > 1 else t[0].numel()
 
 
-# ============================================================================================ IF / LIF
-def _lif_forward(mod, x, strides, v0, lr0, plan, p):
-    T, N = x.shape[0], x[0].numel()
-    y, vT = _seq_like(x, strides), _step_like(x, strides)
-    lrT = _step_like(x, strides) if plan.prn else None
-    lm, soft, fire_ge, norm, pth = plan.ip[0], plan.ip[1], plan.ip[2], plan.ip[3], plan.ip[4]
-    _launch(mod.lif_fwd_kernel, (_cdiv(N, 1024),), x, y, v0 if v0 is not None else x, lr0 if lr0 is not None else x,
-            vT, lrT if lrT is not None else vT, p, T, N, _tstride(x), LM=lm, SOFT=bool(soft), FIRE_GE=bool(fire_ge),
-            NORM=bool(norm), PTH=bool(pth), HAS_V0=v0 is not None, HAS_LR0=lr0 is not None,
-            F32=x.dtype == torch.float32, BLOCK=1024, num_warps=4)
-    return y, vT, lrT
+def _or(t, other):
+    """A placeholder pointer for an absent optional tensor (the kernel never reads it: its HAS_* flag is off)."""
+    return t if t is not None else other
 
 
-class _LIFTritonFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, v0, lr0, theta_t, leak_t, tau_t, plan, strides, p, mod):
-        y, vT, lrT = _lif_forward(mod, x, strides, v0, lr0, plan, p)
-        ctx.save_for_backward(x, v0, lr0, p)
-        ctx.plan, ctx.strides, ctx.mod = plan, strides, mod
-        ctx.set_materialize_grads(False)
+class _TritonEngine:
+    """Launches one family's forward and backward kernels (``call.extra`` = ``(mod, p)`` or ``(mod, p, lam)``).
+
+    The backward skeleton is shared: the kernels of every family take the same tensor arguments (input, incoming
+    gradients, initial state, gradient outputs, per-block partial sums, scratch) and differ only in their
+    compile-time flags (:meth:`_meta`) and in how many partial sums a block writes (:meth:`_n_part`)."""
+
+    family = ""
+
+    def _meta(self, plan) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _n_part(self, T: int) -> int:
+        return 2
+
+    def forward(self, call: Call, x, v0, lr0):
+        mod, p = call.extra[0], call.extra[1]
+        plan, strides = call.plan, call.strides
+        T, N = x.shape[0], x[0].numel()
+        y, vT = _seq_like(x, strides), _step_like(x, strides)
+        lrT = _step_like(x, strides) if plan.keeps_last_reset else None
+        state_args = self._state_args(v0, lr0, vT, lrT, x, call)
+        _launch(getattr(mod, f"{self.family}_fwd_kernel"), (_cdiv(N, 1024),), x, y, *state_args, p, T, N,
+                _tstride(x), HAS_V0=v0 is not None, F32=x.dtype == torch.float32, BLOCK=1024, num_warps=4,
+                **self._fwd_meta(plan, lr0))
         return y, vT, lrT
 
-    @staticmethod
-    def backward(ctx, gy, gvT, glrT):
-        x, v0, lr0, p = ctx.saved_tensors
-        plan, strides, mod = ctx.plan, ctx.strides, ctx.mod
+    def backward(self, call: Call, x, v0, lr0, gy, gvT, glrT, outs, needs):
+        mod, p = call.extra[0], call.extra[1]
+        plan = call.plan
         T, N = x.shape[0], x[0].numel()
-        gy = match_layout(torch.zeros_like(x) if gy is None else gy, strides, seq=True)
-        gvT = None if gvT is None else match_layout(gvT, strides, seq=False)
-        glrT = None if glrT is None else match_layout(glrT, strides, seq=False)
-        gx = _seq_like(x, strides)
-        want_gv0 = v0 is not None and ctx.needs_input_grad[1]
-        want_glr0 = lr0 is not None and ctx.needs_input_grad[2]
-        gv0 = _step_like(x, strides) if want_gv0 else None
-        glr0 = _step_like(x, strides) if want_glr0 else None
-        need = (ctx.needs_input_grad[3], ctx.needs_input_grad[4], ctx.needs_input_grad[5])
+        gx, gv0, glr0 = outs
         tp, scratch, block = _tile(T, mod)
         grid = _cdiv(N, block)
-        part = torch.zeros(grid * 3, dtype=torch.float64, device=x.device)
+        n_part = self._n_part(T)
+        part = torch.zeros(grid * n_part, dtype=torch.float64, device=x.device)
         scr = torch.empty((T, N) if scratch else (1,), dtype=x.dtype, device=x.device)
-        ip = plan.ip
-        _launch(mod.lif_bwd_kernel, (grid,), x, gy, v0 if v0 is not None else x, lr0 if lr0 is not None else x,
-                gvT if gvT is not None else x, glrT if glrT is not None else x, gx,
-                gv0 if gv0 is not None else gx, glr0 if glr0 is not None else gx, part, scr, p, T, N, _tstride(x),
-                _tstride(gy), LM=ip[0], SOFT=bool(ip[1]), FIRE_GE=bool(ip[2]), NORM=bool(ip[3]), PTH=bool(ip[4]),
-                DETACH=bool(ip[5]), SK=ip[6], HAS_V0=v0 is not None, HAS_LR0=lr0 is not None,
-                HAS_GVT=gvT is not None, HAS_GLRT=glrT is not None, WANT_GV0=want_gv0, WANT_GLR0=want_glr0,
-                NEED_P=bool(need[1] or need[2]), SCRATCH=scratch, TP=tp, F32=x.dtype == torch.float32, BLOCK=block,
-                num_warps=4)
-        sums = part.view(grid, 3).sum(0)
-        g = [sums[i].to(t.dtype).reshape(t.shape) if n else None
-             for i, (t, n) in enumerate(zip((plan.theta_t, plan.leak_t, plan.tau_t), need))]
-        return gx, gv0, glr0, g[0], g[1], g[2], None, None, None, None
-
-
-def lif_multistep_triton(x_seq, state=None, *, v_threshold=1.0, v_init=0.0, leak=1.0, tau=2.0,
-                         leak_mode="post_reset", v_reset=None, reset_leak=True, fire_ge=True, surrogate=None,
-                         surrogate_form="difference", detach_reset=False, payload="spike", store_v_seq=False):
-    """Fused Triton IF/LIF dynamics; same signature, values and gradients as
-    :func:`multispike.neurons.lif_multistep`."""
-    from .lif_cpp import lif_plan
-    kwargs = dict(v_threshold=v_threshold, v_init=v_init, leak=leak, tau=tau, leak_mode=leak_mode, v_reset=v_reset,
-                  reset_leak=reset_leak, fire_ge=fire_ge, surrogate=surrogate, surrogate_form=surrogate_form,
-                  detach_reset=detach_reset, payload=payload, store_v_seq=store_v_seq)
-    mod = _impl(x_seq.device) if isinstance(x_seq, torch.Tensor) else None
-    planned = lif_plan(x_seq, state, **kwargs) if mod is not None else None
-    if planned is None:
-        return reference("lif")(x_seq, state, **kwargs)
-    return run_lif_triton(mod, x_seq, state, planned)
-
-
-def run_lif_triton(mod, x_seq, state, planned):
-    from ..neurons.if_lif import LIFState
-    plan, v0, lr0 = planned
-    x, strides = step_layout(x_seq)
-    v0 = None if v0 is None else match_layout(v0, strides, seq=False)
-    lr0 = None if lr0 is None else match_layout(lr0, strides, seq=False)
-    p = _params(plan.fp, x.dtype, x.device)
-    pt = [t if (isinstance(t, torch.Tensor) and u) else None
-          for t, u in ((plan.theta_t, plan.uses_theta), (plan.leak_t, plan.uses_leak), (plan.tau_t, plan.uses_tau))]
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, v0, lr0, *pt)):
-        y, vT, lrT = _LIFTritonFunction.apply(x, v0, lr0, pt[0], pt[1], pt[2], plan, strides, p, mod)
-    else:
-        y, vT, lrT = _lif_forward(mod, x, strides, v0, lr0, plan, p)
-    if not plan.prn:
-        lrT = None if state is None else getattr(state, "last_reset", None)
-    return y, LIFState(vT, lrT), None
-
-
-# ============================================================================================ one-hot M-LIF
-def _mlif_meta(plan):
-    ip = plan.ip
-    return dict(CM=ip[0], SOFT=bool(ip[4]), S=ip[1], FLOOR=bool(ip[2]), FIRE_GE=bool(ip[3]))
-
-
-def _mlif_forward(mod, x, strides, v0, lr0, plan, p):
-    T, N = x.shape[0], x[0].numel()
-    y, vT = _seq_like(x, strides), _step_like(x, strides)
-    lrT = _step_like(x, strides) if plan.paper else None
-    _launch(mod.mlif_fwd_kernel, (_cdiv(N, 1024),), x, y, v0 if v0 is not None else x,
-            lr0 if lr0 is not None else x, vT, lrT if lrT is not None else vT, p, T, N, _tstride(x),
-            HAS_V0=v0 is not None, HAS_LR0=lr0 is not None, F32=x.dtype == torch.float32, BLOCK=1024, num_warps=4,
-            **_mlif_meta(plan))
-    return y, vT, lrT
-
-
-class _MLIFTritonFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, v0, lr0, theta_t, leak_t, plan, strides, p, mod):
-        y, vT, lrT = _mlif_forward(mod, x, strides, v0, lr0, plan, p)
-        ctx.save_for_backward(x, v0, lr0, p)
-        ctx.plan, ctx.strides, ctx.mod = plan, strides, mod
-        ctx.set_materialize_grads(False)
-        return y, vT, lrT
+        args, meta = self._bwd_args(x, gy, v0, lr0, gvT, glrT, gx, gv0, glr0, call)
+        _launch(getattr(mod, f"{self.family}_bwd_kernel"), (grid,), *args, part, scr, p, T, N, _tstride(x),
+                _tstride(gy), HAS_V0=v0 is not None, HAS_GVT=gvT is not None, WANT_GV0=gv0 is not None,
+                NEED_P=self._need_p(needs), SCRATCH=scratch, TP=tp, F32=x.dtype == torch.float32, BLOCK=block,
+                num_warps=4, **meta)
+        # the per-block partial sums stay on the device (no synchronisation): param_grads casts and reshapes them
+        return part.view(grid, n_part).sum(0)
 
     @staticmethod
-    def backward(ctx, gy, gvT, glrT):
-        x, v0, lr0, p = ctx.saved_tensors
-        plan, strides, mod = ctx.plan, ctx.strides, ctx.mod
-        T, N = x.shape[0], x[0].numel()
-        gy = match_layout(torch.zeros_like(x) if gy is None else gy, strides, seq=True)
-        gvT = None if gvT is None else match_layout(gvT, strides, seq=False)
-        glrT = None if glrT is None else match_layout(glrT, strides, seq=False)
-        gx = _seq_like(x, strides)
-        want_gv0 = v0 is not None and ctx.needs_input_grad[1]
-        want_glr0 = lr0 is not None and ctx.needs_input_grad[2]
-        gv0 = _step_like(x, strides) if want_gv0 else None
-        glr0 = _step_like(x, strides) if want_glr0 else None
-        need = (ctx.needs_input_grad[3], ctx.needs_input_grad[4])
-        tp, scratch, block = _tile(T, mod)
-        grid = _cdiv(N, block)
-        part = torch.zeros(grid * 2, dtype=torch.float64, device=x.device)
-        scr = torch.empty((T, N) if scratch else (1,), dtype=x.dtype, device=x.device)
-        ip = plan.ip
-        _launch(mod.mlif_bwd_kernel, (grid,), x, gy, v0 if v0 is not None else x, lr0 if lr0 is not None else x,
-                gvT if gvT is not None else x, glrT if glrT is not None else x, gx,
-                gv0 if gv0 is not None else gx, glr0 if glr0 is not None else gx, part, scr, p, T, N, _tstride(x),
-                _tstride(gy), DETACH=bool(ip[5]), SIGN=float(ip[6]), UNSCALED=bool(ip[7]), SK=ip[8],
-                HAS_V0=v0 is not None, HAS_LR0=lr0 is not None, HAS_GVT=gvT is not None, HAS_GLRT=glrT is not None,
-                WANT_GV0=want_gv0, WANT_GLR0=want_glr0, NEED_P=bool(need[1]), SCRATCH=scratch, TP=tp,
-                F32=x.dtype == torch.float32, BLOCK=block, num_warps=4, **_mlif_meta(plan))
-        sums = part.view(grid, 2).sum(0)
-        g_theta = sums[0].to(plan.theta_t.dtype).reshape(plan.theta_t.shape) if need[0] else None
-        g_leak = sums[1].to(plan.leak_t.dtype).reshape(plan.leak_t.shape) if need[1] else None
-        return gx, gv0, glr0, g_theta, g_leak, None, None, None, None
+    def _need_p(needs) -> bool:
+        return bool(any(needs[1:]))
 
 
-def mlif_multistep_triton(x_seq, state=None, *, lanes=3, v_threshold=1.0, leak=1.0, v_init=0.0, reset="soft",
-                          reset_leak=False, decay_input=False, lane_bounds="paper", scaled=False,
-                          surrogate="paper_difference", shape="triangle", gamma=0.3, alpha=4.0, fire_ge=False,
-                          detach_reset=False, lane_mask=None, return_lanes=False, store_v_seq=False):
-    """Fused Triton one-hot M-LIF dynamics; same signature, values and gradients as
-    :func:`multispike.neurons.mlif.mlif_multistep`."""
-    from .mlif_cpp import mlif_plan
-    kwargs = dict(lanes=lanes, v_threshold=v_threshold, leak=leak, v_init=v_init, reset=reset, reset_leak=reset_leak,
-                  decay_input=decay_input, lane_bounds=lane_bounds, scaled=scaled, surrogate=surrogate, shape=shape,
-                  gamma=gamma, alpha=alpha, fire_ge=fire_ge, detach_reset=detach_reset, lane_mask=lane_mask,
-                  return_lanes=return_lanes, store_v_seq=store_v_seq)
-    mod = _impl(x_seq.device) if isinstance(x_seq, torch.Tensor) else None
-    planned = mlif_plan(x_seq, state, **kwargs) if mod is not None else None
-    if planned is None or planned[0].ip[1] > 16:
-        return reference("mlif")(x_seq, state, **kwargs)
-    return run_mlif_triton(mod, x_seq, state, planned)
+class _LIFEngine(_TritonEngine):
+    """IF/LIF (and, by subclassing, one-hot M-LIF): the state is (v, last reset)."""
+
+    family = "lif"
+
+    def _n_part(self, T: int) -> int:
+        return 3
+
+    def _meta(self, plan) -> dict:
+        f = plan.flags
+        return dict(LM=f["leak_mode"], SOFT=bool(f["soft"]), FIRE_GE=bool(f["fire_ge"]), NORM=bool(f["normalized"]),
+                    PTH=bool(f["payload_theta"]))
+
+    def _bwd_meta(self, plan) -> dict:
+        f = plan.flags
+        return dict(DETACH=bool(f["detach_reset"]), SK=f["surr_kind"])
+
+    def _fwd_meta(self, plan, lr0) -> dict:
+        return dict(HAS_LR0=lr0 is not None, **self._meta(plan))
+
+    def _state_args(self, v0, lr0, vT, lrT, x, call):
+        return _or(v0, x), _or(lr0, x), vT, _or(lrT, vT)
+
+    def _bwd_args(self, x, gy, v0, lr0, gvT, glrT, gx, gv0, glr0, call):
+        args = (x, gy, _or(v0, x), _or(lr0, x), _or(gvT, x), _or(glrT, x), gx, _or(gv0, gx), _or(glr0, gx))
+        meta = dict(HAS_LR0=lr0 is not None, HAS_GLRT=glrT is not None, WANT_GLR0=glr0 is not None,
+                    **self._meta(call.plan), **self._bwd_meta(call.plan))
+        return args, meta
 
 
-def run_mlif_triton(mod, x_seq, state, planned):
-    from ..neurons.if_lif import LIFState
-    from ..neurons.mlif import MLIFExtras
-    plan, v0, lr0 = planned
-    x, strides = step_layout(x_seq)
-    v0 = None if v0 is None else match_layout(v0, strides, seq=False)
-    lr0 = None if lr0 is None else match_layout(lr0, strides, seq=False)
-    p = _params(plan.fp, x.dtype, x.device)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                       for t in (x, v0, lr0, plan.theta_t, plan.leak_t)):
-        y, vT, lrT = _MLIFTritonFunction.apply(x, v0, lr0, plan.theta_t, plan.leak_t, plan, strides, p, mod)
-    else:
-        y, vT, lrT = _mlif_forward(mod, x, strides, v0, lr0, plan, p)
-    if not plan.paper:
-        lrT = None if state is None else getattr(state, "last_reset", None)
-    return y, LIFState(vT, lrT), MLIFExtras(None, None)
+class _MLIFEngine(_LIFEngine):
+    family = "mlif"
+
+    def _n_part(self, T: int) -> int:
+        return 2
+
+    def _meta(self, plan) -> dict:
+        f = plan.flags
+        return dict(CM=f["charge"], SOFT=bool(f["soft"]), S=f["lanes"], FLOOR=bool(f["floor_bounds"]),
+                    FIRE_GE=bool(f["fire_ge"]))
+
+    def _bwd_meta(self, plan) -> dict:
+        f = plan.flags
+        return dict(DETACH=bool(f["detach_reset"]), SIGN=float(f["sign"]), UNSCALED=bool(f["unscaled"]),
+                    SK=f["surr_kind"])
 
 
-# ============================================================================================ LM-HT level loop
-def _lmht_params(plan, x):
-    fp = list(plan.fp) + [float(plan.ip[0])]
-    p = _params(fp, x.dtype, x.device)
-    lam = plan.lam
-    T = x.shape[0]
+class _LMHTEngine(_TritonEngine):
+    """LM-HT level loop: the state is v alone, the leak of every step comes as a device vector."""
+
+    family = "lmht"
+
+    def _n_part(self, T: int) -> int:
+        return T
+
+    @staticmethod
+    def _need_p(needs) -> bool:
+        return bool(any(needs))
+
+    def _fwd_meta(self, plan, lr0) -> dict:
+        return dict(SCALE_IN=bool(plan.flags["scale_input"]))
+
+    def _state_args(self, v0, lr0, vT, lrT, x, call):
+        return _or(v0, x), vT, call.extra[2]
+
+    def _bwd_args(self, x, gy, v0, lr0, gvT, glrT, gx, gv0, glr0, call):
+        f = call.plan.flags
+        args = (x, gy, _or(v0, x), _or(gvT, x), gx, _or(gv0, gx), call.extra[2])
+        meta = dict(SCALE_IN=bool(f["scale_input"]), DETACH_T=bool(f["detach_temporal"]),
+                    DETACH_R=bool(f["detach_reset"]))
+        return args, meta
+
+
+_ENGINES = {"lif": _LIFEngine(), "mlif": _MLIFEngine(), "lmht": _LMHTEngine()}
+
+
+def _lmht_lam(plan, x):
+    """The leak of every step as a ``[T]`` device tensor in the data type."""
+    lam, T = plan.lam, x.shape[0]
     if isinstance(lam, torch.Tensor):
         lam = lam.to(device=x.device, dtype=x.dtype)
-        lam = lam.expand(T).contiguous() if lam.dim() == 0 else lam.contiguous()
+        return lam.expand(T).contiguous() if lam.dim() == 0 else lam.contiguous()
+    return torch.full((T,), float(lam), dtype=x.dtype, device=x.device)
+
+
+def _run(family: str, mod, x, v0, lr0, plan):
+    scalars = plan.scalar_list()
+    if family == "lmht":
+        extra = (mod, _params(scalars + [float(plan.flags["levels"])], x.dtype, x.device), _lmht_lam(plan, x))
     else:
-        lam = torch.full((T,), float(lam), dtype=x.dtype, device=x.device)
-    return p, lam
+        extra = (mod, _params(scalars, x.dtype, x.device))
+    return run_planned(_ENGINES[family], x, v0, lr0, plan, extra)
 
 
-def _lmht_forward(mod, x, strides, v0, plan, p, lam):
-    T, N = x.shape[0], x[0].numel()
-    y, vT = _seq_like(x, strides), _step_like(x, strides)
-    _launch(mod.lmht_fwd_kernel, (_cdiv(N, 1024),), x, y, v0 if v0 is not None else x, vT, lam, p, T, N,
-            _tstride(x), SCALE_IN=bool(plan.ip[1]), HAS_V0=v0 is not None, F32=x.dtype == torch.float32, BLOCK=1024,
-            num_warps=4)
-    return y, vT
+def _entry(family: str, record, planner_name: str, name: str, doc: str):
+    def impl(x_seq, state, p):
+        from importlib import import_module
+        planner = getattr(import_module(f"multispike.kernels.{family}_cpp"), planner_name)
+        mod = _impl(x_seq.device) if isinstance(x_seq, torch.Tensor) else None
+        planned = planner(x_seq, state, p) if mod is not None else None
+        if planned is not None and family == "mlif" and planned[0].flags["lanes"] > 16:
+            planned = None  # the lane loop is unrolled at compile time
+        if planned is None:
+            return reference(family)(x_seq, state, **p.as_kwargs())
+        return _finish(family, mod, x_seq, state, planned)
+    return keyword_entry(record, impl, name, __name__, doc)
 
 
-class _LMHTTritonFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, v0, leak_t, sched_t, plan, strides, p, lam, mod):
-        y, vT = _lmht_forward(mod, x, strides, v0, plan, p, lam)
-        ctx.save_for_backward(x, v0, p, lam)
-        ctx.plan, ctx.strides, ctx.mod = plan, strides, mod
-        ctx.set_materialize_grads(False)
-        return y, vT
-
-    @staticmethod
-    def backward(ctx, gy, gvT):
-        x, v0, p, lam = ctx.saved_tensors
-        plan, strides, mod = ctx.plan, ctx.strides, ctx.mod
-        T, N = x.shape[0], x[0].numel()
-        gy = match_layout(torch.zeros_like(x) if gy is None else gy, strides, seq=True)
-        gvT = None if gvT is None else match_layout(gvT, strides, seq=False)
-        gx = _seq_like(x, strides)
-        want_gv0 = v0 is not None and ctx.needs_input_grad[1]
-        gv0 = _step_like(x, strides) if want_gv0 else None
-        need_p = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
-        tp, scratch, block = _tile(T, mod)
-        grid = _cdiv(N, block)
-        part = torch.zeros(grid * T, dtype=torch.float64, device=x.device)
-        scr = torch.empty((T, N) if scratch else (1,), dtype=x.dtype, device=x.device)
-        ip = plan.ip
-        _launch(mod.lmht_bwd_kernel, (grid,), x, gy, v0 if v0 is not None else x, gvT if gvT is not None else x, gx,
-                gv0 if gv0 is not None else gx, lam, part, scr, p, T, N, _tstride(x), _tstride(gy),
-                SCALE_IN=bool(ip[1]), HAS_V0=v0 is not None, HAS_GVT=gvT is not None, WANT_GV0=want_gv0,
-                DETACH_T=bool(ip[2]), DETACH_R=bool(ip[3]), NEED_P=bool(need_p), SCRATCH=scratch, TP=tp,
-                F32=x.dtype == torch.float32, BLOCK=block, num_warps=4)
-        per_t = part.view(grid, T).sum(0)
-        g_leak = per_t.sum().to(plan.leak_t.dtype).reshape(plan.leak_t.shape) if ctx.needs_input_grad[2] else None
-        g_sched = per_t.to(plan.sched_t.dtype) if ctx.needs_input_grad[3] else None
-        return gx, gv0, g_leak, g_sched, None, None, None, None, None
-
-
-def lmht_multistep_triton(x_seq, state=None, *, levels, omega=None, leak=1.0, v_threshold, v_init=0.0,
-                          in_scale=1.0, leak_schedule=None, detach_temporal=True, detach_reset=True,
-                          surrogate_width=0.5, store_v_seq=False):
-    """Fused Triton LM-HT / M-HT dynamics (T-GIM mixing by ``torch.einsum`` as in the reference, level loop
-    fused); same signature, values and gradients as :func:`multispike.neurons.lmht.lmht_multistep`."""
-    from .lmht_cpp import lmht_plan
-    kwargs = dict(levels=levels, omega=omega, leak=leak, v_threshold=v_threshold, v_init=v_init, in_scale=in_scale,
-                  leak_schedule=leak_schedule, detach_temporal=detach_temporal, detach_reset=detach_reset,
-                  surrogate_width=surrogate_width, store_v_seq=store_v_seq)
-    mod = _impl(x_seq.device) if isinstance(x_seq, torch.Tensor) else None
-    planned = lmht_plan(x_seq, state, **kwargs) if mod is not None else None
-    if planned is None:
-        return reference("lmht")(x_seq, state, **kwargs)
-    return run_lmht_triton(mod, planned)
-
-
-def run_lmht_triton(mod, planned):
+def _finish(family: str, mod, x_seq, state, planned):
+    from ..neurons.if_lif import LIFState
     from ..neurons.lmht import LMHTState
-    plan, current, v0 = planned
-    x, strides = step_layout(current)
-    v0 = None if v0 is None else match_layout(v0, strides, seq=False)
-    p, lam = _lmht_params(plan, x)
-    leak_t = plan.leak_t if isinstance(plan.leak_t, torch.Tensor) else None
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, v0, leak_t, plan.sched_t)):
-        y, vT = _LMHTTritonFunction.apply(x, v0, leak_t, plan.sched_t, plan, strides, p, lam, mod)
-    else:
-        y, vT = _lmht_forward(mod, x, strides, v0, plan, p, lam)
-    return y, LMHTState(vT), None
+    from ..neurons.mlif import MLIFExtras
+    if family == "lmht":
+        plan, current, v0 = planned
+        y, vT, _ = _run(family, mod, current, v0, None, plan)
+        return y, LMHTState(vT), None
+    plan, v0, lr0 = planned
+    y, vT, lrT = _run(family, mod, x_seq, v0, lr0, plan)
+    if not plan.keeps_last_reset:
+        lrT = None if state is None else getattr(state, "last_reset", None)
+    return y, LIFState(vT, lrT), (MLIFExtras(None, None) if family == "mlif" else None)
 
+
+lif_multistep_triton = _entry("lif", LIFParameters, "lif_plan", "lif_multistep_triton",
+                              """Fused Triton IF/LIF dynamics; same signature, values and gradients as
+    :func:`multispike.neurons.lif_multistep`.""")
+mlif_multistep_triton = _entry("mlif", MLIFParameters, "mlif_plan", "mlif_multistep_triton",
+                               """Fused Triton one-hot M-LIF dynamics; same signature, values and gradients as
+    :func:`multispike.neurons.mlif.mlif_multistep`.""")
+lmht_multistep_triton = _entry("lmht", LMHTParameters, "lmht_plan", "lmht_multistep_triton",
+                               """Fused Triton LM-HT / M-HT dynamics (T-GIM mixing by ``torch.einsum`` as in the
+    reference, level loop fused); same signature, values and gradients as
+    :func:`multispike.neurons.lmht.lmht_multistep`.""")
 
 for _family, _fn in (("lif", lif_multistep_triton), ("mlif", mlif_multistep_triton), ("lmht", lmht_multistep_triton)):
     register_kernel(_family, "triton", _fn, devices=("cuda",))

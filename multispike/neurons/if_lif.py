@@ -29,6 +29,7 @@ from torch import nn
 
 from .._dispatch import get_kernel, register_kernel, resolve_backend
 from .base import MemoryModule, _finite_number, check_sequence
+from .params import LIFParameters
 from .surrogate import Sigmoid, SurrogateFunction, convert_spikingjelly_surrogate, get_surrogate
 
 __all__ = ["LIFState", "lif_multistep", "IFNeuron", "LIFNeuron", "IFNode", "LIFNode", "LEAK_MODES",
@@ -238,7 +239,18 @@ class BaseNeuron(MemoryModule):
         return None if self.state is None else self.state.v
 
     def dynamics_kwargs(self) -> dict:  # pragma: no cover - abstract
+        """Keyword arguments of the family's reference function (all but ``store_v_seq``)."""
         raise NotImplementedError
+
+    #: the family's parameter record (:mod:`multispike.neurons.params`); ``None`` for a family without one
+    params_type: type | None = LIFParameters
+
+    def dynamics_params(self):
+        """The options of this neuron's dynamics as its family's frozen parameter record (a snapshot: learnable
+        tensors are referenced, not copied)."""
+        if self.params_type is None:
+            raise TypeError(f"{type(self).__name__} has no parameter record; use dynamics_kwargs()")
+        return self.params_type(store_v_seq=self.store_v_seq, **self.dynamics_kwargs())
 
     # --- statistics protocol (used by multispike.metrics; every neuron family implements it) ---
     levels: int = 1  # largest spike count one neuron can emit in one step (L for M-HT, 2^(S-1) for M-LIF)

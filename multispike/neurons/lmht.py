@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .._dispatch import register_kernel
+from .params import LMHTParameters
 from .base import MemoryModule, StepModule, check_positive_int, check_sequence
 from .if_lif import BaseNeuron
 
@@ -318,6 +319,8 @@ class _MultiThresholdNeuron(BaseNeuron):
     @property
     def leak_schedule(self) -> torch.Tensor | None:
         return None
+
+    params_type = LMHTParameters
 
     def dynamics_kwargs(self) -> dict:
         return dict(levels=self.levels, omega=self.omega, leak=self.leak, leak_schedule=self.leak_schedule,

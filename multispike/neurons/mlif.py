@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .._dispatch import get_kernel, register_kernel, resolve_backend
+from .params import MLIFParameters
 from .base import MemoryModule, _finite_number, check_positive_int, check_sequence
 from .if_lif import LIFState
 from .surrogate import Sigmoid, SurrogateFunction, Triangle
@@ -567,6 +568,11 @@ class OneHotMLIF(MemoryModule):
     def v(self) -> torch.Tensor | None:
         """Post-reset membrane after the last step (``None`` before the first step or after ``reset()``)."""
         return None if self.state is None else self.state.v
+
+    def dynamics_params(self) -> MLIFParameters:
+        """The options of this neuron's dynamics as an :class:`~multispike.neurons.params.MLIFParameters` record
+        (without the per-call ``lane_mask``/``return_lanes``, which :meth:`forward` adds)."""
+        return MLIFParameters(store_v_seq=self.store_v_seq, return_lanes=self.store_lanes, **self.dynamics_kwargs())
 
     def dynamics_kwargs(self) -> dict:
         """Keyword arguments of :func:`mlif_multistep` (and of every fused ``"mlif"`` kernel)."""

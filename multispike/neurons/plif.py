@@ -125,6 +125,8 @@ class ParametricLIFNode(BaseNeuron):
         """The current time constant ``1/sigmoid(w)``."""
         return 1.0 / self.w.detach().sigmoid()
 
+    params_type = None  # plif_multistep (the "plif" family) has no fused kernel and no record
+
     def dynamics_kwargs(self) -> dict:
         return dict(w=self.w, decay_input=self.decay_input, v_threshold=self.v_threshold, v_init=self.v_init,
                     v_reset=self.v_reset, fire_ge=self.fire_ge, surrogate=self.surrogate_function,

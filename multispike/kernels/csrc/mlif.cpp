@@ -1,0 +1,262 @@
+// Fused one-hot M-LIF kernels: multispike.neurons.mlif.mlif_multistep (kernel family "mlif", backend "cpp").
+#include "ms_common.h"
+
+namespace ms {
+// one namespace per family: _build compiles all sources as one translation unit
+namespace mlif {
+
+// Charge modes: plain m = b*v + x; paper form m = b*(v + lr) + x - lr; SpikingJelly decay_input
+// m = v + (x - v)*(1-b).
+enum { CM_PLAIN = 0, CM_PAPER = 1, CM_DECAY = 2 };
+
+template <typename S, int CM>
+inline S charge(S v, S lr, S x, S leak, S oml) {
+  if (CM == CM_PAPER) return leak * (v + lr) + x - lr;
+  if (CM == CM_DECAY) return v + (x - v) * oml;
+  return leak * v + x;
+}
+
+// Merged payload o = sum_s w_s o_s(r) of the block: the weight of the highest edge passed (mlif._lane_sum), and
+// the "any lane fired" indicator f. One vectorised pass per edge.
+template <typename S>
+void fire_block(const S* MS_R r, S* MS_R o, S* MS_R f, int n, const MlifArgs& c) {
+  const S unit = (S)c.unit;
+  const int fire_ge = c.fire_ge, floor_b = c.floor_bounds;
+  MS_SIMD
+  for (int i = 0; i < n; ++i) {
+    const S a0 = fire_ge ? (r[i] >= S(1) ? S(1) : S(0)) : (r[i] > S(1) ? S(1) : S(0));
+    f[i] = a0;
+    o[i] = a0 * unit;
+  }
+  for (int k = 1; k < c.lanes; ++k) {
+    const S edge = (S)std::ldexp(1.0, k);
+    const S w = (S)(c.unit * std::ldexp(1.0, k));
+    MS_SIMD
+    for (int i = 0; i < n; ++i) {
+      const bool above = floor_b ? (r[i] >= edge) : (r[i] > edge);
+      o[i] = above ? w : o[i];
+    }
+  }
+}
+
+// One time step of a block: charge m (into m), fire at r = m / theta_e, reset v (and lr in the paper form); the
+// payload goes to o, the fired indicator to f. r, o, f are work rows of the block.
+template <typename S, int CM>
+void step_block(const S* MS_R x, S* MS_R v, S* MS_R lr, S* MS_R m, S* MS_R r, S* MS_R o, S* MS_R f, int n,
+                const MlifArgs& c) {
+  const S theta = (S)c.theta, theta_e = (S)c.theta_e, leak = (S)c.leak, oml = (S)c.oml;
+  const int soft = CM == CM_PAPER ? 1 : c.soft;
+  MS_SIMD
+  for (int i = 0; i < n; ++i) {
+    const S mi = charge<S, CM>(v[i], lr[i], x[i], leak, oml);
+    m[i] = mi;
+    r[i] = mi / theta_e;
+  }
+  fire_block<S>(r, o, f, n, c);
+  MS_SIMD
+  for (int i = 0; i < n; ++i) {
+    const S reset = theta * o[i];
+    v[i] = soft ? m[i] - reset : m[i] * (S(1) - f[i]);
+    if (CM == CM_PAPER) lr[i] = reset;
+  }
+}
+
+// One lane-edge term of the window derivatives, fused in one pass: phi_k(r) = h'(r - 2^k) (unscaled) or
+// h'(r 2^-k - 1) 2^-k, accumulated into D_o (weight co) and D_f (weight cf).
+template <typename S, int SK>
+void window_pass(const S* MS_R r, S* MS_R Do, S* MS_R Df, int n, S edge, S sc, S post, S co, S cf, S p0, S p1,
+                 int unscaled) {
+  if (unscaled) {
+    MS_SIMD
+    for (int i = 0; i < n; ++i) {
+      const S h = surrogate<S, SK>(r[i] - edge, p0, p1);
+      Do[i] += co * h;
+      Df[i] += cf * h;
+    }
+  } else {
+    MS_SIMD
+    for (int i = 0; i < n; ++i) {
+      const S h = surrogate<S, SK>(r[i] * sc - S(1), p0, p1) * post;
+      Do[i] += co * h;
+      Df[i] += cf * h;
+    }
+  }
+}
+
+// Window derivatives of the block: D_o = sum_k c_k phi_k(r) (payload weights unit*2^k), D_f likewise with unit
+// weights (the hard reset's "fired" indicator). c_0 = w_0, c_k = w_k + sign * w_{k-1}.
+template <typename S>
+void windows(const S* MS_R r, S* MS_R Do, S* MS_R Df, int n, const MlifArgs& c) {
+  MS_SIMD
+  for (int i = 0; i < n; ++i) {
+    Do[i] = S(0);
+    Df[i] = S(0);
+  }
+  for (int k = 0; k < c.lanes; ++k) {
+    const double wk = c.unit * std::ldexp(1.0, k), wk1 = c.unit * std::ldexp(1.0, k - 1);
+    const S co = (S)(k == 0 ? wk : wk + c.sign * wk1);
+    const S cf = (S)(k == 0 ? 1.0 : 1.0 + c.sign);
+    const S sc = (S)std::ldexp(1.0, -k);
+    // the surrogate kind is chosen once per pass (not per element), outside the vectorised loop
+    select<0, 1, 2, 3>(c.surr_kind, [&](auto sk) {
+      window_pass<S, sk()>(r, Do, Df, n, (S)std::ldexp(1.0, k), sc, k ? sc : S(1), co, cf, (S)c.sp0, (S)c.sp1,
+                           c.unscaled);
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- forward
+template <typename S, int CM>
+void mlif_fwd(const Seq<S>& q, const MlifArgs& c) {
+  constexpr int BS = 2048;
+  forward_blocks(q.T, q.N, BS, q.nthreads, [&](int64_t i0, int n) {
+    S v[BS], lr[BS], m[BS], r[BS], f[BS];
+    load_or(q.v0, i0, S(0) + (S)c.v_init, v, n);
+    load_or(q.lr0, i0, S(0), lr, n);
+    for (int64_t t = 0; t < q.T; ++t)  // the payload o is written straight into y(t)
+      step_block<S, CM>(q.x + t * q.xst + i0, v, lr, m, r, q.y + t * q.yst + i0, f, n, c);
+    store_if(q.vT, i0, v, n);
+    if (CM == CM_PAPER) store_if(q.lrT, i0, lr, n);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------- backward
+template <typename S, int CM>
+void mlif_bwd(const Seq<S>& q, const MlifArgs& c) {
+  backward_blocks<S>(q.T, q.N, q.nthreads, 14, 2, q.pgrad,
+                     [&](int64_t i0, int n, int BS, S* M, S* work, double* part) {
+    constexpr int PF = CM == CM_PAPER;
+    const S theta = (S)c.theta, theta_e = (S)c.theta_e, leak = (S)c.leak, oml = (S)c.oml;
+    const S v_init = S(0) + (S)c.v_init;
+    const int soft = PF ? 1 : c.soft, detach = c.detach_reset;
+    const S inv_te = S(1) / theta_e;
+    // d theta_e / d theta = unit (scaled) or 1; folded into the theta-gradient factor
+    const S dte = (S)(c.theta_e / c.theta);
+    const S inv_te2 = S(1) / (theta_e * theta_e);
+    S* MS_R v = work;
+    S* MS_R lr = v + BS;
+    S* MS_R gv = lr + BS;
+    S* MS_R glr = gv + BS;
+    S* MS_R ath = glr + BS;
+    S* MS_R ale = ath + BS;
+    S* MS_R rb = ale + BS;
+    S* MS_R ob = rb + BS;
+    S* MS_R fb = ob + BS;
+    S* MS_R Do = fb + BS;
+    S* MS_R Df = Do + BS;
+    S* MS_R tmp = Df + BS;
+    S* MS_R hb = tmp + BS;
+    S* MS_R vpb = hb + BS;
+    load_or(q.v0, i0, v_init, v, n);
+    load_or(q.lr0, i0, S(0), lr, n);
+    for (int64_t t = 0; t < q.T; ++t)  // forward recomputation (the forward's step), m(t) into the scratch
+      step_block<S, CM>(q.x + t * q.xst + i0, v, lr, M + t * BS, rb, ob, fb, n, c);
+    load_or(q.gvT, i0, S(0), gv, n);
+    load_or(q.glrT, i0, S(0), glr, n);
+    MS_SIMD
+    for (int i = 0; i < n; ++i) {
+      ath[i] = S(0);
+      ale[i] = S(0);
+    }
+    for (int64_t t = q.T - 1; t >= 0; --t) {
+      const S* MS_R Mt = M + t * BS;
+      const S* MS_R gyt = q.gy + t * q.gyst + i0;
+      S* MS_R gxt = q.gx + t * q.gxst + i0;
+      MS_SIMD
+      for (int i = 0; i < n; ++i) rb[i] = Mt[i] / theta_e;
+      fire_block<S>(rb, ob, fb, n, c);
+      windows<S>(rb, Do, Df, n, c);
+      MS_SIMD
+      for (int i = 0; i < n; ++i) {
+        const S m = Mt[i];
+        const S o = ob[i], f = fb[i];
+        const S g_v = gv[i];
+        S go = gyt[i];
+        S gm, gf, gth;
+        if (soft) {
+          gm = g_v;
+          S gor = -theta * g_v;
+          gth = -o * g_v;
+          if (PF) {
+            gor = gor + theta * glr[i];
+            gth = gth + o * glr[i];
+          }
+          go = detach ? go : go + gor;
+          gf = S(0);
+        } else {
+          gm = g_v * (S(1) - f);
+          gf = detach ? S(0) : -m * g_v;
+          gth = S(0);
+        }
+        const S gr = go * Do[i] + gf * Df[i];
+        gm = gm + gr * inv_te;
+        gth = gth - gr * m * inv_te2 * dte;
+        ath[i] += gth;
+        gxt[i] = CM == CM_DECAY ? gm * oml : gm;
+        gv[i] = CM == CM_DECAY ? gm * (S(1) - oml) : gm * leak;
+        if (PF) glr[i] = gm * (leak - S(1));
+        tmp[i] = gm;
+      }
+      if (c.need_leak) {
+        // dm/dbeta: v(t-1) (plain), v(t-1) + lr(t-1) (paper form), -(x(t) - v(t-1)) (decay_input)
+        if (t > 0) {
+          const S* MS_R Mp = M + (t - 1) * BS;
+          MS_SIMD
+          for (int i = 0; i < n; ++i) rb[i] = Mp[i] / theta_e;
+          fire_block<S>(rb, ob, fb, n, c);
+          MS_SIMD
+          for (int i = 0; i < n; ++i) {
+            const S reset = theta * ob[i];
+            const S vp = soft ? Mp[i] - reset : Mp[i] * (S(1) - fb[i]);
+            vpb[i] = PF ? vp + reset : vp;
+          }
+        } else {
+          load_or(q.v0, i0, v_init, vpb, n);
+          if (PF) {
+            load_or(q.lr0, i0, S(0), hb, n);
+            MS_SIMD
+            for (int i = 0; i < n; ++i) vpb[i] = vpb[i] + hb[i];
+          }
+        }
+        const S* MS_R xt = q.x + t * q.xst + i0;
+        MS_SIMD
+        for (int i = 0; i < n; ++i) {
+          if (CM == CM_DECAY) ale[i] -= tmp[i] * (xt[i] - vpb[i]);
+          else ale[i] += tmp[i] * vpb[i];
+        }
+      }
+    }
+    store_if(q.gv0, i0, gv, n);
+    if (q.glr0) {
+      if (!PF) std::fill(glr, glr + n, S(0));
+      store_if(q.glr0, i0, glr, n);
+    }
+    part[0] = row_sum(ath, n);
+    part[1] = row_sum(ale, n);
+  });
+}
+
+}  // namespace mlif
+}  // namespace ms
+
+extern "C" {
+
+int ms_mlif_forward(const MlifArgs* a) {
+  if (a->lanes < 1) return 2;
+  return ms::with_dtype(a->io.dtype, [&](auto s) {
+    using S = decltype(s);
+    const ms::Seq<S> q(a->io);
+    return ms::select<0, 1, 2>(a->charge, [&](auto cm) { ms::mlif::mlif_fwd<S, cm()>(q, *a); });
+  });
+}
+
+int ms_mlif_backward(const MlifArgs* a) {
+  if (a->lanes < 1 || a->surr_kind < 0 || a->surr_kind > 3) return 2;
+  return ms::with_dtype(a->io.dtype, [&](auto s) {
+    using S = decltype(s);
+    const ms::Seq<S> q(a->io);
+    return ms::select<0, 1, 2>(a->charge, [&](auto cm) { ms::mlif::mlif_bwd<S, cm()>(q, *a); });
+  });
+}
+
+}  // extern "C"
