@@ -215,3 +215,46 @@ def test_rate_and_energy_plots_name_layers_alike(tmp_path, monkeypatch):
     # a result written before input_source was recorded keeps the module names
     old = [{k: v for k, v in r.items() if k != "input_source"} for r in res.energy["multispike"]["layers"]]
     assert plots.energy_layer_labels(old) == [r["name"] for r in old]
+
+
+def test_flip_tta_accuracy_is_the_mirror_mean_readout_and_statistics_are_one_pass():
+    from multispike.metrics.prefix import prefix_correct
+    torch.manual_seed(3)
+    net = nn.Sequential(ms.DirectEncoder(3), SeqToANNContainer(nn.Conv2d(1, 4, 3, padding=1)),
+                        ms.IFNeuron(v_threshold=0.3, step_mode="m"),
+                        SeqToANNContainer(nn.Flatten(), nn.Linear(64, 3)), MeanOverTime())
+    g = torch.Generator().manual_seed(5)
+    data = [(torch.rand(16, 1, 4, 4, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(2)]
+    plain = evaluate(net, data, T_max=3)
+    tta = evaluate(net, data, T_max=3, tta_flip=True)
+    # the expected readout, computed independently: mean of the per-step logits of x and x mirrored
+    hits = torch.zeros(3)
+    for x, y in data:
+        steps = torch.stack([0.5 * (a + b) for a, b in zip(_capture_steps(net, x), _capture_steps(net, x.flip(-1)))])
+        hits += prefix_correct(steps, y)
+    assert [a for _, a in tta.accuracy_vs_T] == pytest.approx((hits / 32).tolist())
+    assert tta.accuracy_vs_T != plain.accuracy_vs_T   # this random net is not mirror-symmetric
+    # spike statistics and op counts describe one (unflipped) inference, exactly as without TTA
+    assert tta.spikes == plain.spikes and tta.ops == plain.ops
+    assert tta.meta["tta_flip"] is True and plain.meta["tta_flip"] is False
+
+
+def _capture_steps(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Per-step logits of ``net`` on ``x`` read at its MeanOverTime input (what ``evaluate`` scores)."""
+    seen = []
+    handle = net[-1].register_forward_hook(lambda mod, a, o: seen.append(a[0].float()))
+    try:
+        ms.reset_net(net)
+        with torch.no_grad():
+            net(x)
+    finally:
+        handle.remove()
+    return list(seen[0])
+
+
+def test_cli_eval_tta_flip(tmp_path, capsys):
+    rc = main(["eval", "--model", "resnet8_cifar", "--neuron", "if", "--timesteps", "2", "--dataset", "digits",
+               "--limit", "24", "--batch-size", "12", "--no-progress", "--no-plots", "--tta-flip",
+               "--out", str(tmp_path / "tta")])
+    assert rc == 0 and "with flip TTA" in capsys.readouterr().out
+    assert load_result(tmp_path / "tta").meta["tta_flip"] is True

@@ -171,7 +171,7 @@ def evaluate(model: nn.Module, data: Iterable, T_max: int | None = None, *, inpu
              count_ops: bool = True, op_batches: int | None = None, monitor: bool = True, membrane: bool = False,
              energy: Any = "45nm", encoding: str = "static", input_events: str | None = None,
              memory: MemoryModel | None | bool = None, neurobench: bool = True, name: str | None = None,
-             progress: bool = False, meta: Mapping[str, Any] | None = None) -> EvalResult:
+             progress: bool = False, meta: Mapping[str, Any] | None = None, tta_flip: bool = False) -> EvalResult:
     """Evaluate a classifier over ``data`` with spike statistics, op counts and energy.
 
     Args:
@@ -196,6 +196,10 @@ def evaluate(model: nn.Module, data: Iterable, T_max: int | None = None, *, inpu
         name: the run's name in reports.
         progress: show a tqdm progress bar.
         meta: extra fields recorded in the result (model name, dataset, ...).
+        tta_flip: flip test-time augmentation: the accuracy uses the mean of the per-step logits of each input
+            and of its left-right mirror (``x.flip(-1)``, the same readout as the trainer's ``tta_flip``). Spike
+            statistics, op counts and energy describe the unflipped pass only, i.e. one inference; with TTA an
+            inference costs two such passes.
 
     Accuracy at prefix t is ``argmax Σ_{s≤t} o(s)`` over the per-step outputs (the ``MeanOverTime`` input or
     ``forward_sequence``), which is what a causal network emits after t steps. LM-HT's T-GIM is non-causal,
@@ -250,6 +254,14 @@ def evaluate(model: nn.Module, data: Iterable, T_max: int | None = None, *, inpu
                     if use_counter:
                         counter.detach()
                 per_step_ok &= genuine
+                if tta_flip:   # the mirrored pass runs unobserved: the statistics stay those of one inference
+                    if mon is not None:
+                        mon.detach()
+                    reset_net(model)
+                    mirrored, _ = _per_step_outputs(model, inp.flip(-1), None)
+                    if mon is not None:
+                        mon.attach()
+                    steps = 0.5 * (steps.float() + mirrored.float())
                 if steps.dim() != 3 or steps.shape[1] != y.shape[0]:
                     raise ValueError(f"evaluate: per-step logits have shape {tuple(steps.shape)}, expected "
                                      f"[T, {y.shape[0]}, classes] for a batch of {y.shape[0]} targets")
@@ -281,7 +293,7 @@ def evaluate(model: nn.Module, data: Iterable, T_max: int | None = None, *, inpu
     spikes = mon.summary() if mon is not None else None
     info = {"input_mode": mode, "device": str(device), "batches": batches, "elapsed_s": round(elapsed, 3),
             "samples_per_s": round(total / elapsed, 2) if elapsed > 0 else None, "per_step_outputs": per_step_ok,
-            "encoding": encoding, "input_events": input_events, "torch": torch.__version__,
+            "encoding": encoding, "input_events": input_events, "tta_flip": bool(tta_flip), "torch": torch.__version__,
             "python": platform.python_version(), "date": datetime.datetime.now().isoformat(timespec="seconds")}
     from .. import __version__ as version  # at call time: the root package may still be initialising at import
     info["multispike"] = version

@@ -73,6 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--op-batches", type=int, default=None, help="count operations on the first N batches only")
     run.add_argument("--no-neurobench", action="store_true", help="skip the NeuroBench-compatible op counts")
     run.add_argument("--membrane", action="store_true", help="also record membrane statistics")
+    run.add_argument("--tta-flip", action="store_true",
+                     help="flip test-time augmentation: accuracy from the mean logits of each image and its mirror "
+                          "image (two passes per inference; rates, ops and energy are those of one pass)")
     run.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     run.add_argument("--name", default=None, help="run name in the report (default: the model name)")
@@ -261,12 +264,13 @@ def run_eval(args: argparse.Namespace) -> int:
     result = evaluate(model, batches, T_max=T, input_mode=input_mode, device=device, op_batches=args.op_batches,
                       membrane=args.membrane, energy=args.energy, encoding=encoding,
                       input_events="count" if kind == "events" else None, neurobench=not args.no_neurobench,
-                      name=args.name or name, progress=not args.no_progress,
+                      name=args.name or name, progress=not args.no_progress, tta_flip=args.tta_flip,
                       meta={"model": name, "dataset": dataset, "split": args.split, "limit": args.limit,
                             **{k: v for k, v in defaults.items() if k in ("checkpoint", "epoch")}})
     paths = write_report(result, args.out, plots_enabled=not args.no_plots)
     acc = ", ".join(f"t={t}: {100 * a:.2f}%" for t, a in result.accuracy_vs_T)
-    print(f"{result.name} on {dataset}/{args.split} ({result.samples} samples): {acc}")
+    tta = " with flip TTA" if args.tta_flip else ""
+    print(f"{result.name} on {dataset}/{args.split} ({result.samples} samples){tta}: {acc}")
     from ...neurons.base import MemoryModule
     spiking = any(isinstance(m, MemoryModule) for m in model.modules())
     if result.energy and not spiking:
