@@ -30,3 +30,34 @@ def test_parts_merge_with_their_own_provenance():
 def test_missing_part_is_a_clear_error(tmp_path, capsys):
     assert combine_mod.main([str(tmp_path / "nope.json")]) == 2
     assert "no such result file" in capsys.readouterr().err
+
+
+def _eval_result(acc: float, tta: bool) -> dict:
+    return {"accuracy": acc, "meta": {"tta_flip": tta, "elapsed_s": 12.5}}
+
+
+def test_tta_block_is_added_to_an_existing_summary(tmp_path):
+    import json
+    summary = tmp_path / "speedrun.json"
+    summary.write_text(json.dumps({"ann_top1": 0.87, "snn_top1": 0.86}))
+    for key, acc in (("ann", 0.88), ("snn", 0.87)):
+        (tmp_path / key).mkdir()
+        (tmp_path / key / "result.json").write_text(json.dumps(_eval_result(acc, True)))
+    assert combine_mod.main(["--update", str(summary), "--tta", f"ann={tmp_path / 'ann'}",
+                             f"snn={tmp_path / 'snn'}"]) == 0
+    res = json.loads(summary.read_text())
+    assert res["ann_top1"] == 0.87 and res["tta_flip"]["ann_top1"] == 0.88 and res["tta_flip"]["snn_top1"] == 0.87
+    assert res["tta_flip"]["eval_seconds"] == {"ann": 12.5, "snn": 12.5} and len(res["tta_flip"]["commands"]) == 2
+
+
+def test_tta_refuses_results_without_tta_and_unknown_keys(tmp_path, capsys):
+    import json
+    import pytest
+    (tmp_path / "r.json").write_text(json.dumps(_eval_result(0.9, False)))
+    with pytest.raises(ValueError, match="not evaluated with --tta-flip"):
+        combine_mod.tta_summary({"ann": _eval_result(0.9, False)}, "c", [])
+    with pytest.raises(ValueError, match="unknown TTA key"):
+        combine_mod.tta_summary({"anm": _eval_result(0.9, True)}, "c", [])
+    (tmp_path / "s.json").write_text("{}")
+    assert combine_mod.main(["--update", str(tmp_path / "s.json"), "--tta", f"ann={tmp_path / 'r.json'}"]) == 2
+    assert "not evaluated with --tta-flip" in capsys.readouterr().err

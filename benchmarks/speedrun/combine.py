@@ -7,6 +7,13 @@ the keys of issue 15 (``ann_top1``, ``quantized_top1``, ``snn_top1``, ``snn_T``,
 
     PYTHONPATH=. python benchmarks/speedrun/combine.py runs/sr_ann.json runs/sr_qcfs.json runs/sr_qac.json \\
         --out benchmarks/results/speedrun_cpu.json
+
+Flip test-time augmentation (``multispike eval --tta-flip``) of the same checkpoints is added under ``tta_flip`` with
+``--tta KEY=EVAL_DIR`` (keys: ann, quantized, snn, qac_quantized, qac_snn); ``--update`` adds it to an existing
+summary instead of rebuilding it from the parts:
+
+    PYTHONPATH=. python benchmarks/speedrun/combine.py --update benchmarks/results/speedrun_cpu.json \\
+        --tta ann=runs/speedrun/ann_eval_tta snn=runs/speedrun/lmht_L2T2_eval_tta ...
 """
 from __future__ import annotations
 
@@ -37,16 +44,75 @@ def combine(parts: list[dict]) -> dict:
     return out
 
 
+TTA_KEYS = ("ann", "quantized", "snn", "qac_quantized", "qac_snn")
+
+
+def tta_summary(results: dict[str, dict], commit: str, commands: list[str]) -> dict:
+    """The ``tta_flip`` block: top-1 (last prefix) of each ``multispike eval --tta-flip`` result, with provenance.
+
+    Raises ValueError for an unknown key or a result that was not evaluated with flip TTA."""
+    block: dict = {"commit": commit, "commands": commands, "eval_seconds": {},
+                   "note": "same checkpoints as the main run, evaluated with `multispike eval --tta-flip` (mean logits "
+                           "of each image and its mirror image: two forward passes per inference)"}
+    for key, res in results.items():
+        if key not in TTA_KEYS:
+            raise ValueError(f"unknown TTA key {key!r}; expected one of {', '.join(TTA_KEYS)}")
+        if not res.get("meta", {}).get("tta_flip"):
+            raise ValueError(f"the {key} result was not evaluated with --tta-flip")
+        block[f"{key}_top1"] = res["accuracy"]
+        block["eval_seconds"][key] = res["meta"].get("elapsed_s")
+    return block
+
+
+def _run_dir(result: dict) -> str:
+    """The run folder an eval result's checkpoint file belongs to (``<run>/checkpoints/<step>.json``)."""
+    ckpt = Path(str(result.get("meta", {}).get("checkpoint", "?")))
+    return str(ckpt.parent.parent) if ckpt.parent.name == "checkpoints" else str(ckpt)
+
+
+def _git_commit() -> str:
+    import subprocess
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("parts", nargs="+", type=Path, help="run_cpu.py result files, in the order they ran")
+    ap.add_argument("parts", nargs="*", type=Path, help="run_cpu.py result files, in the order they ran")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/speedrun_cpu.json"))
+    ap.add_argument("--update", type=Path, default=None, help="add --tta to this existing summary (written to --out "
+                                                                   "if given, else in place)")
+    ap.add_argument("--tta", nargs="+", default=[], metavar="KEY=EVAL_DIR",
+                    help=f"flip-TTA eval directories (result.json inside); keys: {', '.join(TTA_KEYS)}")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
-    missing = [str(p) for p in args.parts if not p.is_file()]
-    if missing:
-        print(f"error: no such result file: {', '.join(missing)}", file=sys.stderr)
+    files = list(args.parts) + ([args.update] if args.update else [])
+    tta_files = {}
+    for item in args.tta:
+        key, _, path = item.partition("=")
+        tta_files[key] = Path(path) / "result.json" if Path(path).is_dir() else Path(path)
+    missing = [str(p) for p in [*files, *tta_files.values()] if not p.is_file()]
+    if missing or not files:
+        print(f"error: no such result file: {', '.join(missing) or '(none given)'}", file=sys.stderr)
         return 2
-    res = combine([json.loads(p.read_text()) for p in args.parts])
+    if args.update:
+        res = json.loads(args.update.read_text())
+        if "--out" not in argv:
+            args.out = args.update
+    else:
+        res = combine([json.loads(p.read_text()) for p in args.parts])
+    if tta_files:
+        try:
+            results = {k: json.loads(p.read_text()) for k, p in tta_files.items()}
+            commands = [f"multispike eval --checkpoint {_run_dir(r)} --op-batches 2 --tta-flip --out {tta_files[k].parent}"
+                        for k, r in results.items()]
+            res["tta_flip"] = tta_summary(results, _git_commit(), commands)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
     print(json.dumps({k: res.get(k) for k in ("ann_top1", "quantized_top1", "snn_top1", "qac_snn_top1", "qac_avg_T",
