@@ -57,7 +57,16 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=None, help="convert/eval on the first N test images (default 10,000)")
     ap.add_argument("--op-batches", type=int, default=2, help="multispike eval: count operations on N batches")
     ap.add_argument("--prefix", default="", help="command prefix, e.g. 'nice -n 10'")
+    ap.add_argument("--config", nargs="+", default=[], metavar="FLAVOUR=YAML",
+                    help="train a flavour from another recipe, e.g. qcfs=configs/speedrun/airbench94w_qcfs4_cifar10.yaml")
     args = ap.parse_args()
+    configs = dict(CONFIGS)
+    for item in args.config:
+        flavour, _, path = item.partition("=")
+        if flavour not in CONFIGS or not (REPO / path).is_file():
+            ap.error(f"--config {item!r}: expected FLAVOUR=PATH with FLAVOUR in {', '.join(CONFIGS)} and an existing "
+                     f"file (relative to {REPO})")
+        configs[flavour] = path
     out = Path(args.out)
     ms = f"{sys.executable} -m multispike.cli.main"
     pre = (args.prefix + " ") if args.prefix else ""
@@ -72,17 +81,17 @@ def main() -> int:
         train_extra += f" --eval-subset {args.limit}"
         data_extra += f" --limit {args.limit}"
     plan: dict[str, list[tuple[str, str]]] = {
-        "qcfs": [("train", f"train --config {CONFIGS['qcfs']} --out {out}/qcfs --overwrite --no-progress{train_extra}"),
+        "qcfs": [("train", f"train --config {configs['qcfs']} --out {out}/qcfs --overwrite --no-progress{train_extra}"),
                  ("convert", f"convert --checkpoint {out}/qcfs --to lmht --levels 2 --timesteps 2 --hybrid-bias-scale L "
                              f"--no-sanity --overwrite --out {out}/lmht_L2T2{data_extra}"),
                  ("eval", f"eval --checkpoint {out}/lmht_L2T2 --op-batches {args.op_batches} --no-plots --no-progress "
                           f"--out {out}/lmht_L2T2_eval{data_extra}")],
-        "qac": [("train", f"train --config {CONFIGS['qac']} --out {out}/qac --overwrite --no-progress{train_extra}"),
+        "qac": [("train", f"train --config {configs['qac']} --out {out}/qac --overwrite --no-progress{train_extra}"),
                 ("convert", f"convert --checkpoint {out}/qac --to mixed --align aver+aver --overwrite "
                             f"--out {out}/qac_mixed{data_extra}"),
                 ("eval", f"eval --checkpoint {out}/qac_mixed --op-batches {args.op_batches} --no-plots --no-progress "
                          f"--out {out}/qac_mixed_eval{data_extra}")],
-        "ann": [("train", f"train --config {CONFIGS['ann']} --out {out}/ann --overwrite --no-progress{train_extra}"),
+        "ann": [("train", f"train --config {configs['ann']} --out {out}/ann --overwrite --no-progress{train_extra}"),
                 ("eval", f"eval --checkpoint {out}/ann --op-batches 1 --no-plots --no-progress "
                          f"--out {out}/ann_eval{data_extra}")],
     }
@@ -107,7 +116,7 @@ def main() -> int:
                 print(f"step {fl}/{step} failed with exit code {rc}", file=sys.stderr)
                 return rc
     res: dict = {"commit": commit, "cpu": _cpu(), "torch_threads_per_run": 2, "commands": commands,
-                 "step_seconds": timings, "load_average": loads, "flavours": flavours, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                 "configs": {fl: configs[fl] for fl in flavours}, "step_seconds": timings, "load_average": loads, "flavours": flavours, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
     def load(p: Path) -> dict:
         return json.loads(p.read_text())
@@ -153,7 +162,7 @@ def main() -> int:
     res["total_wall_seconds"] = round(time.perf_counter() - t_all, 1)
     shortened = any(x is not None for x in (args.time_budget_s, args.epochs, args.subset, args.limit))
     res["complete"] = not shortened
-    res["scale"] = {"time_budget_s_per_network": args.time_budget_s or "config (1800)", "epochs": args.epochs or "config (16)",
+    res["scale"] = {"time_budget_s_per_network": args.time_budget_s or "config", "epochs": args.epochs or "config",
                     "train_images": args.subset or 50000, "test_images": args.limit or 10000,
                     "note": "shortened run of the recipe: NOT the full recipe's numbers" if shortened else "full recipe"}
     path = REPO / args.results
