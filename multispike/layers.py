@@ -107,7 +107,9 @@ class _InputPacker:
     def __call__(self, t: torch.Tensor):
         if t.device.type == "meta" or t.untyped_storage().data_ptr() != self.storage_ptr:
             return t  # not the container's input (weights, BN's input, ...): autograd's usual saving
-        key = (tuple(t.shape), t.stride(), t.storage_offset(), t.dtype)
+        # the version too: an in-place change between two saves must not hand the later save the stale copy
+        # (saved-tensor hooks bypass autograd's own version check)
+        key = (tuple(t.shape), t.stride(), t.storage_offset(), t.dtype, t._version)
         if key in self.cache:
             return self.cache[key]
         q = pack_exact_uint8(t)

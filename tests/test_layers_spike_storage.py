@@ -121,3 +121,26 @@ def test_no_grad_and_ann_probing_stop():
 def test_set_spike_storage_rejects_unknown_mode():
     with pytest.raises(ValueError, match="spike storage"):
         set_spike_storage(nn.Sequential(), "int4")
+
+
+def test_an_input_changed_in_place_between_two_saves_is_saved_twice():
+    """Saved-tensor hooks bypass autograd's version check, so the byte cache must tell the two saves apart:
+    each use gets the value it was computed with (the float path refuses this graph instead)."""
+
+    class SaveTwice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            a = x * self.w          # saves x (spike values 0/1)
+            x.mul_(3)               # in place: now 0/3
+            return a + x * self.w   # saves the changed x
+
+    x = torch.tensor([[1.0, 1.0, 1.0]]).repeat(2, 1).reshape(2, 1, 3)   # [T, B, 3]
+    x[0, 0, 2] = 1.0
+    box = SeqToANNContainer(SaveTwice())
+    box.spike_storage = "bytes"
+    box(x.clone()).sum().backward()
+    # d/dw of sum(x*w + 3x*w) over T = 2 rows of ones: 1*2 + 3*2 = 8 per weight
+    assert torch.equal(box[0].w.grad, torch.full((3,), 8.0))

@@ -72,8 +72,9 @@ def test_evaluate_sets_and_restores_model_timesteps():
 
 
 def test_empty_evaluation_set_is_an_error():
-    with pytest.raises(ValueError, match="evaluation set is empty"):
+    with pytest.raises(ValueError, match="evaluation set is empty") as err:
         evaluate(small_snn(), [], T_max=2)
+    assert err.value.params == ("max_batches",)      # names a parameter evaluate has
     with pytest.raises(ValueError, match="input_mode"):
         evaluate(small_snn(), static_data(), T_max=2, input_mode="sideways")
     with pytest.raises(ValueError, match="T_max"):

@@ -144,7 +144,7 @@ def test_inputs_the_kernels_do_not_take_run_the_pytorch_path(case, monkeypatch):
         z = z.double()
         th = th.double()
     elif case == "strided":
-        z = z.t()
+        z = z[:, ::2]          # every other column: not a dense block of memory
     else:
         th = torch.full((10,), 2.0)
     out = qcfs_mod.qcfs(z, th, 4)
@@ -157,3 +157,32 @@ def test_kernels_never_run_while_compiling(monkeypatch):
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert not qcfs_mod._fused_ok(torch.randn(4), torch.tensor(1.0))
     assert not qac_mod._fused_ok(torch.randn(4), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dense_permuted_layouts_take_the_kernel_with_the_same_results(dtype, monkeypatch):
+    """channels_last (what `channels_last: true` training feeds) and transposes are dense: the kernel walks memory
+    order, so values and gradients equal the contiguous input's exactly."""
+    calls = []
+    real = quant_cpp.qcfs_backward
+    monkeypatch.setattr(quant_cpp, "qcfs_backward", lambda *a: calls.append(1) or real(*a))
+    gen = torch.Generator().manual_seed(8)
+    x = (torch.randn(4, 8, 6, 5, generator=gen) * 3).to(dtype)
+    g = torch.randn(x.shape, generator=gen).to(dtype)
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        act = QCFS(levels=4, threshold=2.7)
+        xi = x.clone(memory_format=layout).requires_grad_(True)
+        assert quant_cpp.quantizer_kernels_available(xi)
+        y = act(xi)
+        y.backward(g)   # a contiguous upstream gradient for a channels_last output: re-laid out, not misread
+        results.append((y.detach().contiguous(), xi.grad.contiguous(), act.threshold.grad.clone()))
+    assert len(calls) == 2
+    (y0, gx0, gt0), (y1, gx1, gt1) = results
+    assert torch.equal(y0, y1) and torch.equal(gx0, gx1)
+    torch.testing.assert_close(gt0, gt1, rtol=1e-6, atol=1e-4)   # block sums in another element order
+    xt = x.reshape(8, 120).t()
+    assert quant_cpp.quantizer_kernels_available(xt)
+    assert torch.equal(quant_cpp.qcfs_forward(xt, 2.7, 4, 0.5), quant_cpp.qcfs_forward(xt.contiguous(), 2.7, 4, 0.5))
+    assert not quant_cpp.quantizer_kernels_available(x[:, :, ::2])
+    assert not quant_cpp.quantizer_kernels_available(torch.randn(3, 1).expand(3, 4))

@@ -43,7 +43,9 @@ EXIT_BAD_INPUT, EXIT_FAILURE = 2, 1
 
 
 #: Library parameters whose name differs from the ``dest`` of the flag that sets them (first match wins).
-PARAM_DESTS: dict[str, tuple[str, ...]] = {"data_opts": ("data_opt", "dataset_kwargs")}
+PARAM_DESTS: dict[str, tuple[str, ...]] = {"data_opts": ("data_opt", "dataset_kwargs"),
+                                            # commands cap the evaluated data by samples, not batches
+                                            "max_batches": ("limit",)}
 
 
 def _flag_for(flags: dict[str, str], param: str) -> str | None:

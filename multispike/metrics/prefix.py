@@ -120,7 +120,8 @@ def prefix_accuracy(model: nn.Module, data: Iterable, *, max_batches: int | None
         reset_net(model)
         model.train(was_training)
     if n == 0 or correct is None:
-        raise ParameterError("prefix_accuracy: the data yielded no batch (check the split and {limit})", "limit")
+        raise ParameterError("prefix_accuracy: the data yielded no batch (check the data, its split and "
+                             "{max_batches})", "max_batches")
     per_t = (correct / n).tolist()
     return {"acc": per_t[-1], "acc_per_t": per_t, "correct_per_t": correct, "samples": n, "loss": loss_sum / n,
             "time_s": round(time.perf_counter() - t0, 3)}

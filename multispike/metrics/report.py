@@ -279,7 +279,7 @@ def evaluate(model: nn.Module, data: Iterable, T_max: int | None = None, *, inpu
         model.train(was_training)
     if total == 0:
         raise ParameterError("evaluate: the evaluation set is empty (no batch was produced); check the dataset "
-                             "path, the split and {max_samples}/{limit}", "max_samples", "limit")
+                             "path, the split and {max_batches}", "max_batches")
     elapsed = time.perf_counter() - t0
     T_out = len(correct)
     if per_step_ok:

@@ -47,13 +47,16 @@ def exact_fp32(device: torch.device | str) -> Iterator[None]:
     if torch.device(device).type != "cuda":
         yield
         return
-    old = get_tf32()
+    try:   # the two flags separately: PyTorch's defaults differ (matmul off, cuDNN on)
+        old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    except Exception:  # noqa: BLE001 - a torch without the legacy flags
+        old = None
     set_tf32(False)
     try:
         yield
     finally:
         if old is not None:
-            set_tf32(old)
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def synchronize(device: torch.device | str) -> None:
