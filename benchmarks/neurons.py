@@ -23,12 +23,8 @@ to JSON.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,46 +34,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-
-def _versions() -> dict:
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("spikingjelly", "snntorch", "numpy"):
-        try:
-            mod = __import__(name)
-            out[name] = getattr(mod, "__version__", "installed (no __version__)")
-        except Exception:
-            out[name] = None
-    try:
-        from importlib.metadata import version
-        out["spikingjelly"] = version("spikingjelly") if out["spikingjelly"] else None
-    except Exception:
-        pass
-    return out
-
-
-def _hardware() -> dict:
-    info = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-        with open("/proc/meminfo") as fh:
-            info["mem_total_kB"] = int(fh.readline().split()[1])
-    except OSError:
-        pass
-    return info
+from benchmarks.bench_common import commit, floor_tasks, hardware, stats, timed_rounds, versions  # noqa: E402
 
 
 def _commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "multispike/kernels", "benchmarks/neurons.py"],
-                               cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except OSError:
-        return "unknown"
+    return commit("multispike/kernels", "benchmarks/neurons.py", "benchmarks/bench_common.py")
 
 
 def _contenders(T: int, include_peers: bool) -> dict:
@@ -132,11 +93,6 @@ def _contenders(T: int, include_peers: bool) -> dict:
     return c
 
 
-def _stats(times: list[float]) -> dict:
-    ms = [t * 1e3 for t in times]
-    return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms), "reps": len(ms)}
-
-
 def bench_shape(shape, reps: int, warmup: int, include_peers: bool, slow_every: int, rounds: int = 3) -> dict:
     T = shape[0]
     n = 1
@@ -145,7 +101,6 @@ def bench_shape(shape, reps: int, warmup: int, include_peers: bool, slow_every: 
     torch.manual_seed(0)
     x = torch.randn(shape) * 0.8 + 0.3
     dy = torch.randn(shape)
-    dst, dx = torch.empty_like(x), torch.empty_like(x)
     contenders = _contenders(T, include_peers)
     skipped = {k[len("_skipped_"):]: v[0] for k, v in contenders.items() if k.startswith("_skipped_")}
     contenders = {k: v for k, v in contenders.items() if not k.startswith("_skipped_")}
@@ -162,30 +117,18 @@ def bench_shape(shape, reps: int, warmup: int, include_peers: bool, slow_every: 
             fn(xg).backward(dy)
         return run
 
-    tasks = {"floor_fwd": lambda: dst.copy_(x), "floor_fwd_bwd": lambda: (dst.copy_(x), torch.add(x, dy, out=dx))}
+    tasks = floor_tasks(x, dy)
     for name, (_, fn) in contenders.items():
         tasks[f"{name}_fwd"] = fwd(fn)
         tasks[f"{name}_fwd_bwd"] = fwd_bwd(fn)
     slow = {k for k in tasks if "reference" in k or "snntorch" in k or "spikingjelly" in k}
-    times: dict[str, list[float]] = {k: [] for k in tasks}
-    # Rounds of blocks: each contender runs its repetitions back to back after a warm-up (its steady state, as in a
-    # training loop: allocator caches and buffer pools warm), and the rounds cycle through all contenders so that
-    # slow drifts of the background load are spread over everyone.
     rounds = max(1, min(rounds, reps))
-    for r in range(rounds):
-        for k, f in tasks.items():
-            n_k = max(1, (reps if k not in slow else max(1, reps // slow_every)) // rounds)
-            for _ in range(warmup):
-                f()
-            for _ in range(n_k):
-                t0 = time.perf_counter()
-                f()
-                times[k].append(time.perf_counter() - t0)
-            gc.collect()
+    times = timed_rounds(tasks, lambda k: max(1, (reps if k not in slow else max(1, reps // slow_every)) // rounds),
+                         warmup, rounds)
     res = {"shape": list(shape), "elements_per_step": n // T, "element_steps": n, "skipped": skipped,
            "loadavg_after": list(os.getloadavg())}
     for k, ts in times.items():
-        res[k] = _stats(ts)
+        res[k] = stats(ts)
     ff, ffb = res["floor_fwd"]["median_ms"], res["floor_fwd_bwd"]["median_ms"]
     res["floor_fwd"]["GBps"] = 8 * n / ff / 1e6
     res["floor_fwd_bwd"]["GBps"] = 20 * n / ffb / 1e6
@@ -256,8 +199,8 @@ def main() -> int:
     from multispike.kernels._build import load_library
     load_library()
     result = {"benchmark": "neurons_cpu", "command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "hardware": _hardware(),
-              "versions": _versions(), "kernel_build": build_info(), "loadavg_before": list(os.getloadavg()),
+              "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "hardware": hardware(),
+              "versions": versions(), "kernel_build": build_info(), "loadavg_before": list(os.getloadavg()),
               "settings": {"reps": args.reps, "warmup": args.warmup, "slow_every": args.slow_every,
                            "rounds": args.rounds, "dtype": "float32", "threads": torch.get_num_threads()},
               "results": []}

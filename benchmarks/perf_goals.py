@@ -43,9 +43,7 @@ import functools
 import gc
 import json
 import os
-import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -55,6 +53,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+
+from benchmarks.bench_common import (commit, floor_tasks, hardware, loadavg, stats,  # noqa: E402
+                                     timed_rounds, versions)
 
 #: goal name -> (comparison, bound, description); "<=" means the measured value must not exceed the bound.
 GOALS = {
@@ -71,51 +72,8 @@ NEURONS = ("if", "lif", "mht", "lmht", "mlif")
 
 
 # ------------------------------------------------------------------------------------------------ provenance
-def _versions() -> dict:
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    from importlib.metadata import PackageNotFoundError, version
-    for name in ("spikingjelly", "snntorch", "numpy"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def _hardware() -> dict:
-    info = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch_interop_threads": torch.get_num_interop_threads()}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-        with open("/proc/meminfo") as fh:
-            info["mem_total_kB"] = int(fh.readline().split()[1])
-    except OSError:
-        pass
-    info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return info
-
-
 def _commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "multispike", "benchmarks/perf_goals.py"],
-                               cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        return (rev or "unknown") + ("+dirty" if dirty else "")
-    except OSError:
-        return "unknown"
-
-
-def _load() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
-
-
-def _stats(times: list[float]) -> dict:
-    ms = [t * 1e3 for t in times]
-    return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms), "reps": len(ms)}
+    return commit("multispike", "benchmarks/perf_goals.py", "benchmarks/bench_common.py")
 
 
 # ------------------------------------------------------------------------------------------------ neurons
@@ -148,7 +106,6 @@ def bench_neurons(T: int, rest: tuple[int, ...], reps: int, warmup: int, rounds:
     torch.manual_seed(0)
     x = torch.randn(shape) * 0.8 + 0.3
     dy = torch.randn(shape)
-    dst, dx = torch.empty_like(x), torch.empty_like(x)
     mods = {k: (m, m.reset) for k, m in _neuron_modules(T).items()}
     skipped = {}
     if peers:
@@ -175,27 +132,17 @@ def bench_neurons(T: int, rest: tuple[int, ...], reps: int, warmup: int, rounds:
             m(xg).backward(dy)
         return run
 
-    tasks = {"floor_fwd": lambda: dst.copy_(x),
-             "floor_fwd_bwd": lambda: (dst.copy_(x), torch.add(x, dy, out=dx))}
+    tasks = floor_tasks(x, dy)
     for name, (m, reset) in mods.items():
         tasks[f"{name}_fwd"] = fwd(m, reset)
         tasks[f"{name}_fwd_bwd"] = fwd_bwd(m, reset)
-    times: dict[str, list[float]] = {k: [] for k in tasks}
     rounds = max(1, min(rounds, reps))
     per_round = max(1, reps // rounds)
-    for _ in range(rounds):
-        for k, f in tasks.items():
-            # the peer is slow: fewer repetitions, same rounds (its median still spans the whole run)
-            n_k = max(1, per_round // 3) if "spikingjelly" in k else per_round
-            for _ in range(warmup):
-                f()
-            for _ in range(n_k):
-                t0 = time.perf_counter()
-                f()
-                times[k].append(time.perf_counter() - t0)
-            gc.collect()
-    res = {"shape": list(shape), "dtype": "float32", "skipped": skipped, "loadavg_after": _load(),
-           "times": {k: _stats(v) for k, v in times.items()}}
+    # the peer is slow: fewer repetitions, same rounds (its median still spans the whole run)
+    times = timed_rounds(tasks, lambda k: max(1, per_round // 3) if "spikingjelly" in k else per_round, warmup,
+                         rounds)
+    res = {"shape": list(shape), "dtype": "float32", "skipped": skipped, "loadavg_after": loadavg(),
+           "times": {k: stats(v) for k, v in times.items()}}
     t = res["times"]
     n = x.numel()
     res["floor_GBps"] = {"fwd": 8 * n / t["floor_fwd"]["median_ms"] / 1e6,
@@ -294,18 +241,9 @@ def net_worker(cfg: dict) -> dict:
             out["skipped"][v] = f"{type(exc).__name__}: {exc}"
             continue
         runs[v] = _steps(m, reset, batch)
-    times = {f"{v}_{ph}": [] for v in runs for ph in ("train", "infer")}
-    for _ in range(cfg["rounds"]):
-        for v, (train, infer) in runs.items():
-            for ph, f in (("train", train), ("infer", infer)):
-                for _ in range(cfg["warmup"]):
-                    f()
-                for _ in range(cfg["iters"]):
-                    t0 = time.perf_counter()
-                    f()
-                    times[f"{v}_{ph}"].append(time.perf_counter() - t0)
-        gc.collect()
-    out["times"] = {k: _stats(v) for k, v in times.items()}
+    tasks = {f"{v}_{ph}": f for v, steps in runs.items() for ph, f in zip(("train", "infer"), steps)}
+    times = timed_rounds(tasks, lambda k: cfg["iters"], cfg["warmup"], cfg["rounds"])
+    out["times"] = {k: stats(v) for k, v in times.items()}
     ratios = {}
     for v in runs:
         if v == "ann" or "ann" not in runs:
@@ -486,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         have_sj = False
     if not have_sj:
         variants = [v for v in variants if "spikingjelly" not in v]
-    load0 = _load()
+    load0 = loadavg()
     ncpu = os.cpu_count() or 1
     shared = bool(args.shared or load0[0] > 0.5 * ncpu)
     from multispike.kernels import build_info
@@ -495,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "perf_goals", "issue": 19, "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "commit": _commit(), "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "quick": args.quick,
-        "hardware": _hardware(), "versions": _versions(), "kernel_build": build_info(),
+        "hardware": hardware(), "versions": versions(), "kernel_build": build_info(),
         "settings": {"threads": torch.get_num_threads(), "reps": args.reps, "rounds": args.rounds,
                      "warmup": args.warmup, "neuron_shape_BCHW": args.neuron_shape, "Ts": args.Ts,
                      "models": args.models, "net_T": args.net_T, "batch": args.batch, "iters": args.iters,
@@ -523,9 +461,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg = {"model": model, "T": args.net_T, "batch": args.batch, "variants": variants,
                    "rounds": args.rounds, "warmup": max(1, args.warmup // 2), "iters": args.iters,
                    "threads": args.threads, "profile": not args.no_profile}
-            lb = _load()
+            lb = loadavg()
             res = _subprocess("--net-worker", cfg, in_process=args.quick)
-            res["loadavg_before"], res["loadavg_after"] = lb, _load()
+            res["loadavg_before"], res["loadavg_after"] = lb, loadavg()
             result["network"].append(res)
             if "error" in res:
                 print(f"network {model}: ERROR {res['error'][-500:]}", flush=True)
@@ -547,17 +485,17 @@ def main(argv: list[str] | None = None) -> int:
             for v in mem_variants:
                 cfg = {"model": model, "variant": v, "T": args.net_T, "batch": args.batch, "steps": 3,
                        "threads": args.threads}
-                lb = _load()
+                lb = loadavg()
                 venv = dict(env, MULTISPIKE_KERNEL_POOL_MB="0") if v.endswith("_pool_off") else env
                 res = _subprocess("--mem-worker", cfg, env=venv, in_process=args.quick)
-                res["loadavg_before"], res["loadavg_after"] = lb, _load()
+                res["loadavg_before"], res["loadavg_after"] = lb, loadavg()
                 result["memory"].append(res)
                 if "error" in res:
                     print(f"memory {model} {v}: ERROR {res['error'][-500:]}", flush=True)
                 else:
                     print(f"memory {model} {v}: peak training memory {res['peak_training_memory_MiB']:.1f} MiB",
                           flush=True)
-    result["loadavg_after"] = _load()
+    result["loadavg_after"] = loadavg()
     if args.update:
         # replace only the sections run now; the rest of the file (and its provenance) stays, and the rerun is
         # recorded with its own commit, date, load averages and reason

@@ -6,10 +6,11 @@ package only to check an integer. They stay re-exported there under their old na
 from __future__ import annotations
 
 import math
+from typing import Sequence, TypeVar
 
 from ._errors import ParameterError
 
-__all__ = ["check_positive_int", "finite_number"]
+__all__ = ["check_positive_int", "finite_number", "check_choice"]
 
 
 def check_positive_int(value, name: str, minimum: int = 1, fix: str = "") -> int:
@@ -40,3 +41,13 @@ def finite_number(value, name: str, owner: str, positive: bool = False) -> float
         rng = "a finite number > 0" if positive else "a finite number"
         raise ValueError(f"{owner}: {name} must be {rng}, got {value!r}")
     return v
+
+
+_T = TypeVar("_T")
+
+
+def check_choice(value: _T, name: str, allowed: Sequence, owner: str) -> _T:
+    """Return ``value`` or raise ``ValueError`` (prefixed with ``owner``) naming the allowed choices."""
+    if value not in allowed:
+        raise ValueError(f"{owner}: {name} must be one of {tuple(allowed)}, got {value!r}")
+    return value

@@ -40,7 +40,7 @@ from benchmarks.evidence.shared_anns import (MODEL_FACTORIES, count_operations, 
 from benchmarks.evidence.table_run import (Planner, TableRun, add_common_args, make_context, run_table,  # noqa: F401
                                            table_main)
 from benchmarks.evidence.verdicts import (equal_epochs_check, judge_close, judge_greater, noise_margin,  # noqa: F401
-                                          stderr_pp)
+                                          noise_note, stderr_pp, subset_note)
 from multispike.neurons.base import reset_net  # noqa: F401
 from multispike.train.budget import phase_seed  # noqa: F401
 from multispike.train.precision import exact_fp32, synchronize  # noqa: F401

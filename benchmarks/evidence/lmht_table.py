@@ -82,12 +82,11 @@ def run(table: C.TableRun) -> None:
     n = len(data.test_y)
     Tq = p.qcfs_levels
     table.scale = {
-        "Scale": f"{p.backbone} on a stratified CIFAR-10 subset of {len(data.train_y)} train / {n} test images "
-                 f"(seed {p.subset_seed}); JPEG-decoded CIFAR-10 pixels; at most {p.epochs['ann']:g} ANN epochs, "
+        "Scale": f"{p.backbone} on {C.subset_note(data, p.subset_seed)}; JPEG-decoded CIFAR-10 pixels; at most "
+                 f"{p.epochs['ann']:g} ANN epochs, "
                  f"{p.epochs['hybrid_ft']:g} hybrid fine-tuning epochs, {p.epochs['direct']:g} direct-training "
                  f"epochs (the paper: 300 / 30 / 300 epochs on the full data)",
-        "Noise": f"one test image = {100 / n:.3f} pp; binomial standard error at 80% = "
-                 f"{C.stderr_pp(80.0, n):.2f} pp",
+        "Noise": C.noise_note(n),
     }
     table.extra["data"] = data.provenance
     table.notes.append("The paper's hybrid numbers are CIFAR-100 with its own ANN; ours are CIFAR-10 with a short "

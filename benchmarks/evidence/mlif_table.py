@@ -223,12 +223,11 @@ def run(table: C.TableRun) -> None:
     data = ctx.cifar
     n = len(data.test_y)
     table.scale = {
-        "Scale": f"{p.backbone} (not the paper's ResNet20-DIET) on a stratified CIFAR-10 subset of "
-                 f"{len(data.train_y)} train / {n} test images (seed {p.subset_seed}); JPEG-decoded pixels; at most "
+        "Scale": f"{p.backbone} (not the paper's ResNet20-DIET) on {C.subset_note(data, p.subset_seed)}; "
+                 f"JPEG-decoded pixels; at most "
                  f"{p.epochs['mlif_ft']:g} M-LIF and {p.epochs['lq_ft']:g} LQ-ANN fine-tuning epochs (paper: 150 "
                  f"and 50)",
-        "Noise": f"one CIFAR test image = {100 / n:.3f} pp; binomial standard error at 80% = "
-                 f"{C.stderr_pp(80.0, n):.2f} pp",
+        "Noise": C.noise_note(n, "CIFAR test image"),
         "Energy": "DIET/M-LIF eq. (11), 45 nm: E_MAC 4.6 pJ, E_AC 0.9 pJ, per image (µJ); δ = E_ANN / E_SNN",
     }
     table.extra["data"] = data.provenance

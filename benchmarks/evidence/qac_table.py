@@ -141,11 +141,11 @@ def run(table: C.TableRun) -> None:
     n = len(data.test_y)
     Tq = p.qcfs_levels
     table.scale = {
-        "Scale": f"{p.backbone} on a stratified CIFAR-10 subset of {len(data.train_y)} train / {n} test images "
-                 f"(seed {p.subset_seed}); JPEG-decoded CIFAR-10 pixels; QCFS ANN with Tq={Tq} for at most "
+        "Scale": f"{p.backbone} on {C.subset_note(data, p.subset_seed)}; JPEG-decoded CIFAR-10 pixels; QCFS ANN "
+                 f"with Tq={Tq} for at most "
                  f"{p.epochs['qcfs']:g} epochs, QAT fine-tuning at most {p.epochs['qat']:g} epochs, calibration at "
                  f"most {p.epochs['calib']:g} epochs on {p.calib_batches} batches",
-        "Noise": f"one test image = {100 / n:.3f} pp; binomial standard error at 80% = {C.stderr_pp(80.0, n):.2f} pp",
+        "Noise": C.noise_note(n),
     }
     table.extra["data"] = data.provenance
     table.notes.append("QAC's hyper-parameters (optimizer, lr, epochs, t/α initialisation) are not stated in the "

@@ -78,25 +78,29 @@ class Context:
         if not self.quiet:
             print(f"[{time.perf_counter() - self.t_start:7.1f}s] {msg}", flush=True)
 
+    def _loaded(self, attr: str, load, describe):
+        """The data set cached in ``attr``, loaded (and its size and load time logged) on first use."""
+        if getattr(self, attr) is None:
+            t = time.perf_counter()
+            data = load()
+            setattr(self, attr, data)
+            self.log(f"{describe(data)}: {len(data.train_y)} train / {len(data.test_y)} test "
+                     f"({time.perf_counter() - t:.1f} s)")
+        return getattr(self, attr)
+
     @property
     def cifar(self) -> CifarData:
-        if self._cifar is None:
-            p = self.profile
-            t = time.perf_counter()
-            self._cifar = load_cifar_subset(self.data_dir, p.cifar_train, p.cifar_test, p.subset_seed)
-            self.log(f"CIFAR-10 subset: {len(self._cifar.train_y)} train / {len(self._cifar.test_y)} test from "
-                     f"{self._cifar.provenance['source']['kind']} ({time.perf_counter() - t:.1f} s)")
-        return self._cifar
+        p = self.profile
+        return self._loaded("_cifar", lambda: load_cifar_subset(self.data_dir, p.cifar_train, p.cifar_test,
+                                                                p.subset_seed),
+                            lambda d: f"CIFAR-10 subset from {d.provenance['source']['kind']}")
 
     @property
     def nmnist(self) -> NMNISTData:
-        if self._nmnist is None:
-            p = self.profile
-            t = time.perf_counter()
-            self._nmnist = load_nmnist(self.data_dir, p.nmnist_train, p.nmnist_test, p.subset_seed)
-            self.log(f"N-MNIST-small: {len(self._nmnist.train_y)} train / {len(self._nmnist.test_y)} test "
-                     f"({time.perf_counter() - t:.1f} s)")
-        return self._nmnist
+        p = self.profile
+        return self._loaded("_nmnist", lambda: load_nmnist(self.data_dir, p.nmnist_train, p.nmnist_test,
+                                                           p.subset_seed),
+                            lambda d: "N-MNIST-small")
 
     def seed(self, name: str) -> int:
         s = phase_seed(self.profile.seed, name)   # multispike.train.budget.phase_seed

@@ -197,17 +197,12 @@ def run_table(ctx: Context, module: Any, seconds: float) -> dict:
     name = module.NAME
     ctx.log(f"== table {name}: budget {seconds:.0f} s, device {ctx.device}, profile {ctx.profile.name}")
     table = TableRun(name, module.TITLE, ctx, seconds, module.weights(ctx.profile))
-    try:
-        with table.guard(f"table {name}"):
-            module.run(table)
-    except Interrupted as exc:
-        table.interrupted = True
-        table.errors.append({"part": f"table {name}", "error": f"interrupted: {exc}", "traceback": ""})
-        ctx.log(f"  INTERRUPTED in table {name}: {exc}")
-    try:
-        with table.guard(f"verdicts of table {name}"):
-            module.judge(table)
-    except Interrupted as exc:
-        table.interrupted = True
-        table.errors.append({"part": f"verdicts of table {name}", "error": f"interrupted: {exc}", "traceback": ""})
+    for part, step in ((f"table {name}", module.run), (f"verdicts of table {name}", module.judge)):
+        try:
+            with table.guard(part):
+                step(table)
+        except Interrupted as exc:
+            table.interrupted = True
+            table.errors.append({"part": part, "error": f"interrupted: {exc}", "traceback": ""})
+            ctx.log(f"  INTERRUPTED in {part}: {exc}")
     return table.write()

@@ -8,6 +8,17 @@ if TYPE_CHECKING:
     from benchmarks.evidence.table_run import TableRun
 
 
+def noise_note(n: int, what: str = "test image") -> str:
+    """The "Noise" line of a table's scale: what one test image is worth and the standard error at 80 %."""
+    return f"one {what} = {100 / n:.3f} pp; binomial standard error at 80% = {stderr_pp(80.0, n):.2f} pp"
+
+
+def subset_note(data, seed: int) -> str:
+    """How large the stratified CIFAR-10 subset ``data`` is (the "Scale" line's middle part)."""
+    return (f"a stratified CIFAR-10 subset of {len(data.train_y)} train / {len(data.test_y)} test images "
+            f"(seed {seed})")
+
+
 def stderr_pp(acc: float, n: int) -> float:
     """Binomial standard error of an accuracy (%), in percentage points."""
     p = min(max(acc / 100.0, 0.0), 1.0)

@@ -196,6 +196,15 @@ def _execution_order(net: nn.Module, relus: dict[str, nn.Module], batch) -> list
     return order
 
 
+def _fallback_scale(current: torch.Tensor, symbol: str) -> tuple[float, str]:
+    """(scale, reason) when the percentile statistic is not a usable scale ``symbol`` (θ or α): the largest input
+    current, or 1 when the layer's input is never positive."""
+    peak = float(current.max())
+    if peak > 0:
+        return peak, f"percentile <= 0: {symbol} = max input"
+    return 1.0, f"layer input never positive: {symbol} = 1"
+
+
 @torch.no_grad()
 def _capture_input(net: nn.Module, neuron: nn.Module, batches: list) -> torch.Tensor:
     captured: list[torch.Tensor] = []
@@ -441,9 +450,7 @@ def mlif_hybrid_init(
                 p = kth_percentile(current.clamp(min=0), q)     # LQ calibration statistic (post-ReLU)
                 entry["percentile"] = p
                 if not (math.isfinite(p) and p > 0):
-                    peak = float(current.max())
-                    p, entry["fallback"] = ((peak, "percentile <= 0: α = max input") if peak > 0 else
-                                            (1.0, "layer input never positive: α = 1"))
+                    p, entry["fallback"] = _fallback_scale(current, "α")
                     warnings.warn(f"mlif_hybrid_init: {name}: P{q:g} of the rectified input current is "
                                   f"{entry['percentile']:.4g}; {entry['fallback']}", stacklevel=2)
                 alpha = torch.tensor(p * scale, dtype=neuron.v_threshold.dtype, device=neuron.v_threshold.device)
@@ -454,9 +461,7 @@ def mlif_hybrid_init(
                 entry["percentile"] = p
                 theta = threshold_from_percentile(p, threshold_init, neuron.lanes, scale, neuron.scaled)
                 if not (math.isfinite(theta) and theta > 0):
-                    peak = float(current.max())
-                    theta, entry["fallback"] = ((peak, "percentile <= 0: θ = max input") if peak > 0 else
-                                                (1.0, "layer input never positive: θ = 1"))
+                    theta, entry["fallback"] = _fallback_scale(current, "θ")
                     warnings.warn(f"mlif_hybrid_init: {name}: P{q:g} of the input current is {p:.4g}; "
                                   f"{entry['fallback']}", stacklevel=2)
                 theta_t = torch.tensor(theta, dtype=neuron.v_threshold.dtype)

@@ -125,91 +125,87 @@ def _fused_verdict(spec: NeuronSpec, mode: str) -> tuple[str, bool, str]:
                                                    if spec.fire_ge else ""))
 
 
+class _Block:
+    """Nodes, roles and edges of one multi-node neuron (ladder or lanes), built around its I/LI membrane.
+
+    Insertion order of ``nodes`` is emission order; every node is named ``{base}_{suffix}``.
+    """
+
+    def __init__(self, nir, spec: NeuronSpec, shape, dt: float, base: str) -> None:
+        self.nir, self.spec, self.shape, self.base = nir, spec, shape, base
+        mem_node, self.conv = _membrane(nir, spec, shape, dt, False)
+        self.nodes: dict[str, object] = {}
+        self.roles: dict[str, str] = {}
+        self.edges: list[tuple[str, str]] = []
+        self.mem = self.add("mem", mem_node, "membrane")
+
+    def add(self, suffix: str, node, role: str | None = None) -> str:
+        name = f"{self.base}_{suffix}"
+        self.nodes[name] = node
+        self.roles[name] = suffix if role is None else role
+        return name
+
+    def threshold(self, suffix: str, c: torch.Tensor) -> str:
+        """A Threshold node at ``c`` that reads the membrane."""
+        name = self.add(suffix, self.nir.Threshold(threshold=_np(c)))
+        self.edges.append((self.mem, name))
+        return name
+
+    def reset_from(self, sources: list[str]) -> None:
+        """The Scale(−ρ/g) feedback from ``sources`` into the membrane: the subtractive reset."""
+        gain = _full(self.spec.gain, self.shape)
+        rho = _full(self.spec.rho, self.shape)
+        reset = self.add("reset", self.nir.Scale(scale=_np(-(rho.double() / gain.double()).float())))
+        self.edges.extend((s, reset) for s in sources)
+        self.edges.append((reset, self.mem))
+
+    def emission(self, outputs: list[str], payload, reason: str) -> NeuronEmission:
+        return NeuronEmission(self.nodes, self.edges, self.mem, outputs, payload, self.roles, "exact", True, reason,
+                              self.conv)
+
+
 def _emit_ladder(nir, spec, shape, dt, base, theta, u0) -> NeuronEmission:
     L = spec.levels
-    mem_node, conv = _membrane(nir, spec, shape, dt, False)
-    gain = _full(spec.gain, shape)
-    rho = _full(spec.rho, shape)
+    block = _Block(nir, spec, shape, dt, base)
     fold_u0 = not spec.leaky
-    nodes: dict[str, object] = {}
-    roles: dict[str, str] = {}
-    edges: list[tuple[str, str]] = []
-    mem = f"{base}_mem"
-    nodes[mem] = mem_node
-    roles[mem] = "membrane"
     levels = []
     for k in range(1, L + 1):
         c = k * theta - u0 if fold_u0 else k * theta
-        c = _ge(c) if spec.fire_ge else c
-        name = f"{base}_level{k}"
-        nodes[name] = nir.Threshold(threshold=_np(c))
-        roles[name] = f"level{k}"
-        edges.append((mem, name))
-        levels.append(name)
-    reset = f"{base}_reset"
-    nodes[reset] = nir.Scale(scale=_np(-(rho.double() / gain.double()).float()))
-    roles[reset] = "reset"
-    for name in levels:
-        edges.append((name, reset))
-    edges.append((reset, mem))
+        levels.append(block.threshold(f"level{k}", _ge(c) if spec.fire_ge else c))
+    block.reset_from(levels)
     reason = (f"threshold ladder (§3.3(A)): {L} Threshold node(s) at k·θ" + (" − u0" if fold_u0 and spec.has_u0 else "")
               + ", Scale(−ρ) feedback as the subtractive reset" + (", u0 folded into the thresholds" if
                                                                   fold_u0 and spec.has_u0 else "")
               + ("; thresholds lowered by one float32 ulp so NIR's '>' equals '≥'" if spec.fire_ge else "")
               + ("; θ folded into the next layer's weights" if spec.payload is not None else ""))
-    return NeuronEmission(nodes, edges, mem, levels, spec.payload, roles, "exact", True, reason, conv)
+    return block.emission(levels, spec.payload, reason)
 
 
 def _emit_lanes(nir, spec, shape, dt, base, theta, u0) -> NeuronEmission:
     S = spec.lanes
-    mem_node, conv = _membrane(nir, spec, shape, dt, False)
-    gain = _full(spec.gain, shape)
-    rho = _full(spec.rho, shape)
+    block = _Block(nir, spec, shape, dt, base)
     fold_u0 = not spec.leaky
-    nodes: dict[str, object] = {}
-    roles: dict[str, str] = {}
-    edges: list[tuple[str, str]] = []
-    mem = f"{base}_mem"
-    nodes[mem] = mem_node
-    roles[mem] = "membrane"
     edges_names = []
     for s in range(S):
         c = (2.0 ** s) * theta - u0 if fold_u0 else (2.0 ** s) * theta
         ge = spec.fire_ge if s == 0 else spec.upper_ge
-        c = _ge(c) if ge else c
-        name = f"{base}_edge{s}"
-        nodes[name] = nir.Threshold(threshold=_np(c))
-        roles[name] = f"edge{s}"
-        edges.append((mem, name))
-        edges_names.append(name)
+        edges_names.append(block.threshold(f"edge{s}", _ge(c) if ge else c))
     ones = torch.ones(shape)
     pays = []
     for s in range(S):
         if s + 1 < S:
-            neg = f"{base}_neg{s + 1}"
-            nodes[neg] = nir.Scale(scale=_np(-ones))
-            roles[neg] = f"neg{s + 1}"
-            edges.append((edges_names[s + 1], neg))
-        lane = f"{base}_lane{s}"
-        nodes[lane] = nir.Scale(scale=_np(ones))
-        roles[lane] = f"lane{s}"
-        edges.append((edges_names[s], lane))
+            neg = block.add(f"neg{s + 1}", nir.Scale(scale=_np(-ones)))
+            block.edges.append((edges_names[s + 1], neg))
+        lane = block.add(f"lane{s}", nir.Scale(scale=_np(ones)))
+        block.edges.append((edges_names[s], lane))
         if s + 1 < S:
-            edges.append((f"{base}_neg{s + 1}", lane))
-        pay = f"{base}_payload{s}"
-        nodes[pay] = nir.Scale(scale=_np(torch.full(shape, spec.lane_values[s])))
-        roles[pay] = f"payload{s}"
-        edges.append((lane, pay))
+            block.edges.append((f"{base}_neg{s + 1}", lane))
+        pay = block.add(f"payload{s}", nir.Scale(scale=_np(torch.full(shape, spec.lane_values[s]))))
+        block.edges.append((lane, pay))
         pays.append(pay)
-    reset = f"{base}_reset"
-    nodes[reset] = nir.Scale(scale=_np(-(rho.double() / gain.double()).float()))
-    roles[reset] = "reset"
-    for pay in pays:
-        edges.append((pay, reset))
-    edges.append((reset, mem))
-    # Reorder so the reset node follows the lanes in the dict (readability of the file only).
+    block.reset_from(pays)
     reason = (f"one-hot lanes (§3.3(B)): {S} Threshold node(s) at 2^s·θ" + (" − u0" if fold_u0 and spec.has_u0 else "")
               + ", one-hot lanes z_s = a_s − a_{s+1} via Scale(±1), Scale(2^s) payloads summed at the next layer, "
                 "Scale(−ρ) payload feedback as the soft reset"
               + ("; '≥' edges lowered by one float32 ulp" if (spec.fire_ge or spec.upper_ge) else ""))
-    return NeuronEmission(nodes, edges, mem, pays, None, roles, "exact", True, reason, conv)
+    return block.emission(pays, None, reason)

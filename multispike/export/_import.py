@@ -96,16 +96,9 @@ def _match_group(adj: _Adj, mem: str) -> dict | None:
             raise NIRImportError(f"Threshold {t!r} reads more than the membrane {mem!r}")
     if set(adj.preds[fb]) == set(ths):
         order = sorted(ths, key=lambda t: float(np.mean(adj.nodes[t].threshold)))
-        consumers = None
-        for t in order:
-            c = [s for s in adj.succs[t] if s != fb]
-            if consumers is None:
-                consumers = c
-            elif sorted(c) != sorted(consumers):
-                raise NIRImportError(f"the levels of the ladder at {mem!r} feed different nodes ({sorted(c)} vs "
-                                     f"{sorted(consumers)}); every level must reach the same consumers")
+        consumers = _common_consumers(adj, order, fb, f"the levels of the ladder at {mem!r}", "level")
         return {"type": "ladder", "membrane": mem, "feedback": fb, "levels": order, "outputs": order,
-                "members": {mem, fb, *order}, "consumers": consumers or []}
+                "members": {mem, fb, *order}, "consumers": consumers}
     # one-hot lanes: thresholds -> (neg) -> lane -> payload -> feedback
     pays = list(adj.preds[fb])
     order = sorted(ths, key=lambda t: float(np.mean(adj.nodes[t].threshold)))
@@ -142,16 +135,23 @@ def _match_group(adj: _Adj, mem: str) -> dict | None:
         lane_scales.append(adj.nodes[lane].scale)
         payloads.append(adj.nodes[pay_of[lane]].scale)
         outs.append(pay_of[lane])
+    consumers = _common_consumers(adj, outs, fb, f"the lanes of {mem!r}", "lane")
+    return {"type": "lanes", "membrane": mem, "feedback": fb, "levels": order, "outputs": outs, "negs": negs,
+            "lanes": lanes, "neg_scales": neg_scales, "lane_scales": lane_scales, "payload_scales": payloads,
+            "members": {mem, fb, *order, *negs, *lanes, *outs}, "consumers": consumers}
+
+
+def _common_consumers(adj: _Adj, outputs: list[str], fb: str, what: str, member: str) -> list[str]:
+    """The nodes (other than the feedback ``fb``) that every output of a group feeds; they must be the same."""
     consumers = None
-    for p in outs:
+    for p in outputs:
         c = [s for s in adj.succs[p] if s != fb]
         if consumers is None:
             consumers = c
         elif sorted(c) != sorted(consumers):
-            raise NIRImportError(f"the lanes of {mem!r} feed different nodes; every lane must reach the same consumers")
-    return {"type": "lanes", "membrane": mem, "feedback": fb, "levels": order, "outputs": outs, "negs": negs,
-            "lanes": lanes, "neg_scales": neg_scales, "lane_scales": lane_scales, "payload_scales": payloads,
-            "members": {mem, fb, *order, *negs, *lanes, *outs}, "consumers": consumers or []}
+            raise NIRImportError(f"{what} feed different nodes ({sorted(c)} vs {sorted(consumers)}); every {member} "
+                                 f"must reach the same consumers")
+    return consumers or []
 
 
 def _reaches(adj: _Adj, start: str, goal: str) -> bool:

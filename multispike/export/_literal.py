@@ -177,7 +177,28 @@ class SpikingBlock(_Membrane):
         return f"kind={self.kind}, semantics={self.semantics!r}"
 
 
-class LadderBlock(_Membrane):
+class _FeedbackBlock(_Membrane):
+    """A membrane fed back its own output: ``v ← integrate(v, x + f·o(t−1))``, ``o(t) = output(v)``; outputs o.
+
+    Subclasses define :meth:`_output` (what the Threshold nodes and Scale nodes after the membrane compute)."""
+
+    def _output(self, v: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        v = self._start(x_seq)
+        fb = torch.zeros_like(x_seq[0])
+        out = []
+        for t in range(x_seq.shape[0]):
+            v = self._integrate(v, x_seq[t] + fb)
+            o = self._output(v)
+            fb = self.feedback * o
+            out.append(o)
+        self.v = v
+        return torch.stack(out)
+
+
+class LadderBlock(_FeedbackBlock):
     """Threshold ladder (§3.3(A)): ``I``/``LI`` membrane, L ``Threshold`` nodes, ``Scale`` feedback.
 
     Per step: ``v ← integrate(v, x + f·C(t−1))``, ``C(t) = Σ_k [v > t_k]``; outputs the count C.
@@ -193,25 +214,17 @@ class LadderBlock(_Membrane):
     def spike_events(self, y: torch.Tensor) -> torch.Tensor:
         return y
 
-    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        v = self._start(x_seq)
-        fb = torch.zeros_like(x_seq[0])
-        out = []
-        for t in range(x_seq.shape[0]):
-            v = self._integrate(v, x_seq[t] + fb)
-            count = (v > self.thresholds[0]).to(v.dtype)
-            for k in range(1, self.levels):
-                count = count + (v > self.thresholds[k]).to(v.dtype)
-            fb = self.feedback * count
-            out.append(count)
-        self.v = v
-        return torch.stack(out)
+    def _output(self, v: torch.Tensor) -> torch.Tensor:
+        count = (v > self.thresholds[0]).to(v.dtype)
+        for k in range(1, self.levels):
+            count = count + (v > self.thresholds[k]).to(v.dtype)
+        return count
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, levels={self.levels}"
 
 
-class LaneBlock(_Membrane):
+class LaneBlock(_FeedbackBlock):
     """One-hot lanes (§3.3(B)): thermometer ``a_s = [v > t_s]``, lanes ``z_s = l_s·(a_s + n_{s+1}·a_{s+1})``,
     payload ``o = Σ_s c_s·z_s``, feedback ``f·o``; outputs o (the value the next layer consumes)."""
 
@@ -231,23 +244,15 @@ class LaneBlock(_Membrane):
     def spike_events(self, y: torch.Tensor) -> torch.Tensor:
         return y / self.unit if self.unit not in (0.0, 1.0) else y
 
-    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        v = self._start(x_seq)
-        fb = torch.zeros_like(x_seq[0])
-        out = []
+    def _output(self, v: torch.Tensor) -> torch.Tensor:
         S = self.lanes
-        for t in range(x_seq.shape[0]):
-            v = self._integrate(v, x_seq[t] + fb)
-            above = [(v > self.thresholds[s]).to(v.dtype) for s in range(S)]
-            o = None
-            for s in range(S):
-                lane_in = above[s] if s == S - 1 else above[s] + self.negs[s] * above[s + 1]
-                pay = self.payloads[s] * (self.lane_scales[s] * lane_in)
-                o = pay if o is None else o + pay
-            fb = self.feedback * o
-            out.append(o)
-        self.v = v
-        return torch.stack(out)
+        above = [(v > self.thresholds[s]).to(v.dtype) for s in range(S)]
+        o = None
+        for s in range(S):
+            lane_in = above[s] if s == S - 1 else above[s] + self.negs[s] * above[s + 1]
+            pay = self.payloads[s] * (self.lane_scales[s] * lane_in)
+            o = pay if o is None else o + pay
+        return o
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, lanes={self.lanes}"

@@ -279,7 +279,10 @@ class BaseNeuron(MemoryModule):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{type(self).__name__}: expected a torch.Tensor, got {type(x).__name__}")
         check_sequence(x.unsqueeze(0), type(self).__name__, min_rank=2)
-        y, self.state, _ = lif_multistep(x.unsqueeze(0), self.state, store_v_seq=False, **self.dynamics_kwargs())
+        # one step of the family's reference function (registered under backend "torch"), so a subclass with its
+        # own family (PLIF) needs no override
+        reference = get_kernel(self.family, "torch")
+        y, self.state, _ = reference(x.unsqueeze(0), self.state, store_v_seq=False, **self.dynamics_kwargs())
         return y[0]
 
     def extra_repr(self) -> str:

@@ -33,12 +33,13 @@ gradient by autograd through the normalisation (and through a non-detached soft 
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from .._dispatch import get_kernel, register_kernel, resolve_backend
+from .._validate import check_choice as _check_choice
 from .params import MLIFParameters
 from .base import MemoryModule, _finite_number, check_positive_int, check_sequence
 from .if_lif import LIFState
@@ -76,12 +77,6 @@ class _Window(NamedTuple):
 def _check_lanes(lanes, owner: str) -> int:
     return check_positive_int(lanes, f"{owner}: lanes (S)", minimum=1,
                               fix="An M-LIF neuron needs S >= 1 spike lanes; S = 1 is the plain LIF.")
-
-
-def _check_choice(value, name: str, allowed: Sequence[str], owner: str) -> str:
-    if value not in allowed:
-        raise ValueError(f"{owner}: {name} must be one of {tuple(allowed)}, got {value!r}")
-    return value
 
 
 def _make_shape(shape, gamma: float, alpha: float, owner: str) -> SurrogateFunction:

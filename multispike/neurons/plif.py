@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from .._dispatch import register_kernel
-from .base import check_sequence
 from .if_lif import BaseNeuron, LIFState, _float_tensor
 from .surrogate import Sigmoid, SurrogateFunction
 
@@ -131,13 +130,6 @@ class ParametricLIFNode(BaseNeuron):
         return dict(w=self.w, decay_input=self.decay_input, v_threshold=self.v_threshold, v_init=self.v_init,
                     v_reset=self.v_reset, fire_ge=self.fire_ge, surrogate=self.surrogate_function,
                     detach_reset=self.detach_reset, payload=self.payload)
-
-    def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{type(self).__name__}: expected a torch.Tensor, got {type(x).__name__}")
-        check_sequence(x.unsqueeze(0), type(self).__name__, min_rank=2)
-        y, self.state, _ = plif_multistep(x.unsqueeze(0), self.state, store_v_seq=False, **self.dynamics_kwargs())
-        return y[0]
 
     def extra_repr(self) -> str:
         return f"tau={float(self.tau):.4g}, decay_input={self.decay_input}, {super().extra_repr()}"

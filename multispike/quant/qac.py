@@ -5,8 +5,8 @@ The quantizer is QCFS with ϑ = α, Q = T and φ = ½ (round half up, §0)::
     Q(x) = (α/T) · clip(⌊x·T/α + ½⌋, 0, T)          # T+1 output values {0, d, 2d, …, α}, d = α/T
 
 Two of the three linked quantities (levels T = 2ⁿ or t, step d, clip α; ``α = d·T``) are learnable, the
-third is derived. Each parameterisation is its own ``torch.autograd.Function`` whose parameter gradients
-are exactly the straight-through results of the table in §4.1 (``r = Q(x) − x``)::
+third is derived. Each parameterisation is a gradient rule of one ``torch.autograd.Function`` whose parameter
+gradients are exactly the straight-through results of the table in §4.1 (``r = Q(x) − x``)::
 
     case  learnable  derived        0 ≤ x ≤ α               x > α
     n_d      (n, d)  α = d·T        (0, r/d)                (ln2·T·d, T)
@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Mapping, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -134,123 +134,71 @@ def _scalar_grad(ctx, index: int, value: float) -> torch.Tensor | None:
     return torch.tensor(value, dtype=dtype).reshape(shape)
 
 
-class _QuantizeTAlpha(torch.autograd.Function):
-    """Case 4, learnable (t, α): ∂Q/∂t = −r/T_l, ∂Q/∂α = r/α inside; (0, 1) above."""
+class _Case(NamedTuple):
+    """One parameterisation's gradient rule (a row of the §4.1 table) for the shared autograd function.
 
-    @staticmethod
-    def forward(ctx, x, t, alpha, T: int):
-        ctx.T = T
-        _save_meta(ctx, t, alpha)
-        if _fused_ok(x, alpha):
-            return _fused_forward(ctx, x, alpha.detach(), T)
-        ctx.fused = False
-        a = alpha.detach().to(x.dtype)
-        q = qac_quantize(x, a, T)
-        ctx.save_for_backward(x, q, a)
-        return q
-
-    @staticmethod
-    def backward(ctx, g):
-        if ctx.fused:
-            gx, s_r, s_above, a = _fused_sums(ctx, g, ctx.T)
-            return gx, _scalar_grad(ctx, 1, -s_r / ctx.T), _scalar_grad(ctx, 2, s_r / a + s_above), None
-        x, q, a = ctx.saved_tensors
-        inside, above = _regions(x, a)
-        r = q - x
-        return (g * inside, _param_grad(ctx, 1, g * inside * (-r / ctx.T)),
-                _param_grad(ctx, 2, g * (inside * r / a + above)), None)
+    ``scale``: which parameter (1 or 2) sets the quantizer's scale ``p``; ``learns_step``: ``p`` is the step d
+    (clip ``α = d·T_l``) rather than the clip α itself. ``fused(T, s_r, s_above, p)`` gives the two parameter
+    gradients from the fused kernel's sums (``Σ_inside g·r``, ``Σ_above g``; ``p`` as a float);
+    ``reference(T, g, inside, above, r, p)`` the two per-element gradients of the Python path (``p`` a tensor).
+    """
+    scale: int
+    learns_step: bool
+    fused: Callable[[int, float, float, float], tuple[float, float]]
+    reference: Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
-class _QuantizeNAlpha(torch.autograd.Function):
-    """Case 2, learnable (n, α), T = 2ⁿ: ∂Q/∂n = −ln2·r, ∂Q/∂α = r/α inside; (0, 1) above."""
-
-    @staticmethod
-    def forward(ctx, x, n, alpha, T: int):
-        ctx.T = T
-        _save_meta(ctx, n, alpha)
-        if _fused_ok(x, alpha):
-            return _fused_forward(ctx, x, alpha.detach(), T)
-        ctx.fused = False
-        a = alpha.detach().to(x.dtype)
-        q = qac_quantize(x, a, T)
-        ctx.save_for_backward(x, q, a)
-        return q
-
-    @staticmethod
-    def backward(ctx, g):
-        if ctx.fused:
-            gx, s_r, s_above, a = _fused_sums(ctx, g, ctx.T)
-            return gx, _scalar_grad(ctx, 1, -_LN2 * s_r), _scalar_grad(ctx, 2, s_r / a + s_above), None
-        x, q, a = ctx.saved_tensors
-        inside, above = _regions(x, a)
-        r = q - x
-        return (g * inside, _param_grad(ctx, 1, g * inside * (-_LN2 * r)),
-                _param_grad(ctx, 2, g * (inside * r / a + above)), None)
-
-
-class _QuantizeND(torch.autograd.Function):
-    """Case 1, learnable (n, d), α = d·2ⁿ: ∂Q/∂n = 0, ∂Q/∂d = r/d inside; (ln2·T·d, T) above."""
-
-    @staticmethod
-    def forward(ctx, x, n, d, T: int):
-        ctx.T = T
-        _save_meta(ctx, n, d)
-        if _fused_ok(x, d):
-            ctx.step = d.detach().to(torch.float32).item()
-            return _fused_forward(ctx, x, d.detach().to(torch.float32) * T, T)
-        ctx.fused = False
-        dd = d.detach().to(x.dtype)
-        q = qac_quantize(x, dd * T, T)
-        ctx.save_for_backward(x, q, dd)
-        return q
-
-    @staticmethod
-    def backward(ctx, g):
-        T = ctx.T
-        if ctx.fused:
-            gx, s_r, s_above, _ = _fused_sums(ctx, g, T)
-            dd = ctx.step
-            return gx, _scalar_grad(ctx, 1, s_above * _LN2 * T * dd), _scalar_grad(ctx, 2, s_r / dd + s_above * T), None
-        x, q, dd = ctx.saved_tensors
-        inside, above = _regions(x, dd * T)
-        r = q - x
-        return (g * inside, _param_grad(ctx, 1, g * above * (_LN2 * T * dd)),
-                _param_grad(ctx, 2, g * (inside * r / dd + above * T)), None)
-
-
-class _QuantizeDAlpha(torch.autograd.Function):
-    """Case 3, learnable (d, α), T = α/d: ∂Q/∂d = r/d, ∂Q/∂α = 0 inside; (0, 1) above."""
-
-    @staticmethod
-    def forward(ctx, x, d, alpha, T: int):
-        ctx.T = T
-        _save_meta(ctx, d, alpha)
-        if _fused_ok(x, d):
-            ctx.step = d.detach().to(torch.float32).item()
-            return _fused_forward(ctx, x, d.detach().to(torch.float32) * T, T)
-        ctx.fused = False
-        dd = d.detach().to(x.dtype)
-        q = qac_quantize(x, dd * T, T)
-        ctx.save_for_backward(x, q, dd)
-        return q
-
-    @staticmethod
-    def backward(ctx, g):
-        if ctx.fused:
-            gx, s_r, s_above, _ = _fused_sums(ctx, g, ctx.T)
-            return gx, _scalar_grad(ctx, 1, s_r / ctx.step), _scalar_grad(ctx, 2, s_above), None
-        x, q, dd = ctx.saved_tensors
-        inside, above = _regions(x, dd * ctx.T)
-        r = q - x
-        return (g * inside, _param_grad(ctx, 1, g * inside * r / dd), _param_grad(ctx, 2, g * above), None)
-
-
-_FUNCTIONS: dict[str, type[torch.autograd.Function]] = {
-    "t_alpha": _QuantizeTAlpha,
-    "n_alpha": _QuantizeNAlpha,
-    "n_d": _QuantizeND,
-    "d_alpha": _QuantizeDAlpha,
+_CASES: dict[str, _Case] = {
+    # Case 4, learnable (t, α): ∂Q/∂t = −r/T_l, ∂Q/∂α = r/α inside; (0, 1) above.
+    "t_alpha": _Case(2, False, lambda T, s_r, s_above, a: (-s_r / T, s_r / a + s_above),
+                     lambda T, g, inside, above, r, a: (g * inside * (-r / T), g * (inside * r / a + above))),
+    # Case 2, learnable (n, α), T = 2ⁿ: ∂Q/∂n = −ln2·r, ∂Q/∂α = r/α inside; (0, 1) above.
+    "n_alpha": _Case(2, False, lambda T, s_r, s_above, a: (-_LN2 * s_r, s_r / a + s_above),
+                     lambda T, g, inside, above, r, a: (g * inside * (-_LN2 * r), g * (inside * r / a + above))),
+    # Case 1, learnable (n, d), α = d·2ⁿ: ∂Q/∂n = 0, ∂Q/∂d = r/d inside; (ln2·T·d, T) above.
+    "n_d": _Case(2, True, lambda T, s_r, s_above, d: (s_above * _LN2 * T * d, s_r / d + s_above * T),
+                 lambda T, g, inside, above, r, d: (g * above * (_LN2 * T * d), g * (inside * r / d + above * T))),
+    # Case 3, learnable (d, α), T = α/d: ∂Q/∂d = r/d, ∂Q/∂α = 0 inside; (0, 1) above.
+    "d_alpha": _Case(1, True, lambda T, s_r, s_above, d: (s_r / d, s_above),
+                     lambda T, g, inside, above, r, d: (g * inside * r / d, g * above)),
 }
+
+
+class _QACFunction(torch.autograd.Function):
+    """Q(x) with the straight-through gradients of one parameterisation: ``apply(x, p1, p2, T, case)``.
+
+    The four parameterisations differ only in their gradient formulas (:data:`_CASES`); the forward value,
+    the fused-kernel dispatch and the reductions to the parameters' shapes are the same for all.
+    """
+
+    @staticmethod
+    def forward(ctx, x, p1, p2, T: int, case: _Case):
+        ctx.T = T
+        ctx.case = case
+        _save_meta(ctx, p1, p2)
+        scale = (p1, p2)[case.scale - 1].detach()
+        if _fused_ok(x, scale):
+            if not case.learns_step:
+                return _fused_forward(ctx, x, scale, T)
+            ctx.step = scale.to(torch.float32).item()
+            return _fused_forward(ctx, x, scale.to(torch.float32) * T, T)
+        ctx.fused = False
+        p = scale.to(x.dtype)
+        q = qac_quantize(x, p * T if case.learns_step else p, T)
+        ctx.save_for_backward(x, q, p)
+        return q
+
+    @staticmethod
+    def backward(ctx, g):
+        T, case = ctx.T, ctx.case
+        if ctx.fused:
+            gx, s_r, s_above, clip = _fused_sums(ctx, g, T)
+            g1, g2 = case.fused(T, s_r, s_above, ctx.step if case.learns_step else clip)
+            return gx, _scalar_grad(ctx, 1, g1), _scalar_grad(ctx, 2, g2), None, None
+        x, q, p = ctx.saved_tensors
+        inside, above = _regions(x, p * T if case.learns_step else p)
+        e1, e2 = case.reference(T, g, inside, above, q - x, p)
+        return g * inside, _param_grad(ctx, 1, e1), _param_grad(ctx, 2, e2), None, None
 
 
 class QACQuantizer(nn.Module):
@@ -399,7 +347,7 @@ class QACQuantizer(nn.Module):
         if self.training:
             self.project_()
         p1, p2 = self.learnable_pair()
-        return _FUNCTIONS[self.param].apply(x, p1, p2, self.timesteps)
+        return _QACFunction.apply(x, p1, p2, self.timesteps, _CASES[self.param])
 
     def extra_repr(self) -> str:
         return (f"param={self.param!r}, T={self.timesteps} (t={self.continuous_timesteps:.4g}), "
