@@ -351,3 +351,27 @@ def test_set_qac_alpha_keeps_the_timestep(param):
     assert q.timesteps == 4 and q.alpha == pytest.approx(1.25, rel=1e-6)
     with pytest.raises(ValueError, match="alpha"):
         set_qac_alpha_(q, 0.0)
+
+
+@pytest.mark.parametrize("param", ["t_alpha", "n_alpha", "n_d", "d_alpha"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_quantizer_used_twice_in_one_graph_gets_both_gradients(param, dtype, fused, monkeypatch):
+    """Each training-mode call projects the parameters in place; a second call before backward must neither
+    break autograd nor change what the first call's backward uses."""
+    import importlib
+    qac_mod = importlib.import_module("multispike.quant.qac")
+    if not fused:
+        monkeypatch.setattr(qac_mod, "_fused_ok", lambda x, clip: False)
+    gen = torch.Generator().manual_seed(2)
+    x1, x2 = (torch.rand(4, 8, 5, 5, generator=gen) * 4 - 0.5 for _ in range(2))
+    q = QACQuantizer(param=param, alpha=2.5, t=3.0).train()
+    (q(x1.to(dtype)).float().sum() + 2 * q(x2.to(dtype)).float().sum()).backward()
+    together = [p.grad.clone() for p in q.parameters()]
+    q.zero_grad()
+    q(x1.to(dtype)).float().sum().backward()
+    (2 * q(x2.to(dtype)).float().sum()).backward()
+    apart = [p.grad.clone() for p in q.parameters()]
+    assert len(together) == 2
+    for a, b in zip(together, apart):
+        assert_close(a, b)

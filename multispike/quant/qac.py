@@ -110,19 +110,22 @@ def _fused_ok(x: torch.Tensor, clip: torch.Tensor) -> bool:
 
 
 def _fused_forward(ctx, x: torch.Tensor, clip: torch.Tensor, T: int) -> torch.Tensor:
-    """Forward through the fused kernel; saves only ``x`` and the clip (the backward recomputes the level)."""
+    """Forward through the fused kernel; saves only ``x`` and the clip's value (the backward recomputes the
+    level). The clip is kept as a number, not the tensor: the module projects its parameters in place on its
+    next call, which may come before this backward (a quantizer used twice in one graph)."""
     from ..kernels import quant_cpp
     ctx.fused = True
-    ctx.save_for_backward(x, clip)
-    return quant_cpp.qac_forward(x, clip.item(), T)
+    ctx.clip = clip.item()
+    ctx.save_for_backward(x)
+    return quant_cpp.qac_forward(x, ctx.clip, T)
 
 
 def _fused_sums(ctx, g: torch.Tensor, T: int) -> tuple[torch.Tensor, float, float, float]:
     """(∂L/∂x, Σ_inside g·r, Σ_above g, clip) with ``r = q − x``: every parameterisation's gradient is a
     combination of the two sums."""
     from ..kernels import quant_cpp
-    x, clip = ctx.saved_tensors
-    c = clip.item()
+    (x,) = ctx.saved_tensors
+    c = ctx.clip
     gx, s_r, s_above = quant_cpp.qac_backward(x, g.contiguous(), c, T)
     return gx, s_r, s_above, c
 
@@ -183,7 +186,7 @@ class _QACFunction(torch.autograd.Function):
             ctx.step = scale.to(torch.float32).item()
             return _fused_forward(ctx, x, scale.to(torch.float32) * T, T)
         ctx.fused = False
-        p = scale.to(x.dtype)
+        p = scale.to(x.dtype, copy=True)   # a copy: an in-place projection before backward must not alter it
         q = qac_quantize(x, p * T if case.learns_step else p, T)
         ctx.save_for_backward(x, q, p)
         return q
