@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from .._errors import ParameterError
 from .checkpoint import atomic_write_text
 from .losses import LOSSES
 from ..quant.qac import LATENCY_WEIGHTINGS
@@ -47,8 +48,16 @@ RESUME_MUST_MATCH = ("mode", "model", "neuron", "timesteps", "dataset", "dataset
                      "loss", "seed", "batch_size", "ann_checkpoint", "init_from", "prepare_qat", "quant_opt")
 
 
-class ConfigError(ValueError):
-    """An unknown key, a value of the wrong type or out of range, or conflicting settings."""
+class ConfigError(ParameterError):
+    """An unknown key, a value of the wrong type or out of range, or conflicting settings (a ``ValueError``).
+
+    A message that names other settings writes them as ``{field}`` templates with the field in ``params``
+    (:class:`~multispike._errors.ParameterError`): ``str(error)`` shows the field (= YAML key), and
+    ``multispike train`` prints the flag that sets it.
+    """
+
+    def __init__(self, template: str = "", *params: str) -> None:
+        super().__init__(template, *params)
 
 
 def _f(default: Any, help: str, group: str, choices: tuple | None = None, cli: bool = True, **kw) -> Any:
@@ -239,9 +248,9 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Range checks that need more than a type (raises :class:`ConfigError`)."""
-        def need(cond: bool, msg: str) -> None:
+        def need(cond: bool, msg: str, *params: str) -> None:
             if not cond:
-                raise ConfigError(msg)
+                raise ConfigError(msg, *params)
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
@@ -276,10 +285,11 @@ class TrainConfig:
         need(self.log_every_steps >= 0, f"log_every_steps must be >= 0, got {self.log_every_steps}")
         need(self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
         need(self.mode == "hybrid" or self.model is not None or self.init_from is not None,
-             "no model given: set --model (or 'model:' in the YAML config); see multispike.models.list_models()")
+             "no model given: set {model} (or 'model:' in the YAML config); see multispike.models.list_models()",
+             "model")
         need(not (self.mode == "hybrid" and self.init_from is not None),
-             "mode 'hybrid' builds its SNN from --ann-checkpoint; --init-from is for mode ann/qat/snn (e.g. "
-             "fine-tuning the output of `multispike convert` with --mode snn)")
+             "{mode} 'hybrid' builds its SNN from {ann_checkpoint}; {init_from} is for {mode} ann/qat/snn (e.g. "
+             "fine-tuning the output of `multispike convert` with {mode} snn)", "mode", "ann_checkpoint", "init_from")
         need(self.latency_weight >= 0 and self.latency_weight == self.latency_weight,
              f"latency_weight must be >= 0, got {self.latency_weight}")
         need(self.latency_weight == 0 or self.mode in ("qat", "ann"),
@@ -295,9 +305,10 @@ class TrainConfig:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         if self.mode == "hybrid":
-            need(self.ann_checkpoint is not None, "mode 'hybrid' needs --ann-checkpoint (a checkpoint of the ANN)")
-            need(self.convert_hook is not None, "mode 'hybrid' needs --convert-hook 'module:function' that turns the "
-                                                "loaded ANN into the SNN")
+            need(self.ann_checkpoint is not None, "{mode} 'hybrid' needs {ann_checkpoint} (a checkpoint of the ANN)",
+                 "mode", "ann_checkpoint")
+            need(self.convert_hook is not None, "{mode} 'hybrid' needs {convert_hook} 'module:function' that turns "
+                                                "the loaded ANN into the SNN", "mode", "convert_hook")
         if self.resolved_loss() in ("ce_mean", "tet"):
             need(self.mode in ("snn", "hybrid"), f"loss {self.resolved_loss()!r} needs per-step outputs; use it with "
                                                  f"mode snn or hybrid (mode is {self.mode!r})")
@@ -558,12 +569,14 @@ def inherit_from_checkpoint(cfg: TrainConfig, explicit: set[str] | frozenset[str
     if cfg.init_from is not None and cfg.mode == "snn" and "neuron" in explicit and cfg.neuron != saved.get("neuron"):
         hook = HYBRID_HOOKS.get(cfg.neuron)
         if not (is_ann and hook):
+            # The IF route is another command (a conversion, not a hybrid initialisation): quoted as its command line.
             raise ConfigError(
-                f"--neuron {cfg.neuron} differs from the {saved.get('neuron')!r} network of --init-from {src}, and "
-                f"--init-from keeps the checkpoint's neurons. " + (
-                    f"Hybrid initialisation from an ANN exists for --neuron {' / '.join(HYBRID_HOOKS)}; for IF "
+                f"{{neuron}} {cfg.neuron} differs from the {saved.get('neuron')!r} network of {{init_from}} {src}, "
+                f"and {{init_from}} keeps the checkpoint's neurons. " + (
+                    f"Hybrid initialisation from an ANN exists for {{neuron}} {' / '.join(HYBRID_HOOKS)}; for IF "
                     f"neurons run `multispike convert --checkpoint {src} --to if --timesteps T --out DIR` and "
-                    f"--init-from DIR" if is_ann else "Drop --neuron, or start from the ANN it was converted from"))
+                    f"{{init_from}} DIR" if is_ann else "Drop {neuron}, or start from the ANN it was converted from"),
+                "neuron", "init_from")
         # --neuron mlif|lmht --init-from ANN: the hybrid initialisation of that neuron (ANN -> SNN, then fine-tune)
         cfg.mode, cfg.ann_checkpoint, cfg.init_from, cfg.convert_hook = "hybrid", src, None, hook
         took.append(f"hybrid initialisation ({hook})")

@@ -302,8 +302,9 @@ class Trainer:
         if not self._loss_finite(loss):
             what = loss.item() if not torch.isfinite(loss) else "on another rank"
             raise NonFiniteError(f"training diverged: non-finite loss {what} at step {self.step} (epoch "
-                                 f"{self.epoch + 1}); nothing was checkpointed from this state. Lower --lr, enable "
-                                 f"--clip-grad, or check the data; then --resume from the last good checkpoint")
+                                 f"{self.epoch + 1}); nothing was checkpointed from this state. Lower {{lr}}, enable "
+                                 f"{{clip_grad}}, or check the data; then {{resume}} from the last good checkpoint",
+                                 "lr", "clip_grad", "resume")
         self.scaler.scale(loss).backward()
         if self.cfg.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
@@ -502,12 +503,12 @@ class Trainer:
         elif not bad:
             return
         last = self.ckpt_dir / "last.json"
-        resume = (f"the last good checkpoint is {last} (--resume)" if last.exists() else
+        resume = (f"the last good checkpoint is {last} ({{resume}})" if last.exists() else
                   "no checkpoint was written yet")
         raise NonFiniteError(f"training diverged {where}: non-finite values in "
                              f"{', '.join(bad) if bad else 'the model on another rank'}. Nothing was checkpointed "
-                             f"from this state; {resume}. Lower --lr, enable --clip-grad, freeze BatchNorm "
-                             f"(--freeze-bn) or check the data.")
+                             f"from this state; {resume}. Lower {{lr}}, enable {{clip_grad}}, freeze BatchNorm "
+                             f"({{freeze_bn}}) or check the data.", "lr", "clip_grad", "freeze_bn", "resume")
 
     def _loss_finite(self, loss: torch.Tensor) -> bool:
         """Whether the loss is finite on every rank. Under DDP one collective per step also shares the stop
@@ -539,12 +540,14 @@ class Trainer:
         saved_model = meta.get("model")
         if saved_model is not None and saved_model != self.model_name:
             raise CheckpointError(f"checkpoint {ckpt.path} is for model {saved_model!r}, but this run builds "
-                                  f"{self.model_name!r}; use --model {saved_model} or another checkpoint")
+                                  f"{self.model_name!r}; use {{model}} {saved_model} or another checkpoint",
+                                  "model")
         conflicts = config_conflicts(meta.get("config", {}), self.cfg)
         if conflicts:
             raise CheckpointError(f"cannot resume from {ckpt.path}: the config conflicts with the checkpoint's in "
                                   f"{len(conflicts)} key(s): " + "; ".join(conflicts) +
-                                  ". Use the original values (see config.json of that run) or start a new --out.")
+                                  ". Use the original values (see config.json of that run) or start a new {out}.",
+                                  "out")
         check_finite_state(ckpt.model_state, f"checkpoint {ckpt.path}")
         load_model_state(self.model, ckpt.model_state, source=f"checkpoint {ckpt.path}")
         self._elapsed_before = float(meta.get("elapsed_s") or 0.0)

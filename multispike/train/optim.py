@@ -33,6 +33,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from .._errors import ParameterError
+
 __all__ = ["DEFAULT_NEURON_PARAM_PATTERNS", "OPTIMIZERS", "SCHEDULES", "match_neuron_param", "build_param_groups",
            "build_optimizer", "LRSchedule", "CompositeOptimizer", "build_training_optimizer"]
 
@@ -127,8 +129,8 @@ def build_optimizer(name: str, params: Iterable, lr: float, *, momentum: float =
     name = name.lower()
     if name == "sgd":
         if nesterov and momentum <= 0:
-            raise ValueError(f"Nesterov SGD needs momentum > 0, got momentum={momentum}; set --momentum 0.9 or "
-                             f"drop --nesterov")
+            raise ParameterError(f"Nesterov SGD needs momentum > 0, got {{momentum}}={momentum}; set {{momentum}} 0.9 "
+                                 f"or drop {{nesterov}}", "momentum", "nesterov")
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     if name in ("adam", "adamw"):
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
