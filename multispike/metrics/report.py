@@ -23,8 +23,10 @@ import torch
 from torch import nn
 
 from .._errors import ParameterError
+from .._text import percent as _pct
+from .._validate import check_positive_int
 from ..layers import DirectEncoder, MeanOverTime
-from ..neurons.base import check_positive_int, reset_net
+from ..neurons.base import reset_net
 from .energy import MemoryModel, energy_report
 from .monitors import SpikeMonitor
 from .opcount import OpCounter, OpCountResult, format_count
@@ -299,10 +301,6 @@ def _as_result(r: EvalResult | Mapping[str, Any] | str | os.PathLike) -> EvalRes
     if isinstance(r, Mapping):
         return EvalResult.from_dict(r)
     return load_result(r)
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
 
 
 def _num(v: float | None, digits: int = 4) -> str:
