@@ -311,13 +311,13 @@ def build_training_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer | C
     """The optimizer of a training run from its config (a :class:`~multispike.train.config.TrainConfig`).
 
     Weights, biases and neuron parameters are grouped by :func:`build_param_groups`. The learnable pairs of QAC
-    quantizers ((t or n, α or d); :func:`multispike.quant.qac.quantizer_parameters`) form their own ``"quant"``
+    quantizers ((t or n, α or d); :func:`multispike.quant.latency.quantizer_parameters`) form their own ``"quant"``
     group with ``quant_lr`` (default ``neuron_lr``, else ``lr``), ``quant_weight_decay`` (default
     ``neuron_weight_decay``, else ``weight_decay``) and ``quant_lr_scheduled`` (default ``neuron_lr_scheduled``).
     When ``quant_opt`` differs from ``opt`` that group has an optimizer of its own and a
     :class:`CompositeOptimizer` is returned.
     """
-    from ..quant.qac import quantizer_parameters
+    from ..quant.latency import quantizer_parameters
 
     quant = quantizer_parameters(model)
     quant = [p for p in quant if p.requires_grad]

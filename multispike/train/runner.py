@@ -215,7 +215,8 @@ def _prepare_qat(cfg: TrainConfig, model: nn.Module, train_loader: Any, dist: Di
     or the run resumes. Quantizers made from QCFS keep its ϑ (already from the data when trained from scratch) and
     quantizers loaded with ``--init-from`` keep their trained α."""
     from ..quant.clip_init import init_qac_alphas, parse_clip_init
-    from ..quant.qac import QACQuantizer, prepare_qat
+    from ..quant.qac import QACQuantizer
+    from ..quant.qat import prepare_qat
 
     report = prepare_qat(model, **cfg.prepare_qat)
     names = [r["name"] for r in report.replaced if r["old"] == "ReLU" and r["new"] == "QACQuantizer"]
