@@ -402,3 +402,45 @@ def test_demo_rows_are_an_explicit_registry_of_zoo_models():
     assert isinstance(create_model("digits_cnn", neuron="if", T=2), DigitsCNN)
     with pytest.raises(ValueError, match="already registered"):
         register_row("if", lambda cfg, ctx, log: [])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Module size: a module over ~450 lines says why in its docstring ("Size (over 450 lines): ...").
+# ---------------------------------------------------------------------------------------------------------------
+MAX_LINES = 450
+# Modules another branch is reworking (the kernels and the LM-HT family); they get their reason or a split there.
+SIZE_REASON_PENDING = {"multispike/kernels/_build.py", "multispike/kernels/_triton_impl.py",
+                       "multispike/neurons/lmht.py"}
+
+
+def test_large_modules_state_why():
+    missing = []
+    for path in sorted(PKG.rglob("*.py")):
+        rel = str(path.relative_to(PKG.parent))
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") <= MAX_LINES or rel in SIZE_REASON_PENDING:
+            continue
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        if "Size (over 450 lines):" not in doc:
+            missing.append(f"{rel} ({text.count(chr(10))} lines)")
+    assert not missing, "modules over 450 lines without a stated reason (or split them):\n" + "\n".join(missing)
+
+
+def test_split_modules_keep_old_names_with_a_warning():
+    import multispike.quant.latency as latency
+    import multispike.quant.qac as qac
+    import multispike.quant.qat as qat
+    import multispike.train.config as config
+    import multispike.train.config_args as config_args
+
+    for old, new, names in [(qac, latency, ("LatencyRegulariser", "LATENCY_WEIGHTINGS", "quantizer_parameters")),
+                            (qac, qat, ("prepare_qat", "QATReport", "find_functional_activations")),
+                            (config, config_args, ("add_config_arguments", "config_from_args", "FINETUNE_LR"))]:
+        for name in names:
+            with pytest.warns(DeprecationWarning, match=f"{new.__name__}.{name}"):
+                assert getattr(old, name) is getattr(new, name)
+    with pytest.raises(AttributeError):
+        qac.no_such_name
+    import multispike.quant as quant
+    import multispike.train as train
+    assert quant.prepare_qat is qat.prepare_qat and train.config_from_args is config_args.config_from_args

@@ -6,6 +6,9 @@
   (:class:`~multispike.metrics.OpCounter`) and every energy convention (:func:`~multispike.metrics.energy_report`).
 * :func:`write_report` writes ``result.json``, ``report.md`` and PNG plots.
 * :func:`compare_reports` puts several runs in one table and plot.
+
+Size (over 450 lines): :func:`evaluate` and the saved report of one evaluation (text, JSON, Markdown, plots)
+write one record several ways; splitting would separate the record from its formats.
 """
 from __future__ import annotations
 
