@@ -9,7 +9,7 @@ import math
 
 from ._errors import ParameterError
 
-__all__ = ["check_positive_int", "finite_number"]
+__all__ = ["check_positive_int", "check_choice", "finite_number"]
 
 
 def check_positive_int(value, name: str, minimum: int = 1, fix: str = "") -> int:
@@ -30,6 +30,16 @@ def check_positive_int(value, name: str, minimum: int = 1, fix: str = "") -> int
     if value < minimum:
         raise ParameterError(f"{{{name}}} must be >= {minimum}, got {value}. {fix}".strip(), name)
     return value
+
+
+def check_choice(value, name: str, choices, owner: str = ""):
+    """Return ``value`` if it is one of ``choices``, else raise :class:`~multispike._errors.ParameterError` (a
+    ``ValueError``) ``"{owner}: {name} must be one of {choices}, got {value!r}"`` naming the parameter ``name``.
+    """
+    if value in choices:
+        return value
+    prefix = f"{owner}: " if owner else ""
+    raise ParameterError(f"{prefix}{{{name}}} must be one of {tuple(choices)}, got {value!r}", name)
 
 
 def finite_number(value, name: str, owner: str, positive: bool = False) -> float:

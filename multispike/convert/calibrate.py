@@ -20,6 +20,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from .._validate import check_choice
 from ..neurons.base import reset_net
 from ..neurons.if_lif import BaseNeuron
 from ..neurons.surrogate import SurrogateFunction, Triangle, get_surrogate
@@ -158,12 +159,9 @@ def calibrate(snn: nn.Module, ann: nn.Module, data_iter: Iterable, epochs: int =
         >>> print(report)                                             # doctest: +SKIP
     """
     name = type(snn).__name__
-    if target not in TARGETS:
-        raise ValueError(f"calibrate: target must be one of {TARGETS}, got {target!r}")
-    if v_init_shape not in V_INIT_SHAPES:
-        raise ValueError(f"calibrate: v_init_shape must be one of {V_INIT_SHAPES}, got {v_init_shape!r}")
-    if surrogate_form not in ("normalized", "difference"):
-        raise ValueError(f"calibrate: surrogate_form must be 'normalized' or 'difference', got {surrogate_form!r}")
+    check_choice(target, "target", TARGETS, "calibrate")
+    check_choice(v_init_shape, "v_init_shape", V_INIT_SHAPES, "calibrate")
+    check_choice(surrogate_form, "surrogate_form", ("normalized", "difference"), "calibrate")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"calibrate: epochs must be an integer >= 0, got {epochs!r}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):

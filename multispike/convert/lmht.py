@@ -110,6 +110,21 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def _replace_module(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` at ``name`` in ``root`` and return the root (``new`` itself when ``name`` is the root, "")."""
+    if name == "":
+        return new
+    _set_submodule(root, name, new)
+    return root
+
+
+def _finish_conversion(net: nn.Module, T: int, report, return_report: bool):
+    """Give every :class:`DirectEncoder` of a converted network ``T`` steps; the network (and its report)."""
+    for enc in _direct_encoders(net):
+        enc.T = T
+    return (net, report) if return_report else net
+
+
 def _check_time_major(model: nn.Module, name: str, what: str) -> None:
     parts = name.split(".")
     for i in range(1, len(parts)):
@@ -305,13 +320,8 @@ def convert_qcfs_to_lmht(model: nn.Module, levels: int, T: int, hybrid_bias_scal
                                 surrogate_width=surrogate_width, backend=backend)
         report.replaced.append({"name": name, "threshold": float(q.threshold.detach().flatten()[0]),
                                 "qcfs_levels": q.levels, "in_scale": neuron.in_scale})
-        if name == "":
-            net = neuron
-        else:
-            _set_submodule(net, name, neuron)
-    for enc in _direct_encoders(net):
-        enc.T = T
-    return (net, report) if return_report else net
+        net = _replace_module(net, name, neuron)
+    return _finish_conversion(net, T, report, return_report)
 
 
 def convert_qcfs_to_if(model: nn.Module, T: int, *, inplace: bool = False, return_report: bool = False):
@@ -344,13 +354,8 @@ def convert_qcfs_to_if(model: nn.Module, T: int, *, inplace: bool = False, retur
         neuron.v_init = (q.shift * theta).clone()
         report.replaced.append({"name": name, "threshold": float(theta.flatten()[0]), "qcfs_levels": q.levels,
                                 "in_scale": 1.0})
-        if name == "":
-            net = neuron
-        else:
-            _set_submodule(net, name, neuron)
-    for enc in _direct_encoders(net):
-        enc.T = T
-    return (net, report) if return_report else net
+        net = _replace_module(net, name, neuron)
+    return _finish_conversion(net, T, report, return_report)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -125,18 +125,33 @@ def _fused_verdict(spec: NeuronSpec, mode: str) -> tuple[str, bool, str]:
                                                    if spec.fire_ge else ""))
 
 
+def _membrane_graph(nir, spec, shape, dt, base: str):
+    """The start of a multi-node neuron graph: ``(nodes, roles, edges, membrane node name, conversion)`` holding
+    only the membrane node (the threshold ladder and the M-LIF lanes add their nodes to it)."""
+    mem_node, conv = _membrane(nir, spec, shape, dt, False)
+    mem = f"{base}_mem"
+    nodes: dict[str, object] = {mem: mem_node}
+    roles: dict[str, str] = {mem: "membrane"}
+    edges: list[tuple[str, str]] = []
+    return nodes, roles, edges, mem, conv
+
+
+def _add_reset(nir, nodes, roles, edges, base: str, mem: str, sources, rho, gain) -> None:
+    """The subtractive reset of a multi-node neuron: a ``Scale(−ρ/gain)`` node fed by every spike source (the
+    ladder's levels, the lanes' payloads) and feeding back into the membrane."""
+    reset = f"{base}_reset"
+    nodes[reset] = nir.Scale(scale=_np(-(rho.double() / gain.double()).float()))
+    roles[reset] = "reset"
+    edges.extend((src, reset) for src in sources)
+    edges.append((reset, mem))
+
+
 def _emit_ladder(nir, spec, shape, dt, base, theta, u0) -> NeuronEmission:
     L = spec.levels
-    mem_node, conv = _membrane(nir, spec, shape, dt, False)
+    nodes, roles, edges, mem, conv = _membrane_graph(nir, spec, shape, dt, base)
     gain = _full(spec.gain, shape)
     rho = _full(spec.rho, shape)
     fold_u0 = not spec.leaky
-    nodes: dict[str, object] = {}
-    roles: dict[str, str] = {}
-    edges: list[tuple[str, str]] = []
-    mem = f"{base}_mem"
-    nodes[mem] = mem_node
-    roles[mem] = "membrane"
     levels = []
     for k in range(1, L + 1):
         c = k * theta - u0 if fold_u0 else k * theta
@@ -146,12 +161,7 @@ def _emit_ladder(nir, spec, shape, dt, base, theta, u0) -> NeuronEmission:
         roles[name] = f"level{k}"
         edges.append((mem, name))
         levels.append(name)
-    reset = f"{base}_reset"
-    nodes[reset] = nir.Scale(scale=_np(-(rho.double() / gain.double()).float()))
-    roles[reset] = "reset"
-    for name in levels:
-        edges.append((name, reset))
-    edges.append((reset, mem))
+    _add_reset(nir, nodes, roles, edges, base, mem, levels, rho, gain)
     reason = (f"threshold ladder (§3.3(A)): {L} Threshold node(s) at k·θ" + (" − u0" if fold_u0 and spec.has_u0 else "")
               + ", Scale(−ρ) feedback as the subtractive reset" + (", u0 folded into the thresholds" if
                                                                   fold_u0 and spec.has_u0 else "")
@@ -162,16 +172,10 @@ def _emit_ladder(nir, spec, shape, dt, base, theta, u0) -> NeuronEmission:
 
 def _emit_lanes(nir, spec, shape, dt, base, theta, u0) -> NeuronEmission:
     S = spec.lanes
-    mem_node, conv = _membrane(nir, spec, shape, dt, False)
+    nodes, roles, edges, mem, conv = _membrane_graph(nir, spec, shape, dt, base)
     gain = _full(spec.gain, shape)
     rho = _full(spec.rho, shape)
     fold_u0 = not spec.leaky
-    nodes: dict[str, object] = {}
-    roles: dict[str, str] = {}
-    edges: list[tuple[str, str]] = []
-    mem = f"{base}_mem"
-    nodes[mem] = mem_node
-    roles[mem] = "membrane"
     edges_names = []
     for s in range(S):
         c = (2.0 ** s) * theta - u0 if fold_u0 else (2.0 ** s) * theta
@@ -201,12 +205,7 @@ def _emit_lanes(nir, spec, shape, dt, base, theta, u0) -> NeuronEmission:
         roles[pay] = f"payload{s}"
         edges.append((lane, pay))
         pays.append(pay)
-    reset = f"{base}_reset"
-    nodes[reset] = nir.Scale(scale=_np(-(rho.double() / gain.double()).float()))
-    roles[reset] = "reset"
-    for pay in pays:
-        edges.append((pay, reset))
-    edges.append((reset, mem))
+    _add_reset(nir, nodes, roles, edges, base, mem, pays, rho, gain)
     # Reorder so the reset node follows the lanes in the dict (readability of the file only).
     reason = (f"one-hot lanes (§3.3(B)): {S} Threshold node(s) at 2^s·θ" + (" − u0" if fold_u0 and spec.has_u0 else "")
               + ", one-hot lanes z_s = a_s − a_{s+1} via Scale(±1), Scale(2^s) payloads summed at the next layer, "

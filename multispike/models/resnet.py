@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from .._validate import check_choice
 from ..layers import ResidualAdd, SeqToANNContainer
 from .base import TimeMajorModel, build_model, conv_bn, init_weights, make_dropout, resolve_input_size
 from .registry import register_model
@@ -113,12 +114,9 @@ class ResNet(TimeMajorModel):
         size = resolve_input_size(input_size, in_channels, tuple(default_input_size), owner)
         super().__init__(num_classes=num_classes, T=T, input_size=size, neuron=neuron, neuron_kwargs=neuron_kwargs,
                          neuron_defaults=neuron_defaults, event_frames=event_frames, owner=owner)
-        if block not in BLOCKS:
-            raise ValueError(f"{owner}: block must be one of {BLOCKS}, got {block!r}")
-        if stem not in STEMS:
-            raise ValueError(f"{owner}: stem must be one of {STEMS}, got {stem!r}")
-        if stem_pool not in ("max", "avg"):
-            raise ValueError(f"{owner}: stem_pool must be 'max' or 'avg', got {stem_pool!r}")
+        check_choice(block, "block", BLOCKS, owner)
+        check_choice(stem, "stem", STEMS, owner)
+        check_choice(stem_pool, "stem_pool", ("max", "avg"), owner)
         if not (len(layers) == len(widths) == len(strides)) or not layers:
             raise ValueError(f"{owner}: layers, widths and strides need one entry per stage, got {list(layers)}, "
                              f"{list(widths)}, {list(strides)}")

@@ -133,29 +133,55 @@ def _scalar_grad(ctx, index: int, value: float) -> torch.Tensor | None:
     return torch.tensor(value, dtype=dtype).reshape(shape)
 
 
+def _forward_with_clip(ctx, x, p1, alpha, T: int) -> torch.Tensor:
+    """Forward of the parameterisations that learn the clip α (``t_alpha``, ``n_alpha``)."""
+    ctx.T = T
+    _save_meta(ctx, p1, alpha)
+    if _fused_ok(x, alpha):
+        return _fused_forward(ctx, x, alpha.detach(), T)
+    ctx.fused = False
+    a = alpha.detach().to(x.dtype)
+    q = qac_quantize(x, a, T)
+    ctx.save_for_backward(x, q, a)
+    return q
+
+
+def _forward_with_step(ctx, x, p1, p2, d, T: int) -> torch.Tensor:
+    """Forward of the parameterisations that learn the step d (``n_d``, ``d_alpha``): the clip is exactly d·T_l.
+    ``(p1, p2)`` are the learnable pair in argument order; ``d`` is the one of them that is the step."""
+    ctx.T = T
+    _save_meta(ctx, p1, p2)
+    if _fused_ok(x, d):
+        ctx.step = d.detach().to(torch.float32).item()
+        return _fused_forward(ctx, x, d.detach().to(torch.float32) * T, T)
+    ctx.fused = False
+    dd = d.detach().to(x.dtype)
+    q = qac_quantize(x, dd * T, T)
+    ctx.save_for_backward(x, q, dd)
+    return q
+
+
+def _saved_terms(ctx, step: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(inside, above, r = Q(x) − x, saved parameter)`` of the reference (unfused) backward; the saved
+    parameter is the clip α, or the step d when ``step`` (the clip is then d·T_l)."""
+    x, q, p = ctx.saved_tensors
+    inside, above = _regions(x, p * ctx.T if step else p)
+    return inside, above, q - x, p
+
+
 class _QuantizeTAlpha(torch.autograd.Function):
     """Case 4, learnable (t, α): ∂Q/∂t = −r/T_l, ∂Q/∂α = r/α inside; (0, 1) above."""
 
     @staticmethod
     def forward(ctx, x, t, alpha, T: int):
-        ctx.T = T
-        _save_meta(ctx, t, alpha)
-        if _fused_ok(x, alpha):
-            return _fused_forward(ctx, x, alpha.detach(), T)
-        ctx.fused = False
-        a = alpha.detach().to(x.dtype)
-        q = qac_quantize(x, a, T)
-        ctx.save_for_backward(x, q, a)
-        return q
+        return _forward_with_clip(ctx, x, t, alpha, T)
 
     @staticmethod
     def backward(ctx, g):
         if ctx.fused:
             gx, s_r, s_above, a = _fused_sums(ctx, g, ctx.T)
             return gx, _scalar_grad(ctx, 1, -s_r / ctx.T), _scalar_grad(ctx, 2, s_r / a + s_above), None
-        x, q, a = ctx.saved_tensors
-        inside, above = _regions(x, a)
-        r = q - x
+        inside, above, r, a = _saved_terms(ctx, step=False)
         return (g * inside, _param_grad(ctx, 1, g * inside * (-r / ctx.T)),
                 _param_grad(ctx, 2, g * (inside * r / a + above)), None)
 
@@ -165,24 +191,14 @@ class _QuantizeNAlpha(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, n, alpha, T: int):
-        ctx.T = T
-        _save_meta(ctx, n, alpha)
-        if _fused_ok(x, alpha):
-            return _fused_forward(ctx, x, alpha.detach(), T)
-        ctx.fused = False
-        a = alpha.detach().to(x.dtype)
-        q = qac_quantize(x, a, T)
-        ctx.save_for_backward(x, q, a)
-        return q
+        return _forward_with_clip(ctx, x, n, alpha, T)
 
     @staticmethod
     def backward(ctx, g):
         if ctx.fused:
             gx, s_r, s_above, a = _fused_sums(ctx, g, ctx.T)
             return gx, _scalar_grad(ctx, 1, -_LN2 * s_r), _scalar_grad(ctx, 2, s_r / a + s_above), None
-        x, q, a = ctx.saved_tensors
-        inside, above = _regions(x, a)
-        r = q - x
+        inside, above, r, a = _saved_terms(ctx, step=False)
         return (g * inside, _param_grad(ctx, 1, g * inside * (-_LN2 * r)),
                 _param_grad(ctx, 2, g * (inside * r / a + above)), None)
 
@@ -192,16 +208,7 @@ class _QuantizeND(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, n, d, T: int):
-        ctx.T = T
-        _save_meta(ctx, n, d)
-        if _fused_ok(x, d):
-            ctx.step = d.detach().to(torch.float32).item()
-            return _fused_forward(ctx, x, d.detach().to(torch.float32) * T, T)
-        ctx.fused = False
-        dd = d.detach().to(x.dtype)
-        q = qac_quantize(x, dd * T, T)
-        ctx.save_for_backward(x, q, dd)
-        return q
+        return _forward_with_step(ctx, x, n, d, d, T)
 
     @staticmethod
     def backward(ctx, g):
@@ -210,9 +217,7 @@ class _QuantizeND(torch.autograd.Function):
             gx, s_r, s_above, _ = _fused_sums(ctx, g, T)
             dd = ctx.step
             return gx, _scalar_grad(ctx, 1, s_above * _LN2 * T * dd), _scalar_grad(ctx, 2, s_r / dd + s_above * T), None
-        x, q, dd = ctx.saved_tensors
-        inside, above = _regions(x, dd * T)
-        r = q - x
+        inside, above, r, dd = _saved_terms(ctx, step=True)
         return (g * inside, _param_grad(ctx, 1, g * above * (_LN2 * T * dd)),
                 _param_grad(ctx, 2, g * (inside * r / dd + above * T)), None)
 
@@ -222,25 +227,14 @@ class _QuantizeDAlpha(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, d, alpha, T: int):
-        ctx.T = T
-        _save_meta(ctx, d, alpha)
-        if _fused_ok(x, d):
-            ctx.step = d.detach().to(torch.float32).item()
-            return _fused_forward(ctx, x, d.detach().to(torch.float32) * T, T)
-        ctx.fused = False
-        dd = d.detach().to(x.dtype)
-        q = qac_quantize(x, dd * T, T)
-        ctx.save_for_backward(x, q, dd)
-        return q
+        return _forward_with_step(ctx, x, d, alpha, d, T)
 
     @staticmethod
     def backward(ctx, g):
         if ctx.fused:
             gx, s_r, s_above, _ = _fused_sums(ctx, g, ctx.T)
             return gx, _scalar_grad(ctx, 1, s_r / ctx.step), _scalar_grad(ctx, 2, s_above), None
-        x, q, dd = ctx.saved_tensors
-        inside, above = _regions(x, dd * ctx.T)
-        r = q - x
+        inside, above, r, dd = _saved_terms(ctx, step=True)
         return (g * inside, _param_grad(ctx, 1, g * inside * r / dd), _param_grad(ctx, 2, g * above), None)
 
 

@@ -52,6 +52,15 @@ def _read_bytes(path) -> bytes:
     return path.read_bytes()
 
 
+def _check_whole_events(raw: bytes, start: int, size: int, path, what: str, event: str) -> None:
+    """Refuse a file whose event data (from byte ``start``) does not end on a whole ``size``-byte event."""
+    body = len(raw) - start
+    if body % size:
+        whole = start + body - body % size
+        raise EventFileError(path, whole, f"truncated {what}: {body % size} trailing byte(s) do not form a whole "
+                                          f"{event}; the data starts at byte {start}")
+
+
 def _check_field(col: np.ndarray, name: str, path) -> None:
     """Refuse values that would wrap or be truncated when cast to the event field's dtype."""
     if not col.size or np.issubdtype(col.dtype, np.bool_):
@@ -167,11 +176,7 @@ def read_aedat2_raw(path: PathLike) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """
     raw = _read_bytes(path)
     start, header = _aedat2_header_end(raw, path)
-    body = len(raw) - start
-    if body % 8:
-        whole = start + body - body % 8
-        raise EventFileError(path, whole, f"truncated AEDAT 2 file: {body % 8} trailing byte(s) do not form a whole "
-                                          f"8-byte (address, timestamp) event; the data starts at byte {start}")
+    _check_whole_events(raw, start, 8, path, "AEDAT 2 file", "8-byte (address, timestamp) event")
     pairs = np.frombuffer(raw, dtype=">u4", offset=start).reshape(-1, 2)
     address = pairs[:, 0].astype(np.uint32)
     timestamp = pairs[:, 1].astype(np.int64)
@@ -356,11 +361,7 @@ def read_prophesee_dat(path: PathLike) -> np.ndarray:
     """
     raw = _read_bytes(path)
     start, info = _dat_header(raw, path)
-    body = len(raw) - start
-    if body % 8:
-        whole = start + body - body % 8
-        raise EventFileError(path, whole, f"truncated Prophesee .dat file: {body % 8} trailing byte(s) do not form a "
-                                          f"whole 8-byte event; the data starts at byte {start}")
+    _check_whole_events(raw, start, 8, path, "Prophesee .dat file", "8-byte event")
     rec = np.frombuffer(raw, dtype=[("t", "<u4"), ("d", "<u4")], offset=start)
     d = rec["d"].astype(np.int64)
     p = (d >> 28) & 0xF
