@@ -32,6 +32,7 @@ from ..layers import DirectEncoder, MultiStepContainer, ResidualAdd, SeqToANNCon
 from ..neurons.base import MemoryModule, StepModule, check_positive_int, check_sequence, reset_net
 from ..neurons.if_lif import IFNeuron
 from ..neurons.surrogate import Triangle
+from ..quant.latency import synapse_macs
 from ..quant.qac import QACQuantizer
 from ..quant.qat import UNSUPPORTED_ACTIVATIONS, find_functional_activations
 from ..quant.qcfs import QCFS
@@ -366,13 +367,6 @@ def _check_supported(net: nn.Module, model_name: str) -> list[str]:
 # ----------------------------------------------------------------------------------------------------
 # Profiling (ops per layer, incoming T, residual consumers) with one example forward pass
 # ----------------------------------------------------------------------------------------------------
-def _macs(module: nn.Module, out: torch.Tensor) -> float:
-    per_sample = out[0].numel()
-    if isinstance(module, nn.Linear):
-        return float(per_sample * module.in_features)
-    return float(per_sample * (module.in_channels // module.groups) * math.prod(module.kernel_size))
-
-
 @torch.no_grad()
 def profile_timesteps(snn: nn.Module, example_input: torch.Tensor) -> dict:
     """Run ``snn`` once on ``example_input`` and attribute work to spiking layers in execution order.
@@ -386,7 +380,7 @@ def profile_timesteps(snn: nn.Module, example_input: torch.Tensor) -> dict:
     hooks = []
     for name, m in snn.named_modules():
         if isinstance(m, _SYNAPSES):
-            hooks.append(m.register_forward_hook(lambda mod, inp, out: events.append(("ops", _macs(mod, out)))))
+            hooks.append(m.register_forward_hook(lambda mod, inp, out: events.append(("ops", synapse_macs(mod, out)))))
         elif isinstance(m, AlignedNeuron):
             hooks.append(m.register_forward_pre_hook(
                 lambda mod, inp, name=name: events.append(("neuron", name, int(inp[0].shape[0])))))

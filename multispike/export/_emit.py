@@ -126,14 +126,15 @@ def _fused_verdict(spec: NeuronSpec, mode: str) -> tuple[str, bool, str]:
 
 
 def _membrane_graph(nir, spec, shape, dt, base: str):
-    """The start of a multi-node neuron graph: ``(nodes, roles, edges, membrane node name, conversion)`` holding
-    only the membrane node (the threshold ladder and the M-LIF lanes add their nodes to it)."""
+    """The start of a multi-node neuron graph: ``(nodes, roles, edges, membrane node name, conversion, gain, ρ)``
+    holding only the membrane node (the threshold ladder and the M-LIF lanes add their nodes to it); gain and ρ
+    broadcast to ``shape``."""
     mem_node, conv = _membrane(nir, spec, shape, dt, False)
     mem = f"{base}_mem"
     nodes: dict[str, object] = {mem: mem_node}
     roles: dict[str, str] = {mem: "membrane"}
     edges: list[tuple[str, str]] = []
-    return nodes, roles, edges, mem, conv
+    return nodes, roles, edges, mem, conv, _full(spec.gain, shape), _full(spec.rho, shape)
 
 
 def _add_reset(nir, nodes, roles, edges, base: str, mem: str, sources, rho, gain) -> None:
@@ -148,9 +149,7 @@ def _add_reset(nir, nodes, roles, edges, base: str, mem: str, sources, rho, gain
 
 def _emit_ladder(nir, spec, shape, dt, base, theta, u0) -> NeuronEmission:
     L = spec.levels
-    nodes, roles, edges, mem, conv = _membrane_graph(nir, spec, shape, dt, base)
-    gain = _full(spec.gain, shape)
-    rho = _full(spec.rho, shape)
+    nodes, roles, edges, mem, conv, gain, rho = _membrane_graph(nir, spec, shape, dt, base)
     fold_u0 = not spec.leaky
     levels = []
     for k in range(1, L + 1):
@@ -172,9 +171,7 @@ def _emit_ladder(nir, spec, shape, dt, base, theta, u0) -> NeuronEmission:
 
 def _emit_lanes(nir, spec, shape, dt, base, theta, u0) -> NeuronEmission:
     S = spec.lanes
-    nodes, roles, edges, mem, conv = _membrane_graph(nir, spec, shape, dt, base)
-    gain = _full(spec.gain, shape)
-    rho = _full(spec.rho, shape)
+    nodes, roles, edges, mem, conv, gain, rho = _membrane_graph(nir, spec, shape, dt, base)
     fold_u0 = not spec.leaky
     edges_names = []
     for s in range(S):

@@ -76,6 +76,20 @@ class _Adj:
         return type(self.nodes[name]).__name__
 
 
+def _common_consumers(adj, outputs, fb, what: str, each: str) -> list | None:
+    """The nodes every output of a multi-node neuron feeds (besides its reset ``fb``); they must be the same for
+    all outputs, else the decomposition cannot be run as one neuron."""
+    consumers = None
+    for out in outputs:
+        c = [n for n in adj.succs[out] if n != fb]
+        if consumers is None:
+            consumers = c
+        elif sorted(c) != sorted(consumers):
+            raise NIRImportError(f"{what} feed different nodes ({sorted(c)} vs {sorted(consumers)}); every {each} "
+                                 f"must reach the same consumers")
+    return consumers
+
+
 def _match_group(adj: _Adj, mem: str) -> dict | None:
     """A ladder or lane decomposition around membrane ``mem`` (I/LI), or None if it feeds no Threshold."""
     succ = adj.succs[mem]
@@ -96,14 +110,7 @@ def _match_group(adj: _Adj, mem: str) -> dict | None:
             raise NIRImportError(f"Threshold {t!r} reads more than the membrane {mem!r}")
     if set(adj.preds[fb]) == set(ths):
         order = sorted(ths, key=lambda t: float(np.mean(adj.nodes[t].threshold)))
-        consumers = None
-        for t in order:
-            c = [s for s in adj.succs[t] if s != fb]
-            if consumers is None:
-                consumers = c
-            elif sorted(c) != sorted(consumers):
-                raise NIRImportError(f"the levels of the ladder at {mem!r} feed different nodes ({sorted(c)} vs "
-                                     f"{sorted(consumers)}); every level must reach the same consumers")
+        consumers = _common_consumers(adj, order, fb, f"the levels of the ladder at {mem!r}", "level")
         return {"type": "ladder", "membrane": mem, "feedback": fb, "levels": order, "outputs": order,
                 "members": {mem, fb, *order}, "consumers": consumers or []}
     # one-hot lanes: thresholds -> (neg) -> lane -> payload -> feedback
@@ -142,13 +149,7 @@ def _match_group(adj: _Adj, mem: str) -> dict | None:
         lane_scales.append(adj.nodes[lane].scale)
         payloads.append(adj.nodes[pay_of[lane]].scale)
         outs.append(pay_of[lane])
-    consumers = None
-    for p in outs:
-        c = [s for s in adj.succs[p] if s != fb]
-        if consumers is None:
-            consumers = c
-        elif sorted(c) != sorted(consumers):
-            raise NIRImportError(f"the lanes of {mem!r} feed different nodes; every lane must reach the same consumers")
+    consumers = _common_consumers(adj, outs, fb, f"the lanes of {mem!r}", "lane")
     return {"type": "lanes", "membrane": mem, "feedback": fb, "levels": order, "outputs": outs, "negs": negs,
             "lanes": lanes, "neg_scales": neg_scales, "lane_scales": lane_scales, "payload_scales": payloads,
             "members": {mem, fb, *order, *negs, *lanes, *outs}, "consumers": consumers or []}

@@ -17,7 +17,7 @@ from torch import nn
 from .qac import QACQuantizer
 
 __all__ = ["LATENCY_WEIGHTINGS", "LatencyRegulariser", "quantizer_macs", "quantizer_parameters",
-           "format_timestep_table"]
+           "format_timestep_table", "synapse_macs"]
 
 #: How :class:`LatencyRegulariser` weights each layer's timestep: ``uniform`` (w_l = 1, the penalty is λ·Σ t_l,
 #: i.e. λ·N·(plain average T)) or ``macs`` (w_l ∝ the MACs of the synaptic op feeding the layer, normalised to
@@ -40,8 +40,9 @@ def quantizer_parameters(model: nn.Module) -> list[nn.Parameter]:
     return out
 
 
-def _synapse_macs(module: nn.Module, out: torch.Tensor) -> float:
-    """MACs per sample (and per timestep for time-major containers, whose convs see ``[T·B, ...]``)."""
+def synapse_macs(module: nn.Module, out: torch.Tensor) -> float:
+    """MACs per sample of a ``Conv``/``Linear`` module with output ``out`` (per timestep for time-major
+    containers, whose convs see ``[T·B, ...]``). Also the op profile of the mixed-timestep conversion."""
     per_sample = out[0].numel()
     if isinstance(module, nn.Linear):
         return float(per_sample * module.in_features)
@@ -58,7 +59,7 @@ class _MacsRecorder:
         for name, m in model.named_modules():
             if isinstance(m, _SYNAPSE_TYPES):
                 self.hooks.append(m.register_forward_hook(
-                    lambda mod, inp, out: self.events.append(("ops", _synapse_macs(mod, out)))))
+                    lambda mod, inp, out: self.events.append(("ops", synapse_macs(mod, out)))))
             elif isinstance(m, QACQuantizer):
                 self.hooks.append(m.register_forward_pre_hook(
                     lambda mod, inp, name=name: self.events.append(("q", name))))
