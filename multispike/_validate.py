@@ -6,7 +6,7 @@ package only to check an integer. They stay re-exported there under their old na
 from __future__ import annotations
 
 import math
-from typing import Sequence, TypeVar
+
 
 from ._errors import ParameterError
 
@@ -33,6 +33,16 @@ def check_positive_int(value, name: str, minimum: int = 1, fix: str = "") -> int
     return value
 
 
+def check_choice(value, name: str, choices, owner: str = ""):
+    """Return ``value`` if it is one of ``choices``, else raise :class:`~multispike._errors.ParameterError` (a
+    ``ValueError``) ``"{owner}: {name} must be one of {choices}, got {value!r}"`` naming the parameter ``name``.
+    """
+    if value in choices:
+        return value
+    prefix = f"{owner}: " if owner else ""
+    raise ParameterError(f"{prefix}{{{name}}} must be one of {tuple(choices)}, got {value!r}", name)
+
+
 def finite_number(value, name: str, owner: str, positive: bool = False) -> float:
     """Return ``float(value)`` or raise ``ValueError`` (prefixed with ``owner``) if it is not finite, or not
     ``> 0`` when ``positive``."""
@@ -41,13 +51,3 @@ def finite_number(value, name: str, owner: str, positive: bool = False) -> float
         rng = "a finite number > 0" if positive else "a finite number"
         raise ValueError(f"{owner}: {name} must be {rng}, got {value!r}")
     return v
-
-
-_T = TypeVar("_T")
-
-
-def check_choice(value: _T, name: str, allowed: Sequence, owner: str) -> _T:
-    """Return ``value`` or raise ``ValueError`` (prefixed with ``owner``) naming the allowed choices."""
-    if value not in allowed:
-        raise ValueError(f"{owner}: {name} must be one of {tuple(allowed)}, got {value!r}")
-    return value

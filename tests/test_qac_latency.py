@@ -17,8 +17,9 @@ import pytest
 import torch
 from torch import nn
 
-from multispike.quant.qac import (PARAMETERISATIONS, LatencyRegulariser, QACQuantizer, format_timestep_table,
-                                  prepare_qat, quantizer_macs, quantizer_parameters, quantizer_summary)
+from multispike.quant.qac import PARAMETERISATIONS, QACQuantizer, quantizer_summary
+from multispike.quant.latency import LatencyRegulariser, format_timestep_table, quantizer_macs, quantizer_parameters
+from multispike.quant.qat import prepare_qat
 from multispike.train.checkpoint import flatten_optimizer_state, unflatten_optimizer_state
 from multispike.train.optim import CompositeOptimizer, build_training_optimizer
 

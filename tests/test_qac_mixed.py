@@ -367,7 +367,7 @@ def test_zoo_resnet_trained_with_qac_converts_exactly():
     """A zoo model built with neuron='qac' (TimeMajorModel: stem once, DirectEncoder, ResidualAdd blocks):
     prepare/convert work on it, the converter sets its encoder to one step, and the SNN equals the QAT model."""
     from multispike.models.registry import create_model
-    from multispike.quant.qac import find_functional_activations
+    from multispike.quant.qat import find_functional_activations
 
     torch.manual_seed(0)
     model = create_model("resnet8_cifar", num_classes=10, neuron="qac", T=1, input_size=(3, 16, 16)).to(F64).eval()

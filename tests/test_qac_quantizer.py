@@ -12,8 +12,9 @@ from torch import nn
 from torch.testing import assert_close
 
 from multispike.neurons.registry import make_neuron
-from multispike.quant.qac import (PARAMETERISATIONS, QACQuantizer, average_timestep, prepare_qat, qac_quantize,
-                                  quantizer_summary, timesteps_from_continuous)
+from multispike.quant.qac import (PARAMETERISATIONS, QACQuantizer, average_timestep, qac_quantize, quantizer_summary,
+                                  timesteps_from_continuous)
+from multispike.quant.qat import prepare_qat
 from multispike.quant.qcfs import QCFS, qcfs
 
 LN2 = math.log(2.0)

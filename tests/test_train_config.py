@@ -73,7 +73,7 @@ def test_type_and_range_errors_are_clear(tmp_path):
         resolve_config(overrides={"model": "m", "label_smoothing": 1.0})
     with pytest.raises(ConfigError, match="needs per-step outputs"):
         resolve_config(overrides={"model": "m", "mode": "ann", "loss": "tet"})
-    with pytest.raises(ConfigError, match="needs --ann-checkpoint"):
+    with pytest.raises(ConfigError, match="needs ann_checkpoint"):
         resolve_config(overrides={"mode": "hybrid"})
     with pytest.raises(ConfigError, match="no model given"):
         resolve_config()

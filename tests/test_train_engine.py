@@ -156,7 +156,7 @@ def test_neurons_are_reset_after_every_batch(tmp_path):
 def test_refuses_to_clobber_an_existing_run_and_resume_conflicts_are_named(tmp_path):
     train, test = _loaders()
     run_training(_cfg(tmp_path, epochs=1), model=Tiny(), train_loader=train, eval_loader=test)
-    with pytest.raises(ValueError, match="already holds checkpoints.*--resume.*--overwrite"):
+    with pytest.raises(ValueError, match="already holds checkpoints.*resume.*overwrite"):
         run_training(_cfg(tmp_path, epochs=1), model=Tiny(), train_loader=train, eval_loader=test)
     with pytest.raises(CheckpointError, match=r"conflicts .* 2 key\(s\): timesteps: 2 \(checkpoint\) vs 3 \(now\); "
                                               r"batch_size: 64 \(checkpoint\) vs 4 \(now\)"):

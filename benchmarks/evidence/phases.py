@@ -99,7 +99,7 @@ def _limited(loader: Any, ctx: "Context") -> Any:
 
 
 def _has_quantizers(model: nn.Module) -> bool:
-    from multispike.quant.qac import quantizer_parameters
+    from multispike.quant.latency import quantizer_parameters
     return bool(quantizer_parameters(model))
 
 

@@ -8,7 +8,7 @@ Rows, all on the same CIFAR-10 subset and backbone:
 * QAC: the QCFS ANN's activations become QAC quantizers (case 4, learnable t and α, initialised from ϑ and the
   spec's default t = 4), fine-tuned twice with the same recipe (SGD on the weights, Adam at 3e-2 on (t, α)):
   once with cross-entropy only (QAC's Alg. 1) and once with multispike's latency term λ·Σ_l w_l·t_l
-  (``multispike.quant.qac.LatencyRegulariser``, w_l ∝ the layer's synaptic MACs), then converted to a
+  (``multispike.quant.latency.LatencyRegulariser``, w_l ∝ the layer's synaptic MACs), then converted to a
   mixed-timestep IF SNN (per-layer T_l, ``aver+aver``), evaluated before and after calibration of v(0) and θ
   (§4.5), beside its quantized ANN;
 * a diagnostic outside the paper: the same calibration applied to the plain (non-aligned) QCFS SNN at T = 2,

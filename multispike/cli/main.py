@@ -80,14 +80,15 @@ def _describe(exc: BaseException, flags: dict[str, str] | None = None) -> tuple[
     from .._errors import ParameterMessage
     from ..train.guards import NonFiniteError, RunLockedError, TrainingInterrupted
 
-    if isinstance(exc, ParameterMessage):   # ParameterError, MissingDataError, DataMismatchError: bad input
-        flags = flags or {}
-        return exc.render(lambda p: _flag_for(flags, p)) or type(exc).__name__, EXIT_BAD_INPUT
-
+    flags = flags or {}
+    text = exc.render(lambda p: _flag_for(flags, p)) if isinstance(exc, ParameterMessage) else str(exc)
+    # Run failures first: some of them (divergence, an interrupted run) name settings too, but are not bad input.
     if isinstance(exc, TrainingInterrupted):
-        return str(exc), 128 + exc.signum
+        return text, 128 + exc.signum
     if isinstance(exc, (NonFiniteError, RunLockedError)):
-        return str(exc), EXIT_FAILURE
+        return text, EXIT_FAILURE
+    if isinstance(exc, ParameterMessage):   # ParameterError, ConfigError, MissingDataError, DataMismatchError
+        return text or type(exc).__name__, EXIT_BAD_INPUT
     if isinstance(exc, MemoryError):
         return ("out of memory" + (f" ({exc})" if str(exc) else "") + "; use a smaller --batch-size, --limit/--subset "
                 "or fewer --timesteps"), EXIT_FAILURE

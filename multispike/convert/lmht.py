@@ -35,6 +35,9 @@ The data stream upstream of the first neuron is expanded from T to L·T steps: a
 
 "Order" means module *registration* order (``model.named_modules()``), which is the execution order of
 sequential models; pass ``example_input`` to use the order in which modules actually run instead.
+
+Size (over 450 lines): the hybrid conversion (§2.6) and the reparameterisation (§2.7) are inverse views of the
+same layer walk and share its ordering, offset scaling and reports.
 """
 from __future__ import annotations
 

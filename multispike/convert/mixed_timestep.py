@@ -13,6 +13,9 @@ quantizer, every neuron sees a constant current, so its time-averaged payload eq
 
 Entry points: :func:`to_mixed_timestep_snn` (QAC, per-layer ``T_l``) and :func:`to_uniform_snn` (QCFS or QAC at
 one T, with or without averaging; the paper's Table 8 baseline).
+
+Size (over 450 lines): aligned neurons, aligned residuals, BN folding and the two conversions (§4.3-§4.4)
+share the per-layer T_l bookkeeping.
 """
 from __future__ import annotations
 
@@ -30,7 +33,8 @@ from ..neurons.base import MemoryModule, StepModule, check_positive_int, check_s
 from ..neurons.if_lif import IFNeuron
 from ..neurons.surrogate import Triangle
 # one MAC rule for the QAT latency term and the SNN's profile, so the two charge every layer alike
-from ..quant.qac import UNSUPPORTED_ACTIVATIONS, QACQuantizer, _synapse_macs, find_functional_activations
+from ..quant.latency import synapse_macs as _synapse_macs
+from ..quant.qac import UNSUPPORTED_ACTIVATIONS, QACQuantizer, find_functional_activations
 from ..quant.qcfs import QCFS
 from .converter import ConversionError
 from .fuse import fold_bn as _fold_bn_pairs
@@ -340,7 +344,7 @@ def _check_supported(net: nn.Module, model_name: str) -> list[str]:
         if inside_aligned:
             continue
         if isinstance(m, nn.ReLU):
-            bad.append(f"{name} (ReLU): an un-quantized activation; run multispike.quant.qac.prepare_qat() and train")
+            bad.append(f"{name} (ReLU): an un-quantized activation; run multispike.quant.qat.prepare_qat() and train")
         elif isinstance(m, UNSUPPORTED_ACTIVATIONS):
             bad.append(f"{name} ({type(m).__name__}): no IF equivalent; replace it by ReLU before QAT")
         elif isinstance(m, _MAXPOOLS):
@@ -425,7 +429,7 @@ def _convert(model: nn.Module, *, T_of: Callable[[nn.Module], int], mode: str, a
         parse_align(align)
     if not any(_is_quantizer(m) for m in model.modules()):
         raise ConversionError(f"{model_name} has no QACQuantizer or QCFS activation to convert; run "
-                              f"multispike.quant.qac.prepare_qat() and train it first (a plain ReLU ANN needs "
+                              f"multispike.quant.qat.prepare_qat() and train it first (a plain ReLU ANN needs "
                               f"multispike.convert.converter.convert_to_snn with data-based thresholds)")
     sites = find_functional_activations(model)
     if sites:

@@ -38,6 +38,9 @@ Recipe (MLIF-P §5.1.1, A.3.1; MLIF-C ``absorb_bn.py`` + ``find_threshold``):
 Models are time-major (``[T, B, ...]``): stateless layers inside :class:`~multispike.layers.SeqToANNContainer`,
 activations as modules. An activation *inside* a ``SeqToANNContainer`` (it sees the merged ``[T·B, ...]`` batch)
 is replaced by the neuron wrapped in :class:`~multispike.convert.converter.MergedTimeNeuron`, which needs ``T``.
+
+Size (over 450 lines): one recipe (the M-LIF hybrid initialisation, §5.6) with its per-layer report and the
+percentile threshold rule it depends on.
 """
 from __future__ import annotations
 

@@ -188,7 +188,7 @@ def run_step(model: nn.Module, step: Mapping[str, Any], data: Any = None) -> tup
 
 
 def _step_prepare_qat(model, args, step, data):
-    from ..quant.qac import prepare_qat
+    from ..quant.qat import prepare_qat
 
     report = prepare_qat(model, **args)
     return model, report

@@ -22,6 +22,9 @@ Example::
     loader = make_loader("digits", "train", batch_size=64)
     for row in dataset_status():
         print(row.name, row.found, row.path)
+
+Size (over 450 lines): the table of every dataset (location, reader, classes, checks), one entry per dataset;
+it grows by one entry per dataset, not by logic.
 """
 from __future__ import annotations
 

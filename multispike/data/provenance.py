@@ -183,18 +183,30 @@ def load_split(spec: DataSpec, split: str, *, limit: int | None = None, seed: in
     return images, labels, info
 
 
-def _parse_opt(text: str) -> tuple[str, Any]:
+def parse_key_value(text: str, loads: Callable[[str], Any] | None = None,
+                    errors: tuple[type[BaseException], ...] = (), example: str = "size=32") -> tuple[str, Any]:
+    """``"KEY=VALUE"`` -> ``(key, loads(value))``, the raw string when ``loads`` raises one of ``errors``.
+
+    An ``argparse`` type for ``KEY=VALUE`` options; ``loads`` defaults to YAML (``yaml.safe_load``, so
+    ``size=32`` gives an int). Raises ``argparse.ArgumentTypeError`` without ``=`` or with an empty key.
+    """
     import argparse
 
-    import yaml
+    if loads is None:
+        import yaml
 
+        loads, errors = yaml.safe_load, (yaml.YAMLError,)
     if "=" not in text or not text.split("=", 1)[0]:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. size=32), got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. {example}), got {text!r}")
     key, raw = text.split("=", 1)
     try:
-        return key, yaml.safe_load(raw)
-    except yaml.YAMLError:
+        return key, loads(raw)
+    except errors:
         return key, raw
+
+
+def _parse_opt(text: str) -> tuple[str, Any]:
+    return parse_key_value(text)
 
 
 def add_data_arguments(group: Any, *, limit_help: str | None = None) -> None:

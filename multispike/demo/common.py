@@ -37,7 +37,7 @@ def train_classifier(model: nn.Module, loader: TensorLoader, epochs: int, lr: fl
     over ``lr``). Epoch ``e`` of every call visits the batches in the same order (``loader.set_epoch(e)``), so a
     network's training does not depend on which other rows ran before it. ``desc`` labels the progress bar.
 
-    ``regulariser()`` (e.g. QAC's :class:`~multispike.quant.qac.LatencyRegulariser`) is added to every batch's
+    ``regulariser()`` (e.g. QAC's :class:`~multispike.quant.latency.LatencyRegulariser`) is added to every batch's
     loss after the forward pass (the trainer's ``regulariser``).
     """
     from ..train.config import TrainConfig

@@ -27,7 +27,7 @@ class DemoConfig:
             every QAC quantizer (the §4.2 defaults 8.0 and 4.0), QAT epochs, the weights' lr and the lr of
             (t, α): t is in units of timesteps, so it gets its own rate (30x the weights').
         qac_latency_weight, qac_latency_per_layer: λ and the layer weights of multispike's latency term
-            λ·Σ_l w_l·t_l (:class:`~multispike.quant.qac.LatencyRegulariser`; ``macs``: w_l ∝ the synaptic MACs
+            λ·Σ_l w_l·t_l (:class:`~multispike.quant.latency.LatencyRegulariser`; ``macs``: w_l ∝ the synaptic MACs
             feeding the layer). QAC's cross-entropy alone leaves t near its start; the demo trains both.
         calib_epochs, calib_lr, calib_target: QAC calibration of v(0) and θ (§4.5).
         mlif_bits, mlif_lanes, mlif_threshold_init, mlif_lr, mlif_gamma: b of the log-quantized ANN the M-LIF

@@ -20,7 +20,7 @@ train / 359 test images). The recipes, scaled from the papers to this 8x8 task a
     reparameterised to a single-threshold IF net running ``L·T`` steps, with its measured agreement.
 
 ``qac`` (QAC, §4)
-    :func:`~multispike.quant.qac.prepare_qat` turns the ReLUs of a copy of the ReLU ANN into (t, α)
+    :func:`~multispike.quant.qat.prepare_qat` turns the ReLUs of a copy of the ReLU ANN into (t, α)
     quantizers, trained jointly with the weights (quantization-aware fine-tuning; Adam, (t, α) at their own
     rate), once with cross-entropy only (QAC's Alg. 1) and once with multispike's latency term
     λ·Σ_l w_l·t_l (w_l ∝ the layer's synaptic MACs), which is what makes the learned T_l differ between
@@ -58,7 +58,9 @@ from ..convert.mixed_timestep import to_mixed_timestep_snn, to_uniform_snn
 from ..convert.mlif_init import mlif_hybrid_init
 from ..metrics import count_ops, diet_energy
 from ..models.digits import DigitsCNN
-from ..quant.qac import LatencyRegulariser, QACQuantizer, average_timestep, prepare_qat, quantizer_summary
+from ..quant.qac import QACQuantizer, average_timestep, quantizer_summary
+from ..quant.latency import LatencyRegulariser
+from ..quant.qat import prepare_qat
 from ..quant.qcfs import QCFS
 from .common import evaluate_prefixes, predictions, spike_rates, spike_statistics, train_classifier
 from .config import DemoConfig

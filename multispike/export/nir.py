@@ -41,6 +41,9 @@ it as a *leaky* neuron; sinabs ignores ``r``.
 
 Every export returns a :class:`~multispike.export.report.FidelityReport` with the *measured* output error of
 the exported graph (run by :func:`import_from_nir`, literally and with restoration) on sample inputs.
+
+Size (over 450 lines): NIR export and import with the measured-fidelity report; the import half mirrors the
+export node by node, so they change together.
 """
 from __future__ import annotations
 

@@ -6,6 +6,9 @@
   (:class:`~multispike.metrics.OpCounter`) and every energy convention (:func:`~multispike.metrics.energy_report`).
 * :func:`write_report` writes ``result.json``, ``report.md`` and PNG plots.
 * :func:`compare_reports` puts several runs in one table and plot.
+
+Size (over 450 lines): :func:`evaluate` and the saved report of one evaluation (text, JSON, Markdown, plots)
+write one record several ways; splitting would separate the record from its formats.
 """
 from __future__ import annotations
 
@@ -23,8 +26,10 @@ import torch
 from torch import nn
 
 from .._errors import ParameterError
+from .._text import percent as _pct
+from .._validate import check_positive_int
 from ..layers import DirectEncoder, MeanOverTime
-from ..neurons.base import check_positive_int, reset_net
+from ..neurons.base import reset_net
 from .energy import MemoryModel, energy_report
 from .monitors import SpikeMonitor
 from .opcount import OpCounter, OpCountResult, format_count
@@ -311,10 +316,6 @@ def _as_result(r: EvalResult | Mapping[str, Any] | str | os.PathLike) -> EvalRes
     if isinstance(r, Mapping):
         return EvalResult.from_dict(r)
     return load_result(r)
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
 
 
 def _num(v: float | None, digits: int = 4) -> str:

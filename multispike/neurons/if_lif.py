@@ -18,6 +18,10 @@ Other leak placements (``leak_mode``):
 * ``"decay_state"`` (SpikingJelly ``decay_input=False``): ``m = v − (v − V_r)/τ + I``.
 * ``"post_reset"`` with ``reset_leak=False`` (DIET / M-LIF paper form):
   ``u(t) = λ·u(t−1) + I(t) − θ·s(t−1)``, the reset subtracted at the next step and not leaked.
+
+Size (over 450 lines): the IF/LIF family (§1.1-§1.3): the reference multi-step function, the shared neuron module,
+the IF and LIF modules and their SpikingJelly-compatible aliases (IFNode/LIFNode), kept together so an option is
+added in one file.
 """
 from __future__ import annotations
 

@@ -30,6 +30,9 @@ MLIF-C's CNN/DVS code) or the difference with *unscaled* widths ``h'(u/θ − 2^
 fast transformer kernel); the top lane has no falling edge. The merged payload uses the telescoped sum
 ``∂o/∂u = g_0 + Σ_{s>=1} 2^{s-1} g_s`` (paper). Every window is written in ``r = u/θ``, so θ receives its
 gradient by autograd through the normalisation (and through a non-detached soft reset).
+
+Size (over 450 lines): the one-hot M-LIF family (§5.1-§5.4): lanes, payload, the multi-step function with its
+surrogates, the T = 1 closed form and the module, kept together so an option is added in one file.
 """
 from __future__ import annotations
 

@@ -12,8 +12,9 @@ Example::
 from .budget import EqualEpochPlan, equal_epoch_plan, measure_step_seconds, phase_seed
 from .checkpoint import (Checkpoint, CheckpointError, atomic_write_bytes, atomic_write_text, capture_rng_state,
                          load_checkpoint, load_model_state, restore_rng_state, save_checkpoint)
-from .config import (MODES, RESUME_MUST_MATCH, ConfigError, TrainConfig, add_config_arguments, config_conflicts,
-                     config_from_args, load_yaml_config, resolve_config, save_config)
+from .config import (MODES, RESUME_MUST_MATCH, ConfigError, TrainConfig, config_conflicts, load_yaml_config,
+                     resolve_config, save_config)
+from .config_args import add_config_arguments, config_from_args
 from .distributed import (DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, seed_everything,
                           sync_bn_stats, unwrap_model, wrap_model)
 from .engine import EXIT_AFTER_STEPS_ENV, Trainer, prefix_correct, quantizer_report

@@ -11,14 +11,16 @@ Example::
 
     cfg = resolve_config(yaml_path="configs/cpu/vgg_small_if_cifar10.yaml", overrides={"epochs": 2})
     save_config(cfg, "runs/x")
+
+Size (over 450 lines): one flat dataclass whose fields are the YAML keys and the CLI flags, with their help
+texts (about half the file is field declarations), and their validation; the command-line side is
+:mod:`multispike.train.config_args`.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import json
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,14 +29,14 @@ from typing import Any, Mapping
 
 import yaml
 
+from .._errors import ParameterError
 from .checkpoint import atomic_write_text
 from .losses import LOSSES
-from ..quant.qac import LATENCY_WEIGHTINGS
+from ..quant.latency import LATENCY_WEIGHTINGS
 from .optim import DEFAULT_NEURON_PARAM_PATTERNS, OPTIMIZERS, SCHEDULES
 
 __all__ = ["TrainConfig", "ConfigError", "MODES", "AMP_MODES", "RESUME_MUST_MATCH", "load_yaml_config",
-           "resolve_config", "save_config", "add_config_arguments", "config_from_args", "config_conflicts",
-           "inherit_from_checkpoint", "FINETUNE_LR", "INHERITED_DATA_KEYS"]
+           "resolve_config", "save_config", "config_conflicts"]
 
 MODES = ("ann", "qat", "snn", "hybrid")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -47,8 +49,16 @@ RESUME_MUST_MATCH = ("mode", "model", "neuron", "timesteps", "dataset", "dataset
                      "loss", "seed", "batch_size", "ann_checkpoint", "init_from", "prepare_qat", "quant_opt")
 
 
-class ConfigError(ValueError):
-    """An unknown key, a value of the wrong type or out of range, or conflicting settings."""
+class ConfigError(ParameterError):
+    """An unknown key, a value of the wrong type or out of range, or conflicting settings (a ``ValueError``).
+
+    A message that names other settings writes them as ``{field}`` templates with the field in ``params``
+    (:class:`~multispike._errors.ParameterError`): ``str(error)`` shows the field (= YAML key), and
+    ``multispike train`` prints the flag that sets it.
+    """
+
+    def __init__(self, template: str = "", *params: str) -> None:
+        super().__init__(template, *params)
 
 
 def _f(default: Any, help: str, group: str, choices: tuple | None = None, cli: bool = True, **kw) -> Any:
@@ -146,11 +156,11 @@ class TrainConfig:
                          "threshold (8, or --neuron-kwargs threshold=X, which also disables it). QAT (prepare_qat): "
                          "the same for the clip α of every quantizer made from a ReLU, unless --alpha-init / "
                          "prepare_qat alpha is given", "training")
-    prepare_qat: dict | None = _f(None, "after building the model run multispike.quant.qac.prepare_qat with these "
+    prepare_qat: dict | None = _f(None, "after building the model run multispike.quant.qat.prepare_qat with these "
                                   "arguments (ReLU/QCFS -> QAC quantizer, MaxPool -> AvgPool), e.g. param=t_alpha t=4; "
                                   "`multispike qat` sets it", "training")
     latency_weight: float = _f(0.0, "QAT: weight λ of the latency term λ·Σ_l w_l·t_l on the QAC quantizers' "
-                               "continuous timesteps (multispike.quant.qac.LatencyRegulariser; 0 = off, QAC's "
+                               "continuous timesteps (multispike.quant.latency.LatencyRegulariser; 0 = off, QAC's "
                                "cross-entropy only)", "training")
     latency_per_layer: str = _f("uniform", "QAT: layer weights w_l of the latency term: uniform (1) or macs (the "
                                 "synaptic MACs feeding the layer, normalised to mean 1)", "training",
@@ -239,9 +249,9 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Range checks that need more than a type (raises :class:`ConfigError`)."""
-        def need(cond: bool, msg: str) -> None:
+        def need(cond: bool, msg: str, *params: str) -> None:
             if not cond:
-                raise ConfigError(msg)
+                raise ConfigError(msg, *params)
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
@@ -276,10 +286,11 @@ class TrainConfig:
         need(self.log_every_steps >= 0, f"log_every_steps must be >= 0, got {self.log_every_steps}")
         need(self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
         need(self.mode == "hybrid" or self.model is not None or self.init_from is not None,
-             "no model given: set --model (or 'model:' in the YAML config); see multispike.models.list_models()")
+             "no model given: set {model} (or 'model:' in the YAML config); see multispike.models.list_models()",
+             "model")
         need(not (self.mode == "hybrid" and self.init_from is not None),
-             "mode 'hybrid' builds its SNN from --ann-checkpoint; --init-from is for mode ann/qat/snn (e.g. "
-             "fine-tuning the output of `multispike convert` with --mode snn)")
+             "{mode} 'hybrid' builds its SNN from {ann_checkpoint}; {init_from} is for {mode} ann/qat/snn (e.g. "
+             "fine-tuning the output of `multispike convert` with {mode} snn)", "mode", "ann_checkpoint", "init_from")
         need(self.latency_weight >= 0 and self.latency_weight == self.latency_weight,
              f"latency_weight must be >= 0, got {self.latency_weight}")
         need(self.latency_weight == 0 or self.mode in ("qat", "ann"),
@@ -295,9 +306,10 @@ class TrainConfig:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         if self.mode == "hybrid":
-            need(self.ann_checkpoint is not None, "mode 'hybrid' needs --ann-checkpoint (a checkpoint of the ANN)")
-            need(self.convert_hook is not None, "mode 'hybrid' needs --convert-hook 'module:function' that turns the "
-                                                "loaded ANN into the SNN")
+            need(self.ann_checkpoint is not None, "{mode} 'hybrid' needs {ann_checkpoint} (a checkpoint of the ANN)",
+                 "mode", "ann_checkpoint")
+            need(self.convert_hook is not None, "{mode} 'hybrid' needs {convert_hook} 'module:function' that turns "
+                                                "the loaded ANN into the SNN", "mode", "convert_hook")
         if self.resolved_loss() in ("ce_mean", "tet"):
             need(self.mode in ("snn", "hybrid"), f"loss {self.resolved_loss()!r} needs per-step outputs; use it with "
                                                  f"mode snn or hybrid (mode is {self.mode!r})")
@@ -466,142 +478,19 @@ _GROUP_TITLES = {"data": "Dataset", "model": "Model", "training": "Training", "o
                  "schedule": "Learning-rate schedule", "run": "Run, checkpoints and devices"}
 
 
-def _parse_kv(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, raw = text.split("=", 1)
-    if not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return key, raw
+# The command-line side moved to :mod:`multispike.train.config_args`; ``multispike.train.config.<name>`` still
+# resolves it, with a DeprecationWarning (the names stay public in :mod:`multispike.train`). Resolved on first use
+# because that module imports this one.
+_ARGS_NAMES = frozenset(('add_config_arguments', 'config_from_args', 'inherit_from_checkpoint', 'FINETUNE_LR', 'INHERITED_DATA_KEYS', 'HYBRID_HOOKS'))
 
 
-def _optional(conv):
-    def parse(text: str):
-        if text.lower() in ("none", "null"):
-            return None
-        return conv(text)
-    parse.__name__ = conv.__name__
-    return parse
+def __getattr__(name: str):
+    if name not in _ARGS_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import warnings
 
+    from . import config_args
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config`` and one flag per :class:`TrainConfig` key.
-
-    Every flag uses ``default=argparse.SUPPRESS`` so that :func:`config_from_args` can tell explicit flags
-    (which override the YAML file) from defaults.
-    """
-    parser.add_argument("-c", "--config", default=None, metavar="YAML",
-                        help="YAML file of defaults (keys = the flag names with '_'); explicit flags override it")
-    groups = {name: parser.add_argument_group(title) for name, title in _GROUP_TITLES.items()}
-    for name, f in _FIELDS.items():
-        if not f.metadata.get("cli", True):
-            continue
-        tp, optional = _unwrap_optional(_HINTS[name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        flag = "--" + name.replace("_", "-")
-        help_text = f.metadata["help"]
-        if "default" not in help_text:
-            help_text += f" (default: {default!r})"
-        # argparse %-formats help strings: a literal % (a percentile such as 99.9%) must be doubled
-        kw: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
-        if "choices" in f.metadata:
-            kw["choices"] = f.metadata["choices"]
-        if tp is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif tp is dict:
-            kw.update(nargs="+", type=_parse_kv, metavar="KEY=VALUE")
-        elif tp is list:
-            kw.update(nargs="*", type=str if name == "neuron_param_patterns" else float,
-                      metavar="PATTERN" if name == "neuron_param_patterns" else "X")
-        else:
-            conv = {int: int, float: float, str: str}[tp]
-            kw["type"] = _optional(conv) if optional else conv
-            if "choices" not in kw:
-                kw["metavar"] = name.upper()
-        if name == "resume":
-            kw.update(nargs="?", const="auto", metavar="PATH")
-        groups[f.metadata["group"]].add_argument(flag, **kw)
-
-
-#: Data settings a run started from a checkpoint (--init-from, hybrid --ann-checkpoint) inherits unless given.
-INHERITED_DATA_KEYS = ("dataset", "data_dir", "dataset_kwargs", "normalize")
-#: Default learning rate of a fine-tune (--init-from without --lr): the network is already trained, so the
-#: from-scratch default (0.1 for SGD) would throw much of it away in the first steps.
-FINETUNE_LR = {"sgd": 0.01, "adam": 1e-4, "adamw": 1e-4}
-#: ``--neuron X --init-from ANN`` runs the hybrid initialisation of X (mode hybrid with this hook).
-HYBRID_HOOKS = {"mlif": "multispike.train.hybrid:mlif_hybrid", "lmht": "multispike.train.hybrid:lmht_hybrid"}
-
-
-def inherit_from_checkpoint(cfg: TrainConfig, explicit: set[str] | frozenset[str] = frozenset(),
-                            log=print) -> TrainConfig:
-    """Fill the data settings (and a fine-tune's lr) of a run that starts from a checkpoint.
-
-    The checkpoint is ``cfg.init_from`` (or ``cfg.ann_checkpoint`` in hybrid mode). Keys in ``explicit`` (given in
-    the YAML file or on the command line) are kept; the dataset, its root, reader options and normalisation
-    otherwise come from the checkpoint's config - a fine-tune never silently falls back to the default dataset.
-    A different ``dataset`` given explicitly drops the checkpoint's root and options (they belong to the other
-    dataset). Without an explicit ``lr``, an ``--init-from`` run uses :data:`FINETUNE_LR` for its optimizer.
-    Prints what it inherited (one line).
-    """
-    src = cfg.init_from if cfg.init_from is not None else (cfg.ann_checkpoint if cfg.mode == "hybrid" else None)
-    if src is None:
-        return cfg
-    from .rebuild import read_checkpoint_meta
-
-    path, meta = read_checkpoint_meta(src)
-    saved = meta.get("config") or {}
-    took = []
-    is_ann = not meta.get("conversion") and saved.get("mode") in ("ann", "qat")
-    if cfg.init_from is not None and cfg.mode == "snn" and "neuron" in explicit and cfg.neuron != saved.get("neuron"):
-        hook = HYBRID_HOOKS.get(cfg.neuron)
-        if not (is_ann and hook):
-            raise ConfigError(
-                f"--neuron {cfg.neuron} differs from the {saved.get('neuron')!r} network of --init-from {src}, and "
-                f"--init-from keeps the checkpoint's neurons. " + (
-                    f"Hybrid initialisation from an ANN exists for --neuron {' / '.join(HYBRID_HOOKS)}; for IF "
-                    f"neurons run `multispike convert --checkpoint {src} --to if --timesteps T --out DIR` and "
-                    f"--init-from DIR" if is_ann else "Drop --neuron, or start from the ANN it was converted from"))
-        # --neuron mlif|lmht --init-from ANN: the hybrid initialisation of that neuron (ANN -> SNN, then fine-tune)
-        cfg.mode, cfg.ann_checkpoint, cfg.init_from, cfg.convert_hook = "hybrid", src, None, hook
-        took.append(f"hybrid initialisation ({hook})")
-        if "lr" not in explicit:
-            cfg.lr = FINETUNE_LR.get(cfg.opt, cfg.lr)
-            took.append(f"lr={cfg.lr:g} (fine-tune default for {cfg.opt}; pass --lr to change)")
-    if saved.get("dataset") and "dataset" not in explicit:
-        for key in INHERITED_DATA_KEYS:
-            if key not in explicit and key in saved:
-                setattr(cfg, key, saved[key] if not isinstance(saved[key], dict) else dict(saved[key]))
-                took.append(key)
-    elif "dataset" in explicit and saved.get("dataset") and cfg.dataset != saved.get("dataset"):
-        log(f"note: {path} was trained on {saved['dataset']!r}; this run uses --dataset {cfg.dataset!r} (its classes "
-            f"and input size are checked against the checkpoint's)")
-    if cfg.init_from is not None and "lr" not in explicit:
-        cfg.lr = FINETUNE_LR.get(cfg.opt, cfg.lr)
-        took.append(f"lr={cfg.lr:g} (fine-tune default for {cfg.opt}; pass --lr to change)")
-    if took:
-        log(f"from {path}: " + ", ".join(f"{k}={getattr(cfg, k)!r}" if k in INHERITED_DATA_KEYS else k for k in took))
-    return cfg.validate()
-
-
-def config_from_args(args: argparse.Namespace, log=print) -> TrainConfig:
-    """Build the config from a namespace produced by a parser with :func:`add_config_arguments`.
-
-    A run that starts from a checkpoint inherits its data settings and gets a fine-tune lr unless they are
-    given (:func:`inherit_from_checkpoint`).
-    """
-    overrides = {}
-    for name in _FIELDS:
-        if hasattr(args, name):
-            value = getattr(args, name)
-            if _unwrap_optional(_HINTS[name])[0] is dict and isinstance(value, list):
-                value = dict(value)
-            overrides[name] = value
-    yaml_path = getattr(args, "config", None)
-    explicit = set(overrides) | (set(load_yaml_config(yaml_path)) if yaml_path else set())
-    cfg = resolve_config(yaml_path, overrides)
-    if getattr(args, "print_config", False) or os.environ.get("RANK", "0") != "0":
-        log = lambda *a, **k: None  # noqa: E731 - --print-config prints JSON only; one rank speaks
-    return inherit_from_checkpoint(cfg, explicit, log=log)
+    warnings.warn(f"multispike.train.config.{name} moved to multispike.train.config_args.{name} (also "
+                  f"multispike.train.{name})", DeprecationWarning, stacklevel=2)
+    return getattr(config_args, name)

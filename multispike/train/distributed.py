@@ -33,6 +33,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .._errors import ParameterError
+
 __all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "seed_everything", "wrap_model", "unwrap_model",
            "all_reduce_sum", "all_gather_object", "broadcast_object", "sync_bn_stats", "barrier"]
 
@@ -72,7 +74,8 @@ def _pick_device(device: str, local_rank: int) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+            raise ParameterError(f"{{device}} {device!r} requested but CUDA is not available; use {{device}} cpu",
+                                 "device")
         if device == "cuda":
             return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
         return torch.device(device)
@@ -142,8 +145,9 @@ def wrap_model(model: nn.Module, info: DistInfo, sync_bn: bool = False, find_unu
     """
     if sync_bn:
         if info.device.type != "cuda":
-            raise ValueError("sync_bn needs CUDA: PyTorch's SyncBatchNorm rejects CPU tensors. Drop --sync-bn on "
-                             "CPU (BN statistics are averaged across ranks each epoch, see --dist-bn)")
+            raise ParameterError("{sync_bn} needs CUDA: PyTorch's SyncBatchNorm rejects CPU tensors. Drop {sync_bn} "
+                                 "on CPU (BN statistics are averaged across ranks each epoch, see {dist_bn})",
+                                 "sync_bn", "dist_bn")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(info.device)
     if not info.distributed:

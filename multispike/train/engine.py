@@ -6,9 +6,10 @@ Modes (``TrainConfig.mode``):
 * ``qat`` - the same loop; every epoch the log records each quantizer's ``timesteps`` (T_l) and
   ``bit_width`` (any module with those attributes, e.g. QAC's quantizers) and their mean, and for QAC
   quantizers ``qac_layers`` (T_l, continuous t, α) plus the readable table ``<out>/timesteps.txt``. With
-  ``latency_weight`` λ > 0 the loss is ``CE + λ·Σ_l w_l·t_l`` (:class:`multispike.quant.qac.LatencyRegulariser`;
-  ``train_loss`` logs the CE alone, ``latency_term`` the penalty); (t, α) have their own optimizer settings
-  (``quant_opt``, ``quant_lr``; :func:`multispike.train.optim.build_training_optimizer`).
+  ``latency_weight`` λ > 0 the loss is ``CE + λ·Σ_l w_l·t_l``
+  (:class:`~multispike.quant.latency.LatencyRegulariser`; ``train_loss`` logs the CE alone, ``latency_term`` the
+  penalty); (t, α) have their own optimizer settings (``quant_opt``, ``quant_lr``;
+  :func:`multispike.train.optim.build_training_optimizer`).
 * ``snn`` - BPTT/STBP on ``model.forward_sequence(x)`` (``[T, B, K]``): CE on the time mean (LM-HT's recipe,
   algorithms.md §2.5) or TET (§7.6).
 * ``hybrid`` - load an ANN checkpoint, rebuild that ANN from the config stored in it, turn it into an SNN with
@@ -45,6 +46,10 @@ Example (the whole job from a config is :func:`multispike.train.run_training`; t
     trainer = Trainer(model, train_loader, test_loader, resolve_config(overrides={"model": "vgg_small"}))
     summary = trainer.fit()                      # or trainer.fit(resume=load_checkpoint("runs/x"))
     summary["final_acc"], summary["final_acc_per_t"]
+
+Size (over 450 lines): one :class:`Trainer`: step, epoch, evaluation, EMA, checkpoint save/resume and the
+divergence/signal guards share its state; the parts that do not (losses, optimizers, guards, checkpoint I/O,
+distributed) are already their own modules.
 """
 from __future__ import annotations
 
@@ -174,7 +179,7 @@ class Trainer:
         # QAT's optional latency term λ·Σ w_l·t_l (multispike's addition to QAC; quant/qac.py)
         self.regulariser = None
         if config.latency_weight > 0:
-            from ..quant.qac import LatencyRegulariser
+            from ..quant.latency import LatencyRegulariser
             self.regulariser = LatencyRegulariser(self.model, config.latency_weight, config.latency_per_layer)
         self.steps_per_epoch = len(train_loader)
         self.schedule = LRSchedule(config.sched, config.lr, self.steps_per_epoch, config.epochs,
@@ -302,8 +307,9 @@ class Trainer:
         if not self._loss_finite(loss):
             what = loss.item() if not torch.isfinite(loss) else "on another rank"
             raise NonFiniteError(f"training diverged: non-finite loss {what} at step {self.step} (epoch "
-                                 f"{self.epoch + 1}); nothing was checkpointed from this state. Lower --lr, enable "
-                                 f"--clip-grad, or check the data; then --resume from the last good checkpoint")
+                                 f"{self.epoch + 1}); nothing was checkpointed from this state. Lower {{lr}}, enable "
+                                 f"{{clip_grad}}, or check the data; then {{resume}} from the last good checkpoint",
+                                 "lr", "clip_grad", "resume")
         self.scaler.scale(loss).backward()
         if self.cfg.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
@@ -502,12 +508,12 @@ class Trainer:
         elif not bad:
             return
         last = self.ckpt_dir / "last.json"
-        resume = (f"the last good checkpoint is {last} (--resume)" if last.exists() else
+        resume = (f"the last good checkpoint is {last} ({{resume}})" if last.exists() else
                   "no checkpoint was written yet")
         raise NonFiniteError(f"training diverged {where}: non-finite values in "
                              f"{', '.join(bad) if bad else 'the model on another rank'}. Nothing was checkpointed "
-                             f"from this state; {resume}. Lower --lr, enable --clip-grad, freeze BatchNorm "
-                             f"(--freeze-bn) or check the data.")
+                             f"from this state; {resume}. Lower {{lr}}, enable {{clip_grad}}, freeze BatchNorm "
+                             f"({{freeze_bn}}) or check the data.", "lr", "clip_grad", "freeze_bn", "resume")
 
     def _loss_finite(self, loss: torch.Tensor) -> bool:
         """Whether the loss is finite on every rank. Under DDP one collective per step also shares the stop
@@ -539,12 +545,14 @@ class Trainer:
         saved_model = meta.get("model")
         if saved_model is not None and saved_model != self.model_name:
             raise CheckpointError(f"checkpoint {ckpt.path} is for model {saved_model!r}, but this run builds "
-                                  f"{self.model_name!r}; use --model {saved_model} or another checkpoint")
+                                  f"{self.model_name!r}; use {{model}} {saved_model} or another checkpoint",
+                                  "model")
         conflicts = config_conflicts(meta.get("config", {}), self.cfg)
         if conflicts:
             raise CheckpointError(f"cannot resume from {ckpt.path}: the config conflicts with the checkpoint's in "
                                   f"{len(conflicts)} key(s): " + "; ".join(conflicts) +
-                                  ". Use the original values (see config.json of that run) or start a new --out.")
+                                  ". Use the original values (see config.json of that run) or start a new {out}.",
+                                  "out")
         check_finite_state(ckpt.model_state, f"checkpoint {ckpt.path}")
         load_model_state(self.model, ckpt.model_state, source=f"checkpoint {ckpt.path}")
         self._elapsed_before = float(meta.get("elapsed_s") or 0.0)
@@ -708,7 +716,8 @@ class Trainer:
     def _record_qac(self, record: dict) -> None:
         """QAT: each QAC layer's T_l, continuous t and α (``qac_layers``), the latency term, and the readable
         per-epoch table ``<out>/timesteps.txt`` (rank 0)."""
-        from ..quant.qac import format_timestep_table, quantizer_summary
+        from ..quant.qac import quantizer_summary
+        from ..quant.latency import format_timestep_table
 
         rows = [{"layer": r["layer"], "T": r["T"], "t": r["t"], "alpha": r["alpha"]}
                 for r in quantizer_summary(self.model) if "t" in r]

@@ -22,14 +22,14 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..neurons.base import check_positive_int
+from .._errors import ParameterError
+from .._text import format_table as _format_table
+from .._text import percent as _pct
+from .._text import percent_curve as _curve
+from .._validate import check_positive_int
 from .checkpoint import atomic_write_text
 
 __all__ = ["EncodedEventLoader", "train_events", "event_frames"]
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
 
 
 class EncodedEventLoader:
@@ -109,16 +109,16 @@ def train_events(*, out: str | os.PathLike, dataset: str = "nmnist", lanes: Sequ
     from .config import resolve_config
     from .runner import run_training
 
-    lanes = [check_positive_int(s, "--lanes", fix="Every M-LIF neuron needs S >= 1 lanes.") for s in lanes]
+    lanes = [check_positive_int(s, "lanes", fix="Every M-LIF neuron needs S >= 1 lanes.") for s in lanes]
     if not lanes:
-        raise ValueError("--lanes needs at least one lane count (e.g. 1 2 3)")
-    frame_budget = check_positive_int(frame_budget, "--frame-budget", fix="Give the number of binary frames T_F.")
+        raise ParameterError("{lanes} needs at least one lane count (e.g. 1 2 3)", "lanes")
+    frame_budget = check_positive_int(frame_budget, "frame_budget", fix="Give the number of binary frames T_F.")
     for S in lanes:
         encoded_steps(frame_budget, S)   # raises when T_F < G = 2^(S-1), naming both
-    epochs = check_positive_int(epochs, "--epochs")
+    epochs = check_positive_int(epochs, "epochs")
     out = Path(out)
     if num_threads is not None:
-        torch.set_num_threads(check_positive_int(num_threads, "--num-threads"))
+        torch.set_num_threads(check_positive_int(num_threads, "num_threads"))
     t_load = time.perf_counter()
     train_frames, train_labels, train_meta = event_frames(dataset, data_dir, "train", frame_budget, train_samples, seed)
     test_frames, test_labels, test_meta = event_frames(dataset, data_dir, "test", frame_budget, test_samples, seed)
@@ -167,15 +167,3 @@ def train_events(*, out: str | os.PathLike, dataset: str = "nmnist", lanes: Sequ
     (out / "report.txt").write_text(text + "\n")
     log(text)
     return result
-
-
-def _format_table(rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _curve(accs: Sequence[float]) -> str:
-    return " ".join(f"{100 * a:.2f}" for a in accs)

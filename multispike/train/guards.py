@@ -41,6 +41,8 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from .._errors import ParameterMessage
+
 __all__ = ["NonFiniteError", "RunLockedError", "TrainingInterrupted", "nonfinite_entries", "check_finite_model",
            "check_finite_state", "RunLock", "StopSignals", "ensure_writable_dir", "ensure_writable_file", "LOCK_NAME"]
 
@@ -50,15 +52,22 @@ LOCK_NAME = ".multispike.lock"
 # ----------------------------------------------------------------------------------------------------
 # Errors
 # ----------------------------------------------------------------------------------------------------
-class NonFiniteError(FloatingPointError):
-    """Training produced NaN/Inf in the loss, a parameter or a buffer; nothing non-finite was checkpointed."""
+class NonFiniteError(ParameterMessage, FloatingPointError):
+    """Training produced NaN/Inf in the loss, a parameter or a buffer; nothing non-finite was checkpointed.
+
+    The advice names training settings as ``{lr}``-style templates (:class:`~multispike._errors.ParameterMessage`):
+    ``str(error)`` shows the :class:`~multispike.train.TrainConfig` field, the command line its flag.
+    """
+
+    def __init__(self, template: str = "", *params: str) -> None:
+        FloatingPointError.__init__(self, self._set_template(template, params))
 
 
 class RunLockedError(RuntimeError):
     """Another live process holds the output folder's run lock."""
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(ParameterMessage, Exception):
     """SIGTERM/SIGINT stopped training after a resumable checkpoint was written.
 
     Attributes:
@@ -74,10 +83,10 @@ class TrainingInterrupted(Exception):
         name = _signal_name(signum)
         if checkpoint is not None:
             msg = (f"training interrupted by {name}; resumable checkpoint saved at {checkpoint}. Resume with the same "
-                   f"command plus --resume (multispike train ... --out {out} --resume)")
+                   f"settings plus {{resume}} (`multispike train ... --out {out} --resume`)")
         else:
             msg = f"training interrupted by {name} before the first step; nothing was saved"
-        super().__init__(msg)
+        Exception.__init__(self, self._set_template(msg, ("resume",)))
 
 
 def _signal_name(signum: int) -> str:
@@ -141,10 +150,11 @@ def check_finite_model(model: nn.Module, where: str, hint: str = "") -> None:
     named = list(model.named_parameters()) + list(model.named_buffers())
     bad = nonfinite_entries(named)
     if bad:
+        params = () if hint else ("lr", "clip_grad", "resume")
         raise NonFiniteError(f"training diverged {where}: non-finite values in {', '.join(bad)}. "
-                             + (hint or "Nothing was checkpointed from this state; lower --lr, enable --clip-grad, "
+                             + (hint or "Nothing was checkpointed from this state; lower {lr}, enable {clip_grad}, "
                                         "or check the data, then resume from the last good checkpoint "
-                                        "(--resume) or start again."))
+                                        "({resume}) or start again."), *params)
 
 
 def check_finite_state(state: Mapping[str, Any], source: str) -> None:

@@ -31,6 +31,7 @@ from typing import Any, Iterable
 
 from torch import nn
 
+from .._errors import ParameterError
 from .config import TrainConfig
 
 __all__ = ["lmht_hybrid", "mlif_hybrid", "call_convert_hook", "convert_init_model", "is_structure_only"]
@@ -75,7 +76,7 @@ def lmht_hybrid(ann: nn.Module, cfg: TrainConfig) -> nn.Module:
 
     levels = cfg.neuron_arguments().get("levels")
     if levels is None:
-        raise ValueError("lmht_hybrid needs the LM-HT level count: set --levels L (e.g. 2)")
+        raise ParameterError("lmht_hybrid needs the LM-HT level count: set {levels} L (e.g. 2)", "levels")
     opts, _ = _options(cfg, _LMHT_OPTIONS, "lmht_hybrid")
     snn = convert_qcfs_to_lmht(ann, levels=int(levels), T=cfg.timesteps, **opts)
     return _set_T(snn, cfg.timesteps)
@@ -118,7 +119,7 @@ def mlif_hybrid(ann: nn.Module, cfg: TrainConfig, train_loader: Iterable | None 
         raise ValueError("mlif_hybrid needs training batches for the threshold initialisation")
     lanes = cfg.neuron_arguments().get("lanes")
     if lanes is None:
-        raise ValueError("mlif_hybrid needs the lane count: set --lanes S (e.g. 3)")
+        raise ParameterError("mlif_hybrid needs the lane count: set {lanes} S (e.g. 3)", "lanes")
     opts, neuron_kw = _options(cfg, _MLIF_OPTIONS, "mlif_hybrid", passthrough=True)
     neuron_kw.pop("v_threshold", None)   # set by the percentile rule
     _set_T(ann, cfg.timesteps)

@@ -33,6 +33,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from .._errors import ParameterError
+
 __all__ = ["DEFAULT_NEURON_PARAM_PATTERNS", "OPTIMIZERS", "SCHEDULES", "match_neuron_param", "build_param_groups",
            "build_optimizer", "LRSchedule", "CompositeOptimizer", "build_training_optimizer"]
 
@@ -127,8 +129,8 @@ def build_optimizer(name: str, params: Iterable, lr: float, *, momentum: float =
     name = name.lower()
     if name == "sgd":
         if nesterov and momentum <= 0:
-            raise ValueError(f"Nesterov SGD needs momentum > 0, got momentum={momentum}; set --momentum 0.9 or "
-                             f"drop --nesterov")
+            raise ParameterError(f"Nesterov SGD needs momentum > 0, got {{momentum}}={momentum}; set {{momentum}} 0.9 "
+                                 f"or drop {{nesterov}}", "momentum", "nesterov")
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     if name in ("adam", "adamw"):
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
@@ -309,13 +311,13 @@ def build_training_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer | C
     """The optimizer of a training run from its config (a :class:`~multispike.train.config.TrainConfig`).
 
     Weights, biases and neuron parameters are grouped by :func:`build_param_groups`. The learnable pairs of QAC
-    quantizers ((t or n, α or d); :func:`multispike.quant.qac.quantizer_parameters`) form their own ``"quant"``
+    quantizers ((t or n, α or d); :func:`multispike.quant.latency.quantizer_parameters`) form their own ``"quant"``
     group with ``quant_lr`` (default ``neuron_lr``, else ``lr``), ``quant_weight_decay`` (default
     ``neuron_weight_decay``, else ``weight_decay``) and ``quant_lr_scheduled`` (default ``neuron_lr_scheduled``).
     When ``quant_opt`` differs from ``opt`` that group has an optimizer of its own and a
     :class:`CompositeOptimizer` is returned.
     """
-    from ..quant.qac import quantizer_parameters
+    from ..quant.latency import quantizer_parameters
 
     quant = quantizer_parameters(model)
     quant = [p for p in quant if p.requires_grad]

@@ -208,7 +208,7 @@ def build_structure(desc: Mapping[str, Any]) -> nn.Module:
     else:
         raise CheckpointError(f"unknown model descriptor kind {kind!r}")
     if cfg.get("prepare_qat") is not None:
-        from ..quant.qac import prepare_qat
+        from ..quant.qat import prepare_qat
 
         prepare_qat(model, **cfg["prepare_qat"])
     return model

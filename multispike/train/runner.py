@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .._errors import ParameterError
 from .checkpoint import load_checkpoint
 from .config import TrainConfig, save_config
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, seed_everything
@@ -136,8 +137,8 @@ def _init_model(cfg: TrainConfig) -> tuple[nn.Module, str]:
     model, name = rebuild_model(ckpt)
     model.train()
     if cfg.model is not None and cfg.model != name:
-        raise ValueError(f"--init-from {cfg.init_from} holds a {name!r} network, but --model is {cfg.model!r}; drop "
-                         f"--model (it comes from the checkpoint)")
+        raise ParameterError(f"{{init_from}} {cfg.init_from} holds a {name!r} network, but {{model}} is "
+                             f"{cfg.model!r}; drop {{model}} (it comes from the checkpoint)", "init_from", "model")
     cfg.model = name
     from .hybrid import convert_init_model   # --neuron lmht on a QCFS ANN: the hybrid (exact) conversion
 
@@ -149,7 +150,8 @@ def _init_model(cfg: TrainConfig) -> tuple[nn.Module, str]:
     for key in ("num_classes", "in_channels"):
         mine, theirs = getattr(cfg, key), saved.get(key)
         if mine is not None and theirs is not None and mine != theirs:
-            raise ValueError(f"--init-from {cfg.init_from} has {key}={theirs}, the data have {mine}")
+            raise ParameterError(f"{{init_from}} {cfg.init_from} has {key}={theirs}, the data have {mine}",
+                                 "init_from")
     T = model_timesteps(model)
     if T is not None and T != cfg.timesteps:
         if os.environ.get("RANK", "0") == "0":
@@ -213,7 +215,8 @@ def _prepare_qat(cfg: TrainConfig, model: nn.Module, train_loader: Any, dist: Di
     or the run resumes. Quantizers made from QCFS keep its ϑ (already from the data when trained from scratch) and
     quantizers loaded with ``--init-from`` keep their trained α."""
     from ..quant.clip_init import init_qac_alphas, parse_clip_init
-    from ..quant.qac import QACQuantizer, prepare_qat
+    from ..quant.qac import QACQuantizer
+    from ..quant.qat import prepare_qat
 
     report = prepare_qat(model, **cfg.prepare_qat)
     names = [r["name"] for r in report.replaced if r["old"] == "ReLU" and r["new"] == "QACQuantizer"]
@@ -258,8 +261,9 @@ def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_load
             resume_ckpt = load_checkpoint(out if cfg.resume == "auto" else cfg.resume)
         elif (out / "checkpoints" / "last.json").exists():
             if not cfg.overwrite:
-                raise ValueError(f"{out} already holds checkpoints of a run; pass --resume to continue it, "
-                                 f"--overwrite to discard them, or choose another --out")
+                raise ParameterError(f"{out} already holds checkpoints of a run; pass {{resume}} to continue it, "
+                                     f"{{overwrite}} to discard them, or choose another {{out}}",
+                                     "resume", "overwrite", "out")
             barrier(dist)
             if dist.is_primary:
                 shutil.rmtree(out / "checkpoints")
@@ -273,9 +277,10 @@ def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_load
         if cfg.num_classes is None:
             cfg.num_classes = info.num_classes if info is not None else getattr(model, "num_classes", None)
         elif info is not None and info.num_classes and cfg.num_classes < info.num_classes:
-            raise ValueError(f"num_classes={cfg.num_classes} but dataset {cfg.dataset!r} has {info.num_classes} "
-                             f"classes: labels >= {cfg.num_classes} would not fit the classifier. Drop --num-classes "
-                             f"(it comes from the data) or set it to {info.num_classes}")
+            raise ParameterError(f"{{num_classes}}={cfg.num_classes} but dataset {cfg.dataset!r} has "
+                                 f"{info.num_classes} classes: labels >= {cfg.num_classes} would not fit the "
+                                 f"classifier. Drop {{num_classes}} (it comes from the data) or set it to "
+                                 f"{info.num_classes}", "num_classes")
         if cfg.in_channels is None:
             if info is not None and info.input_shape:
                 cfg.in_channels = info.input_shape[0]
@@ -291,7 +296,7 @@ def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_load
                 model, model_name = _init_model(cfg)
             else:
                 if cfg.num_classes is None:
-                    raise ValueError("num_classes is unknown: set --num-classes")
+                    raise ParameterError("the number of classes is unknown: set {num_classes}", "num_classes")
                 model = build_model(cfg, cfg.num_classes, cfg.in_channels)
                 shape = list(info.input_shape) if info is not None and info.input_shape else None
                 if shape and "input_size" not in cfg.model_kwargs and \

@@ -13,14 +13,20 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from .._errors import ParameterMessage
+
 __all__ = ["TensorBoardLogger", "require_tensorboard", "TensorBoardMissing"]
 
 _INSTALL = 'pip install "multispike[tensorboard]" (or: pip install tensorboard)'
 
 
-class TensorBoardMissing(ImportError, ValueError):
+class TensorBoardMissing(ParameterMessage, ImportError, ValueError):
     """The ``tensorboard`` package is absent. Also a ValueError, so the CLI reports it as one line of bad input
-    (the ``--tensorboard`` flag needs an optional dependency) instead of a traceback."""
+    (the ``tensorboard`` setting needs an optional dependency) instead of a traceback; the message names the
+    setting as a template (:class:`~multispike._errors.ParameterMessage`), which the CLI writes as its flag."""
+
+    def __init__(self, template: str, *params: str) -> None:
+        ImportError.__init__(self, self._set_template(template, params))
 
 
 def require_tensorboard():
@@ -28,8 +34,8 @@ def require_tensorboard():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
-        raise TensorBoardMissing(f"--tensorboard needs the 'tensorboard' package, which is not installed ({exc}); "
-                          f"{_INSTALL}") from exc
+        raise TensorBoardMissing(f"{{tensorboard}} needs the 'tensorboard' package, which is not installed ({exc}); "
+                                 f"{_INSTALL}", "tensorboard") from exc
     return SummaryWriter
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._workflow_args import add_output_arguments, workflow_run
+
 EPILOG = """\
 examples:
   multispike calibrate --checkpoint runs/qac_mixed --epochs 20 --lr 1e-3 --out runs/qac_mixed_cal
@@ -41,26 +43,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--calib-samples", type=int, default=512,
                       help="class-balanced training images used, without labels (default 512)")
     data.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
+    add_output_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    from ...data.provenance import data_opts
     from ..workflows import calibrate_checkpoint
 
-    for value, flag in ((args.batch_size, "--batch-size"), (args.threads, "--threads"), (args.limit, "--limit")):
-        if value is not None and value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from ...data.provenance import data_opts
-    from ...train.guards import RunLock
-    # The lock proves --out writable before the work and keeps a second run from writing the same folder.
-    with RunLock(args.out, "--out"):
+    with workflow_run(args):
         calibrate_checkpoint(args.checkpoint, out=args.out, epochs=args.epochs, lr=args.lr, target=args.target,
                              v_init_shape=args.v_init_shape, ann_checkpoint=args.ann_checkpoint, dataset=args.dataset,
                              data_dir=args.data_dir, data_opts=data_opts(args), calib_samples=args.calib_samples,

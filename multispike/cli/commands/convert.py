@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._workflow_args import add_output_arguments, workflow_run
+
 EPILOG = """\
 targets:
   if       QCFS ANN -> IF (θ = ϑ, v(0) = θ/2; algorithms.md §3.2); a ReLU ANN -> IF with data thresholds
@@ -69,15 +71,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--batch-size", type=int, default=128, help="evaluation batch size (default 128)")
     data.add_argument("--calib-batches", type=int, default=8,
                       help="training batches for --threshold percentiles (default 8)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--out", required=True, help="output directory (checkpoints/, conversion.json, report.txt)")
-    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
+    add_output_arguments(p, "output directory (checkpoints/, conversion.json, report.txt)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..workflows import convert_checkpoint
 
     to = args.to
@@ -87,15 +85,9 @@ def run(args: argparse.Namespace) -> int:
         to = "mixed"
     if to is None:
         raise ValueError("choose a target: --to if|lmht|mixed|uniform (or --mixed-timestep)")
-    for value, flag in ((args.batch_size, "--batch-size"), (args.threads, "--threads"), (args.limit, "--limit")):
-        if value is not None and value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from ...data.provenance import data_opts
-    from ...train.guards import RunLock
-    # The lock proves --out writable before the work and keeps a second run from writing the same folder.
-    with RunLock(args.out, "--out"):
+
+    with workflow_run(args):
         convert_checkpoint(args.checkpoint, to, out=args.out, timesteps=args.timesteps, levels=args.levels,
                            hybrid_bias_scale=args.hybrid_bias_scale, align=args.align, threshold=args.threshold,
                            v_init=args.v_init, dataset=args.dataset, data_dir=args.data_dir, data_opts=data_opts(args),

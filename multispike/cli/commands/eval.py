@@ -27,13 +27,10 @@ effective ops, and a memory-access model (ours, not the paper's).
 
 
 def _kv(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
+    """``--neuron-kwargs/--model-kwargs`` entries: values are JSON (``levels=2``, ``v_reset=null``), else text."""
+    from ...data.provenance import parse_key_value
+
+    return parse_key_value(text, json.loads, (json.JSONDecodeError,), example="levels=2")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

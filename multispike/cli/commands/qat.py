@@ -1,6 +1,6 @@
 """multispike qat: quantization-aware training of any zoo model with QAC quantizers (learnable per-layer T_l).
 
-Builds the model with ReLU (or QCFS/QAC) activations, runs ``multispike.quant.qac.prepare_qat`` (every ReLU/QCFS
+Builds the model with ReLU (or QCFS/QAC) activations, runs ``multispike.quant.qat.prepare_qat`` (every ReLU/QCFS
 -> QAC quantizer Q(x) = (α/T)·clip(⌊x·T/α + ½⌋, 0, T), every MaxPool -> AvgPool), then trains weights, α and t
 jointly exactly like ``multispike train --mode qat`` (same flags, checkpoints, resume, torchrun). Every epoch
 ``log.jsonl`` records each layer's T_l and bit width; the table is printed at the end. Convert the result with
@@ -38,7 +38,7 @@ _QAC_PARAMS = ("t", "n", "clip", "d")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ...quant.qac import PARAMETERISATIONS, T_ROUNDING
-    from ...train.config import add_config_arguments
+    from ...train.config_args import add_config_arguments
 
     p = subparsers.add_parser(
         "qat", help="quantization-aware training with QAC quantizers (ReLU -> Q, MaxPool -> AvgPool); T_l per epoch",
@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from ...train.config import config_from_args, load_yaml_config
+    from ...train.config import load_yaml_config
+    from ...train.config_args import config_from_args
     from ...train.runner import run_training
     from ..workflows import qat_epoch_table
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._workflow_args import add_output_arguments, workflow_run
+
 EPILOG = """\
 examples:
   multispike reparam --checkpoint runs/lmht_L2T2 --out runs/lmht_L2T2_if
@@ -30,26 +32,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from ...data.provenance import add_data_arguments
     add_data_arguments(data, limit_help="measure on a class-stratified subset of N test images (seeded)")
     data.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--out", required=True, help="output directory (checkpoints/, reparam.json, report.txt)")
-    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
+    add_output_arguments(p, "output directory (checkpoints/, reparam.json, report.txt)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    from ...data.provenance import data_opts
     from ..workflows import reparameterize_checkpoint
 
-    for value, flag in ((args.batch_size, "--batch-size"), (args.threads, "--threads"), (args.limit, "--limit")):
-        if value is not None and value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from ...data.provenance import data_opts
-    from ...train.guards import RunLock
-    # The lock proves --out writable before the work and keeps a second run from writing the same folder.
-    with RunLock(args.out, "--out"):
+    with workflow_run(args):
         reparameterize_checkpoint(args.checkpoint, out=args.out, dataset=args.dataset, data_dir=args.data_dir,
                                   data_opts=data_opts(args),
                                   limit=args.limit, batch_size=args.batch_size, overwrite=args.overwrite)

@@ -25,7 +25,7 @@ resolved config is written to <out>/config.json and <out>/args.yaml; per-epoch m
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ...train.config import add_config_arguments
+    from ...train.config_args import add_config_arguments
 
     parser = subparsers.add_parser(
         "train", help="train a model (ann / qat / snn / hybrid) from a YAML recipe; resumable, torchrun-ready",
@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...train.config import config_from_args
+    from ...train.config_args import config_from_args
     from ...train.runner import run_training
 
     cfg = config_from_args(args)

@@ -11,28 +11,14 @@ import torch
 from torch import nn
 
 from ..._errors import ParameterError
+from ..._text import format_table
+from ..._text import percent as _pct
+from ..._text import percent_curve as _curve
 from ..._validate import check_positive_int
 from ...data.provenance import DataSpec
 from ...data.provenance import data_spec as _data_spec
 
 __all__ = ["DataSpec", "data_spec", "static_loader", "prefix_accuracy", "save_network", "format_table"]
-
-
-def format_table(rows: Sequence[Sequence[Any]]) -> str:
-    """Left-aligned text table; the first row is the header."""
-    cells = [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
-
-
-def _curve(accs: Sequence[float]) -> str:
-    return " ".join(f"{100 * a:.2f}" for a in accs)
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -16,6 +16,9 @@ Prophesee ``.dat`` :func:`read_prophesee_dat`             header / data    EVT2 
 
 :func:`load_events` dispatches on the file suffix and returns an
 :class:`~multispike.data.events.events.EventRecording` (events + sensor size + provenance).
+
+Size (over 450 lines): four event-file formats, each with its own validation of truncated or malformed files,
+sharing one recording type and one set of checks; a file per format would repeat those checks.
 """
 from __future__ import annotations
 
