@@ -218,12 +218,12 @@ def lif_fwd_kernel(x_ptr, y_ptr, v0_ptr, lr0_ptr, vT_ptr, lrT_ptr, p_ptr, T, N, 
                    LM: tl.constexpr, SOFT: tl.constexpr, FIRE_GE: tl.constexpr, NORM: tl.constexpr,
                    PTH: tl.constexpr, HAS_V0: tl.constexpr, HAS_LR0: tl.constexpr, F32: tl.constexpr,
                    BLOCK: tl.constexpr):
-    pid, offs, mask = _block(N, BLOCK)
-    theta, leak, tau, v_reset, v_init, sp0, sp1 = _lif_scalars(p_ptr)
+    _pid, offs, mask = _block(N, BLOCK)
+    theta, leak, tau, v_reset, v_init, _sp0, _sp1 = _lif_scalars(p_ptr)
     zero = tl.zeros([BLOCK], dtype=p_ptr.dtype.element_ty)
     v, lr = _load_pair(v0_ptr, lr0_ptr, offs, mask, zero + v_init, zero, HAS_V0, HAS_LR0)
     for t in range(T):
-        m, s, v, lr = _lif_step(v, lr, _seq_load(x_ptr, t, xst, offs, mask), theta, leak, tau, v_reset, LM, SOFT,
+        _m, s, v, lr = _lif_step(v, lr, _seq_load(x_ptr, t, xst, offs, mask), theta, leak, tau, v_reset, LM, SOFT,
                                 FIRE_GE, NORM, F32)
         if PTH:
             s = theta * s
@@ -287,7 +287,7 @@ def lif_bwd_kernel(x_ptr, gy_ptr, v0_ptr, lr0_ptr, gvT_ptr, glrT_ptr, gx_ptr, gv
             gm = gm + garg
         ath = ath + gth
         if NEED_P:
-            sp, v_after, lr_after = _lif_fire_reset(_m_at(tile, rows, scr_ptr, t - 1, N, offs, mask, SCRATCH),
+            _sp, v_after, lr_after = _lif_fire_reset(_m_at(tile, rows, scr_ptr, t - 1, N, offs, mask, SCRATCH),
                                                     theta, v_reset, SOFT, FIRE_GE, NORM, F32)
             vp, lp = _prev_state(t, v_after, lr_after, vi, li)
             if LM == 0:
@@ -399,12 +399,12 @@ def mlif_fwd_kernel(x_ptr, y_ptr, v0_ptr, lr0_ptr, vT_ptr, lrT_ptr, p_ptr, T, N,
                     CM: tl.constexpr, SOFT: tl.constexpr, S: tl.constexpr, FLOOR: tl.constexpr,
                     FIRE_GE: tl.constexpr, HAS_V0: tl.constexpr, HAS_LR0: tl.constexpr, F32: tl.constexpr,
                     BLOCK: tl.constexpr):
-    pid, offs, mask = _block(N, BLOCK)
-    theta, theta_e, leak, v_init, unit, sp0, sp1, oml = _mlif_scalars(p_ptr)
+    _pid, offs, mask = _block(N, BLOCK)
+    theta, theta_e, leak, v_init, unit, _sp0, _sp1, oml = _mlif_scalars(p_ptr)
     zero = tl.zeros([BLOCK], dtype=p_ptr.dtype.element_ty)
     v, lr = _load_pair(v0_ptr, lr0_ptr, offs, mask, zero + v_init, zero, HAS_V0, HAS_LR0)
     for t in range(T):
-        m, o, v, lr = _mlif_step(v, lr, _seq_load(x_ptr, t, xst, offs, mask), theta, theta_e, leak, oml, unit, CM,
+        _m, o, v, lr = _mlif_step(v, lr, _seq_load(x_ptr, t, xst, offs, mask), theta, theta_e, leak, oml, unit, CM,
                                  SOFT, S, FLOOR, FIRE_GE, F32)
         _seq_store(y_ptr, t, N, offs, o, mask)
     _store_pair(vT_ptr, lrT_ptr, offs, mask, v, lr, True, CM == 1)
@@ -462,7 +462,7 @@ def mlif_bwd_kernel(x_ptr, gy_ptr, v0_ptr, lr0_ptr, gvT_ptr, glrT_ptr, gx_ptr, g
         gth = gth - gr * m / (theta_e * theta_e) * dte
         ath = ath + gth
         if NEED_P:
-            op, v_after, lr_after = _mlif_fire_reset(_m_at(tile, rows, scr_ptr, t - 1, N, offs, mask, SCRATCH),
+            _op, v_after, lr_after = _mlif_fire_reset(_m_at(tile, rows, scr_ptr, t - 1, N, offs, mask, SCRATCH),
                                                      theta, theta_e, unit, SOFT, S, FLOOR, FIRE_GE, F32)
             vp, lp = _prev_state(t, v_after, lr_after, vi, li)
             if CM == 1:
@@ -505,7 +505,7 @@ def _lmht_current(x_ptr, t, xst, offs, mask, in_scale, SCALE_IN: tl.constexpr):
 @triton.jit
 def lmht_fwd_kernel(x_ptr, y_ptr, v0_ptr, vT_ptr, lam_ptr, p_ptr, T, N, xst,
                     SCALE_IN: tl.constexpr, HAS_V0: tl.constexpr, F32: tl.constexpr, BLOCK: tl.constexpr):
-    pid, offs, mask = _block(N, BLOCK)
+    _pid, offs, mask = _block(N, BLOCK)
     theta = tl.load(p_ptr + 0)
     in_scale = tl.load(p_ptr + 1)
     v_init = tl.load(p_ptr + 2)

@@ -105,17 +105,17 @@ class _TritonEngine:
     The backward skeleton is shared: the kernels of every family take the same tensor arguments (input, incoming
     gradients, initial state, gradient outputs, per-block partial sums, scratch) and differ only in their
     compile-time flags and in how many partial sums a block writes. A family declares them: ``FLAGS`` (constexpr
-    of both kernels) and ``BWD_FLAGS`` (backward only) map a kernel constexpr to ``(plan flag, type)``;
-    ``N_PART`` is the number of partial sums per block (``None``: one per time step)."""
+    of both kernels) and ``BWD_FLAGS`` (backward only) list ``(kernel constexpr, plan flag, type)``; ``N_PART`` is
+    the number of partial sums per block (``None``: one per time step)."""
 
     family = ""
-    FLAGS: dict = {}
-    BWD_FLAGS: dict = {}
+    FLAGS: tuple = ()
+    BWD_FLAGS: tuple = ()
     N_PART: int | None = 2
 
     @staticmethod
-    def _flags(plan, table: dict) -> dict:
-        return {name: kind(plan.flags[key]) for name, (key, kind) in table.items()}
+    def _flags(plan, table: tuple) -> dict:
+        return {name: kind(plan.flags[key]) for name, key, kind in table}
 
     @staticmethod
     def _state_meta(lr0, backward: bool, glrT=None, glr0=None) -> dict:
@@ -163,13 +163,13 @@ class _LIFEngine(_TritonEngine):
 
     family = "lif"
     N_PART = 3
-    FLAGS = dict(LM=("leak_mode", int), SOFT=("soft", bool), FIRE_GE=("fire_ge", bool), NORM=("normalized", bool),
-                 PTH=("payload_theta", bool))
-    BWD_FLAGS = dict(DETACH=("detach_reset", bool), SK=("surr_kind", int))
+    FLAGS = (("LM", "leak_mode", int), ("SOFT", "soft", bool), ("FIRE_GE", "fire_ge", bool),
+             ("NORM", "normalized", bool), ("PTH", "payload_theta", bool))
+    BWD_FLAGS = (("DETACH", "detach_reset", bool), ("SK", "surr_kind", int))
 
     @staticmethod
     def _state_meta(lr0, backward: bool, glrT=None, glr0=None) -> dict:
-        meta = dict(HAS_LR0=lr0 is not None)
+        meta = {"HAS_LR0": lr0 is not None}
         if backward:
             meta.update(HAS_GLRT=glrT is not None, WANT_GLR0=glr0 is not None)
         return meta
@@ -184,10 +184,10 @@ class _LIFEngine(_TritonEngine):
 class _MLIFEngine(_LIFEngine):
     family = "mlif"
     N_PART = 2
-    FLAGS = dict(CM=("charge", int), SOFT=("soft", bool), S=("lanes", int), FLOOR=("floor_bounds", bool),
-                 FIRE_GE=("fire_ge", bool))
-    BWD_FLAGS = dict(DETACH=("detach_reset", bool), SIGN=("sign", float), UNSCALED=("unscaled", bool),
-                     SK=("surr_kind", int))
+    FLAGS = (("CM", "charge", int), ("SOFT", "soft", bool), ("S", "lanes", int), ("FLOOR", "floor_bounds", bool),
+             ("FIRE_GE", "fire_ge", bool))
+    BWD_FLAGS = (("DETACH", "detach_reset", bool), ("SIGN", "sign", float), ("UNSCALED", "unscaled", bool),
+                 ("SK", "surr_kind", int))
 
 
 class _LMHTEngine(_TritonEngine):
@@ -195,8 +195,8 @@ class _LMHTEngine(_TritonEngine):
 
     family = "lmht"
     N_PART = None
-    FLAGS = dict(SCALE_IN=("scale_input", bool))
-    BWD_FLAGS = dict(DETACH_T=("detach_temporal", bool), DETACH_R=("detach_reset", bool))
+    FLAGS = (("SCALE_IN", "scale_input", bool),)
+    BWD_FLAGS = (("DETACH_T", "detach_temporal", bool), ("DETACH_R", "detach_reset", bool))
 
     @staticmethod
     def _need_p(needs) -> bool:
