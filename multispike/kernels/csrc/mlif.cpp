@@ -156,23 +156,21 @@ void mlif_bwd(const Seq<S>& q, const MlifArgs& c) {
             const S m = Mt[i];
             const S o = ob[i], f = fb[i];
             const S g_v = gv[i];
-            S go = gyt[i];
-            S gm, gf, gth;
-            if (soft) {
-              gm = g_v;
-              S gor = -theta * g_v;
-              gth = -o * g_v;
-              if (PF) {
-                gor = gor + theta * glr[i];
-                gth = gth + o * glr[i];
-              }
-              go = detach ? go : go + gor;
-              gf = S(0);
-            } else {
-              gm = g_v * (S(1) - f);
-              gf = detach ? S(0) : -m * g_v;
-              gth = S(0);
+            const S g_y = gyt[i];
+            // Branch-free (both resets computed, then selected): with a runtime `soft` the if/else form was not
+            // vectorised at all (GCC 12: "no vectype"), only the paper form, where soft is a constant, was.
+            S gor = -theta * g_v;
+            S gth_soft = -o * g_v;
+            if (PF) {
+              gor = gor + theta * glr[i];
+              gth_soft = gth_soft + o * glr[i];
             }
+            const S go_soft = detach ? g_y : g_y + gor;
+            const S gf_hard = detach ? S(0) : -m * g_v;
+            S gm = soft ? g_v : g_v * (S(1) - f);
+            const S go = soft ? go_soft : g_y;
+            const S gf = soft ? S(0) : gf_hard;
+            S gth = soft ? gth_soft : S(0);
             const S gr = go * Do[i] + gf * Df[i];
             gm = gm + gr * inv_te;
             gth = gth - gr * m * inv_te2 * dte;
