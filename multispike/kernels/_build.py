@@ -31,6 +31,10 @@ Loading a shared library runs its code, so the cache is treated as part of the t
 If no compiler works, one :class:`CppBuildWarning` is issued and :func:`load_library` returns ``None``; the
 kernels then fall back to the reference functions. ``MULTISPIKE_DISABLE_CPP=1`` disables the CPU kernels on
 purpose.
+
+This module is slightly over the package's ~450-line guide on purpose: the cache checks, the compiler runs and the
+loading share one lock and one state record (``_state``), and the tests replace its seams (``_lstat``,
+``_run_tool``, ``_state``) in this one module; split, each seam would have to be patched where it is used.
 """
 from __future__ import annotations
 

@@ -7,6 +7,12 @@ sequence of IEEE operations, float32 divisions use ``div_rn`` (round to nearest,
 and the launcher disables FMA contraction (``enable_fp_fusion=False``). The backward recomputes the membrane;
 for ``T <= TILE_T_MAX`` the T membranes of a block stay in registers as a ``[TP, BLOCK]`` tile, above that in a
 global scratch buffer.
+
+Layout: the shared skeleton (block, optional state, sequence steps, membrane tile, partial sums) first, then one
+section per family (IF/LIF, one-hot M-LIF, LM-HT), each its step helpers and its forward and backward kernel.
+The module is longer than the package's ~450-line guide on purpose: it is the one place that imports ``triton``
+(so that a missing or broken Triton is caught by a single lazy import in ``triton_kernels``), and splitting the
+families into modules would put that import, and the lazy-import guard, in four places.
 """
 from __future__ import annotations
 
@@ -50,9 +56,19 @@ def _row(tile, rows, t):
 
 
 # ---------------------------------------------------------------------------------------------- shared skeleton
-# The forward and backward kernels of all families share these steps: loading an optional state, keeping the
-# recomputed membranes of a block (register tile for T <= TILE_T_MAX, else global scratch) and reading them back
-# in the reverse pass, and writing a block's parameter-gradient partial sums.
+# The forward and backward kernels of all families are built from these steps: a program's block, loading an
+# optional state, reading and writing one step of a sequence, keeping the recomputed membranes of a block (register
+# tile for T <= TILE_T_MAX, else global scratch) and reading them back in the reverse pass, storing the final state
+# or the initial-state gradients, and writing a block's parameter-gradient partial sums. The families differ only
+# in their step (charge, fire, reset) and its adjoint.
+@triton.jit
+def _block(N, BLOCK: tl.constexpr):
+    """(program id, element offsets, in-range mask) of this program's block of ``BLOCK`` elements."""
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return pid, offs, offs < N
+
+
 @triton.jit
 def _load_or(ptr, offs, mask, fill, HAS: tl.constexpr):
     """``ptr[offs]`` when the optional tensor is present, else ``fill``."""
@@ -64,10 +80,43 @@ def _load_or(ptr, offs, mask, fill, HAS: tl.constexpr):
 
 
 @triton.jit
+def _load_pair(a_ptr, b_ptr, offs, mask, a_fill, b_fill, HAS_A: tl.constexpr, HAS_B: tl.constexpr):
+    """Two optional per-element tensors at once: the initial (v, last reset) or the incoming (gv, glr)."""
+    return _load_or(a_ptr, offs, mask, a_fill, HAS_A), _load_or(b_ptr, offs, mask, b_fill, HAS_B)
+
+
+@triton.jit
+def _store_pair(a_ptr, b_ptr, offs, mask, a, b, WANT_A: tl.constexpr, WANT_B: tl.constexpr):
+    """Store ``a`` and/or ``b`` (the final state, or the initial-state gradients) where wanted."""
+    if WANT_A:
+        tl.store(a_ptr + offs, a, mask=mask)
+    if WANT_B:
+        tl.store(b_ptr + offs, b, mask=mask)
+
+
+@triton.jit
+def _seq_load(ptr, t, st, offs, mask):
+    """Step ``t`` of a time-major sequence whose steps are ``st`` elements apart (0 outside the mask)."""
+    return tl.load(ptr + tl.cast(t, tl.int64) * st + offs, mask=mask, other=0.0)
+
+
+@triton.jit
+def _seq_store(ptr, t, N, offs, value, mask):
+    """Write step ``t`` of a contiguous time-major ``[T, N]`` output."""
+    tl.store(ptr + tl.cast(t, tl.int64) * N + offs, value, mask=mask)
+
+
+@triton.jit
+def _new_tile(p_ptr, TP: tl.constexpr, BLOCK: tl.constexpr):
+    """(row indices, zero ``[TP, BLOCK]`` register tile) for the recomputed membranes of a block."""
+    return tl.arange(0, TP), tl.zeros([TP, BLOCK], dtype=p_ptr.dtype.element_ty)
+
+
+@triton.jit
 def _keep_m(tile, rows, scr_ptr, t, N, offs, mask, m, SCRATCH: tl.constexpr):
     """Remember the membrane m(t) of the block (returns the updated tile)."""
     if SCRATCH:
-        tl.store(scr_ptr + tl.cast(t, tl.int64) * N + offs, m, mask=mask)
+        _seq_store(scr_ptr, t, N, offs, m, mask)
     else:
         tile = tl.where(rows[:, None] == t, m[None, :], tile)
     return tile
@@ -77,10 +126,18 @@ def _keep_m(tile, rows, scr_ptr, t, N, offs, mask, m, SCRATCH: tl.constexpr):
 def _m_at(tile, rows, scr_ptr, t, N, offs, mask, SCRATCH: tl.constexpr):
     """The remembered m(t); 0 for t = -1 (the caller selects the initial state there)."""
     if SCRATCH:
-        m = tl.load(scr_ptr + tl.cast(t, tl.int64) * N + offs, mask=mask & (t >= 0), other=0.0)
+        # (t >= 0) as a vector: Triton's interpreter turns "mask & <scalar bool>" into an int32 mask it cannot load
+        # with (triton 3.9); compiled, both forms are the same predicate
+        m = tl.load(scr_ptr + tl.cast(t, tl.int64) * N + offs, mask=mask & (tl.zeros_like(offs) + t >= 0), other=0.0)
     else:
         m = _row(tile, rows, t)
     return m
+
+
+@triton.jit
+def _prev_state(t, v_after, lr_after, vi, li):
+    """The state before step t: the state after step t-1 (rebuilt from m(t-1)), or the initial state at t = 0."""
+    return tl.where(t > 0, v_after, vi), tl.where(t > 0, lr_after, li)
 
 
 @triton.jit
@@ -131,37 +188,47 @@ def _lif_reset(m, s, theta, v_reset, SOFT: tl.constexpr):
 
 
 @triton.jit
+def _lif_fire_reset(m, theta, v_reset, SOFT: tl.constexpr, FIRE_GE: tl.constexpr, NORM: tl.constexpr,
+                    F32: tl.constexpr):
+    """Spike s of the membrane m and the state after the reset: ``(s, v, last reset theta * s)``."""
+    s = _fire(_lif_arg(m, theta, NORM, F32), FIRE_GE)
+    return s, _lif_reset(m, s, theta, v_reset, SOFT), theta * s
+
+
+@triton.jit
+def _lif_step(v, lr, xv, theta, leak, tau, v_reset, LM: tl.constexpr, SOFT: tl.constexpr, FIRE_GE: tl.constexpr,
+              NORM: tl.constexpr, F32: tl.constexpr):
+    """One step of the reference: ``(m, s, v, lr)`` (the last reset changes only in the paper form LM 1)."""
+    m = _lif_charge(v, lr, xv, leak, tau, v_reset, LM, F32)   # v_reset is 0 for a soft reset: the rest value vr0
+    s, v, lr_new = _lif_fire_reset(m, theta, v_reset, SOFT, FIRE_GE, NORM, F32)
+    if LM == 1:
+        lr = lr_new
+    return m, s, v, lr
+
+
+@triton.jit
+def _lif_scalars(p_ptr):
+    """The scalar parameters of the plan (LifArgs order): theta, leak, tau, v_reset, v_init, sp0, sp1."""
+    return (tl.load(p_ptr + 0), tl.load(p_ptr + 1), tl.load(p_ptr + 2), tl.load(p_ptr + 3), tl.load(p_ptr + 4),
+            tl.load(p_ptr + 5), tl.load(p_ptr + 6))
+
+
+@triton.jit
 def lif_fwd_kernel(x_ptr, y_ptr, v0_ptr, lr0_ptr, vT_ptr, lrT_ptr, p_ptr, T, N, xst,
                    LM: tl.constexpr, SOFT: tl.constexpr, FIRE_GE: tl.constexpr, NORM: tl.constexpr,
                    PTH: tl.constexpr, HAS_V0: tl.constexpr, HAS_LR0: tl.constexpr, F32: tl.constexpr,
                    BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    theta = tl.load(p_ptr + 0)
-    leak = tl.load(p_ptr + 1)
-    tau = tl.load(p_ptr + 2)
-    v_reset = tl.load(p_ptr + 3)   # 0 for a soft reset: also the decay modes' rest value vr0
-    vr0 = v_reset
-    v_init = tl.load(p_ptr + 4)
+    _pid, offs, mask = _block(N, BLOCK)
+    theta, leak, tau, v_reset, v_init, _sp0, _sp1 = _lif_scalars(p_ptr)
     zero = tl.zeros([BLOCK], dtype=p_ptr.dtype.element_ty)
-    v = _load_or(v0_ptr, offs, mask, zero + v_init, HAS_V0)
-    lr = _load_or(lr0_ptr, offs, mask, zero, HAS_LR0)
+    v, lr = _load_pair(v0_ptr, lr0_ptr, offs, mask, zero + v_init, zero, HAS_V0, HAS_LR0)
     for t in range(T):
-        toff = tl.cast(t, tl.int64) * xst
-        xv = tl.load(x_ptr + toff + offs, mask=mask, other=0.0)
-        m = _lif_charge(v, lr, xv, leak, tau, vr0, LM, F32)
-        s = _fire(_lif_arg(m, theta, NORM, F32), FIRE_GE)
-        if LM == 1:
-            lr = theta * s
-        v = _lif_reset(m, s, theta, v_reset, SOFT)
+        _m, s, v, lr = _lif_step(v, lr, _seq_load(x_ptr, t, xst, offs, mask), theta, leak, tau, v_reset, LM, SOFT,
+                                FIRE_GE, NORM, F32)
         if PTH:
-            yv = theta * s
-        else:
-            yv = s
-        tl.store(y_ptr + tl.cast(t, tl.int64) * N + offs, yv, mask=mask)
-    tl.store(vT_ptr + offs, v, mask=mask)
-    if LM == 1:
-        tl.store(lrT_ptr + offs, lr, mask=mask)
+            s = theta * s
+        _seq_store(y_ptr, t, N, offs, s, mask)
+    _store_pair(vT_ptr, lrT_ptr, offs, mask, v, lr, True, LM == 1)
 
 
 @triton.jit
@@ -172,34 +239,19 @@ def lif_bwd_kernel(x_ptr, gy_ptr, v0_ptr, lr0_ptr, gvT_ptr, glrT_ptr, gx_ptr, gv
                    HAS_LR0: tl.constexpr, HAS_GVT: tl.constexpr, HAS_GLRT: tl.constexpr, WANT_GV0: tl.constexpr,
                    WANT_GLR0: tl.constexpr, NEED_P: tl.constexpr, SCRATCH: tl.constexpr, TP: tl.constexpr,
                    F32: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    theta = tl.load(p_ptr + 0)
-    leak = tl.load(p_ptr + 1)
-    tau = tl.load(p_ptr + 2)
-    v_reset = tl.load(p_ptr + 3)   # 0 for a soft reset: also the decay modes' rest value vr0
-    vr0 = v_reset
-    v_init = tl.load(p_ptr + 4)
-    sp0 = tl.load(p_ptr + 5)
-    sp1 = tl.load(p_ptr + 6)
+    pid, offs, mask = _block(N, BLOCK)
+    theta, leak, tau, v_reset, v_init, sp0, sp1 = _lif_scalars(p_ptr)
+    vr0 = v_reset   # 0 for a soft reset: the decay modes' rest value
     zero = tl.zeros([BLOCK], dtype=p_ptr.dtype.element_ty)
-    vi = _load_or(v0_ptr, offs, mask, zero + v_init, HAS_V0)
-    li = _load_or(lr0_ptr, offs, mask, zero, HAS_LR0)
-    rows = tl.arange(0, TP)
-    tile = tl.zeros([TP, BLOCK], dtype=p_ptr.dtype.element_ty)
+    vi, li = _load_pair(v0_ptr, lr0_ptr, offs, mask, zero + v_init, zero, HAS_V0, HAS_LR0)
+    rows, tile = _new_tile(p_ptr, TP, BLOCK)
     v = vi
     lr = li
-    for t in range(T):
-        xv = tl.load(x_ptr + tl.cast(t, tl.int64) * xst + offs, mask=mask, other=0.0)
-        m = _lif_charge(v, lr, xv, leak, tau, vr0, LM, F32)
+    for t in range(T):   # forward recomputation, m(t) kept
+        m, s, v, lr = _lif_step(v, lr, _seq_load(x_ptr, t, xst, offs, mask), theta, leak, tau, v_reset, LM, SOFT,
+                                FIRE_GE, NORM, F32)
         tile = _keep_m(tile, rows, scr_ptr, t, N, offs, mask, m, SCRATCH)
-        s = _fire(_lif_arg(m, theta, NORM, F32), FIRE_GE)
-        if LM == 1:
-            lr = theta * s
-        v = _lif_reset(m, s, theta, v_reset, SOFT)
-    gv = _load_or(gvT_ptr, offs, mask, zero, HAS_GVT)
-    glr = _load_or(glrT_ptr, offs, mask, zero, HAS_GLRT)
+    gv, glr = _load_pair(gvT_ptr, glrT_ptr, offs, mask, zero, zero, HAS_GVT, HAS_GLRT)
     ath = zero
     ale = zero
     ata = zero
@@ -208,7 +260,7 @@ def lif_bwd_kernel(x_ptr, gy_ptr, v0_ptr, lr0_ptr, gvT_ptr, glrT_ptr, gx_ptr, gv
         m = _m_at(tile, rows, scr_ptr, t, N, offs, mask, SCRATCH)
         arg = _lif_arg(m, theta, NORM, F32)
         s = _fire(arg, FIRE_GE)
-        g_y = tl.load(gy_ptr + tl.cast(t, tl.int64) * gyst + offs, mask=mask, other=0.0)
+        g_y = _seq_load(gy_ptr, t, gyst, offs, mask)
         if PTH:
             gs = g_y * theta
             gth = g_y * s
@@ -235,34 +287,28 @@ def lif_bwd_kernel(x_ptr, gy_ptr, v0_ptr, lr0_ptr, gvT_ptr, glrT_ptr, gx_ptr, gv
             gm = gm + garg
         ath = ath + gth
         if NEED_P:
-            mp = _m_at(tile, rows, scr_ptr, t - 1, N, offs, mask, SCRATCH)
-            sp = _fire(_lif_arg(mp, theta, NORM, F32), FIRE_GE)
-            vp = tl.where(t > 0, _lif_reset(mp, sp, theta, v_reset, SOFT), vi)
-            lp = tl.where(t > 0, theta * sp, li)
+            _sp, v_after, lr_after = _lif_fire_reset(_m_at(tile, rows, scr_ptr, t - 1, N, offs, mask, SCRATCH),
+                                                    theta, v_reset, SOFT, FIRE_GE, NORM, F32)
+            vp, lp = _prev_state(t, v_after, lr_after, vi, li)
             if LM == 0:
                 ale = ale + gm * vp
             elif LM == 1:
                 ale = ale + gm * (vp + lp)
             elif LM == 2:
-                xv = tl.load(x_ptr + tl.cast(t, tl.int64) * xst + offs, mask=mask, other=0.0)
-                ata = ata - gm * (xv - (vp - vr0)) / (tau * tau)
+                ata = ata - gm * (_seq_load(x_ptr, t, xst, offs, mask) - (vp - vr0)) / (tau * tau)
             else:
                 ata = ata + gm * (vp - vr0) / (tau * tau)
         if LM == 2:
-            gxv = gm / tau
+            _seq_store(gx_ptr, t, N, offs, gm / tau, mask)
         else:
-            gxv = gm
-        tl.store(gx_ptr + tl.cast(t, tl.int64) * N + offs, gxv, mask=mask)
+            _seq_store(gx_ptr, t, N, offs, gm, mask)
         if LM <= 1:
             gv = gm * leak
         else:
             gv = gm * (1.0 - 1.0 / tau)
         if LM == 1:
             glr = gm * (leak - 1.0)
-    if WANT_GV0:
-        tl.store(gv0_ptr + offs, gv, mask=mask)
-    if WANT_GLR0:
-        tl.store(glr0_ptr + offs, glr, mask=mask)
+    _store_pair(gv0_ptr, glr0_ptr, offs, mask, gv, glr, WANT_GV0, WANT_GLR0)
     _store_part(part_ptr, pid * 3 + 0, ath, mask)
     _store_part(part_ptr, pid * 3 + 1, ale, mask)
     _store_part(part_ptr, pid * 3 + 2, ata, mask)
@@ -298,6 +344,30 @@ def _mlif_fire(r, unit, S: tl.constexpr, FLOOR: tl.constexpr, FIRE_GE: tl.conste
 
 
 @triton.jit
+def _mlif_fire_reset(m, theta, theta_e, unit, SOFT: tl.constexpr, S: tl.constexpr, FLOOR: tl.constexpr,
+                     FIRE_GE: tl.constexpr, F32: tl.constexpr):
+    """Payload o of the membrane m and the state after the reset: ``(o, v, last reset theta * o)``."""
+    o, f = _mlif_fire(_div(m, theta_e, F32), unit, S, FLOOR, FIRE_GE)
+    reset = theta * o
+    if SOFT:
+        v = m - reset
+    else:
+        v = m * (1.0 - f)
+    return o, v, reset
+
+
+@triton.jit
+def _mlif_step(v, lr, xv, theta, theta_e, leak, oml, unit, CM: tl.constexpr, SOFT: tl.constexpr, S: tl.constexpr,
+               FLOOR: tl.constexpr, FIRE_GE: tl.constexpr, F32: tl.constexpr):
+    """One step of the reference: ``(m, o, v, lr)`` (the last reset changes only in the paper form CM 1)."""
+    m = _mlif_charge(v, lr, xv, leak, oml, CM)
+    o, v, reset = _mlif_fire_reset(m, theta, theta_e, unit, SOFT, S, FLOOR, FIRE_GE, F32)
+    if CM == 1:
+        lr = reset
+    return m, o, v, lr
+
+
+@triton.jit
 def _mlif_windows(r, sp0, sp1, S: tl.constexpr, SIGN: tl.constexpr, UNSCALED: tl.constexpr, SK: tl.constexpr,
                   unit):
     """(D_o, D_f): sum_k c_k phi_k(r) for the payload weights unit*2^k and for unit weights."""
@@ -318,36 +388,26 @@ def _mlif_windows(r, sp0, sp1, S: tl.constexpr, SIGN: tl.constexpr, UNSCALED: tl
 
 
 @triton.jit
+def _mlif_scalars(p_ptr):
+    """The scalar parameters of the plan (MlifArgs order): theta, theta_e, leak, v_init, unit, sp0, sp1, oml."""
+    return (tl.load(p_ptr + 0), tl.load(p_ptr + 1), tl.load(p_ptr + 2), tl.load(p_ptr + 3), tl.load(p_ptr + 4),
+            tl.load(p_ptr + 5), tl.load(p_ptr + 6), tl.load(p_ptr + 7))
+
+
+@triton.jit
 def mlif_fwd_kernel(x_ptr, y_ptr, v0_ptr, lr0_ptr, vT_ptr, lrT_ptr, p_ptr, T, N, xst,
                     CM: tl.constexpr, SOFT: tl.constexpr, S: tl.constexpr, FLOOR: tl.constexpr,
                     FIRE_GE: tl.constexpr, HAS_V0: tl.constexpr, HAS_LR0: tl.constexpr, F32: tl.constexpr,
                     BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    theta = tl.load(p_ptr + 0)
-    theta_e = tl.load(p_ptr + 1)
-    leak = tl.load(p_ptr + 2)
-    v_init = tl.load(p_ptr + 3)
-    unit = tl.load(p_ptr + 4)
-    oml = tl.load(p_ptr + 7)
+    _pid, offs, mask = _block(N, BLOCK)
+    theta, theta_e, leak, v_init, unit, _sp0, _sp1, oml = _mlif_scalars(p_ptr)
     zero = tl.zeros([BLOCK], dtype=p_ptr.dtype.element_ty)
-    v = _load_or(v0_ptr, offs, mask, zero + v_init, HAS_V0)
-    lr = _load_or(lr0_ptr, offs, mask, zero, HAS_LR0)
+    v, lr = _load_pair(v0_ptr, lr0_ptr, offs, mask, zero + v_init, zero, HAS_V0, HAS_LR0)
     for t in range(T):
-        xv = tl.load(x_ptr + tl.cast(t, tl.int64) * xst + offs, mask=mask, other=0.0)
-        m = _mlif_charge(v, lr, xv, leak, oml, CM)
-        o, f = _mlif_fire(_div(m, theta_e, F32), unit, S, FLOOR, FIRE_GE)
-        reset = theta * o
-        if SOFT:
-            v = m - reset
-        else:
-            v = m * (1.0 - f)
-        if CM == 1:
-            lr = reset
-        tl.store(y_ptr + tl.cast(t, tl.int64) * N + offs, o, mask=mask)
-    tl.store(vT_ptr + offs, v, mask=mask)
-    if CM == 1:
-        tl.store(lrT_ptr + offs, lr, mask=mask)
+        _m, o, v, lr = _mlif_step(v, lr, _seq_load(x_ptr, t, xst, offs, mask), theta, theta_e, leak, oml, unit, CM,
+                                 SOFT, S, FLOOR, FIRE_GE, F32)
+        _seq_store(y_ptr, t, N, offs, o, mask)
+    _store_pair(vT_ptr, lrT_ptr, offs, mask, v, lr, True, CM == 1)
 
 
 @triton.jit
@@ -358,38 +418,18 @@ def mlif_bwd_kernel(x_ptr, gy_ptr, v0_ptr, lr0_ptr, gvT_ptr, glrT_ptr, gx_ptr, g
                     SK: tl.constexpr, HAS_V0: tl.constexpr, HAS_LR0: tl.constexpr, HAS_GVT: tl.constexpr,
                     HAS_GLRT: tl.constexpr, WANT_GV0: tl.constexpr, WANT_GLR0: tl.constexpr, NEED_P: tl.constexpr,
                     SCRATCH: tl.constexpr, TP: tl.constexpr, F32: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    theta = tl.load(p_ptr + 0)
-    theta_e = tl.load(p_ptr + 1)
-    leak = tl.load(p_ptr + 2)
-    v_init = tl.load(p_ptr + 3)
-    unit = tl.load(p_ptr + 4)
-    sp0 = tl.load(p_ptr + 5)
-    sp1 = tl.load(p_ptr + 6)
-    oml = tl.load(p_ptr + 7)
+    pid, offs, mask = _block(N, BLOCK)
+    theta, theta_e, leak, v_init, unit, sp0, sp1, oml = _mlif_scalars(p_ptr)
     zero = tl.zeros([BLOCK], dtype=p_ptr.dtype.element_ty)
-    vi = _load_or(v0_ptr, offs, mask, zero + v_init, HAS_V0)
-    li = _load_or(lr0_ptr, offs, mask, zero, HAS_LR0)
-    rows = tl.arange(0, TP)
-    tile = tl.zeros([TP, BLOCK], dtype=p_ptr.dtype.element_ty)
+    vi, li = _load_pair(v0_ptr, lr0_ptr, offs, mask, zero + v_init, zero, HAS_V0, HAS_LR0)
+    rows, tile = _new_tile(p_ptr, TP, BLOCK)
     v = vi
     lr = li
-    for t in range(T):
-        xv = tl.load(x_ptr + tl.cast(t, tl.int64) * xst + offs, mask=mask, other=0.0)
-        m = _mlif_charge(v, lr, xv, leak, oml, CM)
+    for t in range(T):   # forward recomputation, m(t) kept
+        m, o, v, lr = _mlif_step(v, lr, _seq_load(x_ptr, t, xst, offs, mask), theta, theta_e, leak, oml, unit, CM,
+                                 SOFT, S, FLOOR, FIRE_GE, F32)
         tile = _keep_m(tile, rows, scr_ptr, t, N, offs, mask, m, SCRATCH)
-        o, f = _mlif_fire(_div(m, theta_e, F32), unit, S, FLOOR, FIRE_GE)
-        reset = theta * o
-        if SOFT:
-            v = m - reset
-        else:
-            v = m * (1.0 - f)
-        if CM == 1:
-            lr = reset
-    gv = _load_or(gvT_ptr, offs, mask, zero, HAS_GVT)
-    glr = _load_or(glrT_ptr, offs, mask, zero, HAS_GLRT)
+    gv, glr = _load_pair(gvT_ptr, glrT_ptr, offs, mask, zero, zero, HAS_GVT, HAS_GLRT)
     ath = zero
     ale = zero
     dte = theta_e / theta
@@ -399,7 +439,7 @@ def mlif_bwd_kernel(x_ptr, gy_ptr, v0_ptr, lr0_ptr, gvT_ptr, glrT_ptr, gx_ptr, g
         r = _div(m, theta_e, F32)
         o, f = _mlif_fire(r, unit, S, FLOOR, FIRE_GE)
         do, df = _mlif_windows(r, sp0, sp1, S, SIGN, UNSCALED, SK, unit)
-        go = tl.load(gy_ptr + tl.cast(t, tl.int64) * gyst + offs, mask=mask, other=0.0)
+        go = _seq_load(gy_ptr, t, gyst, offs, mask)
         if SOFT:
             gm = gv
             gor = -theta * gv
@@ -422,33 +462,24 @@ def mlif_bwd_kernel(x_ptr, gy_ptr, v0_ptr, lr0_ptr, gvT_ptr, glrT_ptr, gx_ptr, g
         gth = gth - gr * m / (theta_e * theta_e) * dte
         ath = ath + gth
         if NEED_P:
-            mp = _m_at(tile, rows, scr_ptr, t - 1, N, offs, mask, SCRATCH)
-            op, fp_ = _mlif_fire(_div(mp, theta_e, F32), unit, S, FLOOR, FIRE_GE)
-            resp = theta * op
-            if SOFT:
-                vpp = mp - resp
-            else:
-                vpp = mp * (1.0 - fp_)
-            vp = tl.where(t > 0, vpp, vi)
+            _op, v_after, lr_after = _mlif_fire_reset(_m_at(tile, rows, scr_ptr, t - 1, N, offs, mask, SCRATCH),
+                                                     theta, theta_e, unit, SOFT, S, FLOOR, FIRE_GE, F32)
+            vp, lp = _prev_state(t, v_after, lr_after, vi, li)
             if CM == 1:
-                ale = ale + gm * (vp + tl.where(t > 0, resp, li))
+                ale = ale + gm * (vp + lp)
             elif CM == 2:
-                xv = tl.load(x_ptr + tl.cast(t, tl.int64) * xst + offs, mask=mask, other=0.0)
-                ale = ale - gm * (xv - vp)
+                ale = ale - gm * (_seq_load(x_ptr, t, xst, offs, mask) - vp)
             else:
                 ale = ale + gm * vp
         if CM == 2:
-            tl.store(gx_ptr + tl.cast(t, tl.int64) * N + offs, gm * oml, mask=mask)
+            _seq_store(gx_ptr, t, N, offs, gm * oml, mask)
             gv = gm * (1.0 - oml)
         else:
-            tl.store(gx_ptr + tl.cast(t, tl.int64) * N + offs, gm, mask=mask)
+            _seq_store(gx_ptr, t, N, offs, gm, mask)
             gv = gm * leak
         if CM == 1:
             glr = gm * (leak - 1.0)
-    if WANT_GV0:
-        tl.store(gv0_ptr + offs, gv, mask=mask)
-    if WANT_GLR0:
-        tl.store(glr0_ptr + offs, glr, mask=mask)
+    _store_pair(gv0_ptr, glr0_ptr, offs, mask, gv, glr, WANT_GV0, WANT_GLR0)
     _store_part(part_ptr, pid * 2 + 0, ath, mask)
     _store_part(part_ptr, pid * 2 + 1, ale, mask)
 
@@ -463,10 +494,18 @@ def _lmht_fire(m, theta, L, F32: tl.constexpr):
 
 
 @triton.jit
+def _lmht_current(x_ptr, t, xst, offs, mask, in_scale, SCALE_IN: tl.constexpr):
+    """The step-t input of the level loop (the mixed current, times in_scale when the input is scaled)."""
+    xv = _seq_load(x_ptr, t, xst, offs, mask)
+    if SCALE_IN:
+        xv = xv * in_scale
+    return xv
+
+
+@triton.jit
 def lmht_fwd_kernel(x_ptr, y_ptr, v0_ptr, vT_ptr, lam_ptr, p_ptr, T, N, xst,
                     SCALE_IN: tl.constexpr, HAS_V0: tl.constexpr, F32: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
+    _pid, offs, mask = _block(N, BLOCK)
     theta = tl.load(p_ptr + 0)
     in_scale = tl.load(p_ptr + 1)
     v_init = tl.load(p_ptr + 2)
@@ -474,14 +513,10 @@ def lmht_fwd_kernel(x_ptr, y_ptr, v0_ptr, vT_ptr, lam_ptr, p_ptr, T, N, xst,
     zero = tl.zeros([BLOCK], dtype=p_ptr.dtype.element_ty)
     v = _load_or(v0_ptr, offs, mask, zero + v_init, HAS_V0)
     for t in range(T):
-        lt = tl.load(lam_ptr + t)
-        xv = tl.load(x_ptr + tl.cast(t, tl.int64) * xst + offs, mask=mask, other=0.0)
-        if SCALE_IN:
-            xv = xv * in_scale
-        m = lt * v + xv
+        m = tl.load(lam_ptr + t) * v + _lmht_current(x_ptr, t, xst, offs, mask, in_scale, SCALE_IN)
         yv = _lmht_fire(m, theta, L, F32)
         v = m - yv
-        tl.store(y_ptr + tl.cast(t, tl.int64) * N + offs, yv, mask=mask)
+        _seq_store(y_ptr, t, N, offs, yv, mask)
     tl.store(vT_ptr + offs, v, mask=mask)
 
 
@@ -490,9 +525,7 @@ def lmht_bwd_kernel(x_ptr, gy_ptr, v0_ptr, gvT_ptr, gx_ptr, gv0_ptr, lam_ptr, pa
                     gyst, SCALE_IN: tl.constexpr, HAS_V0: tl.constexpr, HAS_GVT: tl.constexpr,
                     WANT_GV0: tl.constexpr, DETACH_T: tl.constexpr, DETACH_R: tl.constexpr, NEED_P: tl.constexpr,
                     SCRATCH: tl.constexpr, TP: tl.constexpr, F32: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
+    pid, offs, mask = _block(N, BLOCK)
     theta = tl.load(p_ptr + 0)
     in_scale = tl.load(p_ptr + 1)
     v_init = tl.load(p_ptr + 2)
@@ -501,15 +534,10 @@ def lmht_bwd_kernel(x_ptr, gy_ptr, v0_ptr, gvT_ptr, gx_ptr, gv0_ptr, lam_ptr, pa
     L = tl.load(p_ptr + 5)
     zero = tl.zeros([BLOCK], dtype=p_ptr.dtype.element_ty)
     vi = _load_or(v0_ptr, offs, mask, zero + v_init, HAS_V0)
-    rows = tl.arange(0, TP)
-    tile = tl.zeros([TP, BLOCK], dtype=p_ptr.dtype.element_ty)
+    rows, tile = _new_tile(p_ptr, TP, BLOCK)
     v = vi
-    for t in range(T):
-        lt = tl.load(lam_ptr + t)
-        xv = tl.load(x_ptr + tl.cast(t, tl.int64) * xst + offs, mask=mask, other=0.0)
-        if SCALE_IN:
-            xv = xv * in_scale
-        m = lt * v + xv
+    for t in range(T):   # forward recomputation, m(t) kept
+        m = tl.load(lam_ptr + t) * v + _lmht_current(x_ptr, t, xst, offs, mask, in_scale, SCALE_IN)
         tile = _keep_m(tile, rows, scr_ptr, t, N, offs, mask, m, SCRATCH)
         v = m - _lmht_fire(m, theta, L, F32)
     gv = _load_or(gvT_ptr, offs, mask, zero, HAS_GVT)
@@ -518,14 +546,14 @@ def lmht_bwd_kernel(x_ptr, gy_ptr, v0_ptr, gvT_ptr, gx_ptr, gv0_ptr, lam_ptr, pa
         lt = tl.load(lam_ptr + t)
         m = _m_at(tile, rows, scr_ptr, t, N, offs, mask, SCRATCH)
         win = ((m >= lo) & (m <= hi)).to(m.dtype)
-        g_y = tl.load(gy_ptr + tl.cast(t, tl.int64) * gyst + offs, mask=mask, other=0.0)
+        g_y = _seq_load(gy_ptr, t, gyst, offs, mask)
         if not DETACH_R:
             g_y = g_y - gv
         gm = gv + g_y * win
         if SCALE_IN:
-            tl.store(gx_ptr + tl.cast(t, tl.int64) * N + offs, gm * in_scale, mask=mask)
+            _seq_store(gx_ptr, t, N, offs, gm * in_scale, mask)
         else:
-            tl.store(gx_ptr + tl.cast(t, tl.int64) * N + offs, gm, mask=mask)
+            _seq_store(gx_ptr, t, N, offs, gm, mask)
         if NEED_P:
             mp = _m_at(tile, rows, scr_ptr, t - 1, N, offs, mask, SCRATCH)
             vp = tl.where(t > 0, mp - _lmht_fire(mp, theta, L, F32), vi)

@@ -104,15 +104,23 @@ class _TritonEngine:
 
     The backward skeleton is shared: the kernels of every family take the same tensor arguments (input, incoming
     gradients, initial state, gradient outputs, per-block partial sums, scratch) and differ only in their
-    compile-time flags (:meth:`_meta`) and in how many partial sums a block writes (:meth:`_n_part`)."""
+    compile-time flags and in how many partial sums a block writes. A family declares them: ``FLAGS`` (constexpr
+    of both kernels) and ``BWD_FLAGS`` (backward only) list ``(kernel constexpr, plan flag, type)``; ``N_PART`` is
+    the number of partial sums per block (``None``: one per time step)."""
 
     family = ""
+    FLAGS: tuple = ()
+    BWD_FLAGS: tuple = ()
+    N_PART: int | None = 2
 
-    def _meta(self, plan) -> dict:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @staticmethod
+    def _flags(plan, table: tuple) -> dict:
+        return {name: kind(plan.flags[key]) for name, key, kind in table}
 
-    def _n_part(self, T: int) -> int:
-        return 2
+    @staticmethod
+    def _state_meta(lr0, backward: bool, glrT=None, glr0=None) -> dict:
+        """Flags of the optional state tensors beyond v0/gvT/gv0 (the last reset of the (v, lr) families)."""
+        return {}
 
     def forward(self, call: Call, x, v0, lr0):
         mod, p = call.extra[0], call.extra[1]
@@ -123,7 +131,7 @@ class _TritonEngine:
         state_args = self._state_args(v0, lr0, vT, lrT, x, call)
         _launch(getattr(mod, f"{self.family}_fwd_kernel"), (_cdiv(N, 1024),), x, y, *state_args, p, T, N,
                 _tstride(x), HAS_V0=v0 is not None, F32=x.dtype == torch.float32, BLOCK=1024, num_warps=4,
-                **self._fwd_meta(plan, lr0))
+                **self._state_meta(lr0, False), **self._flags(plan, self.FLAGS))
         return y, vT, lrT
 
     def backward(self, call: Call, x, v0, lr0, gy, gvT, glrT, outs, needs):
@@ -133,14 +141,15 @@ class _TritonEngine:
         gx, gv0, glr0 = outs
         tp, scratch, block = _tile(T, mod)
         grid = _cdiv(N, block)
-        n_part = self._n_part(T)
+        n_part = T if self.N_PART is None else self.N_PART
         part = torch.zeros(grid * n_part, dtype=torch.float64, device=x.device)
         scr = torch.empty((T, N) if scratch else (1,), dtype=x.dtype, device=x.device)
-        args, meta = self._bwd_args(x, gy, v0, lr0, gvT, glrT, gx, gv0, glr0, call)
+        args = self._bwd_args(x, gy, v0, lr0, gvT, glrT, gx, gv0, glr0, call)
         _launch(getattr(mod, f"{self.family}_bwd_kernel"), (grid,), *args, part, scr, p, T, N, _tstride(x),
                 _tstride(gy), HAS_V0=v0 is not None, HAS_GVT=gvT is not None, WANT_GV0=gv0 is not None,
                 NEED_P=self._need_p(needs), SCRATCH=scratch, TP=tp, F32=x.dtype == torch.float32, BLOCK=block,
-                num_warps=4, **meta)
+                num_warps=4, **self._state_meta(lr0, True, glrT, glr0), **self._flags(plan, self.FLAGS),
+                **self._flags(plan, self.BWD_FLAGS))
         # the per-block partial sums stay on the device (no synchronisation): param_grads casts and reshapes them
         return part.view(grid, n_part).sum(0)
 
@@ -153,73 +162,51 @@ class _LIFEngine(_TritonEngine):
     """IF/LIF (and, by subclassing, one-hot M-LIF): the state is (v, last reset)."""
 
     family = "lif"
+    N_PART = 3
+    FLAGS = (("LM", "leak_mode", int), ("SOFT", "soft", bool), ("FIRE_GE", "fire_ge", bool),
+             ("NORM", "normalized", bool), ("PTH", "payload_theta", bool))
+    BWD_FLAGS = (("DETACH", "detach_reset", bool), ("SK", "surr_kind", int))
 
-    def _n_part(self, T: int) -> int:
-        return 3
-
-    def _meta(self, plan) -> dict:
-        f = plan.flags
-        return dict(LM=f["leak_mode"], SOFT=bool(f["soft"]), FIRE_GE=bool(f["fire_ge"]), NORM=bool(f["normalized"]),
-                    PTH=bool(f["payload_theta"]))
-
-    def _bwd_meta(self, plan) -> dict:
-        f = plan.flags
-        return dict(DETACH=bool(f["detach_reset"]), SK=f["surr_kind"])
-
-    def _fwd_meta(self, plan, lr0) -> dict:
-        return dict(HAS_LR0=lr0 is not None, **self._meta(plan))
+    @staticmethod
+    def _state_meta(lr0, backward: bool, glrT=None, glr0=None) -> dict:
+        meta = {"HAS_LR0": lr0 is not None}
+        if backward:
+            meta.update(HAS_GLRT=glrT is not None, WANT_GLR0=glr0 is not None)
+        return meta
 
     def _state_args(self, v0, lr0, vT, lrT, x, call):
         return _or(v0, x), _or(lr0, x), vT, _or(lrT, vT)
 
     def _bwd_args(self, x, gy, v0, lr0, gvT, glrT, gx, gv0, glr0, call):
-        args = (x, gy, _or(v0, x), _or(lr0, x), _or(gvT, x), _or(glrT, x), gx, _or(gv0, gx), _or(glr0, gx))
-        meta = dict(HAS_LR0=lr0 is not None, HAS_GLRT=glrT is not None, WANT_GLR0=glr0 is not None,
-                    **self._meta(call.plan), **self._bwd_meta(call.plan))
-        return args, meta
+        return x, gy, _or(v0, x), _or(lr0, x), _or(gvT, x), _or(glrT, x), gx, _or(gv0, gx), _or(glr0, gx)
 
 
 class _MLIFEngine(_LIFEngine):
     family = "mlif"
-
-    def _n_part(self, T: int) -> int:
-        return 2
-
-    def _meta(self, plan) -> dict:
-        f = plan.flags
-        return dict(CM=f["charge"], SOFT=bool(f["soft"]), S=f["lanes"], FLOOR=bool(f["floor_bounds"]),
-                    FIRE_GE=bool(f["fire_ge"]))
-
-    def _bwd_meta(self, plan) -> dict:
-        f = plan.flags
-        return dict(DETACH=bool(f["detach_reset"]), SIGN=float(f["sign"]), UNSCALED=bool(f["unscaled"]),
-                    SK=f["surr_kind"])
+    N_PART = 2
+    FLAGS = (("CM", "charge", int), ("SOFT", "soft", bool), ("S", "lanes", int), ("FLOOR", "floor_bounds", bool),
+             ("FIRE_GE", "fire_ge", bool))
+    BWD_FLAGS = (("DETACH", "detach_reset", bool), ("SIGN", "sign", float), ("UNSCALED", "unscaled", bool),
+                 ("SK", "surr_kind", int))
 
 
 class _LMHTEngine(_TritonEngine):
     """LM-HT level loop: the state is v alone, the leak of every step comes as a device vector."""
 
     family = "lmht"
-
-    def _n_part(self, T: int) -> int:
-        return T
+    N_PART = None
+    FLAGS = (("SCALE_IN", "scale_input", bool),)
+    BWD_FLAGS = (("DETACH_T", "detach_temporal", bool), ("DETACH_R", "detach_reset", bool))
 
     @staticmethod
     def _need_p(needs) -> bool:
         return bool(any(needs))
 
-    def _fwd_meta(self, plan, lr0) -> dict:
-        return dict(SCALE_IN=bool(plan.flags["scale_input"]))
-
     def _state_args(self, v0, lr0, vT, lrT, x, call):
         return _or(v0, x), vT, call.extra[2]
 
     def _bwd_args(self, x, gy, v0, lr0, gvT, glrT, gx, gv0, glr0, call):
-        f = call.plan.flags
-        args = (x, gy, _or(v0, x), _or(gvT, x), gx, _or(gv0, gx), call.extra[2])
-        meta = dict(SCALE_IN=bool(f["scale_input"]), DETACH_T=bool(f["detach_temporal"]),
-                    DETACH_R=bool(f["detach_reset"]))
-        return args, meta
+        return x, gy, _or(v0, x), _or(gvT, x), gx, _or(gv0, gx), call.extra[2]
 
 
 _ENGINES = {"lif": _LIFEngine(), "mlif": _MLIFEngine(), "lmht": _LMHTEngine()}

@@ -62,35 +62,27 @@ inline S step(const Consts<S, LM>& k, S& v, S& lr, S x, S& m) {
 // ---------------------------------------------------------------------------------------------- forward
 template <typename S, int LM, int NORM>
 void lif_fwd(const Seq<S>& q, const LifArgs& c) {
-  constexpr int BS = 4096;  // 16 KiB rows: long prefetch streams
-  forward_blocks(q.T, q.N, BS, q.nthreads, [&](int64_t i0, int n) {
-    // the constants are block locals (not captured): the compiler keeps them in registers across the stores
+  // 16 KiB rows: long prefetch streams
+  state_forward<S, 4096, LM == LM_PRN>(q, S(0) + (S)c.v_init,
+                                       [&](const S* MS_R xt, S* MS_R yt, S* MS_R v, S* MS_R lr, int n) MS_INLINE {
+    // the constants are locals here (not captured): the compiler keeps them in registers across the stores
     const Consts<S, LM> k(c);
     const int pth = c.payload_theta;
-    S v[BS], lr[BS];
-    load_or(q.v0, i0, k.v_init, v, n);
-    load_or(q.lr0, i0, S(0), lr, n);
-    for (int64_t t = 0; t < q.T; ++t) {
-      const S* MS_R xt = q.x + t * q.xst + i0;
-      S* MS_R yt = q.y + t * q.yst + i0;
-      MS_SIMD
-      for (int i = 0; i < n; ++i) {
-        S m;
-        const S s = step<S, LM, NORM>(k, v[i], lr[i], xt[i], m);
-        yt[i] = pth ? k.theta * s : s;
-      }
+    MS_SIMD
+    for (int i = 0; i < n; ++i) {
+      S m;
+      const S s = step<S, LM, NORM>(k, v[i], lr[i], xt[i], m);
+      yt[i] = pth ? k.theta * s : s;
     }
-    store_if(q.vT, i0, v, n);
-    if (LM == LM_PRN) store_if(q.lrT, i0, lr, n);
   });
 }
 
 // ---------------------------------------------------------------------------------------------- backward
-// Per block: recompute m(t) for all t into the scratch, then run the adjoint backwards. Parameter gradients are
-// summed per element over t, then per block in double (backward_blocks sums the blocks in order).
+// Per block (state_backward): recompute m(t) for all t into the scratch, then run the adjoint backwards. Parameter
+// gradients are summed per element over t, then per block in double (backward_blocks sums the blocks in order).
 template <typename S, int LM, int NORM, int SK>
 void lif_bwd(const Seq<S>& q, const LifArgs& c) {
-  backward_blocks<S>(q.T, q.N, q.nthreads, 10, 3, q.pgrad,
+  backward_blocks<S>(q.T, q.N, q.nthreads, STATE_ROWS + 4, 3, q.pgrad,
                      [&](int64_t i0, int n, int BS, S* M, S* work, double* part) {
     const Consts<S, LM> k(c);
     const S theta = k.theta, leak = k.leak, vr0 = k.vr0, v_reset = k.v_reset;
@@ -100,96 +92,71 @@ void lif_bwd(const Seq<S>& q, const LifArgs& c) {
     const int need_tau = c.need_tau && (LM == LM_DI || LM == LM_DS);
     const S inv_tau = S(1) / k.tau, one_m_inv_tau = S(1) - S(1) / k.tau, inv_tau2 = S(1) / (k.tau * k.tau);
     const S inv_theta = S(1) / theta, inv_theta2 = S(1) / (theta * theta);
-    S* MS_R v = work;
-    S* MS_R lr = v + BS;
-    S* MS_R gv = lr + BS;
-    S* MS_R glr = gv + BS;
-    S* MS_R ath = glr + BS;
+    // the parameter-gradient accumulators (theta, leak, tau) and gm(t) of the current step
+    S* MS_R ath = work + STATE_ROWS * BS;
     S* MS_R ale = ath + BS;
     S* MS_R ata = ale + BS;
     S* MS_R gmb = ata + BS;
-    S* MS_R vpb = gmb + BS;
-    S* MS_R lpb = vpb + BS;
-    load_or(q.v0, i0, k.v_init, v, n);
-    load_or(q.lr0, i0, S(0), lr, n);
-    for (int64_t t = 0; t < q.T; ++t) {  // forward recomputation (the forward's step)
-      const S* MS_R xt = q.x + t * q.xst + i0;
-      S* MS_R Mt = M + t * BS;
-      MS_SIMD
-      for (int i = 0; i < n; ++i) step<S, LM, NORM>(k, v[i], lr[i], xt[i], Mt[i]);
-    }
-    load_or(q.gvT, i0, S(0), gv, n);
-    load_or(q.glrT, i0, S(0), glr, n);
     MS_SIMD
     for (int i = 0; i < n; ++i) {
       ath[i] = S(0); ale[i] = S(0); ata[i] = S(0);
     }
-    for (int64_t t = q.T - 1; t >= 0; --t) {
-      const S* MS_R Mt = M + t * BS;
-      const S* MS_R gyt = q.gy + t * q.gyst + i0;
-      S* MS_R gxt = q.gx + t * q.gxst + i0;
-      // Adjoint step: one branch-free SIMD pass (the surrogate kind is a template parameter; the other flags
-      // are loop-invariant selects).
-      MS_SIMD
-      for (int i = 0; i < n; ++i) {
-        const S m = Mt[i];
-        const S arg = spike_arg<NORM>(m, theta);
-        const S s = fire(arg, k.fire_ge);
-        const S g_y = gyt[i];
-        const S g_v = gv[i];
-        const S g_lr = glr[i];
-        S gs = pth ? g_y * theta : g_y;
-        S gth = pth ? g_y * s : S(0);
-        S gsr_soft = -theta * g_v;
-        S gth_soft = gth - s * g_v;
-        if (LM == LM_PRN) {
-          gsr_soft = gsr_soft + theta * g_lr;
-          gth_soft = gth_soft + s * g_lr;
-        }
-        const S gm0 = soft ? g_v : g_v * (S(1) - s);
-        const S gsr = soft ? gsr_soft : g_v * (v_reset - m);
-        gth = soft ? gth_soft : gth;
-        gs = detach ? gs : gs + gsr;
-        const S garg = gs * surrogate<S, SK>(arg, sp0, sp1);
-        const S gm = NORM ? gm0 + garg * inv_theta : gm0 + garg;
-        gth = NORM ? gth - garg * m * inv_theta2 : gth;
-        ath[i] += gth;
-        gmb[i] = gm;
-        gxt[i] = LM == LM_DI ? gm * inv_tau : gm;
-        gv[i] = (LM == LM_PR || LM == LM_PRN) ? gm * leak : gm * one_m_inv_tau;
-        if (LM == LM_PRN) glr[i] = gm * (leak - S(1));
-      }
-      if (need_leak || need_tau) {
-        // The leak/tau gradients need the state before this step, v(t-1) (and lr(t-1)): recompute it from
-        // m(t-1), or take the initial state at t = 0.
-        if (t > 0) {
-          const S* MS_R Mp = M + (t - 1) * BS;
+    state_backward<S, LM == LM_PRN>(q, i0, n, BS, M, work, k.v_init, need_leak || need_tau,
+        [&](const S* MS_R xt, S* MS_R v, S* MS_R lr, S* MS_R Mt, int n) MS_INLINE {  // the forward's step
+          MS_SIMD
+          for (int i = 0; i < n; ++i) step<S, LM, NORM>(k, v[i], lr[i], xt[i], Mt[i]);
+        },
+        [&](const S* MS_R Mt, const S* MS_R gyt, S* MS_R gxt, S* MS_R gv, S* MS_R glr, int n) MS_INLINE {
+          // Adjoint step: one branch-free SIMD pass (the surrogate kind is a template parameter; the other flags
+          // are loop-invariant selects).
+          MS_SIMD
+          for (int i = 0; i < n; ++i) {
+            const S m = Mt[i];
+            const S arg = spike_arg<NORM>(m, theta);
+            const S s = fire(arg, k.fire_ge);
+            const S g_y = gyt[i];
+            const S g_v = gv[i];
+            const S g_lr = glr[i];
+            S gs = pth ? g_y * theta : g_y;
+            S gth = pth ? g_y * s : S(0);
+            S gsr_soft = -theta * g_v;
+            S gth_soft = gth - s * g_v;
+            if (LM == LM_PRN) {
+              gsr_soft = gsr_soft + theta * g_lr;
+              gth_soft = gth_soft + s * g_lr;
+            }
+            const S gm0 = soft ? g_v : g_v * (S(1) - s);
+            const S gsr = soft ? gsr_soft : g_v * (v_reset - m);
+            gth = soft ? gth_soft : gth;
+            gs = detach ? gs : gs + gsr;
+            const S garg = gs * surrogate<S, SK>(arg, sp0, sp1);
+            const S gm = NORM ? gm0 + garg * inv_theta : gm0 + garg;
+            gth = NORM ? gth - garg * m * inv_theta2 : gth;
+            ath[i] += gth;
+            gmb[i] = gm;
+            gxt[i] = LM == LM_DI ? gm * inv_tau : gm;
+            gv[i] = (LM == LM_PR || LM == LM_PRN) ? gm * leak : gm * one_m_inv_tau;
+            if (LM == LM_PRN) glr[i] = gm * (leak - S(1));
+          }
+        },
+        [&](const S* MS_R Mp, S* MS_R vp, S* MS_R lp, int n) MS_INLINE {  // v(t-1), lr(t-1) for the leak/tau gradients
           MS_SIMD
           for (int i = 0; i < n; ++i) {
             const S mp = Mp[i];
             const S sp = fire(spike_arg<NORM>(mp, theta), k.fire_ge);
-            vpb[i] = after_reset(mp, sp, theta, v_reset, soft);
-            lpb[i] = theta * sp;
+            vp[i] = after_reset(mp, sp, theta, v_reset, soft);
+            lp[i] = theta * sp;
           }
-        } else {
-          load_or(q.v0, i0, k.v_init, vpb, n);
-          load_or(q.lr0, i0, S(0), lpb, n);
-        }
-        const S* MS_R xt = q.x + t * q.xst + i0;
-        MS_SIMD
-        for (int i = 0; i < n; ++i) {
-          if (LM == LM_PR) ale[i] += gmb[i] * vpb[i];
-          if (LM == LM_PRN) ale[i] += gmb[i] * (vpb[i] + lpb[i]);
-          if (LM == LM_DI) ata[i] -= gmb[i] * (xt[i] - (vpb[i] - vr0)) * inv_tau2;
-          if (LM == LM_DS) ata[i] += gmb[i] * (vpb[i] - vr0) * inv_tau2;
-        }
-      }
-    }
-    store_if(q.gv0, i0, gv, n);
-    if (q.glr0) {
-      if (LM != LM_PRN) std::fill(glr, glr + n, S(0));
-      store_if(q.glr0, i0, glr, n);
-    }
+        },
+        [&](const S* MS_R xt, const S* MS_R vp, const S* MS_R lp, int n) MS_INLINE {
+          MS_SIMD
+          for (int i = 0; i < n; ++i) {
+            if (LM == LM_PR) ale[i] += gmb[i] * vp[i];
+            if (LM == LM_PRN) ale[i] += gmb[i] * (vp[i] + lp[i]);
+            if (LM == LM_DI) ata[i] -= gmb[i] * (xt[i] - (vp[i] - vr0)) * inv_tau2;
+            if (LM == LM_DS) ata[i] += gmb[i] * (vp[i] - vr0) * inv_tau2;
+          }
+        });
     part[0] = row_sum(ath, n);
     part[1] = row_sum(ale, n);
     part[2] = row_sum(ata, n);

@@ -109,128 +109,98 @@ void windows(const S* MS_R r, S* MS_R Do, S* MS_R Df, int n, const MlifArgs& c) 
 template <typename S, int CM>
 void mlif_fwd(const Seq<S>& q, const MlifArgs& c) {
   constexpr int BS = 2048;
-  forward_blocks(q.T, q.N, BS, q.nthreads, [&](int64_t i0, int n) {
-    S v[BS], lr[BS], m[BS], r[BS], f[BS];
-    load_or(q.v0, i0, S(0) + (S)c.v_init, v, n);
-    load_or(q.lr0, i0, S(0), lr, n);
-    for (int64_t t = 0; t < q.T; ++t)  // the payload o is written straight into y(t)
-      step_block<S, CM>(q.x + t * q.xst + i0, v, lr, m, r, q.y + t * q.yst + i0, f, n, c);
-    store_if(q.vT, i0, v, n);
-    if (CM == CM_PAPER) store_if(q.lrT, i0, lr, n);
+  state_forward<S, BS, CM == CM_PAPER>(q, S(0) + (S)c.v_init,
+                                       [&](const S* MS_R xt, S* MS_R yt, S* MS_R v, S* MS_R lr, int n) MS_INLINE {
+    S m[BS], r[BS], f[BS];
+    step_block<S, CM>(xt, v, lr, m, r, yt, f, n, c);  // the payload o is written straight into y(t)
   });
 }
 
 // ---------------------------------------------------------------------------------------------- backward
 template <typename S, int CM>
 void mlif_bwd(const Seq<S>& q, const MlifArgs& c) {
-  backward_blocks<S>(q.T, q.N, q.nthreads, 14, 2, q.pgrad,
+  backward_blocks<S>(q.T, q.N, q.nthreads, STATE_ROWS + 8, 2, q.pgrad,
                      [&](int64_t i0, int n, int BS, S* M, S* work, double* part) {
     constexpr int PF = CM == CM_PAPER;
     const S theta = (S)c.theta, theta_e = (S)c.theta_e, leak = (S)c.leak, oml = (S)c.oml;
-    const S v_init = S(0) + (S)c.v_init;
     const int soft = PF ? 1 : c.soft, detach = c.detach_reset;
     const S inv_te = S(1) / theta_e;
     // d theta_e / d theta = unit (scaled) or 1; folded into the theta-gradient factor
     const S dte = (S)(c.theta_e / c.theta);
     const S inv_te2 = S(1) / (theta_e * theta_e);
-    S* MS_R v = work;
-    S* MS_R lr = v + BS;
-    S* MS_R gv = lr + BS;
-    S* MS_R glr = gv + BS;
-    S* MS_R ath = glr + BS;
+    // the parameter-gradient accumulators (theta, leak), the lane rows of one step (r, o, f, D_o, D_f), gm(t)
+    S* MS_R ath = work + STATE_ROWS * BS;
     S* MS_R ale = ath + BS;
     S* MS_R rb = ale + BS;
     S* MS_R ob = rb + BS;
     S* MS_R fb = ob + BS;
     S* MS_R Do = fb + BS;
     S* MS_R Df = Do + BS;
-    S* MS_R tmp = Df + BS;
-    S* MS_R hb = tmp + BS;
-    S* MS_R vpb = hb + BS;
-    load_or(q.v0, i0, v_init, v, n);
-    load_or(q.lr0, i0, S(0), lr, n);
-    for (int64_t t = 0; t < q.T; ++t)  // forward recomputation (the forward's step), m(t) into the scratch
-      step_block<S, CM>(q.x + t * q.xst + i0, v, lr, M + t * BS, rb, ob, fb, n, c);
-    load_or(q.gvT, i0, S(0), gv, n);
-    load_or(q.glrT, i0, S(0), glr, n);
+    S* MS_R gmb = Df + BS;
     MS_SIMD
     for (int i = 0; i < n; ++i) {
       ath[i] = S(0);
       ale[i] = S(0);
     }
-    for (int64_t t = q.T - 1; t >= 0; --t) {
-      const S* MS_R Mt = M + t * BS;
-      const S* MS_R gyt = q.gy + t * q.gyst + i0;
-      S* MS_R gxt = q.gx + t * q.gxst + i0;
-      MS_SIMD
-      for (int i = 0; i < n; ++i) rb[i] = Mt[i] / theta_e;
-      fire_block<S>(rb, ob, fb, n, c);
-      windows<S>(rb, Do, Df, n, c);
-      MS_SIMD
-      for (int i = 0; i < n; ++i) {
-        const S m = Mt[i];
-        const S o = ob[i], f = fb[i];
-        const S g_v = gv[i];
-        S go = gyt[i];
-        S gm, gf, gth;
-        if (soft) {
-          gm = g_v;
-          S gor = -theta * g_v;
-          gth = -o * g_v;
-          if (PF) {
-            gor = gor + theta * glr[i];
-            gth = gth + o * glr[i];
+    state_backward<S, PF>(q, i0, n, BS, M, work, S(0) + (S)c.v_init, c.need_leak,
+        [&](const S* MS_R xt, S* MS_R v, S* MS_R lr, S* MS_R Mt, int n) MS_INLINE {  // the forward's step
+          step_block<S, CM>(xt, v, lr, Mt, rb, ob, fb, n, c);
+        },
+        [&](const S* MS_R Mt, const S* MS_R gyt, S* MS_R gxt, S* MS_R gv, S* MS_R glr, int n) MS_INLINE {
+          MS_SIMD
+          for (int i = 0; i < n; ++i) rb[i] = Mt[i] / theta_e;
+          fire_block<S>(rb, ob, fb, n, c);
+          windows<S>(rb, Do, Df, n, c);
+          MS_SIMD
+          for (int i = 0; i < n; ++i) {
+            const S m = Mt[i];
+            const S o = ob[i], f = fb[i];
+            const S g_v = gv[i];
+            const S g_y = gyt[i];
+            // Branch-free (both resets computed, then selected): with a runtime `soft` the if/else form was not
+            // vectorised at all (GCC 12: "no vectype"), only the paper form, where soft is a constant, was.
+            S gor = -theta * g_v;
+            S gth_soft = -o * g_v;
+            if (PF) {
+              gor = gor + theta * glr[i];
+              gth_soft = gth_soft + o * glr[i];
+            }
+            const S go_soft = detach ? g_y : g_y + gor;
+            const S gf_hard = detach ? S(0) : -m * g_v;
+            S gm = soft ? g_v : g_v * (S(1) - f);
+            const S go = soft ? go_soft : g_y;
+            const S gf = soft ? S(0) : gf_hard;
+            S gth = soft ? gth_soft : S(0);
+            const S gr = go * Do[i] + gf * Df[i];
+            gm = gm + gr * inv_te;
+            gth = gth - gr * m * inv_te2 * dte;
+            ath[i] += gth;
+            gxt[i] = CM == CM_DECAY ? gm * oml : gm;
+            gv[i] = CM == CM_DECAY ? gm * (S(1) - oml) : gm * leak;
+            if (PF) glr[i] = gm * (leak - S(1));
+            gmb[i] = gm;
           }
-          go = detach ? go : go + gor;
-          gf = S(0);
-        } else {
-          gm = g_v * (S(1) - f);
-          gf = detach ? S(0) : -m * g_v;
-          gth = S(0);
-        }
-        const S gr = go * Do[i] + gf * Df[i];
-        gm = gm + gr * inv_te;
-        gth = gth - gr * m * inv_te2 * dte;
-        ath[i] += gth;
-        gxt[i] = CM == CM_DECAY ? gm * oml : gm;
-        gv[i] = CM == CM_DECAY ? gm * (S(1) - oml) : gm * leak;
-        if (PF) glr[i] = gm * (leak - S(1));
-        tmp[i] = gm;
-      }
-      if (c.need_leak) {
-        // dm/dbeta: v(t-1) (plain), v(t-1) + lr(t-1) (paper form), -(x(t) - v(t-1)) (decay_input)
-        if (t > 0) {
-          const S* MS_R Mp = M + (t - 1) * BS;
+        },
+        [&](const S* MS_R Mp, S* MS_R vp, S* MS_R lp, int n) MS_INLINE {  // v(t-1), lr(t-1) for the leak gradient
           MS_SIMD
           for (int i = 0; i < n; ++i) rb[i] = Mp[i] / theta_e;
           fire_block<S>(rb, ob, fb, n, c);
           MS_SIMD
           for (int i = 0; i < n; ++i) {
             const S reset = theta * ob[i];
-            const S vp = soft ? Mp[i] - reset : Mp[i] * (S(1) - fb[i]);
-            vpb[i] = PF ? vp + reset : vp;
+            vp[i] = soft ? Mp[i] - reset : Mp[i] * (S(1) - fb[i]);
+            lp[i] = reset;
           }
-        } else {
-          load_or(q.v0, i0, v_init, vpb, n);
-          if (PF) {
-            load_or(q.lr0, i0, S(0), hb, n);
-            MS_SIMD
-            for (int i = 0; i < n; ++i) vpb[i] = vpb[i] + hb[i];
+        },
+        [&](const S* MS_R xt, const S* MS_R vp, const S* MS_R lp, int n) MS_INLINE {
+          // dm/dbeta: v(t-1) (plain), v(t-1) + lr(t-1) (paper form), -(x(t) - v(t-1)) (decay_input)
+          MS_SIMD
+          for (int i = 0; i < n; ++i) {
+            if (CM == CM_DECAY) ale[i] -= gmb[i] * (xt[i] - vp[i]);
+            else if (PF) ale[i] += gmb[i] * (vp[i] + lp[i]);
+            else ale[i] += gmb[i] * vp[i];
           }
-        }
-        const S* MS_R xt = q.x + t * q.xst + i0;
-        MS_SIMD
-        for (int i = 0; i < n; ++i) {
-          if (CM == CM_DECAY) ale[i] -= tmp[i] * (xt[i] - vpb[i]);
-          else ale[i] += tmp[i] * vpb[i];
-        }
-      }
-    }
-    store_if(q.gv0, i0, gv, n);
-    if (q.glr0) {
-      if (!PF) std::fill(glr, glr + n, S(0));
-      store_if(q.glr0, i0, glr, n);
-    }
+        });
     part[0] = row_sum(ath, n);
     part[1] = row_sum(ale, n);
   });

@@ -29,28 +29,28 @@
 // invariant, so the loops must vectorise whatever the compiler's cost model or alias analysis would decide
 // (without it, measured 10-30x slower). SIMD loops keep IEEE semantics: no reassociation, no contraction.
 #define MS_SIMD _Pragma("omp simd")
+// The family code handed to the shared skeletons (state_forward, state_backward) is a set of lambdas; each must be
+// inlined into the block loop: an out-of-line copy of a SIMD loop that GCC 12 declines to inline (measured: the
+// larger LIF adjoint steps) is not vectorised at all.
+#define MS_INLINE __attribute__((always_inline))
 
 extern "C" {
 
 // The tensors of one call. Element (t, i) of a sequence is at base[t * stride_t + i] (i in memory order of one
 // step); a null pointer is an absent optional tensor. dtype: 0 = float32, 1 = float64.
+// MS_IO_TENSORS lists the tensor pointers once, in ABI order, as X(constness, name): MsIO declares them untyped
+// (the ABI), ms::Seq typed (the kernels' view); the list keeps the two in step.
+#define MS_IO_TENSORS(X)                                                                                      \
+  X(const, x) X(, y) X(const, v0) X(const, lr0) X(, vT) X(, lrT) X(const, gy) X(const, gvT) X(const, glrT)   \
+  X(, gx) X(, gv0) X(, glr0)
+#define MS_IO_UNTYPED(C, name) C void* name;
 struct MsIO {
-  const void* x;
-  void* y;
-  const void* v0;
-  const void* lr0;
-  void* vT;
-  void* lrT;
-  const void* gy;
-  const void* gvT;
-  const void* glrT;
-  void* gx;
-  void* gv0;
-  void* glr0;
+  MS_IO_TENSORS(MS_IO_UNTYPED)
   double* pgrad;  // backward: the parameter gradients (per family: LIF 3, M-LIF 2, LM-HT T)
   int64_t T, N, xst, yst, gyst, gxst;
   int32_t dtype, nthreads;
 };
+#undef MS_IO_UNTYPED
 
 // IF/LIF (multispike.neurons.params.LIFParameters). Doubles are cast to the element type as PyTorch casts
 // scalar operands.
@@ -96,30 +96,21 @@ namespace ms {
 // Surrogate derivative kinds (multispike.kernels._abi.surrogate_code).
 enum { SK_SIGMOID = 0, SK_ATAN = 1, SK_RECT = 2, SK_TRI = 3 };
 
-// Typed view of MsIO.
+// Typed view of MsIO: the same tensor pointers (MS_IO_TENSORS) cast to the element type S.
+#define MS_SEQ_TYPED(C, name) C S* name;
+#define MS_SEQ_CAST(C, name) name((C S*)io.name),
 template <typename S>
 struct Seq {
-  const S* x;
-  S* y;
-  const S* v0;
-  const S* lr0;
-  S* vT;
-  S* lrT;
-  const S* gy;
-  const S* gvT;
-  const S* glrT;
-  S* gx;
-  S* gv0;
-  S* glr0;
+  MS_IO_TENSORS(MS_SEQ_TYPED)
   double* pgrad;
   int64_t T, N, xst, yst, gyst, gxst;
   int nthreads;
   explicit Seq(const MsIO& io)
-      : x((const S*)io.x), y((S*)io.y), v0((const S*)io.v0), lr0((const S*)io.lr0), vT((S*)io.vT),
-        lrT((S*)io.lrT), gy((const S*)io.gy), gvT((const S*)io.gvT), glrT((const S*)io.glrT), gx((S*)io.gx),
-        gv0((S*)io.gv0), glr0((S*)io.glr0), pgrad(io.pgrad), T(io.T), N(io.N), xst(io.xst), yst(io.yst),
-        gyst(io.gyst), gxst(io.gxst), nthreads(io.nthreads) {}
+      : MS_IO_TENSORS(MS_SEQ_CAST) pgrad(io.pgrad), T(io.T), N(io.N), xst(io.xst), yst(io.yst), gyst(io.gyst),
+        gxst(io.gxst), nthreads(io.nthreads) {}
 };
+#undef MS_SEQ_TYPED
+#undef MS_SEQ_CAST
 
 // ---------------------------------------------------------------------------------------------- exp
 // Branch-free exp with only + - * and integer bit operations so that loops using it vectorise. Cody-Waite
@@ -295,6 +286,72 @@ static inline double row_sum(const S* MS_R a, int n) {
 #pragma omp simd reduction(+:s)
   for (int i = 0; i < n; ++i) s += (double)a[i];
   return s;
+}
+
+// ---------------------------------------------------------------------------------------------- (v, lr) families
+// The IF/LIF and one-hot M-LIF kernels share their state (membrane v and last reset lr), so they share the two
+// passes below; each family supplies only its step and adjoint step. KEEP_LR: the family keeps the last reset as
+// state (the paper's reset_leak=False form) - lrT is written and the gradient flows back into lr0; otherwise lr
+// stays 0 and glr0 is 0.
+
+// Forward: per block of BS elements, v (from v0, else v_init) and lr (from lr0, else 0) stay in stack arrays over
+// the T steps; step(x_t, y_t, v, lr, n) runs one step of the block, reading x(t) and writing y(t).
+template <typename S, int BS, bool KEEP_LR, class Step>
+MS_INLINE static inline void state_forward(const Seq<S>& q, S v_init, Step step) {
+  forward_blocks(q.T, q.N, BS, q.nthreads, [&](int64_t i0, int n) {
+    S v[BS], lr[BS];
+    load_or(q.v0, i0, v_init, v, n);
+    load_or(q.lr0, i0, S(0), lr, n);
+    for (int64_t t = 0; t < q.T; ++t) step(q.x + t * q.xst + i0, q.y + t * q.yst + i0, v, lr, n);
+    store_if(q.vT, i0, v, n);
+    if (KEEP_LR) store_if(q.lrT, i0, lr, n);
+  });
+}
+
+// The work rows state_backward's block uses itself (v, lr, gv, glr, vp, lp); a family's rows follow them.
+constexpr int STATE_ROWS = 6;
+
+// Backward of one block (called from a backward_blocks body with its scratch M and work rows): recompute m(t) for
+// all t into M with the forward's step, then run the adjoint from t = T-1 down to 0 with (gv, glr) starting at
+// (gvT, glrT) or 0:
+//   recompute(x_t, v, lr, M_t, n)            one forward step (the family's step), m(t) into M_t
+//   adjoint(M_t, gy_t, gx_t, gv, glr, n)     one adjoint step: writes gx(t), updates gv and glr in place
+// and, when need_prev (a parameter gradient needs the state before step t):
+//   prev(M_{t-1}, vp, lp, n)                 the state (v, lr) after step t-1, rebuilt from m(t-1) (t > 0; at
+//                                            t = 0 it is the initial state, loaded here)
+//   accumulate(x_t, vp, lp, n)               add step t's terms to the family's parameter-gradient rows
+// Finally gv0 and glr0 are stored when requested.
+template <typename S, bool KEEP_LR, class Recompute, class Adjoint, class Prev, class Accumulate>
+MS_INLINE static inline void state_backward(const Seq<S>& q, int64_t i0, int n, int BS, S* M, S* work, S v_init,
+                                  bool need_prev, Recompute recompute, Adjoint adjoint, Prev prev,
+                                  Accumulate accumulate) {
+  S* MS_R v = work;
+  S* MS_R lr = work + BS;
+  S* MS_R gv = work + 2 * BS;
+  S* MS_R glr = work + 3 * BS;
+  S* MS_R vp = work + 4 * BS;
+  S* MS_R lp = work + 5 * BS;
+  load_or(q.v0, i0, v_init, v, n);
+  load_or(q.lr0, i0, S(0), lr, n);
+  for (int64_t t = 0; t < q.T; ++t) recompute(q.x + t * q.xst + i0, v, lr, M + t * BS, n);
+  load_or(q.gvT, i0, S(0), gv, n);
+  load_or(q.glrT, i0, S(0), glr, n);
+  for (int64_t t = q.T - 1; t >= 0; --t) {
+    adjoint(M + t * BS, q.gy + t * q.gyst + i0, q.gx + t * q.gxst + i0, gv, glr, n);
+    if (!need_prev) continue;
+    if (t > 0) {
+      prev(M + (t - 1) * BS, vp, lp, n);
+    } else {
+      load_or(q.v0, i0, v_init, vp, n);
+      load_or(q.lr0, i0, S(0), lp, n);
+    }
+    accumulate(q.x + t * q.xst + i0, vp, lp, n);
+  }
+  store_if(q.gv0, i0, gv, n);
+  if (q.glr0) {
+    if (!KEEP_LR) std::fill(glr, glr + n, S(0));
+    store_if(q.glr0, i0, glr, n);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------- dispatch
