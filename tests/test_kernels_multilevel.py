@@ -329,7 +329,7 @@ def test_lmht_fused_tgim_gradcheck(T):
     leak = torch.tensor(0.85, dtype=torch.float64, requires_grad=True)
 
     def f(x, omega, leak):
-        y, st, _ = lmht_cpp.lmht_multistep_cpp(x, levels=3, omega=omega, leak=leak, v_threshold=0.5,
+        _, st, _ = lmht_cpp.lmht_multistep_cpp(x, levels=3, omega=omega, leak=leak, v_threshold=0.5,
                                                in_scale=1.25, detach_temporal=False, detach_reset=True)
         return st.v
 

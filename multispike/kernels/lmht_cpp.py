@@ -32,7 +32,7 @@ import math
 
 import torch
 
-from ..neurons.lmht import tgim_mix
+from ..neurons.lmht import LMHTState, tgim_mix
 from ..neurons.params import LMHTParameters
 from ._abi import FLOAT_CODES, LmhtArgs, Plan
 from ._common import initial_state, scalar_param
@@ -111,8 +111,8 @@ def lmht_plan(x_seq, state, p: LMHTParameters, fuse_mixing: bool = True):
                    hi=(levels + width) * theta)
     flags = dict(levels=levels, scale_input=scale_input, detach_temporal=int(bool(p.detach_temporal)),
                  detach_reset=int(bool(p.detach_reset)))
-    plan = Plan("lmht", LmhtArgs, scalars, flags, (leak_t, sched_t, omega_t), ("need_leak", "need_leak", "need_omega"),
-                lam=lam, omega=omega_v)
+    plan = Plan("lmht", LmhtArgs, scalars, flags, (leak_t, sched_t, omega_t),
+                ("need_leak", "need_leak", "need_omega"), lam=lam, omega=omega_v)
     return plan, current, v0
 
 
@@ -121,18 +121,16 @@ def lmht_plan_unfused(x_seq, state, p: LMHTParameters):
     return lmht_plan(x_seq, state, p, fuse_mixing=False)
 
 
-lmht_multistep_cpp = cpp_entry(
-    LMHTParameters, lmht_plan, "run_lmht", "lmht_multistep_cpp", __name__,
-    """Fused CPU LM-HT / M-HT dynamics; same signature, values and gradients as
-    :func:`multispike.neurons.lmht.lmht_multistep` (see this module's docstring for what runs fused).""")
-
-
 def run_lmht(lib, x_seq, state, planned):
     """Run the planned LM-HT kernel on ``planned[1]`` (the input; the kernel mixes it with ``plan.omega``)."""
-    from ..neurons.lmht import LMHTState
-    plan, current, v0 = planned
-    y, vT, _ = run_planned(CppEngine(lib), current, v0, None, plan)
+    plan, kernel_input, v0 = planned
+    y, vT, _ = run_planned(CppEngine(lib), kernel_input, v0, None, plan)
     return y, LMHTState(vT), None
 
+
+lmht_multistep_cpp = cpp_entry(
+    LMHTParameters, lmht_plan, "run_lmht", "lmht_multistep_cpp", __name__,
+    """Fused CPU LM-HT / M-HT dynamics, T-GIM mixing included; same signature, values and gradients as
+    :func:`multispike.neurons.lmht.lmht_multistep` (see this module's docstring).""")
 
 register_kernel("lmht", "cpp", lmht_multistep_cpp, devices=("cpu",))
