@@ -352,6 +352,24 @@ def test_lmht_fused_tgim_large_blocks_and_threads():
     assert torch.equal(grads[0], grads[1])
 
 
+def test_lmht_unfused_plan_route(library):
+    """The Triton backend's route on the CPU kernel: mixing by tgim_mix in PyTorch (autograd gives dΩ), then the
+    level kernel with no Ω in its record. Same values and gradients as the reference and the fused route."""
+    from multispike.neurons.params import LMHTParameters
+    T = 4
+    x = _inputs((T, 2, 3, 11), torch.float32, seed=43)
+    omega = _tgim("learnable", T, torch.float32, 43)
+
+    def unfused(x_seq, state=None, **kw):
+        p = LMHTParameters(**kw)
+        planned = lmht_cpp.lmht_plan_unfused(x_seq, state, p)
+        assert planned is not None and planned[0].omega is None and planned[0].flags["scale_input"] == 0
+        return lmht_cpp.run_lmht(library, x_seq, state, planned)
+
+    _check(unfused, lmht_multistep, x, dict(levels=2, omega=omega, leak=0.9, v_threshold=0.5, in_scale=2.0),
+           ("leak", "omega"), torch.float32, tol={"atol": 1e-5, "rtol": 1e-5})
+
+
 def test_lmht_layouts_and_poisoned_buffers(lmht_spy):
     torch.use_deterministic_algorithms(True)
     torch.utils.deterministic.fill_uninitialized_memory = True
