@@ -61,9 +61,9 @@ def bench(T: int, rest=(32, 128, 16, 16), reps: int = 12, rounds: int = 4, warmu
     mht = MHTNeuron(levels=4, v_threshold=0.5, backend="cpp")
     lmht = LMHTNeuron(T=T, levels=4, v_threshold=0.5, tgim="learnable", backend="cpp")
     with torch.no_grad():
-        lmht.mu.copy_(torch.randn(T, T))  # trained-like: every row of Ω different
+        lmht.tgim_mu.copy_(torch.randn(T, T))  # trained-like: every row of Ω different
     lmht_init = LMHTNeuron(T=T, levels=4, v_threshold=0.5, tgim="learnable", backend="cpp")
-    mu, a = lmht.mu, lmht.a
+    mu, a = lmht.tgim_mu, lmht.leak_a
 
     def unfused(xs):  # the pre-fusion path: einsum mixing, then the level kernel on the current
         current = torch.einsum("tj,j...->t...", tgim_omega(mu), xs)
