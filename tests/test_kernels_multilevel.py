@@ -297,6 +297,19 @@ def test_lmht_fused_tgim_bit_exact(T, dtype, lmht_spy, monkeypatch):
     assert len(lmht_spy) == n
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("T", [9, 16])
+def test_lmht_fused_tgim_long_sequences(T, dtype, lmht_spy):
+    """T > 8 mixes row by row (the register path unrolls up to 8 terms): same order, same bits."""
+    tol = None if dtype == torch.float64 else {"atol": 1e-5, "rtol": 1e-5}
+    omega = _tgim("learnable", T, dtype, T)
+    _check(lmht_cpp.lmht_multistep_cpp, lmht_multistep, _inputs((T, 2, 45), dtype, seed=T),
+           dict(levels=2, omega=omega, leak=0.9, v_threshold=0.5, in_scale=2.0), ("leak", "omega"), dtype, tol=tol)
+    _check(lmht_cpp.lmht_multistep_cpp, lmht_multistep, _tie_inputs((T, 2, 45), dtype, T),
+           dict(levels=4, omega=torch.round(omega * 8) / 8, leak=1.0, v_threshold=0.25), ("omega",), dtype, tol=tol)
+    assert len(lmht_spy) == 2
+
+
 def test_lmht_fused_tgim_summation_order(lmht_spy):
     """A current whose last bit depends on the summation order: (0.1 + 0.2) + 0.3 ≠ 0.1 + (0.2 + 0.3) in float64.
     With θ set to either value, the kernel fires exactly as the reference's fixed order j = 0..T−1 does."""
