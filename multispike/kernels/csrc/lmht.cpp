@@ -41,8 +41,9 @@ static inline std::vector<char> repeated_rows(const double* omega, int64_t T) {
 // out[0..n) = sum_k w[k] * rows[k][0..n) in the fixed order w[0]*rows[0], then + w[k]*rows[k] for k = 1..K-1, each
 // product and sum rounded in S (the build never contracts them into an FMA); rows scaled by in_scale first when
 // SCALE. Forward: I(t) from the input rows x(j) and row t of Omega. Backward: Omega^T applied to dL/dI.
-// Up to K = 8 the number of terms is a template constant: the sum stays in a register (one load per term, measured
-// ~3x faster than row by row); a runtime trip count inside the SIMD loop does not vectorise (measured ~10x slower).
+// Up to K = 8 the number of terms is a template constant: the sum stays in a register (one load per term instead of
+// two loads and a store row by row; measured LM-HT forward, T = 8, [8,32,128,16,16] float32, one thread: 11.0 ->
+// 8.8 ms CPU time). A runtime trip count inside the SIMD loop did not vectorise (66.8 ms).
 template <typename S, int SCALE, size_t... K>
 inline void mix_fixed(const S* const* rows, const S* w_in, S in_scale, int n, S* MS_R out,
                       std::index_sequence<K...>) {
