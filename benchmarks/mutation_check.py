@@ -9,6 +9,8 @@ only skips - means the suite cannot see that bug, and this script exits 1.
 Mutations:
 
 * ``cpp_syntax``    a syntax error in the C++ kernel source (a compiler is present: kernel tests must fail, not skip)
+* ``lmht_mix_bwd``  the fused LM-HT backward applies Ω instead of Ωᵀ to dL/dI (input gradient of the T-GIM)
+* ``lmht_domega``   the fused LM-HT backward writes dL/dΩ transposed
 * ``qcfs_detach``   QCFS backward without ∂/∂ϑ through the output scale (``clamp(q) * ϑ.detach()``)
 * ``qcfs_paper``    QCFS ∂/∂ϑ = q (the derivative printed in the paper; ϑ detached inside the floor)
 * ``qcfs_ste``      the floor's straight-through gradient halved
@@ -41,6 +43,11 @@ MUTATIONS: dict[str, tuple[str, str, str, list[str]]] = {
     "cpp_syntax": ("multispike/kernels/csrc/abi.cpp", "int ms_abi_version() { return MS_ABI_VERSION; }",
                    "int ms_abi_version() { return MS_ABI_VERSION }  // mutation: missing semicolon",
                    ["tests/test_kernels_lif.py", "tests/test_kernels_multilevel.py"]),
+    "lmht_mix_bwd": ("multispike/kernels/csrc/lmht.cpp", "wcol[(size_t)t] = (S)c.omega[t * T + j];",
+                     "wcol[(size_t)t] = (S)c.omega[j * T + t];  // mutation: Omega instead of Omega^T",
+                     ["tests/test_kernels_multilevel.py"]),
+    "lmht_domega": ("multispike/kernels/csrc/lmht.cpp", "part[T + t * T + j] = row_dot",
+                    "part[T + j * T + t] = row_dot", ["tests/test_kernels_multilevel.py"]),
     "qcfs_detach": ("multispike/quant/qcfs.py", "return torch.clamp(q, 0.0, 1.0) * threshold",
                     "return torch.clamp(q, 0.0, 1.0) * threshold.detach()", ["tests/test_qcfs_gradients.py"]),
     "qcfs_paper": ("multispike/quant/qcfs.py", "q = floor_ste(z / threshold * levels + shift) / levels",

@@ -82,11 +82,14 @@ def _neuron_modules(T: int) -> dict:
     from multispike.neurons.if_lif import IFNeuron, LIFNeuron
     from multispike.neurons.lmht import LMHTNeuron, MHTNeuron
     from multispike.neurons.mlif import OneHotMLIF
+    lmht = LMHTNeuron(T=T, levels=4, v_threshold=0.5, tgim="learnable", step_mode="m", backend="cpp")
+    with torch.no_grad():  # a trained-like T-GIM: at μ = 0 all rows are equal and the kernel mixes only one
+        lmht.tgim_mu.copy_(torch.randn(T, T, generator=torch.Generator().manual_seed(T)))
     return {
         "if": IFNeuron(v_threshold=1.0, step_mode="m", backend="cpp"),
         "lif": LIFNeuron(tau=2.0, step_mode="m", backend="cpp"),
         "mht": MHTNeuron(levels=4, v_threshold=0.5, step_mode="m", backend="cpp"),
-        "lmht": LMHTNeuron(T=T, levels=4, v_threshold=0.5, tgim="learnable", step_mode="m", backend="cpp"),
+        "lmht": lmht,
         "mlif": OneHotMLIF(lanes=4, v_threshold=1.0, leak=0.9, step_mode="m", backend="cpp"),
     }
 

@@ -1,7 +1,8 @@
 """Fused one-hot M-LIF and LM-HT/M-HT kernels (backend "cpp") against their reference functions.
 
 Identical forward payloads and states (atol=0); gradients of the input, initial state and learnable
-θ/β/λ/Ω/leak schedule within 1e-10 in float64 and 1e-6 relative in float32.
+θ/β/λ/Ω/leak schedule within 1e-10 in float64 and 1e-6 relative in float32. The LM-HT kernel mixes the T-GIM
+itself, in the reference's fixed summation order (``tgim_mix``), so threshold ties agree too.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from conftest import require_cpp_library
 from multispike.kernels import lmht_cpp, mlif_cpp
 from multispike.kernels.registry import get_kernel, resolve_backend
 from multispike.neurons.if_lif import LIFState
-from multispike.neurons.lmht import LMHTNeuron, LMHTState, MHTNeuron, lmht_multistep
+from multispike.neurons.lmht import LMHTNeuron, LMHTState, MHTNeuron, lmht_multistep, tgim_mix, tgim_omega
 from multispike.neurons.mlif import OneHotMLIF, mlif_multistep
 from multispike.neurons.surrogate import ATan, Rectangular
 
@@ -58,8 +59,8 @@ def _inputs(shape, dtype, seed=0, scale=1.5, offset=0.8):
     return x.to(dtype)
 
 
-def _check(kernel, ref, x, kw, learn, dtype, state=None, seq_out_is_state=LIFState):
-    tol = F64 if dtype == torch.float64 else F32
+def _check(kernel, ref, x, kw, learn, dtype, state=None, seq_out_is_state=LIFState, tol=None):
+    tol = tol or (F64 if dtype == torch.float64 else F32)
     outs = []
     for fn in (kernel, ref):
         xi = x.detach().clone().requires_grad_(True)
@@ -243,6 +244,153 @@ def test_lmht_shapes(shape, dtype):
     _check(lmht_cpp.lmht_multistep_cpp, lmht_multistep, x, dict(levels=2, leak=1.0, v_threshold=0.25), (), dtype)
 
 
+def _tgim(mode: str, T: int, dtype, seed: int) -> torch.Tensor | None:
+    """The T-GIM of each LMHTNeuron mode: learnable/fixed 2σ(μ)/T (random μ), uniform 1/T, identity (none) and
+    an explicit identity matrix (mixing with 1s and 0s)."""
+    if mode in ("learnable", "fixed"):
+        mu = torch.randn(T, T, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        return tgim_omega(mu).to(dtype)
+    if mode == "uniform":
+        return torch.full((T, T), 1.0 / T, dtype=dtype)
+    if mode == "eye":
+        return torch.eye(T, dtype=dtype)
+    return None
+
+
+def _tie_inputs(shape, dtype, seed):
+    """Quarter multiples: with a dyadic T-GIM (eighths) every mixed current is exact and many sit exactly on a
+    threshold multiple kθ (θ = 1/4), where the "m ≥ kθ" rule decides."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(-4, 12, shape, generator=g).to(torch.float64) / 4).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("T", [1, 2, 4, 8])
+def test_lmht_fused_tgim_bit_exact(T, dtype, lmht_spy, monkeypatch):
+    """Forward (payload and state) bit-identical to the reference with the mixing in the kernel, for every T-GIM
+    mode, L in {1, 2, 4}, random and tie-heavy inputs; input, Ω and λ gradients as the reference autograd."""
+    # the fused path must not mix in PyTorch (the Triton planner's route)
+    monkeypatch.setattr(lmht_cpp, "tgim_mix", lambda *a: pytest.fail("the C++ path mixed in PyTorch"))
+    n = 0
+    for levels, mode, inputs in itertools.product((1, 2, 4), ("learnable", "fixed", "uniform", "identity", "eye"),
+                                                  ("random", "ties")):
+        seed = 100 * T + 10 * levels + len(mode)
+        if inputs == "ties":
+            x = _tie_inputs((T, 3, 37), dtype, seed)
+            omega = _tgim(mode, T, dtype, seed)
+            if omega is not None:  # the nearest eighths: dyadic, so the currents are exact quarter/eighth sums
+                omega = torch.round(omega * 8) / 8
+            kw = dict(levels=levels, omega=omega, leak=1.0, v_threshold=0.25)
+        else:
+            x = _inputs((T, 3, 37), dtype, seed=seed)
+            omega = _tgim(mode, T, dtype, seed)
+            kw = dict(levels=levels, omega=omega, leak=0.9, v_threshold=0.5, v_init=0.125, in_scale=1.5)
+        learn = ("leak",) + (("omega",) if mode == "learnable" else ())
+        # float32 parameter gradients: the reference reduces a few hundred terms in float32, the kernel in double
+        y = _check(lmht_cpp.lmht_multistep_cpp, lmht_multistep, x, kw, learn, dtype,
+                   tol=None if dtype == torch.float64 else {"atol": 1e-5, "rtol": 1e-5})
+        if inputs == "ties":  # at t = 0, m = I(0): the test must really contain currents on kθ, k >= 1
+            m0 = (x if omega is None else tgim_mix(omega, x))[0]
+            assert int(((m0 * 4 == torch.round(m0 * 4)) & (m0 >= 0.25)).sum()) > 0
+        assert torch.isfinite(y).all()
+        n += 1
+    assert len(lmht_spy) == n
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("T", [9, 16])
+def test_lmht_fused_tgim_long_sequences(T, dtype, lmht_spy):
+    """T > 8 mixes row by row (the register path unrolls up to 8 terms): same order, same bits."""
+    tol = None if dtype == torch.float64 else {"atol": 1e-5, "rtol": 1e-5}
+    omega = _tgim("learnable", T, dtype, T)
+    _check(lmht_cpp.lmht_multistep_cpp, lmht_multistep, _inputs((T, 2, 45), dtype, seed=T),
+           dict(levels=2, omega=omega, leak=0.9, v_threshold=0.5, in_scale=2.0), ("leak", "omega"), dtype, tol=tol)
+    _check(lmht_cpp.lmht_multistep_cpp, lmht_multistep, _tie_inputs((T, 2, 45), dtype, T),
+           dict(levels=4, omega=torch.round(omega * 8) / 8, leak=1.0, v_threshold=0.25), ("omega",), dtype, tol=tol)
+    assert len(lmht_spy) == 2
+
+
+def test_lmht_fused_tgim_summation_order(lmht_spy):
+    """A current whose last bit depends on the summation order: (0.1 + 0.2) + 0.3 ≠ 0.1 + (0.2 + 0.3) in float64.
+    With θ set to either value, the kernel fires exactly as the reference's fixed order j = 0..T−1 does."""
+    omega = torch.tensor([[0.1, 0.2, 0.3]] * 3, dtype=torch.float64)
+    x = torch.ones(3, 1, 4, dtype=torch.float64)
+    fixed = (0.1 + 0.2) + 0.3
+    other = 0.1 + (0.2 + 0.3)
+    assert fixed != other
+    for theta in (fixed, other, fixed / 2, other / 2):
+        for leak in (0.0, 1.0):
+            kw = dict(levels=2, omega=omega, leak=leak, v_threshold=theta)
+            y1, s1, _ = lmht_cpp.lmht_multistep_cpp(x, **kw)
+            y2, s2, _ = lmht_multistep(x, **kw)
+            assert torch.equal(y1, y2) and torch.equal(s1.v, s2.v)
+    # at θ = fixed the current sits exactly on the threshold: one level at t = 0, not zero
+    y, _, _ = lmht_cpp.lmht_multistep_cpp(x, levels=2, omega=omega, leak=0.0, v_threshold=fixed)
+    assert float(y[0, 0, 0]) == fixed
+    y, _, _ = lmht_cpp.lmht_multistep_cpp(x, levels=2, omega=omega, leak=0.0, v_threshold=other)
+    assert float(y[0, 0, 0]) == (other if fixed >= other else 0.0)
+    assert len(lmht_spy) == 10
+
+
+@pytest.mark.parametrize("T", [2, 3, 5])
+def test_lmht_fused_tgim_gradcheck(T):
+    """float64 gradcheck of the kernel's mixing backward (dx = Ωᵀ·dI, dΩ = Σ dI·x, dλ): through the state v(T),
+    which is m(T) − sg(y(T)) - differentiable away from the level jumps with the temporal chain kept."""
+    g = torch.Generator().manual_seed(T)
+    x = (torch.randn(T, 2, 9, generator=g, dtype=torch.float64) * 1.3 + 0.6).requires_grad_(True)
+    omega = (torch.rand(T, T, generator=g, dtype=torch.float64) * 0.8).requires_grad_(True)
+    leak = torch.tensor(0.85, dtype=torch.float64, requires_grad=True)
+
+    def f(x, omega, leak):
+        _, st, _ = lmht_cpp.lmht_multistep_cpp(x, levels=3, omega=omega, leak=leak, v_threshold=0.5,
+                                               in_scale=1.25, detach_temporal=False, detach_reset=True)
+        return st.v
+
+    assert torch.autograd.gradcheck(f, (x, omega, leak), eps=1e-6, atol=1e-7)
+
+
+def test_lmht_fused_tgim_large_blocks_and_threads():
+    """Many blocks and both threads (N ≥ 32768 per step): dΩ, summed per block and then over blocks in block
+    order, is within float32 rounding of the exact (float64) sum of dL/dI·x, and identical from run to run."""
+    T = 4
+    x = _inputs((T, 8, 4099), torch.float32, seed=41)
+    omega = _tgim("learnable", T, torch.float32, 41)
+    kw = dict(levels=2, leak=0.9, v_threshold=0.5)
+    _check(lmht_cpp.lmht_multistep_cpp, lmht_multistep, x, dict(kw, omega=omega), ("leak", "omega"), torch.float32,
+           tol={"atol": 1e-5, "rtol": 1e-5})  # the reference's dΩ is a float32 GEMM over 32k elements
+    dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    grads = []
+    for _ in range(2):
+        om = omega.clone().requires_grad_(True)
+        y, _, _ = lmht_cpp.lmht_multistep_cpp(x, omega=om, **kw)
+        grads.append(torch.autograd.grad((y * dy).sum(), om)[0])
+    assert torch.equal(grads[0], grads[1])
+    # exact reference for dΩ: dL/dI from the level loop alone (elementwise), its products with x summed in float64
+    cur = tgim_mix(omega, x).requires_grad_(True)
+    y, _, _ = lmht_multistep(cur, **kw)
+    g_cur = torch.autograd.grad((y * dy).sum(), cur)[0]
+    exact = torch.einsum("t...,j...->tj", g_cur.double(), x.double())
+    assert float((grads[0].double() - exact).abs().max()) <= 1e-6 * float(exact.abs().max())
+
+
+def test_lmht_unfused_plan_route(library):
+    """The Triton backend's route on the CPU kernel: mixing by tgim_mix in PyTorch (autograd gives dΩ), then the
+    level kernel with no Ω in its record. Same values and gradients as the reference and the fused route."""
+    from multispike.neurons.params import LMHTParameters
+    T = 4
+    x = _inputs((T, 2, 3, 11), torch.float32, seed=43)
+    omega = _tgim("learnable", T, torch.float32, 43)
+
+    def unfused(x_seq, state=None, **kw):
+        p = LMHTParameters(**kw)
+        planned = lmht_cpp.lmht_plan_unfused(x_seq, state, p)
+        assert planned is not None and planned[0].omega is None and planned[0].flags["scale_input"] == 0
+        return lmht_cpp.run_lmht(library, x_seq, state, planned)
+
+    _check(unfused, lmht_multistep, x, dict(levels=2, omega=omega, leak=0.9, v_threshold=0.5, in_scale=2.0),
+           ("leak", "omega"), torch.float32, tol={"atol": 1e-5, "rtol": 1e-5})
+
+
 def test_lmht_layouts_and_poisoned_buffers(lmht_spy):
     torch.use_deterministic_algorithms(True)
     torch.utils.deterministic.fill_uninitialized_memory = True
@@ -271,7 +419,10 @@ def test_lmht_fallbacks_and_errors(lmht_spy):
 def test_lmht_modules_auto_backend(lmht_spy):
     assert resolve_backend("lmht", "auto", "cpu") == "cpp"
     x = _inputs((4, 2, 3, 5, 5), torch.float32, seed=34)
-    for make in (lambda b: LMHTNeuron(T=4, levels=2, backend=b), lambda b: MHTNeuron(levels=3, backend=b)):
+    makers = [lambda b, m=m: LMHTNeuron(T=4, levels=2, tgim=m, backend=b) for m in ("learnable", "fixed", "uniform",
+                                                                                     "identity")]
+    makers.append(lambda b: LMHTNeuron(T=4, levels=2, in_scale=2.0, backend=b))
+    for make in (*makers, lambda b: MHTNeuron(levels=3, backend=b)):
         outs = []
         for backend in ("auto", "torch"):
             nrn = make(backend)
@@ -284,6 +435,7 @@ def test_lmht_modules_auto_backend(lmht_spy):
             outs.append((y, xi.grad, [p.grad for p in nrn.parameters()]))
         torch.testing.assert_close(outs[0][0], outs[1][0], atol=0, rtol=0)
         torch.testing.assert_close(outs[0][1], outs[1][1], atol=1e-6, rtol=1e-6)
-        for a, b in zip(outs[0][2], outs[1][2]):
+        for a, b in zip(outs[0][2], outs[1][2]):  # μ (T-GIM) and a (leak): through tgim_omega / tgim_leak
+            assert a is not None
             torch.testing.assert_close(a, b, atol=1e-5 * max(1.0, float(b.abs().max())), rtol=1e-5)
-    assert len(lmht_spy) == 2
+    assert len(lmht_spy) == len(makers) + 1

@@ -46,8 +46,8 @@ MlifArgs = _record("MlifArgs", ("theta", "theta_e", "leak", "v_init", "unit", "s
                    ("charge", "lanes", "floor_bounds", "fire_ge", "soft", "detach_reset", "sign", "unscaled",
                     "surr_kind", "need_theta", "need_leak"))
 LmhtArgs = _record("LmhtArgs", ("theta", "in_scale", "v_init", "lo", "hi"),
-                   ("levels", "scale_input", "detach_temporal", "detach_reset", "need_leak"),
-                   head=(("lam", ctypes.POINTER(ctypes.c_double)),))
+                   ("levels", "scale_input", "detach_temporal", "detach_reset", "need_leak", "need_omega"),
+                   head=(("lam", ctypes.POINTER(ctypes.c_double)), ("omega", ctypes.POINTER(ctypes.c_double))))
 
 
 
@@ -101,17 +101,19 @@ class Plan:
         need: the ``need_*`` flag of each entry of ``params``.
         keeps_last_reset: the kernel carries the last reset ``θ·s`` as state (the paper form).
         lam: LM-HT only: the leak (a float, a 0-d tensor or a ``[T]`` schedule).
+        omega: LM-HT only: the T-GIM ``[T, T]`` the kernel mixes with (detached, in the data type), or ``None``.
     """
 
-    __slots__ = ("family", "args_type", "scalars", "flags", "params", "need", "keeps_last_reset", "lam")
+    __slots__ = ("family", "args_type", "scalars", "flags", "params", "need", "keeps_last_reset", "lam", "omega")
 
     def __init__(self, family, args_type, scalars: dict, flags: dict, params: tuple, need: tuple[str, ...],
-                 keeps_last_reset: bool = False, lam=None):
+                 keeps_last_reset: bool = False, lam=None, omega=None):
         missing = set(args_type.doubles) - set(scalars) | (set(args_type.ints) - set(flags) - set(need))
         if missing:  # a programming error: the planner and the record disagree
             raise AssertionError(f"{args_type.__name__}: the plan does not set {sorted(missing)}")
         self.family, self.args_type, self.scalars, self.flags = family, args_type, scalars, flags
         self.params, self.need, self.keeps_last_reset, self.lam = params, need, keeps_last_reset, lam
+        self.omega = omega
 
     def scalar_list(self) -> list:
         """The doubles in record order (for the Triton launch, which takes them as one device tensor)."""
@@ -129,16 +131,23 @@ class Plan:
         return rec
 
     def n_pgrad(self, T: int) -> int:
-        return T if self.family == "lmht" else len(self.params)
+        if self.family == "lmht":  # dL/dλ_t, then dL/dω_tj row-major when the kernel mixes
+            return T if self.omega is None else T + T * T
+        return len(self.params)
 
     def param_grads(self, pgrad, needs: tuple[bool, ...]) -> tuple:
         """The gradients of ``params`` from the kernel's summed parameter gradients ``pgrad`` (a list of floats
         from the C++ kernels, or a device tensor from the Triton kernels, which is never synchronised)."""
         if self.family == "lmht":  # pgrad[t] = dL/dλ_t: a scalar leak gets the sum, a schedule the vector
-            leak_t, sched_t = self.params
-            total = pgrad.sum() if isinstance(pgrad, torch.Tensor) else math.fsum(pgrad)
+            leak_t, sched_t, omega_t = self.params
+            T = len(pgrad) if self.omega is None else self.omega.shape[0]
+            lam_g, omega_g = pgrad[:T], pgrad[T:]
+            if not isinstance(pgrad, torch.Tensor):
+                lam_g, omega_g = list(lam_g), list(omega_g)
+            total = lam_g.sum() if isinstance(lam_g, torch.Tensor) else math.fsum(lam_g)
             return (_like(total, leak_t) if needs[0] else None,
-                    _like(pgrad if isinstance(pgrad, torch.Tensor) else list(pgrad), sched_t) if needs[1] else None)
+                    _like(lam_g, sched_t) if needs[1] else None,
+                    _like(omega_g, omega_t) if len(needs) > 2 and needs[2] else None)
         return tuple(_like(pgrad[i], t) if n else None for i, (t, n) in enumerate(zip(self.params, needs)))
 
 

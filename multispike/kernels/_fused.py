@@ -101,7 +101,12 @@ class CppEngine:
         lam = lam.tolist() if isinstance(lam, torch.Tensor) and lam.dim() == 1 else [float(lam)] * T
         arr = (ctypes.c_double * T)(*lam)
         args.lam = arr
-        return arr  # kept alive by the caller for the duration of the call
+        if plan.omega is None:
+            return arr  # kept alive by the caller for the duration of the call
+        # the T-GIM as row-major doubles: its values are already in the data type, so the kernel's cast is exact
+        omega = (ctypes.c_double * (T * T))(*plan.omega.reshape(-1).tolist())
+        args.omega = omega
+        return arr, omega
 
     def _call(self, name: str, args) -> None:
         rc = getattr(self.lib, name)(ctypes.byref(args))

@@ -1,17 +1,22 @@
 """Fused C++/OpenMP CPU kernel for the LM-HT / M-HT dynamics (kernel family ``"lmht"``, backend ``"cpp"``).
 
 :func:`lmht_multistep_cpp` has the signature of :func:`multispike.neurons.lmht.lmht_multistep`; outputs and
-states are bit-identical, gradients equal up to summation order. The multi-level fire-and-reset loop
-(``m = λ_t·v + I``, ``y = θ·clip(⌊m/θ⌋, 0, L)``, ``v = m − y``) runs fused, one pass per element over T, with the
-input scale folded in; its backward recomputes the membrane and applies the rectangle window, the temporal and
-reset detaches and the per-step leak gradients in one pass.
+states are bit-identical, gradients equal up to summation order. Everything runs fused, one pass per block of
+elements over T: the T-GIM mixing ``I(t) = Σ_j ω_tj·(in_scale·x(j))`` in the fixed order of
+:func:`~multispike.neurons.lmht.tgim_mix` (``j = 0..T−1``, each product and sum rounded in the data type; the
+build never contracts them into fused multiply-adds, so spikes exactly on a threshold agree with the reference),
+then the multi-level fire-and-reset loop (``m = λ_t·v + I``, ``y = θ·clip(⌊m/θ⌋, 0, L)``, ``v = m − y``). The
+backward recomputes the membrane (mixing included), applies the rectangle window, the temporal and reset
+detaches, the per-step leak gradients, ``Ωᵀ`` to ``dL/dI`` for the input gradient and sums ``dL/dΩ`` per block
+(reduced in block order: deterministic for any thread count), all in one pass. The T-GIM reaches the kernel as
+``T·T`` doubles holding its values already rounded to the data type (the reference mixes ``Ω.to(x.dtype)``), so
+one record field serves float32 and float64 and the kernel's cast back is exact.
 
-The T-GIM mixing ``I = Ω·x`` is *not* fused: the reference computes it with ``torch.einsum``, i.e. a BLAS GEMM
-whose summation order and use of fused multiply-adds depend on the shape (measured: for ``T = 4`` float32, MKL
-rounds like sequential FMAs when the trailing size is >= 64 and like separate multiply-adds below; for ``T = 5``
-like neither). A fused mixing would therefore differ from the reference in the last bit and flip spikes that sit
-exactly on a threshold, so the kernel calls the same ``einsum`` and fuses everything after it. The C++ source is
-``csrc/lmht.cpp``.
+Rows of Ω equal to the previous row (a uniform or freshly initialised T-GIM) reuse the previous row's current:
+the same operations on the same values, so still exact. The C++ source is ``csrc/lmht.cpp``.
+
+The Triton backend fuses only the level loop: it plans with :func:`lmht_plan_unfused` (mixing by
+:func:`~multispike.neurons.lmht.tgim_mix` in PyTorch, then the kernel on the mixed current).
 
 Example::
 
@@ -27,20 +32,22 @@ import math
 
 import torch
 
+from ..neurons.lmht import LMHTState, tgim_mix
 from ..neurons.params import LMHTParameters
 from ._abi import FLOAT_CODES, LmhtArgs, Plan
 from ._common import initial_state, scalar_param
 from ._fused import CppEngine, cpp_entry, run_planned
 from .registry import register_kernel
 
-__all__ = ["lmht_multistep_cpp", "lmht_plan"]
+__all__ = ["lmht_multistep_cpp", "lmht_plan", "lmht_plan_unfused"]
 
 
-def lmht_plan(x_seq, state, p: LMHTParameters):
-    """``(plan, current, v0)`` when the fused level loop reproduces this call exactly, else ``None``.
+def lmht_plan(x_seq, state, p: LMHTParameters, fuse_mixing: bool = True):
+    """``(plan, kernel_input, v0)`` when the fused kernel reproduces this call exactly, else ``None``.
 
-    ``current`` is the kernel input: ``x_seq`` itself (the input scale is applied in the kernel) or, with a
-    T-GIM, ``einsum(Ω, in_scale·x)`` computed exactly as the reference computes it."""
+    With ``fuse_mixing`` (the C++ kernel) ``kernel_input`` is ``x_seq`` itself: the input scale and the T-GIM
+    (``plan.omega``) are applied in the kernel. Without (a kernel that runs only the level loop) it is the mixed
+    current ``tgim_mix(Ω, in_scale·x)``, computed by the reference's own function, and ``plan.omega`` is None."""
     if not isinstance(x_seq, torch.Tensor) or x_seq.dtype not in FLOAT_CODES or x_seq.dim() < 2:
         return None
     if x_seq.numel() == 0 or p.store_v_seq:
@@ -63,7 +70,8 @@ def lmht_plan(x_seq, state, p: LMHTParameters):
         return None
     if not isinstance(width, (int, float)) or not (math.isfinite(float(width)) and width >= 0):
         return None
-    if omega is not None and (not isinstance(omega, torch.Tensor) or tuple(omega.shape) != (T, T)):
+    if omega is not None and (not isinstance(omega, torch.Tensor) or tuple(omega.shape) != (T, T)
+                              or not omega.is_floating_point()):
         return None
     scale = scalar_param(in_scale, x_seq)
     if scale is None or (scale[1] is not None and scale[1].requires_grad):
@@ -82,14 +90,17 @@ def lmht_plan(x_seq, state, p: LMHTParameters):
         if lk is None:
             return None
         lam, leak_t = lk
-    if omega is not None:
-        x = x_seq if scale_is_one else x_seq * in_scale
-        current = torch.einsum("tj,j...->t...", omega.to(dtype=x.dtype, device=x.device), x)
-        scale_input = 0
+    omega_t = omega_v = None
+    if omega is None:
+        current, scale_input = x_seq, int(not scale_is_one)
+    elif fuse_mixing:
+        current, scale_input = x_seq, int(not scale_is_one)
+        omega_v = omega.detach().to(dtype=x_seq.dtype, device=x_seq.device)  # Ω.to(x.dtype), as the reference
+        omega_t = omega
     else:
-        current = x_seq
-        scale_input = 0 if scale_is_one else 1
-    start = initial_state(x_seq, state, p.v_init, first=current[0], dtype=x_seq.dtype)
+        x = x_seq if scale_is_one else x_seq * in_scale
+        current, scale_input = tgim_mix(omega, x), 0
+    start = initial_state(x_seq, state, p.v_init, dtype=x_seq.dtype)
     if start is None:
         return None
     v0, _, v_init_value = start
@@ -100,22 +111,26 @@ def lmht_plan(x_seq, state, p: LMHTParameters):
                    hi=(levels + width) * theta)
     flags = dict(levels=levels, scale_input=scale_input, detach_temporal=int(bool(p.detach_temporal)),
                  detach_reset=int(bool(p.detach_reset)))
-    plan = Plan("lmht", LmhtArgs, scalars, flags, (leak_t, sched_t), ("need_leak", "need_leak"), lam=lam)
+    plan = Plan("lmht", LmhtArgs, scalars, flags, (leak_t, sched_t, omega_t),
+                ("need_leak", "need_leak", "need_omega"), lam=lam, omega=omega_v)
     return plan, current, v0
+
+
+def lmht_plan_unfused(x_seq, state, p: LMHTParameters):
+    """:func:`lmht_plan` for a kernel that fuses only the level loop (the T-GIM mixed in PyTorch)."""
+    return lmht_plan(x_seq, state, p, fuse_mixing=False)
+
+
+def run_lmht(lib, x_seq, state, planned):
+    """Run the planned LM-HT kernel on ``planned[1]`` (the input; the kernel mixes it with ``plan.omega``)."""
+    plan, kernel_input, v0 = planned
+    y, vT, _ = run_planned(CppEngine(lib), kernel_input, v0, None, plan)
+    return y, LMHTState(vT), None
 
 
 lmht_multistep_cpp = cpp_entry(
     LMHTParameters, lmht_plan, "run_lmht", "lmht_multistep_cpp", __name__,
-    """Fused CPU LM-HT / M-HT dynamics; same signature, values and gradients as
-    :func:`multispike.neurons.lmht.lmht_multistep` (see this module's docstring for what runs fused).""")
-
-
-def run_lmht(lib, x_seq, state, planned):
-    """Run the planned LM-HT level loop on the (mixed) current ``planned[1]``."""
-    from ..neurons.lmht import LMHTState
-    plan, current, v0 = planned
-    y, vT, _ = run_planned(CppEngine(lib), current, v0, None, plan)
-    return y, LMHTState(vT), None
-
+    """Fused CPU LM-HT / M-HT dynamics, T-GIM mixing included; same signature, values and gradients as
+    :func:`multispike.neurons.lmht.lmht_multistep` (see this module's docstring).""")
 
 register_kernel("lmht", "cpp", lmht_multistep_cpp, devices=("cpu",))

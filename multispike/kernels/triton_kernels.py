@@ -265,8 +265,8 @@ lif_multistep_triton = _entry("lif", LIFParameters, "lif_plan", "lif_multistep_t
 mlif_multistep_triton = _entry("mlif", MLIFParameters, "mlif_plan", "mlif_multistep_triton",
                                """Fused Triton one-hot M-LIF dynamics; same signature, values and gradients as
     :func:`multispike.neurons.mlif.mlif_multistep`.""")
-lmht_multistep_triton = _entry("lmht", LMHTParameters, "lmht_plan", "lmht_multistep_triton",
-                               """Fused Triton LM-HT / M-HT dynamics (T-GIM mixing by ``torch.einsum`` as in the
+lmht_multistep_triton = _entry("lmht", LMHTParameters, "lmht_plan_unfused", "lmht_multistep_triton",
+                               """Fused Triton LM-HT / M-HT dynamics (T-GIM mixing by ``tgim_mix`` as in the
     reference, level loop fused); same signature, values and gradients as
     :func:`multispike.neurons.lmht.lmht_multistep`.""")
 

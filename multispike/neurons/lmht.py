@@ -31,7 +31,7 @@ from .params import LMHTParameters
 from .base import MemoryModule, StepModule, check_positive_int, check_sequence
 from .if_lif import BaseNeuron
 
-__all__ = ["LMHTState", "lmht_multistep", "mht_multistep", "multilevel_fire", "tgim_omega", "tgim_leak",
+__all__ = ["LMHTState", "lmht_multistep", "mht_multistep", "multilevel_fire", "tgim_omega", "tgim_leak", "tgim_mix",
            "expand_tgim", "window_start_leak", "LMHTNeuron", "MHTNeuron", "ReparameterizedIF", "TGIM_MODES"]
 
 TGIM_MODES = ("learnable", "fixed", "uniform", "identity")
@@ -93,6 +93,60 @@ def tgim_omega(mu: torch.Tensor) -> torch.Tensor:
 def tgim_leak(a: torch.Tensor) -> torch.Tensor:
     """Leak from its raw parameter: ``λ = σ(a) + ½ ∈ (0.5, 1.5)`` (a = 0 gives λ = 1 exactly)."""
     return torch.sigmoid(a) + 0.5
+
+
+class _TgimMix(torch.autograd.Function):
+    """Forward: the fixed-order sum of :func:`tgim_mix`, all T outputs per term at once (``[T, 1]·[1, n]``
+    broadcasts into preallocated buffers). On the CPU it runs over chunks of elements that stay in the cache (one
+    pass over memory instead of ~2T; the chunk loop costs a few µs per chunk); on a GPU over the whole tensor (2T
+    launches). Backward: ``dx = Ωᵀ·g`` and ``dΩ = g·xᵀ`` as GEMMs (gradients are compared to a tolerance, so
+    BLAS's summation order is fine there)."""
+
+    CHUNK_BYTES = 1 << 19  # the T output rows of one CPU chunk: 512 KiB, within L2
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        T = x.shape[0]
+        xf = x.contiguous().reshape(T, -1)
+        out = torch.empty_like(xf)
+        n = xf.shape[1]
+        chunk = max(1024, _TgimMix.CHUNK_BYTES // (T * xf.element_size())) if x.device.type == "cpu" else n
+        tmp = torch.empty(T, min(chunk, n), dtype=xf.dtype, device=xf.device) if T > 1 else None
+        for c0 in range(0, n, chunk):
+            xc, oc = xf[:, c0:c0 + chunk], out[:, c0:c0 + chunk]
+            torch.mul(w[:, 0:1], xc[0:1], out=oc)
+            for j in range(1, T):
+                tc = tmp[:, :oc.shape[1]]
+                torch.mul(w[:, j:j + 1], xc[j:j + 1], out=tc)
+                oc.add_(tc)
+        ctx.save_for_backward(w, x)
+        return out.reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        w, x = ctx.saved_tensors
+        gw = torch.einsum("t...,j...->tj", g, x) if ctx.needs_input_grad[0] else None
+        gx = torch.einsum("tj,t...->j...", w, g) if ctx.needs_input_grad[1] else None
+        return gw, gx
+
+
+def tgim_mix(omega: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """T-GIM mixing ``I(t) = Σ_j ω_tj·x(j)`` in a fixed summation order (algorithms.md §2.4).
+
+    Each ``I(t)`` is accumulated ``j = 0, 1, …, T−1`` in ``x``'s dtype: ``ω_t0·x(0)``, then ``+ ω_tj·x(j)``, every
+    product and sum rounded once (no fused multiply-add), with ``Ω`` cast to ``x``'s dtype first. This order is
+    part of the definition: a spike at ``m = kθ`` exactly depends on the last bit of ``I``, and a BLAS GEMM
+    (``torch.einsum``) rounds differently with the shape and the CPU. The fused kernels
+    (:mod:`multispike.kernels.lmht_cpp`) perform exactly these operations, so they agree bit for bit.
+
+    ``2T−1`` broadcast multiply-adds over cache-sized chunks; the backward (input and Ω gradients) runs as two
+    GEMMs.
+
+    Args:
+        omega: ``Ω``, ``[T, T]``.
+        x: ``[T, ...]`` (any trailing layout; the output is contiguous).
+    """
+    return _TgimMix.apply(omega.to(dtype=x.dtype, device=x.device), x)
 
 
 def expand_tgim(omega: torch.Tensor, levels: int) -> torch.Tensor:
@@ -186,8 +240,7 @@ def lmht_multistep(
             raise ValueError(f"lmht_multistep: the T-GIM has shape {tuple(omega.shape)} but the input has T={T} steps "
                              f"(input shape {tuple(x_seq.shape)}); Ω must be {T}×{T}. Build the neuron with T={T} "
                              f"or feed {omega.shape[0]} steps.")
-        # One matrix shared by every neuron; the einsum broadcasts over any trailing layout.
-        current = torch.einsum("tj,j...->t...", omega.to(dtype=x.dtype, device=x.device), x)
+        current = tgim_mix(omega, x)
     else:
         current = x
     if leak_schedule is not None and tuple(leak_schedule.shape) != (T,):
@@ -370,7 +423,7 @@ class _MultiThresholdNeuron(BaseNeuron):
 class LMHTNeuron(_MultiThresholdNeuron):
     """LM-HT neuron: L thresholds, a T×T temporal-global information matrix and a learnable leak (§2.3-§2.4).
 
-    ``I = einsum('tj,j...->t...', Ω, in_scale·x)``; ``m = λ·sg(v) + I(t)``; ``y = θ·clip(⌊m/θ⌋, 0, L)``;
+    ``I = tgim_mix(Ω, in_scale·x)`` (fixed-order ``Σ_j ω_tj·x(j)``); ``m = λ·sg(v) + I(t)``; ``y = θ·clip(⌊m/θ⌋, 0, L)``;
     ``v = m − sg(y)``. Backward: ``dy/dm = 1{θ/2 ≤ m ≤ (L+½)θ}``.
 
     Args:
@@ -501,7 +554,7 @@ class MHTNeuron(_MultiThresholdNeuron):
 class ReparameterizedIF(_MultiThresholdNeuron):
     """Single-threshold IF neuron that runs ``L·T`` sub-steps in place of an LM-HT layer (§2.7, Thm A.2).
 
-    ``Î = einsum('jk,k...->j...', Ω̂, in_scale·x̂)`` with ``Ω̂ = Ω ⊗ (1/L)·1_{L×L}``;
+    ``Î = tgim_mix(Ω̂, in_scale·x̂)`` with ``Ω̂ = Ω ⊗ (1/L)·1_{L×L}``;
     ``m = λ̂_j·v + Î(j)`` with ``λ̂_j = λ`` at window starts (j ≡ 0 mod L, 0-based) and 1 elsewhere;
     fire on ``m ≥ θ``, soft reset, payload θ. The spike sum of window t equals the LM-HT count s(t)
     whenever the window currents are non-negative (Lemma 4.1 with a window-start leak).

@@ -46,7 +46,7 @@ extern "C" {
 #define MS_IO_UNTYPED(C, name) C void* name;
 struct MsIO {
   MS_IO_TENSORS(MS_IO_UNTYPED)
-  double* pgrad;  // backward: the parameter gradients (per family: LIF 3, M-LIF 2, LM-HT T)
+  double* pgrad;  // backward: the parameter gradients (per family: LIF 3, M-LIF 2, LM-HT T or T + T*T)
   int64_t T, N, xst, yst, gyst, gxst;
   int32_t dtype, nthreads;
 };
@@ -69,12 +69,15 @@ struct MlifArgs {
   int32_t need_theta, need_leak;
 };
 
-// LM-HT / M-HT level loop (LMHTParameters) on the mixed current; lam: the leak of every step ([T] doubles).
+// LM-HT / M-HT (LMHTParameters); lam: the leak of every step ([T] doubles). omega: the T-GIM, row-major [T*T]
+// doubles holding values already rounded to the element type (null: M-HT, no mixing). Backward: pgrad[0..T) are
+// d/d lam_t, pgrad[T + t*T + j] d/d omega_tj when need_omega.
 struct LmhtArgs {
   MsIO io;
   const double* lam;
+  const double* omega;
   double theta, in_scale, v_init, lo, hi;
-  int32_t levels, scale_input, detach_temporal, detach_reset, need_leak;
+  int32_t levels, scale_input, detach_temporal, detach_reset, need_leak, need_omega;
 };
 
 // One call of a quantizer kernel. dtype: 0 float32, 1 bfloat16 (not MsIO's codes: these kernels serve
