@@ -34,7 +34,8 @@ from ..neurons.if_lif import IFNeuron
 from ..neurons.surrogate import Triangle
 # one MAC rule for the QAT latency term and the SNN's profile, so the two charge every layer alike
 from ..quant.latency import synapse_macs as _synapse_macs
-from ..quant.qac import UNSUPPORTED_ACTIVATIONS, QACQuantizer, find_functional_activations
+from ..quant.qac import QACQuantizer
+from ..quant.qat import UNSUPPORTED_ACTIVATIONS, find_functional_activations
 from ..quant.qcfs import QCFS
 from .converter import ConversionError
 from .fuse import fold_bn as _fold_bn_pairs
