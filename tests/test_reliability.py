@@ -534,6 +534,11 @@ DDP_SCRIPT = textwrap.dedent('''
             outcome = f"NONFINITE {exc}"
         with open(f"{root}/{case}.rank{dist.rank}", "w") as f:   # files: the ranks' stdout interleaves
             f.write(outcome)
+    # leave together and tear the group down before exit: a gloo group still alive at interpreter exit can abort
+    # a rank whose peer has already closed its sockets (seen once under load as SIGABRT after both cases ran)
+    from multispike.train.distributed import barrier, cleanup_distributed
+    barrier(dist)
+    cleanup_distributed()
 ''')
 
 

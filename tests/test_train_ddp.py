@@ -49,6 +49,11 @@ SCRIPT = TINY_MODEL + textwrap.dedent('''
     summary = run_training(cfg, model=model, train_loader=train, eval_loader=test, dist=dist)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f"{out}/final_rank{dist.rank}.safetensors")
     print("RANK", dist.rank, "DONE", summary["final_acc"])
+    # leave together and tear the group down: a gloo group alive at interpreter exit can abort a rank whose peer
+    # has already closed its sockets
+    from multispike.train.distributed import barrier, cleanup_distributed
+    barrier(dist)
+    cleanup_distributed()
 ''')
 
 
