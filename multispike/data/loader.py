@@ -52,6 +52,9 @@ class Augment:
             (each of the ``(2p+1)^2`` positions equally likely). 0 disables it. CIFAR recipes use 4;
             airbench's "translate" is ``p = 2`` with ``pad_mode="reflect"``.
         hflip: flip each image left-right with probability 1/2.
+        hflip_alternate: with ``hflip``: airbench94's alternating flip. Epoch 0 flips a random half of the images
+            (a fixed draw per image index); every later epoch flips exactly the images the previous epoch did not,
+            so each image is seen both ways in every two epochs (less redundancy than independent flips).
         pad_mode: ``"zeros"`` (torchvision's ``RandomCrop(padding=p)``) or ``"reflect"`` (mirror the border,
             so a shifted image has no black band).
         cutout: side ``s`` of a square zeroed (in normalised space: set to the channel mean, i.e. 0 after
@@ -63,12 +66,17 @@ class Augment:
     hflip: bool = False
     pad_mode: str = "zeros"
     cutout: int = 0
+    hflip_alternate: bool = False
 
     def __post_init__(self):
         check_positive_int(self.crop_padding, "Augment.crop_padding", minimum=0, fix="Use 0 to disable cropping.")
         check_positive_int(self.cutout, "Augment.cutout", minimum=0, fix="Use 0 to disable cutout.")
         if not isinstance(self.hflip, bool):
             raise ValueError(f"Augment.hflip must be True or False, got {self.hflip!r}")
+        if not isinstance(self.hflip_alternate, bool):
+            raise ValueError(f"Augment.hflip_alternate must be True or False, got {self.hflip_alternate!r}")
+        if self.hflip_alternate and not self.hflip:
+            raise ValueError("Augment.hflip_alternate needs hflip=True (it decides which images are flipped)")
         if self.pad_mode not in PAD_MODES:
             raise ValueError(f"Augment.pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
 
@@ -317,16 +325,28 @@ class TensorLoader:
         self.epoch = epoch + 1
         idx = self.indices(epoch)
         gen = torch.Generator().manual_seed(_mix_seed(self.seed, epoch, self.rank))
+        flips = self.flip_mask(epoch) if self.augment.hflip_alternate else None
         for b in range(len(self)):
             sel = idx[b * self.batch_size:(b + 1) * self.batch_size].to(self.device)
-            yield self._make_batch(self.images.index_select(0, sel), gen), self.labels.index_select(0, sel)
+            flip = flips.index_select(0, sel) if flips is not None else None
+            yield self._make_batch(self.images.index_select(0, sel), gen, flip), self.labels.index_select(0, sel)
 
-    def _make_batch(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def flip_mask(self, epoch: int) -> torch.Tensor:
+        """Alternating flip: the bool ``[N]`` mask of images flipped in ``epoch`` (a fixed seeded draw for epoch 0,
+        negated on odd epochs)."""
+        epoch = check_positive_int(epoch, "epoch", minimum=0)
+        gen = torch.Generator().manual_seed(_mix_seed(self.seed, 0x5EED, 0))   # same on every rank and epoch
+        base = torch.rand(self.images.shape[0], generator=gen) < 0.5
+        return (base ^ bool(epoch % 2)).to(self.device)
+
+    def _make_batch(self, x: torch.Tensor, gen: torch.Generator, flip: torch.Tensor | None = None) -> torch.Tensor:
         # Augment while still uint8 (4x less memory traffic than float), then convert once.
         aug = self.augment
         if aug.crop_padding:
             x = random_crop(x, aug.crop_padding, gen, aug.pad_mode)
-        if aug.hflip:
+        if flip is not None:
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        elif aug.hflip:
             x = random_hflip(x, gen)
         x = normalize(x, self.mean, self.std, self.dtype)
         if aug.cutout:

@@ -87,6 +87,12 @@ class TrainConfig:
     augment: bool = _f(True, "training augmentation (random crop with padding, horizontal flip)", "data")
     crop_padding: int = _f(4, "zero padding of the random crop in pixels (0 disables cropping)", "data")
     hflip: bool = _f(True, "random horizontal flips", "data")
+    hflip_mode: str = _f("random", "random: each image flipped with probability 1/2 every epoch; alternate: "
+                         "randomly in epoch 0, then each image's flip toggles every epoch (airbench94)", "data",
+                         ("random", "alternate"))
+    whiten_images: int = _f(0, "before training, initialise a model's whitening stem (a model with init_whitening, "
+                            "e.g. airbench94_cifar) from the 2x2 patches of this many training images (0: off; "
+                            "airbench94: 5000)", "data")
     normalize: bool = _f(True, "normalise inputs with the dataset's channel mean/std", "data")
     data_info: dict | None = _f(None, "recorded by the run, not a flag: the data's class names, input shape and "
                                 "normalisation, which every later step checks its data against", "data", cli=False)
@@ -125,6 +131,9 @@ class TrainConfig:
     ema_every: int = _f(1, "EMA: update every N optimizer steps", "training")
     ema_warmup: bool = _f(True, "EMA: use decay min(ema_decay, (1+n)/(10+n)) at update n, so early averages do not "
                           "remember the random initialisation", "training")
+    ema_mode: str = _f("average", "average: a separate averaged copy for evaluation; lookahead: after each update the "
+                       "online weights are reset to the average, whose decay ramps as ema_decay·(s/S)^3 over the "
+                       "schedule (airbench94: ema_decay 0.95^5, ema_every 5)", "training", ("average", "lookahead"))
     tta_flip: bool = _f(False, "evaluate with flip test-time augmentation: mean of the logits of each image and its "
                         "mirror image", "training")
     time_budget_s: float | None = _f(None, "stop training cleanly once this many wall-clock seconds of training "
@@ -175,6 +184,8 @@ class TrainConfig:
     betas: list = _f([0.9, 0.999], "Adam/AdamW betas", "optimizer")
     eps: float = _f(1e-8, "Adam/AdamW epsilon", "optimizer")
     decay_norm_and_bias: bool = _f(True, "apply weight decay to biases and normalisation weights too", "optimizer")
+    bias_lr_scale: float = _f(1.0, "lr multiplier of biases and normalisation parameters; their weight decay is "
+                              "divided by it so lr x wd stays the weights' (airbench94: 64)", "optimizer")
     neuron_lr: float | None = _f(None, "learning rate of thresholds/leaks/T-GIM (default: lr)", "optimizer")
     neuron_weight_decay: float | None = _f(None, "weight decay of the neuron group (default: weight_decay)",
                                            "optimizer")
@@ -279,6 +290,11 @@ class TrainConfig:
         need(self.ema_decay is None or 0.0 < self.ema_decay < 1.0,
              f"ema_decay must be in (0, 1) (or unset), got {self.ema_decay}")
         need(self.ema_every >= 1, f"ema_every must be >= 1, got {self.ema_every}")
+        need(self.ema_mode == "average" or self.ema_decay is not None,
+             "{ema_mode} lookahead needs {ema_decay} (its largest decay, e.g. 0.774 = 0.95^5)", "ema_mode", "ema_decay")
+        need(self.bias_lr_scale > 0 and self.bias_lr_scale == self.bias_lr_scale,
+             f"bias_lr_scale must be > 0, got {self.bias_lr_scale}")
+        need(self.whiten_images >= 0, f"whiten_images must be >= 0, got {self.whiten_images}")
         need(self.time_budget_s is None or self.time_budget_s > 0,
              f"time_budget_s must be > 0 seconds (or unset), got {self.time_budget_s}")
         need(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1 (or unset), got {self.max_steps}")

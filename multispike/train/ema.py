@@ -4,7 +4,8 @@ After update ``n`` every floating-point entry of the state dict (parameters and 
 
     ema ← d·ema + (1 - d)·w,        d = min(decay, (1 + n) / (10 + n))  if warmup else decay
 
-and integer buffers (BN's ``num_batches_tracked``) are copied. The averaged network is a separate module
+and integer buffers (BN's ``num_batches_tracked``) are copied. Lookahead (Zhang et al. 2019, as airbench94 uses
+it) is the same average followed by :meth:`ModelEMA.copy_to`, which resets the online weights to it. The averaged network is a separate module
 (a deep copy of the model), so evaluation, conversion and export use it like any model.
 
 Example::
@@ -52,9 +53,11 @@ class ModelEMA:
         return min(self.decay, (1.0 + n) / (10.0 + n)) if self.warmup else self.decay
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Blend the online weights of ``model`` into the average."""
-        d = self.current_decay()
+    def update(self, model: nn.Module, decay: float | None = None) -> None:
+        """Blend the online weights of ``model`` into the average (``decay`` overrides :meth:`current_decay`)."""
+        d = self.current_decay() if decay is None else float(decay)
+        if not 0.0 <= d <= 1.0:
+            raise ValueError(f"ModelEMA.update: decay must be in [0, 1], got {decay!r}")
         online = model.state_dict()
         for key, avg in self.module.state_dict().items():
             src = online[key].detach()
@@ -63,6 +66,14 @@ class ModelEMA:
             else:
                 avg.copy_(src)
         self.updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Overwrite ``model``'s floating-point state with the average (Lookahead's pull-back of the fast weights)."""
+        online = model.state_dict()
+        for key, avg in self.module.state_dict().items():
+            if avg.dtype.is_floating_point:
+                online[key].copy_(avg)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The averaged weights (a state dict of :attr:`module`)."""

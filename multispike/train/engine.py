@@ -196,7 +196,9 @@ class Trainer:
                               f"{self.dist.device}); use amp='bf16' on CPU", stacklevel=2)
         # bf16 autocast works on CPU too (oneDNN; several times faster on CPUs with AVX512-BF16/AMX)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16 if cuda else None}.get(config.amp)
-        self.ema = ModelEMA(self.model, config.ema_decay, config.ema_warmup) if config.ema_decay else None
+        # lookahead sets its own decay per update (ema_warmup does not apply)
+        self.ema = ModelEMA(self.model, config.ema_decay, config.ema_warmup and config.ema_mode == "average") \
+            if config.ema_decay else None
         self._elapsed_before = 0.0      # training seconds of earlier processes of this run (resume)
         self._t_fit: float | None = None
         self.stop_reason: str | None = None
@@ -288,6 +290,13 @@ class Trainer:
             from tqdm import tqdm
             tqdm.write(text, file=sys.stdout)
 
+    def lookahead_decay(self) -> float:
+        """``ema_mode="lookahead"``: the decay of the next update, ``ema_decay·(s/S)³`` at schedule step ``s`` of
+        ``S`` (airbench94: the slow weights barely lag early and pull hardest at the end)."""
+        total = max(self.schedule.total_steps, 1)
+        frac = min(self._schedule_step() / total, 1.0)
+        return float(self.cfg.ema_decay) * frac ** 3
+
     # -- one step ----------------------------------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on a batch; returns ``(loss, correct count)`` (detached, this rank).
@@ -320,7 +329,11 @@ class Trainer:
         reset_net(self.model)
         self.step += 1
         if self.ema is not None and self.step % self.cfg.ema_every == 0:
-            self.ema.update(self.model)
+            if self.cfg.ema_mode == "lookahead":
+                self.ema.update(self.model, decay=self.lookahead_decay())
+                self.ema.copy_to(self.model)
+            else:
+                self.ema.update(self.model)
         logits = out.mean(0) if out.dim() == 3 else out
         return task_loss.detach(), (logits.argmax(-1) == y).sum()
 
@@ -576,7 +589,8 @@ class Trainer:
             else:
                 warnings.warn(f"checkpoint {ckpt.path} has no EMA state; the average restarts from its weights",
                               stacklevel=2)
-                self.ema = ModelEMA(self.model, self.cfg.ema_decay, self.cfg.ema_warmup)
+                self.ema = ModelEMA(self.model, self.cfg.ema_decay,
+                                    self.cfg.ema_warmup and self.cfg.ema_mode == "average")
         if ckpt.optimizer_state is None:
             raise CheckpointError(f"checkpoint {ckpt.path} holds no optimizer state (weights only); it can "
                                   f"initialise a model but not resume a run")

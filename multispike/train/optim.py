@@ -9,6 +9,9 @@ Parameter groups
       whether the schedule applies to it;
     * ``"no_decay"``: biases and normalisation parameters, when ``decay_norm_and_bias=False`` (QCFS-C's
       ``regular_set`` puts BN in a group without weight decay);
+    * ``"bias"``: biases and normalisation parameters, when ``bias_lr_scale != 1`` (airbench94 trains BN biases
+      at 64x the lr). Their weight decay is divided by the scale, so the decay per step (lr·wd) equals the
+      weights' (or is 0 with ``decay_norm_and_bias=False``);
     * ``"default"``: everything else.
 
 Schedules
@@ -20,6 +23,7 @@ Schedules
         step:             f = γ^⌊e / decay_epochs⌋                e = s / steps_per_epoch (fractional epoch)
         multistep:        f = γ^{#(milestones ≤ e)}
         cosine:           f = m + (1 − m)·½·(1 + cos(π·(s − W)/(S − W)))   m = min_lr / lr, S = total steps
+        linear:           f = 1 − (1 − m)·(s − W)/(S − W)      (with the warm-up: airbench94's triangle)
 
     The schedule is a pure function of ``s``, so resuming only needs the step count.
 """
@@ -44,7 +48,7 @@ __all__ = ["DEFAULT_NEURON_PARAM_PATTERNS", "OPTIMIZERS", "SCHEDULES", "match_ne
 DEFAULT_NEURON_PARAM_PATTERNS: tuple[str, ...] = ("*v_threshold*", "*threshold*", "*leak*", "*tgim*", "mu")
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "step", "multistep", "cosine")
+SCHEDULES = ("constant", "step", "multistep", "cosine", "linear")
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -61,10 +65,11 @@ def match_neuron_param(name: str, patterns: Sequence[str] = DEFAULT_NEURON_PARAM
 def build_param_groups(model: nn.Module, lr: float, weight_decay: float, *, neuron_lr: float | None = None,
                        neuron_weight_decay: float | None = None, neuron_lr_scheduled: bool = True,
                        neuron_patterns: Sequence[str] = DEFAULT_NEURON_PARAM_PATTERNS,
-                       decay_norm_and_bias: bool = True, exclude: Iterable[torch.Tensor] = ()) -> list[dict]:
+                       decay_norm_and_bias: bool = True, bias_lr_scale: float = 1.0,
+                       exclude: Iterable[torch.Tensor] = ()) -> list[dict]:
     """Split ``model``'s trainable parameters into optimizer groups.
 
-    Every group carries ``name`` (``"default"``, ``"no_decay"`` or ``"neuron"``), ``base_lr`` and ``scheduled``
+    Every group carries ``name`` (``"default"``, ``"no_decay"``, ``"bias"`` or ``"neuron"``), ``base_lr`` and ``scheduled``
     entries used by :class:`LRSchedule`. Empty groups are dropped.
 
     Args:
@@ -76,6 +81,8 @@ def build_param_groups(model: nn.Module, lr: float, weight_decay: float, *, neur
             fixed at 0.01").
         neuron_patterns: name patterns, see :func:`match_neuron_param`.
         decay_norm_and_bias: if False, biases and normalisation weights get no weight decay.
+        bias_lr_scale: lr multiplier of biases and normalisation parameters (their own ``"bias"`` group, weight
+            decay ``weight_decay / bias_lr_scale`` so that lr·wd stays the weights'); 1 keeps them with the weights.
         exclude: parameters to leave out (they go to a group the caller builds, e.g. QAT's ``"quant"`` group).
 
     Example::
@@ -85,12 +92,15 @@ def build_param_groups(model: nn.Module, lr: float, weight_decay: float, *, neur
     """
     if not isinstance(neuron_patterns, (list, tuple)) or not all(isinstance(p, str) for p in neuron_patterns):
         raise TypeError(f"neuron_patterns must be a list of strings (fnmatch patterns), got {neuron_patterns!r}")
+    if not (isinstance(bias_lr_scale, (int, float)) and math.isfinite(bias_lr_scale) and bias_lr_scale > 0):
+        raise ValueError(f"bias_lr_scale must be a finite number > 0, got {bias_lr_scale!r}")
+    split_biases = bias_lr_scale != 1.0
     norm_params: set[int] = set()
-    if not decay_norm_and_bias:
+    if not decay_norm_and_bias or split_biases:
         for module in model.modules():
             if isinstance(module, _NORM_TYPES):
                 norm_params.update(id(p) for p in module.parameters(recurse=False))
-    default, no_decay, neuron = [], [], []
+    default, no_decay, biases, neuron = [], [], [], []
     exclude = list(exclude)
     seen: set[int] = {id(p) for p in exclude}
     for name, p in model.named_parameters():
@@ -99,6 +109,8 @@ def build_param_groups(model: nn.Module, lr: float, weight_decay: float, *, neur
         seen.add(id(p))
         if match_neuron_param(name, neuron_patterns):
             neuron.append(p)
+        elif split_biases and (id(p) in norm_params or name.endswith("bias") or p.dim() <= 1):
+            biases.append(p)
         elif not decay_norm_and_bias and (id(p) in norm_params or name.endswith("bias") or p.dim() <= 1):
             no_decay.append(p)
         else:
@@ -108,6 +120,8 @@ def build_param_groups(model: nn.Module, lr: float, weight_decay: float, *, neur
     groups = [
         dict(params=default, name="default", lr=lr, base_lr=lr, weight_decay=weight_decay, scheduled=True),
         dict(params=no_decay, name="no_decay", lr=lr, base_lr=lr, weight_decay=0.0, scheduled=True),
+        dict(params=biases, name="bias", lr=lr * bias_lr_scale, base_lr=lr * bias_lr_scale,
+             weight_decay=weight_decay / bias_lr_scale if decay_norm_and_bias else 0.0, scheduled=True),
         dict(params=neuron, name="neuron", lr=n_lr, base_lr=n_lr, weight_decay=n_wd, scheduled=neuron_lr_scheduled),
     ]
     groups = [g for g in groups if g["params"]]
@@ -145,7 +159,7 @@ class LRSchedule:
     """Per-iteration learning-rate schedule with linear warm-up (see the module docstring for the formulas).
 
     Args:
-        kind: ``constant``, ``step``, ``multistep`` or ``cosine``.
+        kind: ``constant``, ``step``, ``multistep``, ``cosine`` or ``linear``.
         lr: the reference (default-group) base lr; ``warmup_lr`` and ``min_lr`` are absolute values for it and
             scale proportionally for groups with another base lr.
         steps_per_epoch: optimizer steps per epoch (> 0).
@@ -155,7 +169,7 @@ class LRSchedule:
         milestones: epochs at which ``multistep`` multiplies by ``decay_rate``.
         decay_epochs: period of ``step``.
         decay_rate: γ of ``step``/``multistep``.
-        min_lr: floor of ``cosine``.
+        min_lr: final lr of ``cosine`` and ``linear``.
         max_steps: cap on the total optimizer steps (a fractional number of epochs); the cosine then spans
             ``min(epochs * steps_per_epoch, max_steps)`` steps and still ends at ``min_lr``.
 
@@ -193,8 +207,8 @@ class LRSchedule:
             ms = list(self.milestones)
             if not ms or any(b <= a for a, b in zip(ms, ms[1:])) or ms[0] <= 0:
                 raise ValueError(f"the multistep schedule needs increasing positive milestones (epochs), got {ms}")
-        if self.lr <= 0 and (self.warmup_epochs > 0 or self.kind == "cosine"):
-            raise ValueError("warm-up and cosine schedules need lr > 0 (they are defined relative to lr)")
+        if self.lr <= 0 and (self.warmup_epochs > 0 or self.kind in ("cosine", "linear")):
+            raise ValueError("warm-up, cosine and linear schedules need lr > 0 (they are defined relative to lr)")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 (or None), got {self.max_steps}")
         self.warmup_steps = int(round(self.warmup_epochs * self.steps_per_epoch))
@@ -218,6 +232,8 @@ class LRSchedule:
         span = max(self.total_steps - self.warmup_steps, 1)
         progress = min(max(step - self.warmup_steps, 0) / span, 1.0)
         m = self.min_lr / self.lr
+        if self.kind == "linear":
+            return 1.0 - (1.0 - m) * progress
         return m + (1.0 - m) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def lr_at(self, step: int, base_lr: float | None = None) -> float:
@@ -325,7 +341,8 @@ def build_training_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer | C
                                 neuron_weight_decay=cfg.neuron_weight_decay,
                                 neuron_lr_scheduled=cfg.neuron_lr_scheduled,
                                 neuron_patterns=tuple(cfg.neuron_param_patterns),
-                                decay_norm_and_bias=cfg.decay_norm_and_bias, exclude=quant)
+                                decay_norm_and_bias=cfg.decay_norm_and_bias,
+                                bias_lr_scale=getattr(cfg, "bias_lr_scale", 1.0), exclude=quant)
     kw = dict(momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, betas=cfg.betas,
               eps=cfg.eps)
     if not quant:

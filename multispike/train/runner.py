@@ -70,7 +70,8 @@ def build_loaders(cfg: TrainConfig, dist: DistInfo) -> tuple[Any, Any, Any]:
         print(describe_data(spec, info, images, "train", int(labels.shape[0]))
               + f"; test {int(test_labels.shape[0])} images")
     augment = Augment(crop_padding=cfg.crop_padding if cfg.augment else 0, hflip=cfg.hflip and cfg.augment,
-                      pad_mode=cfg.pad_mode, cutout=cfg.cutout if cfg.augment else 0)
+                      pad_mode=cfg.pad_mode, cutout=cfg.cutout if cfg.augment else 0,
+                      hflip_alternate=cfg.hflip_mode == "alternate")
     mean, std = (info.mean, info.std) if cfg.normalize else (None, None)
     device = dist.device if dist.device.type == "cuda" else None
     train = TensorLoader(images, labels, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=augment, mean=mean,
@@ -192,6 +193,26 @@ def _broadcast_params(model: nn.Module, kinds: tuple, dist: DistInfo) -> None:
                     tdist.broadcast(p.data, src=0)
 
 
+def _init_whitening(cfg: TrainConfig, model: nn.Module, train_loader: Any, dist: DistInfo) -> None:
+    """``whiten_images``: the model's whitening stem from the 2x2 patches of the first N training images
+    (un-augmented, normalised as in training; the same on every rank)."""
+    from ..data import TensorLoader
+    from ..data.loader import normalize
+
+    n = cfg.whiten_images
+    if not n:
+        return
+    if not callable(getattr(model, "init_whitening", None)):
+        raise ParameterError(f"{{whiten_images}} {n}: {type(model).__name__} has no whitening stem (init_whitening); "
+                             f"use a model with one (airbench94_cifar) or set {{whiten_images}} 0", "whiten_images")
+    if not isinstance(train_loader, TensorLoader):
+        raise ParameterError("{whiten_images} needs the in-memory training data (a TensorLoader)", "whiten_images")
+    images = normalize(train_loader.images[:n].cpu(), train_loader.mean, train_loader.std)
+    model.init_whitening(images)
+    if dist.is_primary:
+        print(f"whitening stem initialised from the 2x2 patches of {images.shape[0]} training images")
+
+
 def _init_clips(cfg: TrainConfig, model: nn.Module, train_loader: Any, dist: DistInfo) -> None:
     """QCFS from scratch: clips ϑ from the data (``cfg.clip_init``), unless a threshold was given explicitly."""
     from ..quant.clip_init import init_qcfs_clips, parse_clip_init
@@ -308,6 +329,7 @@ def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_load
                     if dist.is_primary:
                         print(f"note: {cfg.model} built for the data's {'x'.join(map(str, shape))} inputs "
                               f"(model_kwargs input_size={shape})")
+                _init_whitening(cfg, model, train_loader, dist)
                 _init_clips(cfg, model, train_loader, dist)
             _resolve_freeze_bn(cfg, False)
             if cfg.prepare_qat is not None:
