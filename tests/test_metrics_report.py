@@ -259,3 +259,55 @@ def test_cli_eval_tta_flip(tmp_path, capsys):
                "--out", str(tmp_path / "tta")])
     assert rc == 0 and "with flip TTA" in capsys.readouterr().out
     assert load_result(tmp_path / "tta").meta["tta_flip"] is True
+
+
+def test_translate_tta_views_are_airbench_level_2():
+    from multispike.metrics.prefix import tta_views
+    x = torch.arange(2 * 1 * 3 * 4, dtype=torch.float32).view(2, 1, 3, 4)
+    # by hand: shift by one pixel with a mirrored border (reflect: the row/column next to the edge)
+    up_left = torch.cat([x[..., 1:2, :], x[..., :-1, :]], dim=-2)
+    up_left = torch.cat([up_left[..., 1:2], up_left[..., :-1]], dim=-1)
+    down_right = torch.cat([x[..., 1:, :], x[..., -2:-1, :]], dim=-2)
+    down_right = torch.cat([down_right[..., 1:], down_right[..., -2:-1]], dim=-1)
+    views = tta_views(x, flip=True, translate=True)
+    assert [w for w, _ in views] == [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]
+    want = [x, x.flip(-1), up_left, up_left.flip(-1), down_right, down_right.flip(-1)]
+    for (_, got), exp in zip(views, want):
+        torch.testing.assert_close(got, exp, atol=0, rtol=0)
+    assert [w for w, _ in tta_views(x, translate=True)] == [0.5, 0.25, 0.25]
+    assert len(tta_views(x)) == 1 and tta_views(x)[0][1] is x
+    # time-major input [T, B, C, H, W] shifts each frame alike
+    seq = torch.stack([x, 2 * x])
+    torch.testing.assert_close(tta_views(seq, translate=True)[1][1][1], 2 * up_left)
+    with pytest.raises(ValueError, match="at least 2x2"):
+        tta_views(torch.zeros(1, 1, 1, 5), translate=True)
+
+
+def test_translate_tta_in_evaluate_and_prefix_accuracy_agree_with_the_weighted_views():
+    from multispike.metrics.prefix import prefix_accuracy, prefix_correct, tta_views
+    torch.manual_seed(4)
+    net = nn.Sequential(ms.DirectEncoder(2), SeqToANNContainer(nn.Conv2d(1, 4, 3, padding=1)),
+                        ms.IFNeuron(v_threshold=0.3, step_mode="m"),
+                        SeqToANNContainer(nn.Flatten(), nn.Linear(64, 3)), MeanOverTime())
+    g = torch.Generator().manual_seed(6)
+    data = [(torch.rand(16, 1, 4, 4, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(2)]
+    plain = evaluate(net, data, T_max=2)
+    res = evaluate(net, data, T_max=2, tta_flip=True, tta_translate=True)
+    hits = torch.zeros(2)
+    for x, y in data:
+        steps = sum(w * torch.stack(_capture_steps(net, v)) for w, v in tta_views(x, flip=True, translate=True))
+        hits += prefix_correct(steps, y)
+    assert [a for _, a in res.accuracy_vs_T] == pytest.approx((hits / 32).tolist())
+    assert res.spikes == plain.spikes and res.ops == plain.ops      # still one inference's statistics
+    assert res.meta["tta_translate"] is True
+    # the trainer's / prefix_accuracy's readout is the same (time mean of the same weighted views)
+    acc = prefix_accuracy(net, data, tta_flip=True, tta_translate=True)
+    assert acc["acc"] == pytest.approx(res.accuracy_vs_T[-1][1])
+
+
+def test_cli_eval_tta_translate(tmp_path, capsys):
+    rc = main(["eval", "--model", "resnet8_cifar", "--neuron", "if", "--timesteps", "2", "--dataset", "digits",
+               "--limit", "24", "--batch-size", "12", "--no-progress", "--no-plots", "--tta-flip", "--tta-translate",
+               "--out", str(tmp_path / "tta")])
+    assert rc == 0 and "with flip + translate TTA" in capsys.readouterr().out
+    assert load_result(tmp_path / "tta").meta["tta_translate"] is True

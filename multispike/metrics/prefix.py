@@ -21,7 +21,7 @@ from torch import nn
 from .._errors import ParameterError
 from ..neurons.base import reset_net
 
-__all__ = ["prefix_correct", "prefix_accuracy", "sequence_outputs"]
+__all__ = ["prefix_correct", "prefix_accuracy", "sequence_outputs", "tta_views"]
 
 
 def prefix_correct(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -47,12 +47,41 @@ def prefix_correct(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (cum_mean.argmax(-1) == target.to(outputs.device).unsqueeze(0)).sum(1)
 
 
-def sequence_outputs(model: nn.Module, x: torch.Tensor, *, tta_flip: bool = False,
+def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``x`` moved by one pixel (``dy, dx`` in {-1, 1}) with a mirrored border: airbench94's translate view."""
+    H, W = x.shape[-2:]
+    if H < 2 or W < 2:
+        raise ValueError(f"translate TTA needs images of at least 2x2 pixels, got {H}x{W}")
+    flat = x.reshape(-1, 1, H, W)
+    padded = F.pad(flat.float(), (1, 1, 1, 1), mode="reflect").to(x.dtype)
+    y0, x0 = 1 + dy, 1 + dx
+    return padded[..., y0:y0 + H, x0:x0 + W].reshape(x.shape)
+
+
+def tta_views(x: torch.Tensor, *, flip: bool = False, translate: bool = False) -> list[tuple[float, torch.Tensor]]:
+    """The test-time-augmentation views of a batch and their weights (summing to 1).
+
+    ``flip``: ``x`` and its left-right mirror, 1/2 each. ``translate`` (airbench94's ``tta_level=2``): those views
+    carry weight 1/2, and the views of ``x`` shifted by one pixel up-left and down-right (mirrored border) share
+    the other 1/2. Without either, ``[(1.0, x)]``.
+    """
+    base = [x, x.flip(-1)] if flip else [x]
+    views = [(1.0 / len(base), v) for v in base]
+    if translate:
+        shifted = [_shift(x, -1, -1), _shift(x, 1, 1)]
+        if flip:
+            shifted = [v for s in shifted for v in (s, s.flip(-1))]
+        views = [(0.5 * w, v) for w, v in views] + [(0.5 / len(shifted), v) for v in shifted]
+    return views
+
+
+def sequence_outputs(model: nn.Module, x: torch.Tensor, *, tta_flip: bool = False, tta_translate: bool = False,
                      per_step: bool = True) -> torch.Tensor:
     """Per-step logits ``[T, B, K]`` of ``model`` on ``x`` (``[1, B, K]`` for a plain ``[B, K]`` model).
 
     With ``tta_flip`` the result is the mean of the logits of ``x`` and of ``x`` mirrored left-right
-    (``x.flip(-1)``), per step: flip test-time augmentation. Neurons are reset before each pass.
+    (``x.flip(-1)``), per step: flip test-time augmentation; ``tta_translate`` adds one-pixel shifts
+    (:func:`tta_views` gives the views and weights). Neurons are reset before each pass.
     ``per_step=False`` calls ``model(x)`` (the time mean, ``[1, B, K]``) even when ``forward_sequence`` exists.
     """
     def once(inp: torch.Tensor) -> torch.Tensor:
@@ -62,15 +91,18 @@ def sequence_outputs(model: nn.Module, x: torch.Tensor, *, tta_flip: bool = Fals
         out = out.float()
         return out.unsqueeze(0) if out.dim() == 2 else out
 
-    out = once(x)
-    if tta_flip:
-        out = 0.5 * (out + once(x.flip(-1)))
+    if not (tta_flip or tta_translate):
+        return once(x)
+    out = None
+    for w, view in tta_views(x, flip=tta_flip, translate=tta_translate):
+        o = w * once(view)
+        out = o if out is None else out + o
     return out
 
 
 @torch.no_grad()
 def prefix_accuracy(model: nn.Module, data: Iterable, *, max_batches: int | None = None, tta_flip: bool = False,
-                    device: torch.device | str | None = None,
+                    tta_translate: bool = False, device: torch.device | str | None = None,
                     autocast: Callable[[], Any] | None = None) -> dict:
     """Top-1 accuracy of the cumulative-mean readout at every output prefix ``t`` (and the time-mean CE).
 
@@ -82,6 +114,7 @@ def prefix_accuracy(model: nn.Module, data: Iterable, *, max_batches: int | None
         data: ``(x, y)`` batches.
         max_batches: stop after this many batches.
         tta_flip: average the logits of each image and its mirror image (see :func:`sequence_outputs`).
+        tta_translate: also one-pixel shifted views (:func:`tta_views`).
         device: move batches there (default: leave them where they are).
         autocast: a context-manager factory wrapped around each forward (mixed precision).
 
@@ -107,7 +140,7 @@ def prefix_accuracy(model: nn.Module, data: Iterable, *, max_batches: int | None
             if device is not None:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with ctx():
-                out = sequence_outputs(model, x, tta_flip=tta_flip)
+                out = sequence_outputs(model, x, tta_flip=tta_flip, tta_translate=tta_translate)
             out = out.float()
             c = prefix_correct(out, y).double().cpu()
             if correct is not None and correct.numel() != c.numel():

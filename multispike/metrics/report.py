@@ -33,7 +33,7 @@ from ..neurons.base import reset_net
 from .energy import MemoryModel, energy_report
 from .monitors import SpikeMonitor
 from .opcount import OpCounter, OpCountResult, format_count
-from .prefix import prefix_correct
+from .prefix import prefix_correct, tta_views
 from . import plots
 
 __all__ = ["EvalResult", "evaluate", "write_report", "compare_reports", "load_result", "INPUT_MODES"]
@@ -176,7 +176,8 @@ def evaluate(model: nn.Module, data: Iterable, T_max: int | None = None, *, inpu
              count_ops: bool = True, op_batches: int | None = None, monitor: bool = True, membrane: bool = False,
              energy: Any = "45nm", encoding: str = "static", input_events: str | None = None,
              memory: MemoryModel | None | bool = None, neurobench: bool = True, name: str | None = None,
-             progress: bool = False, meta: Mapping[str, Any] | None = None, tta_flip: bool = False) -> EvalResult:
+             progress: bool = False, meta: Mapping[str, Any] | None = None, tta_flip: bool = False,
+             tta_translate: bool = False) -> EvalResult:
     """Evaluate a classifier over ``data`` with spike statistics, op counts and energy.
 
     Args:
@@ -205,6 +206,8 @@ def evaluate(model: nn.Module, data: Iterable, T_max: int | None = None, *, inpu
             and of its left-right mirror (``x.flip(-1)``, the same readout as the trainer's ``tta_flip``). Spike
             statistics, op counts and energy describe the unflipped pass only, i.e. one inference; with TTA an
             inference costs two such passes.
+        tta_translate: also one-pixel shifted views (airbench94's ``tta_level=2``;
+            :func:`~multispike.metrics.prefix.tta_views`): 3 passes per inference, 6 with ``tta_flip``.
 
     Accuracy at prefix t is ``argmax Σ_{s≤t} o(s)`` over the per-step outputs (the ``MeanOverTime`` input or
     ``forward_sequence``), which is what a causal network emits after t steps. LM-HT's T-GIM is non-causal,
@@ -259,14 +262,17 @@ def evaluate(model: nn.Module, data: Iterable, T_max: int | None = None, *, inpu
                     if use_counter:
                         counter.detach()
                 per_step_ok &= genuine
-                if tta_flip:   # the mirrored pass runs unobserved: the statistics stay those of one inference
+                if tta_flip or tta_translate:   # extra views run unobserved: the statistics stay one inference's
                     if mon is not None:
                         mon.detach()
-                    reset_net(model)
-                    mirrored, _ = _per_step_outputs(model, inp.flip(-1), None)
+                    views = tta_views(inp, flip=tta_flip, translate=tta_translate)
+                    steps = views[0][0] * steps.float()
+                    for w, view in views[1:]:
+                        reset_net(model)
+                        more, _ = _per_step_outputs(model, view, None)
+                        steps = steps + w * more.float()
                     if mon is not None:
                         mon.attach()
-                    steps = 0.5 * (steps.float() + mirrored.float())
                 if steps.dim() != 3 or steps.shape[1] != y.shape[0]:
                     raise ValueError(f"evaluate: per-step logits have shape {tuple(steps.shape)}, expected "
                                      f"[T, {y.shape[0]}, classes] for a batch of {y.shape[0]} targets")
@@ -298,7 +304,7 @@ def evaluate(model: nn.Module, data: Iterable, T_max: int | None = None, *, inpu
     spikes = mon.summary() if mon is not None else None
     info = {"input_mode": mode, "device": str(device), "batches": batches, "elapsed_s": round(elapsed, 3),
             "samples_per_s": round(total / elapsed, 2) if elapsed > 0 else None, "per_step_outputs": per_step_ok,
-            "encoding": encoding, "input_events": input_events, "tta_flip": bool(tta_flip), "torch": torch.__version__,
+            "encoding": encoding, "input_events": input_events, "tta_flip": bool(tta_flip), "tta_translate": bool(tta_translate), "torch": torch.__version__,
             "python": platform.python_version(), "date": datetime.datetime.now().isoformat(timespec="seconds")}
     from .. import __version__ as version  # at call time: the root package may still be initialising at import
     info["multispike"] = version

@@ -136,6 +136,8 @@ class TrainConfig:
                        "schedule (airbench94: ema_decay 0.95^5, ema_every 5)", "training", ("average", "lookahead"))
     tta_flip: bool = _f(False, "evaluate with flip test-time augmentation: mean of the logits of each image and its "
                         "mirror image", "training")
+    tta_translate: bool = _f(False, "evaluate with translate test-time augmentation too: one-pixel shifted views "
+                             "(airbench94's TTA level 2 with tta_flip)", "training")
     time_budget_s: float | None = _f(None, "stop training cleanly once this many wall-clock seconds of training "
                                      "(incl. periodic evaluation) have passed, then evaluate and checkpoint", "training")
     max_steps: int | None = _f(None, "stop after this many optimizer steps (a fractional number of epochs: the last "

@@ -435,7 +435,8 @@ class Trainer:
             if self.cfg.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with (contextlib.nullcontext() if full_precision else self._autocast()):
-                out = sequence_outputs(model, x, tta_flip=self.cfg.tta_flip, per_step=self.per_step_eval)
+                out = sequence_outputs(model, x, tta_flip=self.cfg.tta_flip, tta_translate=self.cfg.tta_translate,
+                                       per_step=self.per_step_eval)
             c = prefix_correct(out, y).cpu().double()
             correct = c if correct is None else correct + c
             loss_sum += F.cross_entropy(out.mean(0), y, reduction="sum").item()
@@ -452,6 +453,7 @@ class Trainer:
         return {"eval_acc": per_t[-1], "eval_acc_per_t": per_t, "eval_loss": totals[-2].item() / n,
                 "eval_samples": int(totals[-1]), "eval_time_s": time.perf_counter() - t0,
                 "eval_weights": "ema" if self.ema is not None else "online", "eval_tta_flip": self.cfg.tta_flip,
+                "eval_tta_translate": self.cfg.tta_translate,
                 "eval_precision": "float32" if full_precision or self.amp_dtype is None else str(self.amp_dtype)}
 
     # -- checkpoints -------------------------------------------------------------------------------------
@@ -776,5 +778,6 @@ class Trainer:
             "epochs_completed": self.epoch if not getattr(self, "_stopped_at_batch", None) else
             self.epoch + self._stopped_at_batch / self.steps_per_epoch,
             "weights": "ema" if self.ema is not None else "online", "tta_flip": self.cfg.tta_flip,
+            "tta_translate": self.cfg.tta_translate,
             "amp": self.cfg.amp if self.amp_dtype is not None else "none",
         }

@@ -73,6 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--tta-flip", action="store_true",
                      help="flip test-time augmentation: accuracy from the mean logits of each image and its mirror "
                           "image (two passes per inference; rates, ops and energy are those of one pass)")
+    run.add_argument("--tta-translate", action="store_true",
+                     help="also average one-pixel shifted views (airbench94's TTA level 2; 3 passes per inference, "
+                          "6 with --tta-flip)")
     run.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     run.add_argument("--name", default=None, help="run name in the report (default: the model name)")
@@ -262,11 +265,12 @@ def run_eval(args: argparse.Namespace) -> int:
                       membrane=args.membrane, energy=args.energy, encoding=encoding,
                       input_events="count" if kind == "events" else None, neurobench=not args.no_neurobench,
                       name=args.name or name, progress=not args.no_progress, tta_flip=args.tta_flip,
-                      meta={"model": name, "dataset": dataset, "split": args.split, "limit": args.limit,
+                      tta_translate=args.tta_translate, meta={"model": name, "dataset": dataset, "split": args.split, "limit": args.limit,
                             **{k: v for k, v in defaults.items() if k in ("checkpoint", "epoch")}})
     paths = write_report(result, args.out, plots_enabled=not args.no_plots)
     acc = ", ".join(f"t={t}: {100 * a:.2f}%" for t, a in result.accuracy_vs_T)
-    tta = " with flip TTA" if args.tta_flip else ""
+    tta = " with " + " + ".join(n for n, on in (("flip", args.tta_flip), ("translate", args.tta_translate)) if on) \
+        + " TTA" if args.tta_flip or args.tta_translate else ""
     print(f"{result.name} on {dataset}/{args.split} ({result.samples} samples){tta}: {acc}")
     from ...neurons.base import MemoryModule
     spiking = any(isinstance(m, MemoryModule) for m in model.modules())
