@@ -200,3 +200,14 @@ def test_whitening_hook_calls_the_model_with_normalised_training_images(tmp_path
     # the first 24 images, un-augmented, normalised exactly as training normalises them
     torch.testing.assert_close(got["x"], (images[:24].float() / 255 - 0.5) / 0.25)
     assert math.isclose(float(got["x"].mean()), float(((images[:24].float() / 255 - 0.5) / 0.25).mean()))
+
+
+def test_warmup_fraction_scales_with_the_schedule(tmp_path):
+    images, labels = _data(n=48)
+    loaders = TensorLoader(images, labels, 8), TensorLoader(images, labels, 8, shuffle=False)
+    t = Trainer(TinyANN(), *loaders, _cfg(tmp_path, epochs=10, sched="linear", warmup_fraction=0.23))
+    assert t.schedule.total_steps == 60 and t.schedule.warmup_steps == round(0.23 * 60)
+    t = Trainer(TinyANN(), *loaders, _cfg(tmp_path, epochs=10, sched="linear", warmup_fraction=0.5, max_steps=20))
+    assert t.schedule.total_steps == 20 and t.schedule.warmup_steps == 10
+    with pytest.raises(ParameterError, match="warmup_fraction must be in"):
+        _cfg(tmp_path, warmup_fraction=1.5)

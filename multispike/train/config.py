@@ -209,6 +209,8 @@ class TrainConfig:
     # --- schedule --------------------------------------------------------------------------------------
     sched: str = _f("cosine", "learning-rate schedule (per iteration)", "schedule", SCHEDULES)
     warmup_epochs: float = _f(0.0, "linear warm-up length in epochs", "schedule")
+    warmup_fraction: float | None = _f(None, "warm-up length as a fraction of the schedule's steps (overrides "
+                                       "warmup_epochs, so it scales with --epochs; airbench94: 0.23)", "schedule")
     warmup_lr: float = _f(0.0, "learning rate at the start of the warm-up", "schedule")
     min_lr: float = _f(0.0, "cosine: final learning rate", "schedule")
     milestones: list = _f([], "multistep: epochs at which the lr is multiplied by decay_rate", "schedule")
@@ -296,6 +298,8 @@ class TrainConfig:
              "{ema_mode} lookahead needs {ema_decay} (its largest decay, e.g. 0.774 = 0.95^5)", "ema_mode", "ema_decay")
         need(self.bias_lr_scale > 0 and self.bias_lr_scale == self.bias_lr_scale,
              f"bias_lr_scale must be > 0, got {self.bias_lr_scale}")
+        need(self.warmup_fraction is None or 0.0 <= self.warmup_fraction <= 1.0,
+             f"warmup_fraction must be in [0, 1], got {self.warmup_fraction}")
         need(self.whiten_images >= 0, f"whiten_images must be >= 0, got {self.whiten_images}")
         need(self.time_budget_s is None or self.time_budget_s > 0,
              f"time_budget_s must be > 0 seconds (or unset), got {self.time_budget_s}")

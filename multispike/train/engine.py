@@ -183,7 +183,7 @@ class Trainer:
             self.regulariser = LatencyRegulariser(self.model, config.latency_weight, config.latency_per_layer)
         self.steps_per_epoch = len(train_loader)
         self.schedule = LRSchedule(config.sched, config.lr, self.steps_per_epoch, config.epochs,
-                                   warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr,
+                                   warmup_epochs=self._warmup_epochs(config), warmup_lr=config.warmup_lr,
                                    milestones=tuple(config.milestones), decay_epochs=config.decay_epochs,
                                    decay_rate=config.decay_rate, min_lr=config.min_lr,
                                    max_steps=config.max_steps)
@@ -289,6 +289,15 @@ class Trainer:
         if self.dist.is_primary:
             from tqdm import tqdm
             tqdm.write(text, file=sys.stdout)
+
+    def _warmup_epochs(self, config: TrainConfig) -> float:
+        """``warmup_epochs``, or ``warmup_fraction`` of the schedule's steps (``max_steps`` caps the schedule)."""
+        if config.warmup_fraction is None:
+            return config.warmup_epochs
+        total = config.epochs * self.steps_per_epoch
+        if config.max_steps is not None:
+            total = min(total, config.max_steps)
+        return config.warmup_fraction * total / self.steps_per_epoch
 
     def lookahead_decay(self) -> float:
         """``ema_mode="lookahead"``: the decay of the next update, ``ema_decay·(s/S)³`` at schedule step ``s`` of
