@@ -130,7 +130,7 @@ def test_single_step_equals_multi_step(built):
 # The zoo's public names: checkpoints record them (multispike eval/convert rebuild by name), configs and the README
 # use them, so a rename or removal must fail here rather than break users' runs and saved checkpoints.
 ZOO_NAMES = {
-    "airbench_cifar", "digits_cnn", "ms_resnet18", "ms_resnet34", "resnet18", "resnet19", "resnet20_cifar",
+    "airbench_cifar", "airbench94_cifar", "digits_cnn", "ms_resnet18", "ms_resnet34", "resnet18", "resnet19", "resnet20_cifar",
     "resnet20_diet", "resnet34", "resnet8_cifar", "spike_driven_transformer", "spike_driven_transformer_8_512", "spike_driven_transformer_tiny",
     "vgg13", "vgg16_diet", "vgg16_qcfs", "vgg_small", "vggsnn", "vggsnn_small", "vggsnn_woap",
 }

@@ -206,4 +206,4 @@ def _ensure_loaded() -> None:
     global _LOADED
     if not _LOADED:
         _LOADED = True
-        from . import digits, resnet, transformer, vgg, vggsnn  # noqa: F401
+        from . import airbench, digits, resnet, transformer, vgg, vggsnn  # noqa: F401

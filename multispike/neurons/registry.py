@@ -17,6 +17,7 @@ NeuronSpec = "str | type | functools.partial | Callable[..., nn.Module]"
 # name -> (module path, attribute, spiking?, accepts T?)
 _REGISTRY: dict[str, tuple[str, str, bool, bool]] = {
     "relu": ("torch.nn", "ReLU", False, False),
+    "gelu": ("torch.nn", "GELU", False, False),   # airbench94's float ANN
     "qcfs": ("multispike.quant.qcfs", "QCFS", False, False),
     "qac": ("multispike.quant.qac", "QACQuantizer", False, False),
     "if": ("multispike.neurons.if_lif", "IFNeuron", True, False),

@@ -1,0 +1,139 @@
+"""airbench94_cifar: airbench94's network in the zoo (whitened stem, BN without scale, Dirac init, 1/9 logits),
+exact QCFS -> LM-HT conversion, and the trainer's whitening hook on real CIFAR-10 images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from multispike.data import TensorLoader, load_cifar10
+from multispike.metrics import prefix_accuracy
+from multispike.models import create_model
+from multispike.models.airbench import LogitScale, whitening_filters
+
+DATA = Path("/work/shared/datasets")
+for cand in (Path(__file__).resolve().parents[2] / "shared" / "datasets",
+             Path(__file__).resolve().parents[3] / "shared" / "datasets"):
+    if (cand / "cifar10").is_dir():
+        DATA = cand
+        break
+CIFAR_DIR = DATA / "cifar10" / "cifar-10-batches-py"
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+SMALL = (8, 8, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def cifar():
+    if not (CIFAR_DIR / "data_batch_1").is_file():
+        pytest.skip(f"real CIFAR-10 not found at {CIFAR_DIR}")
+    tr, te = load_cifar10(DATA, "train"), load_cifar10(DATA, "test")
+    return tr.images[:600].clone(), te.images[:128].clone(), te.labels[:128].clone()
+
+
+def _norm(u8):
+    m, s = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    return (u8.float() / 255 - m) / s
+
+
+def test_layout_shapes_and_airbench_details():
+    torch.manual_seed(0)
+    net = create_model("airbench94_cifar", num_classes=10, neuron="gelu")
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (3, 24, (2, 2)), (24, 64, (3, 3)), (64, 64, (3, 3)), (64, 256, (3, 3)), (256, 256, (3, 3)),
+        (256, 256, (3, 3)), (256, 256, (3, 3))]
+    assert all(c.bias is None for c in convs) and net.feature_shape == (256, 3, 3)
+    for bn in (m for m in net.modules() if isinstance(m, nn.BatchNorm2d)):
+        assert not bn.weight.requires_grad and bn.bias.requires_grad and torch.all(bn.weight == 1)
+        assert bn.momentum == 0.4 and bn.eps == 1e-12
+    # Dirac init: the first in_channels filters of each 3x3 conv pass their input channel through unchanged
+    for c in convs[1:]:
+        x = torch.randn(2, c.in_channels, 5, 5)
+        torch.testing.assert_close(c(x)[:, :c.in_channels], x)
+    fc = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    assert len(fc) == 1 and fc[0].bias is None
+    assert [m.scale for m in net.modules() if isinstance(m, LogitScale)] == [pytest.approx(1 / 9)]
+    x = torch.randn(3, 3, 32, 32)
+    net.eval()
+    assert net(x).shape == (3, 10)
+    with torch.no_grad():   # the head is GAP -> FC -> x 1/9
+        feats = net.features(net.encode(x)).mean((-1, -2))[0]
+        torch.testing.assert_close(net(x), fc[0](feats) / 9)
+    # T = 2 with a spiking neuron: per-step logits
+    snn = create_model("airbench94_cifar", num_classes=10, neuron="if", T=2, widths=SMALL)
+    assert snn.forward_sequence(torch.randn(2, 3, 32, 32)).shape == (2, 2, 10)
+
+
+def test_bad_options_raise():
+    with pytest.raises(ValueError, match="widths must be 4"):
+        create_model("airbench94_cifar", widths=(8, 8, 16))
+    with pytest.raises(ValueError, match="pool must be"):
+        create_model("airbench94_cifar", pool="min")
+    with pytest.raises(ValueError, match="too small"):
+        create_model("airbench94_cifar", input_size=8)
+    with pytest.raises(ValueError, match="unknown option"):
+        create_model("airbench94_cifar", widht=(8, 8, 16, 16))
+    odd = create_model("airbench94_cifar", widths=(7, 8, 16, 16))
+    with pytest.raises(ValueError, match="even stem width"):
+        odd.init_whitening(torch.randn(20, 3, 8, 8))
+    with pytest.raises(ValueError, match="NaN"):
+        whitening_filters(torch.full((4, 3, 4, 4), float("nan")), 4)
+    with pytest.raises(ValueError, match="more images"):
+        whitening_filters(torch.randn(1, 3, 2, 2), 4)
+    with pytest.raises(ValueError, match="count must be in"):
+        whitening_filters(torch.randn(10, 3, 4, 4), 13)
+
+
+def test_whitening_decorrelates_real_image_patches(cifar):
+    images = _norm(cifar[0][:400])
+    net = create_model("airbench94_cifar", num_classes=10, neuron="gelu")
+    filters = net.init_whitening(images)
+    stem = net.stem[0]
+    assert not stem.weight.requires_grad
+    torch.testing.assert_close(stem.weight[12:], -stem.weight[:12])           # filters and their negatives
+    # the responses of the 12 eigen-filters on these images: uncorrelated, variance λ/(λ+eps)
+    with torch.no_grad():
+        r = nn.functional.conv2d(images.double(), filters.double()).permute(0, 2, 3, 1).reshape(-1, 12)
+    cov = torch.cov(r.T)
+    off = cov - torch.diag(torch.diag(cov))
+    assert off.abs().max() < 2e-5       # float32 filters
+    patches = images.double().unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 12)
+    lam = torch.linalg.eigvalsh(torch.cov(patches.T)).flip(0)
+    torch.testing.assert_close(torch.diag(cov), lam / (lam + 5e-4), atol=2e-5, rtol=2e-5)
+    assert torch.diag(cov)[:6].min() > 0.99      # the strong directions come out at unit variance
+
+
+def test_qcfs_converts_to_lmht_with_identical_predictions(cifar):
+    from multispike.convert.lmht import convert_qcfs_to_lmht
+    xtr, xte, yte = cifar
+    test = TensorLoader(xte, yte, 64, shuffle=False, mean=MEAN, std=STD)
+    torch.manual_seed(1)
+    ann = create_model("airbench94_cifar", num_classes=10, neuron="qcfs", widths=SMALL,
+                       neuron_kwargs={"levels": 4, "threshold": 2.0})
+    ann.init_whitening(_norm(xtr[:200]))
+    with torch.no_grad():   # non-trivial BN statistics and biases
+        for m in ann.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    ann.eval()
+    snn = convert_qcfs_to_lmht(ann, levels=2, T=2, hybrid_bias_scale="exact").eval()
+    a, s = prefix_accuracy(ann, test), prefix_accuracy(snn, test)
+    with torch.no_grad():
+        xb, _ = next(iter(test))
+        agree = (ann(xb).argmax(-1) == snn(xb).argmax(-1)).float().mean().item()
+    assert agree == 1.0 and abs(s["acc"] - a["acc"]) <= 1 / 128
+
+
+def test_max_pool_variant_and_gelu_run_and_train_a_step():
+    torch.manual_seed(2)
+    net = create_model("airbench94_cifar", num_classes=10, neuron="gelu", pool="max", widths=SMALL)
+    assert any(isinstance(m, nn.MaxPool2d) for m in net.modules())
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    loss = nn.functional.cross_entropy(net(x), y)
+    loss.backward()
+    grads = {n: p.grad for n, p in net.named_parameters() if p.requires_grad}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
