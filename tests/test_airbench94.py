@@ -137,3 +137,46 @@ def test_max_pool_variant_and_gelu_run_and_train_a_step():
     loss.backward()
     grads = {n: p.grad for n, p in net.named_parameters() if p.requires_grad}
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+
+
+def test_qac_converts_to_a_mixed_timestep_snn_exactly(cifar):
+    from multispike.convert.mixed_timestep import to_mixed_timestep_snn
+    from multispike.quant.qac import QACQuantizer
+    xtr, xte, _ = cifar
+    torch.manual_seed(3)
+    model = create_model("airbench94_cifar", num_classes=10, neuron="qac", widths=(24, 16, 32, 32))
+    model.init_whitening(_norm(xtr[:300]))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for i, q in enumerate(m for m in model.modules() if isinstance(m, QACQuantizer)):
+            q.t.fill_((2.0, 5.0, 3.0, 4.0)[i % 4])        # a different T_l per layer
+            q.clip.fill_(1.0)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 1.5, generator=gen)
+                m.running_mean.uniform_(-0.2, 0.2, generator=gen)
+    model = model.double().eval()
+    x = _norm(xte[:8]).double()
+    snn, report = to_mixed_timestep_snn(model, example_input=x)
+    assert len(report.layers) == 7
+    with torch.no_grad():
+        torch.testing.assert_close(snn(x), model(x), atol=1e-10, rtol=0)
+
+
+def test_fold_logit_scale_keeps_outputs_and_lets_nir_export_the_snn():
+    from multispike.convert.lmht import convert_qcfs_to_if
+    torch.manual_seed(0)
+    ann = create_model("airbench94_cifar", num_classes=10, neuron="qcfs", neuron_kwargs={"levels": 2},
+                       widths=(8, 8, 8, 8), input_size=16).eval()
+    snn = convert_qcfs_to_if(ann, T=2).eval()
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        y = snn(x)
+        snn.fold_logit_scale()
+        torch.testing.assert_close(snn(x), y)
+        snn.fold_logit_scale()                     # idempotent
+        torch.testing.assert_close(snn(x), y)
+    assert not any(isinstance(m, LogitScale) for m in snn.modules())
+    pytest.importorskip("nir")
+    from multispike.export import export_to_nir
+    assert export_to_nir(snn, x[:1]) is not None

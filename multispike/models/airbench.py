@@ -162,6 +162,17 @@ class AirbenchNet(TimeMajorModel):
         return self.classifier(self.features(x_seq))
 
     @torch.no_grad()
+    def fold_logit_scale(self) -> None:
+        """Fold ``logit_scale`` into the readout weight and drop the :class:`LogitScale` (the same outputs), for tools
+        that expect the network to end with a plain layer (NIR export). Not before training: the scale sets the
+        readout's effective learning rate."""
+        head = self.classifier[-1]
+        if not isinstance(head[-1], LogitScale):
+            return
+        head[0].weight.mul_(head[-1].scale)
+        self.classifier[-1] = SeqToANNContainer(head[0])
+
+    @torch.no_grad()
     def init_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> torch.Tensor:
         """Set the 2x2 stem filters from ``images`` (normalised training images ``[N, C, H, W]``; airbench94 uses
         5,000): the top ``w0/2`` whitening filters (:func:`whitening_filters`) and their negatives. Frozen when
