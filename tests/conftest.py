@@ -1,5 +1,8 @@
 """Shared test helpers.
 
+``cifar10_splits``: the real CIFAR-10 train and test splits from the shared datasets folder, read once per session
+(skips when absent).
+
 ``require_cpp_library``: the C++ kernel tests may only *skip* when the kernels cannot exist here (no C++ compiler,
 or ``MULTISPIKE_DISABLE_CPP`` set on purpose). With a compiler present, a build that fails - a syntax error in the
 kernel source, a broken flag - is a test failure, so CI cannot stay green while ~150 kernel tests skip.
@@ -8,6 +11,7 @@ The skip reasons below are pinned in ``.ci/run``'s allow-list.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +32,26 @@ def require_cpp_library():
         pytest.fail(f"a C++ compiler is present ({_build._compiler()}) but the kernel library did not build or "
                     f"load: {_build.build_info()}", pytrace=False)
     return lib
+
+
+def shared_datasets_root() -> Path:
+    """``$MULTISPIKE_DATA``, else ``../shared/datasets`` beside the checkout (or one level up, for worktrees)."""
+    here = Path(__file__).resolve()
+    candidates = [Path(os.environ["MULTISPIKE_DATA"])] if os.environ.get("MULTISPIKE_DATA") else []
+    candidates += [here.parents[2] / "shared" / "datasets", here.parents[3] / "shared" / "datasets",
+                   Path("/work/shared/datasets")]
+    for root in candidates:
+        if (root / "cifar10").is_dir():
+            return root
+    return candidates[0]
+
+
+@pytest.fixture(scope="session")
+def cifar10_splits():
+    """``(train, test)`` of the real CIFAR-10 (:func:`multispike.data.load_cifar10`), loaded once per session."""
+    from multispike.data import load_cifar10
+
+    root = shared_datasets_root()
+    if not (root / "cifar10" / "cifar-10-batches-py" / "data_batch_1").is_file():
+        pytest.skip(f"real CIFAR-10 not found at {root / 'cifar10' / 'cifar-10-batches-py'}")
+    return load_cifar10(root, "train"), load_cifar10(root, "test")

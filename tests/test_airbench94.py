@@ -2,33 +2,22 @@
 exact QCFS -> LM-HT conversion, and the trainer's whitening hook on real CIFAR-10 images."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
-from multispike.data import TensorLoader, load_cifar10
+from multispike.data import TensorLoader
 from multispike.metrics import prefix_accuracy
 from multispike.models import create_model
 from multispike.models.airbench import LogitScale, whitening_filters
 
-DATA = Path("/work/shared/datasets")
-for cand in (Path(__file__).resolve().parents[2] / "shared" / "datasets",
-             Path(__file__).resolve().parents[3] / "shared" / "datasets"):
-    if (cand / "cifar10").is_dir():
-        DATA = cand
-        break
-CIFAR_DIR = DATA / "cifar10" / "cifar-10-batches-py"
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 SMALL = (8, 8, 16, 16)
 
 
 @pytest.fixture(scope="module")
-def cifar():
-    if not (CIFAR_DIR / "data_batch_1").is_file():
-        pytest.skip(f"real CIFAR-10 not found at {CIFAR_DIR}")
-    tr, te = load_cifar10(DATA, "train"), load_cifar10(DATA, "test")
+def cifar(cifar10_splits):
+    tr, te = cifar10_splits
     return tr.images[:600].clone(), te.images[:128].clone(), te.labels[:128].clone()
 
 

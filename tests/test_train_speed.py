@@ -11,29 +11,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from multispike.data import Augment, TensorLoader, load_cifar10
+from multispike.data import Augment, TensorLoader
 from multispike.metrics import prefix_accuracy, prefix_correct, sequence_outputs
 from multispike.models import create_model
 from multispike.train import Trainer, load_checkpoint, resolve_config, run_training
 from multispike.train.ema import ModelEMA
 from multispike.train.losses import build_loss
 
-DATA = Path("/work/shared/datasets")
-for cand in (Path(__file__).resolve().parents[2] / "shared" / "datasets",
-             Path(__file__).resolve().parents[3] / "shared" / "datasets"):
-    if (cand / "cifar10").is_dir():
-        DATA = cand
-        break
-CIFAR_DIR = DATA / "cifar10" / "cifar-10-batches-py"
+from conftest import shared_datasets_root
+
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 WIDTHS = (8, 8, 16, 16)
 
 
 @pytest.fixture(scope="module")
-def cifar():
-    if not (CIFAR_DIR / "data_batch_1").is_file():
-        pytest.skip(f"real CIFAR-10 not found at {CIFAR_DIR}")
-    tr, te = load_cifar10(DATA, "train"), load_cifar10(DATA, "test")
+def cifar(cifar10_splits):
+    tr, te = cifar10_splits
     return tr.images[:320].clone(), tr.labels[:320].clone(), te.images[:128].clone(), te.labels[:128].clone()
 
 
@@ -214,7 +207,7 @@ def test_prefix_accuracy_agrees_with_separate_runs_at_each_T(cifar):
 # ------------------------------------------------------------------------- bf16, channels_last, logging
 def test_bf16_channels_last_cutout_reflect_run_and_step_logs(cifar, tmp_path):
     cfg = _cfg(tmp_path, amp="bf16", channels_last=True, epochs=1, log_every_steps=2, label_smoothing=0.2,
-               dataset="cifar10", data_dir=str(DATA), subset=256, eval_subset=128, batch_size=64, cutout=8,
+               dataset="cifar10", data_dir=str(shared_datasets_root()), subset=256, eval_subset=128, batch_size=64, cutout=8,
                pad_mode="reflect", crop_padding=2, num_classes=None, in_channels=None)
     s = run_training(cfg)
     assert s["amp"] == "bf16" and math.isfinite(s["final_train_loss"]) and s["steps"] == 4
