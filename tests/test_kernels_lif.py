@@ -162,6 +162,29 @@ def test_shapes_and_dtypes(shape, dtype):
     _compare(x, dict(leak_mode="decay_input", tau=2.0, v_reset=0.0, surrogate=ATan()), dtype=dtype, learn=("tau",))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: f"{m[0]}-rl{int(m[1])}-vr{m[2]}")
+def test_specialised_forward_loops(mode, dtype, spy):
+    # The forward runs one SIMD loop per (reset form, firing comparison, payload) compiled with those as constants;
+    # each must stay bit-identical to the reference, in both dtypes, for every T and for sizes that straddle the
+    # vector width and the 4096-element block (full vectors, a remainder, a block tail); grid inputs force ties.
+    leak_mode, reset_leak, v_reset = mode
+    n = 0
+    for T, N in ((1, 4101), (2, 17), (3, 4096), (5, 31), (8, 4099)):
+        x = _inputs((T, N), dtype, seed=T * 7 + MODES.index(mode))
+        for fire_ge, payload, form in itertools.product((True, False), ("spike", "threshold"),
+                                                        ("difference", "normalized")):
+            kwargs = dict(v_threshold=0.75, v_init=0.125, leak=0.875, tau=2.0, leak_mode=leak_mode, v_reset=v_reset,
+                          reset_leak=reset_leak, fire_ge=fire_ge, payload=payload, surrogate_form=form)
+            # the backward is shared with the other tests; here it is checked once per form on the longest
+            # sequence. float32: the kernel's polynomial exp (rel. error < 1e-7) against torch's, carried through
+            # 8 hard-reset adjoint steps, moved one of 32792 gradients by 1.5e-6 (1e-5 relative): tolerance 1e-5
+            tol = None if dtype == torch.float64 else {"atol": 1e-5, "rtol": 1e-5}
+            _compare(x, kwargs, dtype=dtype, check_grad=(T == 8 and payload == "spike"), tol=tol)
+            n += 1
+    assert len(spy) == n
+
+
 def test_large_parallel_blocks():
     # many blocks and both threads; odd N that is not a multiple of the block or vector width
     x = _inputs((4, 3, 11, 333), torch.float32, seed=3)
