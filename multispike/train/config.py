@@ -46,7 +46,8 @@ DIST_BN = ("reduce", "broadcast", "none")
 #: run (another network, other data, another optimizer state layout) or breaks the bit-exact replay.
 RESUME_MUST_MATCH = ("mode", "model", "neuron", "timesteps", "dataset", "dataset_kwargs", "num_classes",
                      "in_channels", "levels", "lanes", "v_threshold", "neuron_kwargs", "model_kwargs", "subset", "opt",
-                     "loss", "seed", "batch_size", "ann_checkpoint", "init_from", "prepare_qat", "quant_opt")
+                     "loss", "seed", "batch_size", "ann_checkpoint", "init_from", "init_weights", "prepare_qat",
+                     "quant_opt")
 
 
 class ConfigError(ParameterError):
@@ -156,6 +157,11 @@ class TrainConfig:
     init_from: str | None = _f(None, "start from the weights AND module structure of this checkpoint (run directory "
                                "or file; e.g. the output of `multispike convert`); model, neuron and T come from it, "
                                "the optimizer starts afresh", "training")
+    init_weights: str | None = _f(None, "warm start: load the weights of this checkpoint (run directory or file, "
+                                  "e.g. a float ANN) into the network built from {model}/{neuron}/{model_kwargs} "
+                                  "(e.g. its QCFS twin with average pools); parameters the checkpoint lacks (QCFS "
+                                  "clips ϑ) keep their initialisation ({clip_init}); unexpected keys and shape "
+                                  "mismatches are errors. The optimizer and schedule start afresh", "training")
     freeze_bn: bool | None = _f(None, "keep BatchNorm layers in eval mode while training (running statistics fixed, "
                                 "γ/β still learned): fine-tune a converted SNN without re-estimating BN statistics "
                                 "from spike trains, whose per-step variance differs from the ANN's activations (and "
@@ -313,6 +319,11 @@ class TrainConfig:
         need(not (self.mode == "hybrid" and self.init_from is not None),
              "{mode} 'hybrid' builds its SNN from {ann_checkpoint}; {init_from} is for {mode} ann/qat/snn (e.g. "
              "fine-tuning the output of `multispike convert` with {mode} snn)", "mode", "ann_checkpoint", "init_from")
+        need(self.init_weights is None or (self.init_from is None and self.mode != "hybrid"),
+             "{init_weights} loads weights into the network built from {model}; {init_from} and {mode} 'hybrid' "
+             "bring their own network: use one of them", "init_weights", "init_from", "mode")
+        need(self.init_weights is None or self.model is not None,
+             "{init_weights} needs {model} (the network to build and fill)", "init_weights", "model")
         need(self.latency_weight >= 0 and self.latency_weight == self.latency_weight,
              f"latency_weight must be >= 0, got {self.latency_weight}")
         need(self.latency_weight == 0 or self.mode in ("qat", "ann"),

@@ -36,6 +36,7 @@ def subset_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 def _checkpoint_record(cfg: TrainConfig) -> tuple[str | None, dict]:
     """``(path, data record)`` of the checkpoint a run starts from (``--init-from`` / hybrid ANN), if any."""
     src = cfg.init_from if cfg.init_from is not None else (cfg.ann_checkpoint if cfg.mode == "hybrid" else None)
+    src = src if src is not None else cfg.init_weights
     if src is None:
         return None, {}
     from .rebuild import read_checkpoint_meta
@@ -213,6 +214,36 @@ def _init_whitening(cfg: TrainConfig, model: nn.Module, train_loader: Any, dist:
         print(f"whitening stem initialised from the 2x2 patches of {images.shape[0]} training images")
 
 
+def _init_weights(cfg: TrainConfig, model: nn.Module, dist: DistInfo) -> None:
+    """``init_weights``: the weights of another checkpoint in the freshly built network (a warm start).
+
+    Every tensor of the checkpoint must exist in the network with the same shape; the network's own tensors that
+    the checkpoint lacks may only be neuron parameters (a float ANN has no QCFS clips), which keep their
+    initialisation. Structure that has no parameters (pooling, the activation function) may differ: that is the
+    point, e.g. a GELU/max-pool ANN warm-starting its QCFS/average-pool twin.
+    """
+    from .checkpoint import CheckpointError, load_checkpoint, load_model_state
+    from .optim import match_neuron_param
+
+    ckpt = load_checkpoint(cfg.init_weights)
+    check_finite_state(ckpt.model_state, f"checkpoint {ckpt.path}")
+    own = model.state_dict()
+    missing = [k for k in own if k not in ckpt.model_state]
+    not_neuron = [k for k in missing if not match_neuron_param(k, tuple(cfg.neuron_param_patterns))]
+    if not_neuron:
+        raise CheckpointError(f"init_weights {cfg.init_weights}: the checkpoint lacks {len(not_neuron)} tensor(s) "
+                              f"of {type(model).__name__} that are not neuron parameters ({', '.join(not_neuron[:5])}"
+                              f"{' ...' if len(not_neuron) > 5 else ''}): was it written for another model or "
+                              f"model_kwargs?")
+    state = dict(ckpt.model_state)
+    for k in missing:
+        state[k] = own[k]          # the clips keep their initialisation
+    load_model_state(model, state, source=f"init_weights {cfg.init_weights}")
+    if dist.is_primary:
+        kept = f"; kept the initial {len(missing)} neuron parameter(s) it lacks" if missing else ""
+        print(f"weights from {ckpt.path} ({len(ckpt.model_state)} tensors){kept}")
+
+
 def _init_clips(cfg: TrainConfig, model: nn.Module, train_loader: Any, dist: DistInfo) -> None:
     """QCFS from scratch: clips ϑ from the data (``cfg.clip_init``), unless a threshold was given explicitly."""
     from ..quant.clip_init import init_qcfs_clips, parse_clip_init
@@ -330,6 +361,8 @@ def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_load
                         print(f"note: {cfg.model} built for the data's {'x'.join(map(str, shape))} inputs "
                               f"(model_kwargs input_size={shape})")
                 _init_whitening(cfg, model, train_loader, dist)
+                if cfg.init_weights is not None:
+                    _init_weights(cfg, model, dist)
                 _init_clips(cfg, model, train_loader, dist)
             _resolve_freeze_bn(cfg, False)
             if cfg.prepare_qat is not None:

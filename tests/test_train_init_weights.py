@@ -1,0 +1,62 @@
+"""``init_weights``: a warm start that fills the network built from the config with another checkpoint's weights
+(a float ANN into its QCFS twin), keeping the neuron parameters the checkpoint lacks at their initialisation."""
+import pytest
+import torch
+
+from multispike.cli.main import main
+from multispike.quant.qcfs import QCFS
+from multispike.train import load_checkpoint
+from multispike.train.config import ConfigError, TrainConfig
+from multispike.train.rebuild import rebuild_model
+
+QUICK = ["--no-progress", "--num-threads", "1"]
+DIGITS = ["--dataset", "digits", "--model", "vgg_small", "--model-kwargs", "input_size=8", "--batch-size", "32",
+          "--no-augment", "--crop-padding", "0", "--eval-subset", "64", "--timesteps", "1", "--mode", "ann", *QUICK]
+
+
+@pytest.fixture(scope="module")
+def relu_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ann") / "relu"
+    torch.manual_seed(0)
+    assert main(["train", "--neuron", "relu", "--epochs", "1", "--subset", "256", "--opt", "adam", "--lr", "0.003",
+                 "--weight-decay", "0", *DIGITS, "--out", str(out)]) == 0
+    return out
+
+
+def test_qcfs_twin_starts_from_the_ann_weights_with_clips_from_the_data(relu_run, tmp_path, capsys):
+    out = tmp_path / "qcfs"
+    # one step at lr 0: every trained tensor must still be the ANN's (BN running statistics do move)
+    assert main(["train", "--neuron", "qcfs", "--levels", "4", "--init-weights", str(relu_run), "--max-steps", "1",
+                 "--epochs", "1", "--opt", "sgd", "--lr", "0", "--sched", "constant", "--momentum", "0", "--weight-decay", "0",
+                 "--neuron-lr", "0", *DIGITS, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "kept the initial" in printed and "QCFS clips" in printed
+    ann = load_checkpoint(relu_run).model_state
+    twin = load_checkpoint(out)
+    for key, value in ann.items():
+        if "running_" in key or "num_batches_tracked" in key:
+            continue
+        assert torch.equal(twin.model_state[key], value), key
+    clips = {k: v for k, v in twin.model_state.items() if k not in ann}
+    assert clips and all(k.endswith("threshold") for k in clips)
+    # the clips come from the data percentile, not the constructor's default 8
+    assert all(0 < float(v) != 8.0 for v in clips.values())
+    model, _ = rebuild_model(twin)
+    assert sum(isinstance(m, QCFS) for m in model.modules()) == len(clips)
+    assert twin.meta["config"]["init_weights"] == str(relu_run)
+
+
+def test_a_checkpoint_of_another_network_is_refused_with_the_missing_tensors(relu_run, tmp_path, capsys):
+    code = main(["train", "--neuron", "qcfs", "--levels", "4", "--init-weights", str(relu_run), "--epochs", "1",
+                 *[a for a in DIGITS if a not in ("--model-kwargs", "input_size=8")], "--model", "digits_cnn",
+                 "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "init_weights" in err and str(relu_run) in err
+
+
+def test_init_weights_conflicts_with_init_from_and_needs_a_model():
+    with pytest.raises(ConfigError, match="init_weights"):
+        TrainConfig(model="vgg_small", init_weights="a", init_from="b").validate()
+    with pytest.raises(ConfigError, match="init_weights"):
+        TrainConfig(model=None, mode="hybrid", init_weights="a", ann_checkpoint="b").validate()
