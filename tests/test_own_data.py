@@ -282,6 +282,37 @@ def test_qcfs_clips_start_at_a_percentile_of_the_data(cifar):
         parse_clip_init("120%")
 
 
+def test_qcfs_clip_of_a_shared_activation_counts_every_call():
+    """The measuring pass ends at the layer only when it runs once per forward; a module applied twice is measured
+    on both of its inputs."""
+    from torch import nn
+
+    from multispike.quant.clip_init import init_qcfs_clips
+    from multispike.quant.qcfs import QCFS
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.act = QCFS(levels=4)
+            self.head = nn.Linear(16, 2)
+
+        def forward(self, x):
+            return self.head(self.act(self.act(x) * 10.0 - 3.0))
+
+    torch.manual_seed(0)
+    x = 3.0 * torch.randn(64, 16)
+    model = Twice()
+    seen = []
+    h = model.act.register_forward_pre_hook(lambda mod, a: seen.append(a[0].flatten()))
+    with torch.no_grad():
+        model(x[:32]), model(x[32:])
+    h.remove()
+    expected = float(torch.cat(seen).max())        # both calls of both batches, with the initial clip 8
+    assert len(seen) == 4 and expected > float(x.max())   # the second call's inputs hold the maximum
+    rows = init_qcfs_clips(model, [x[:32], x[32:]], percentile=100)
+    assert len(rows) == 1 and rows[0]["after"] == expected == float(model.act.threshold.detach())
+
+
 def test_convert_warns_when_the_quantized_ann_collapses_at_more_levels():
     """Issue 16's symptom: a QCFS ANN right at its trained levels but wrong at more levels gives an SNN whose
     accuracy falls with T; convert measures the ANN at the SNN's number of levels and says so."""

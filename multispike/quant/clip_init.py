@@ -72,6 +72,10 @@ def set_qac_alpha_(q: QACQuantizer, alpha: float) -> None:
         q.d.data.fill_(alpha / t)
 
 
+class _Measured(Exception):
+    """Raised by the measuring hook to end a forward pass once the layer's input is recorded."""
+
+
 def _percentile_init(model: nn.Module, layers: list[tuple[str, nn.Module]], batches, percentile: float,
                      minimum: float, read, write, who: str) -> list[dict]:
     """Layer by layer: ``write(layer, percentile of its inputs)`` with the earlier layers already set."""
@@ -88,13 +92,28 @@ def _percentile_init(model: nn.Module, layers: list[tuple[str, nn.Module]], batc
     try:
         for name, layer in layers:
             seen: list[torch.Tensor] = []
-            handle = layer.register_forward_pre_hook(
-                lambda mod, args, seen=seen: seen.append(args[0].detach().flatten().float()))
+            stop_early = [False]
+
+            def record(mod, args, seen=seen, stop_early=stop_early):
+                seen.append(args[0].detach().flatten().float())
+                if stop_early[0]:
+                    raise _Measured   # the rest of the network cannot change this layer's input: skip it
+
+            handle = layer.register_forward_pre_hook(record)
             try:
-                for x in xs:
-                    model(x)
+                for i, x in enumerate(xs):
+                    try:
+                        model(x)
+                    except _Measured:
+                        pass
+                    # a module called once per forward (not shared, not stepped) ends the later passes at itself
+                    if i == 0:
+                        stop_early[0] = len(seen) == 1
             finally:
                 handle.remove()
+            if not seen:
+                raise ValueError(f"{who}: layer {name!r} did not run in the forward pass, so its input cannot be "
+                                 f"measured")
             values = torch.cat(seen)
             if values.numel() > _MAX_VALUES:
                 values = values[torch.randint(values.numel(), (_MAX_VALUES,), generator=gen)]
