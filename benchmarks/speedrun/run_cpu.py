@@ -22,7 +22,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 # recipe v2 (airbench94's network and tricks); v1 (configs/speedrun/airbench_*.yaml) stays reachable via --config
 CONFIGS = {"ann": "configs/speedrun/airbench94_ann_cifar10.yaml", "qcfs": "configs/speedrun/airbench94_qcfs4_cifar10.yaml",
-           "qac": "configs/speedrun/airbench94_qac_cifar10.yaml"}
+           "qac": "configs/speedrun/airbench94_qac_cifar10.yaml",
+           # recipe v3: the float ANN, then its QCFS twin warm-started from it (train --init-weights)
+           "warm_ann": "configs/speedrun/airbench94_warm_ann_cifar10.yaml",
+           "warm_qcfs": "configs/speedrun/airbench94_warm_qcfs4_cifar10.yaml"}
+FLAVOURS = ("ann", "qcfs", "qac", "warm")
 TTA_FLAGS = "--tta-flip --tta-translate"
 
 
@@ -52,7 +56,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/speedrun")
     ap.add_argument("--results", default="benchmarks/results/speedrun_cpu.json")
-    ap.add_argument("--flavours", default="qcfs,qac,ann", help="comma-separated subset of ann,qcfs,qac (in order)")
+    ap.add_argument("--flavours", default="qcfs,qac,ann", help="comma-separated subset of ann,qcfs,qac,warm (in order; warm = recipe v3: "
+                         "float ANN -> QCFS warm start -> LM-HT)")
     ap.add_argument("--time-budget-s", type=float, default=None, help="override every config's time_budget_s")
     ap.add_argument("--epochs", type=int, default=None, help="override every config's epochs")
     ap.add_argument("--subset", type=int, default=None, help="train on N images (default: all 50,000)")
@@ -98,19 +103,34 @@ def main() -> int:
         "ann": [("train", f"train --config {configs['ann']} --out {out}/ann --overwrite --no-progress{train_extra}"),
                 ("eval", f"eval --checkpoint {out}/ann --op-batches 1 --no-plots --no-progress "
                          f"--out {out}/ann_eval{data_extra}")],
+        "warm": [("train_ann", f"train --config {configs['warm_ann']} --out {out}/warm_ann --overwrite --no-progress"
+                               f"{train_extra}"),
+                 ("eval_ann", f"eval --checkpoint {out}/warm_ann --op-batches 1 --no-plots --no-progress "
+                              f"--out {out}/warm_ann_eval{data_extra}"),
+                 ("train", f"train --config {configs['warm_qcfs']} --init-weights {out}/warm_ann --out {out}/warm_qcfs "
+                           f"--overwrite --no-progress{train_extra}"),
+                 ("convert", f"convert --checkpoint {out}/warm_qcfs --to lmht --levels 2 --timesteps 2 "
+                             f"--hybrid-bias-scale L --no-sanity --overwrite --out {out}/warm_lmht_L2T2{data_extra}"),
+                 ("eval", f"eval --checkpoint {out}/warm_lmht_L2T2 --op-batches {args.op_batches} --no-plots "
+                          f"--no-progress --out {out}/warm_lmht_L2T2_eval{data_extra}")],
     }
     if not args.no_tta:   # a second, timed evaluation with airbench94's TTA (6 passes per inference)
-        for fl, net in (("qcfs", "lmht_L2T2"), ("qac", "qac_mixed"), ("ann", "ann")):
+        for fl, net in (("qcfs", "lmht_L2T2"), ("qac", "qac_mixed"), ("ann", "ann"), ("warm", "warm_lmht_L2T2")):
             plan[fl].append(("eval_tta", f"eval --checkpoint {out}/{net} {TTA_FLAGS} --op-batches 1 --no-plots "
                                          f"--no-progress --out {out}/{net}_eval_tta{data_extra}"))
     flavours = [f.strip() for f in args.flavours.split(",") if f.strip()]
-    commands, timings, loads = [], {}, {}
+    if not set(flavours) <= set(FLAVOURS):
+        ap.error(f"--flavours {args.flavours!r}: expected a comma-separated subset of {', '.join(FLAVOURS)}")
+    commands, timings, loads, step_commits = [], {}, {}, {}
     commit = _commit()       # the code that runs, taken before anything else can change the checkout
     t_all = time.perf_counter()
     for fl in flavours:
         for step, cmd in plan[fl]:
             full = pre + ms + " " + cmd
             print(f"$ {full}", flush=True)
+            # the checkout each step ran from: a long pipeline may span commits (e.g. a config tuned while the
+            # ANN trains); the JSON then says so instead of claiming one commit for all of it
+            step_commits[f"{fl}_{step}"] = _commit()
             t0 = time.perf_counter()
             load_before = os.getloadavg()
             rc = subprocess.run(shlex.split(full), cwd=REPO).returncode
@@ -123,8 +143,9 @@ def main() -> int:
             if rc != 0:
                 print(f"step {fl}/{step} failed with exit code {rc}", file=sys.stderr)
                 return rc
-    res: dict = {"commit": commit, "cpu": _cpu(), "torch_threads_per_run": 2, "commands": commands,
-                 "configs": {fl: configs[fl] for fl in flavours}, "step_seconds": timings, "load_average": loads,
+    res: dict = {"commit": commit, "step_commits": step_commits, "cpu": _cpu(), "torch_threads_per_run": 2, "commands": commands,
+                 "configs": {k: configs[k] for fl in flavours for k in (("warm_ann", "warm_qcfs") if fl == "warm"
+                                                                          else (fl,))}, "step_seconds": timings, "load_average": loads,
                  "flavours": flavours, "tta": None if args.no_tta else TTA_FLAGS,
                  "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
@@ -176,6 +197,20 @@ def main() -> int:
         res.update(ann_top1=ev["top1"], ann_train=ta)
         if not args.no_tta:
             res["ann_top1_tta"] = eval_info(out / "ann_eval_tta")["top1"]
+    if "warm" in flavours:
+        ta = train_info(out / "warm_ann")
+        tq = train_info(out / "warm_qcfs")
+        conv = load(out / "warm_lmht_L2T2" / "conversion.json")
+        ev = eval_info(out / "warm_lmht_L2T2_eval")
+        res.update(warm_ann_top1=eval_info(out / "warm_ann_eval")["top1"], warm_ann_train=ta,
+                   warm_quantized_top1=conv["ann"]["acc"], warm_quantized_train=tq, warm_snn_top1=ev["top1"],
+                   warm_snn_T=2, warm_snn_L=2, warm_snn_eval=ev, warm_snn_convert_top1=conv["snn"]["acc"])
+        if not args.no_tta:
+            res["warm_snn_top1_tta"] = eval_info(out / "warm_lmht_L2T2_eval_tta")["top1"]
+        res["warm_wall_seconds"] = round(sum(v for k, v in timings.items()
+                                             if k.startswith("warm_") and k != "warm_eval_tta_s"), 1)
+        res["warm_wall_seconds_definition"] = ("float ANN training + its evaluation + QCFS warm-start training + "
+                                               "LM-HT conversion + SNN evaluation (the TTA evaluation is not included)")
     res["total_wall_seconds"] = round(time.perf_counter() - t_all, 1)
     shortened = any(x is not None for x in (args.time_budget_s, args.epochs, args.subset, args.limit))
     res["complete"] = not shortened
@@ -187,7 +222,8 @@ def main() -> int:
     path.write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
     print(json.dumps({k: res.get(k) for k in ("ann_top1", "ann_top1_tta", "quantized_top1", "snn_top1", "snn_top1_tta",
                                               "qac_snn_top1", "qac_snn_top1_tta", "qac_avg_T", "wall_seconds",
-                                              "complete")}, indent=1))
+                                              "warm_ann_top1", "warm_quantized_top1", "warm_snn_top1",
+                                              "warm_snn_top1_tta", "warm_wall_seconds", "complete")}, indent=1))
     return 0
 
 
