@@ -218,18 +218,24 @@ def _init_weights(cfg: TrainConfig, model: nn.Module, dist: DistInfo) -> None:
     """``init_weights``: the weights of another checkpoint in the freshly built network (a warm start).
 
     Every tensor of the checkpoint must exist in the network with the same shape; the network's own tensors that
-    the checkpoint lacks may only be neuron parameters (a float ANN has no QCFS clips), which keep their
-    initialisation. Structure that has no parameters (pooling, the activation function) may differ: that is the
+    the checkpoint lacks may only belong to its quantizers or neurons (a float ANN has no QCFS clips or QAC
+    parameters), which keep their initialisation. Structure that has no parameters (pooling, the activation function) may differ: that is the
     point, e.g. a GELU/max-pool ANN warm-starting its QCFS/average-pool twin.
     """
+    from ..metrics.monitors import is_spiking_neuron
+    from ..quant.qac import QACQuantizer
+    from ..quant.qcfs import QCFS
     from .checkpoint import CheckpointError, load_checkpoint, load_model_state
-    from .optim import match_neuron_param
 
     ckpt = load_checkpoint(cfg.init_weights)
     check_finite_state(ckpt.model_state, f"checkpoint {ckpt.path}")
     own = model.state_dict()
     missing = [k for k in own if k not in ckpt.model_state]
-    not_neuron = [k for k in missing if not match_neuron_param(k, tuple(cfg.neuron_param_patterns))]
+    # tensors a float network cannot have: those of the quantizers / neurons that replace its activations
+    neuron_owned = {f"{name}.{k}" if name else k for name, m in model.named_modules()
+                    if isinstance(m, (QCFS, QACQuantizer)) or is_spiking_neuron(m)
+                    for k in m.state_dict()}
+    not_neuron = [k for k in missing if k not in neuron_owned]
     if not_neuron:
         raise CheckpointError(f"init_weights {cfg.init_weights}: the checkpoint lacks {len(not_neuron)} tensor(s) "
                               f"of {type(model).__name__} that are not neuron parameters ({', '.join(not_neuron[:5])}"
