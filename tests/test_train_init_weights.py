@@ -76,3 +76,17 @@ def test_qac_twin_keeps_its_quantizer_parameters_and_takes_every_ann_tensor(relu
     extra = {k: float(v) for k, v in twin.items() if k not in ann}
     assert extra and {k.rsplit(".", 1)[-1] for k in extra} == {"t", "clip"}
     assert all(v == 2.0 for v in extra.values())    # t0 = 2, α0 = 2 as configured
+
+
+def test_qac_twin_without_alpha_takes_its_clips_from_the_trained_ann(relu_run, tmp_path, capsys):
+    out = tmp_path / "qac_data"
+    assert main(["train", *[a if a != "ann" else "qat" for a in DIGITS], "--neuron", "qac", "--neuron-kwargs",
+                 "param=t_alpha", "t=2.0", "--init-weights", str(relu_run), "--max-steps", "1", "--epochs", "1",
+                 "--opt", "sgd", "--lr", "0", "--sched", "constant", "--momentum", "0", "--weight-decay", "0",
+                 "--neuron-lr", "0", "--quant-lr", "0", "--out", str(out)]) == 0
+    assert "QAC clips α from the data" in capsys.readouterr().out
+    twin = load_checkpoint(out).model_state
+    clips = [float(v) for k, v in twin.items() if k.endswith(".clip")]
+    ts = [float(v) for k, v in twin.items() if k.endswith(".t")]
+    assert clips and len(set(clips)) > 1 and all(0 < c != 8.0 for c in clips)   # per layer, from the data
+    assert ts and all(t == 2.0 for t in ts)

@@ -251,11 +251,24 @@ def _init_weights(cfg: TrainConfig, model: nn.Module, dist: DistInfo) -> None:
 
 
 def _init_clips(cfg: TrainConfig, model: nn.Module, train_loader: Any, dist: DistInfo) -> None:
-    """QCFS from scratch: clips ϑ from the data (``cfg.clip_init``), unless a threshold was given explicitly."""
-    from ..quant.clip_init import init_qcfs_clips, parse_clip_init
+    """QCFS from scratch or warm-started: clips ϑ from the data (``cfg.clip_init``), unless a threshold was given
+    explicitly; a warm-started (``init_weights``) QAC network likewise gets its clips α, unless ``alpha`` was given."""
+    from ..quant.clip_init import init_qac_alphas, init_qcfs_clips, parse_clip_init
+    from ..quant.qac import QACQuantizer
     from ..quant.qcfs import QCFS
 
     q = parse_clip_init(cfg.clip_init)
+    if q is not None and cfg.init_weights is not None and "alpha" not in cfg.neuron_arguments() and \
+            any(isinstance(m, QACQuantizer) for m in model.modules()):
+        # a QAC twin of a trained float ANN: its clips α from the trained network's pre-activations, as prepare_qat
+        # does for the quantizers it makes from ReLUs
+        batches = _clip_batches(cfg, train_loader, dist)
+        model.to(dist.device)
+        rows = init_qac_alphas(model, batches, q)
+        _broadcast_params(model, (QACQuantizer,), dist)
+        if dist.is_primary:
+            print(f"QAC clips α from the data ({cfg.clip_init} of each layer's pre-activations; --neuron-kwargs "
+                  f"alpha=X keeps X): " + " ".join(f"{r['after']:.3g}" for r in rows))
     if q is None or "threshold" in cfg.neuron_arguments() or not any(isinstance(m, QCFS) for m in model.modules()):
         return
     batches = _clip_batches(cfg, train_loader, dist)
