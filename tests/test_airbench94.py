@@ -169,3 +169,27 @@ def test_fold_logit_scale_keeps_outputs_and_lets_nir_export_the_snn():
     pytest.importorskip("nir")
     from multispike.export import export_to_nir
     assert export_to_nir(snn, x[:1]) is not None
+
+
+@pytest.mark.parametrize("neuron,pool", [("gelu", "max"), ("qcfs", "avg")])
+def test_every_layer_is_counted_or_known_free(neuron, pool):
+    """The op counter knows every module of the float (GELU, max pools) and the QCFS network: nothing is reported
+    as unsupported, and the MACs are the conv and FC layers' (the logit scale folds into the FC)."""
+    from multispike.metrics import count_ops
+
+    torch.manual_seed(0)
+    net = create_model("airbench94_cifar", num_classes=10, neuron=neuron, pool=pool, widths=SMALL).eval()
+    result = count_ops(net, torch.randn(2, 3, 32, 32))
+    assert result.unsupported == []
+    # the synaptic layers' dense MACs per image, by hand from each layer's output size
+    outputs = {}
+    hooks = [m.register_forward_hook(lambda mod, a, y, n=n: outputs.__setitem__(n, (mod, y)))
+             for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        net(torch.randn(1, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    by_hand = sum(y.numel() * (m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+                               if isinstance(m, nn.Conv2d) else m.in_features) for m, y in outputs.values())
+    counted = sum(r.dense_per_step for r in result.layers if r.op == "MAC")
+    assert counted == by_hand

@@ -60,3 +60,33 @@ def test_init_weights_conflicts_with_init_from_and_needs_a_model():
         TrainConfig(model="vgg_small", init_weights="a", init_from="b").validate()
     with pytest.raises(ConfigError, match="init_weights"):
         TrainConfig(model=None, mode="hybrid", init_weights="a", ann_checkpoint="b").validate()
+
+
+def test_qac_twin_keeps_its_quantizer_parameters_and_takes_every_ann_tensor(relu_run, tmp_path):
+    out = tmp_path / "qac"
+    assert main(["train", *[a if a != "ann" else "qat" for a in DIGITS], "--neuron", "qac", "--neuron-kwargs",
+                 "param=t_alpha", "alpha=2.0", "t=2.0", "--init-weights", str(relu_run), "--max-steps", "1",
+                 "--epochs", "1", "--opt", "sgd", "--lr", "0", "--sched", "constant", "--momentum", "0",
+                 "--weight-decay", "0", "--neuron-lr", "0", "--quant-lr", "0", "--out", str(out)]) == 0
+    ann = load_checkpoint(relu_run).model_state
+    twin = load_checkpoint(out).model_state
+    for key, value in ann.items():
+        if "running_" not in key and "num_batches_tracked" not in key:
+            assert torch.equal(twin[key], value), key
+    extra = {k: float(v) for k, v in twin.items() if k not in ann}
+    assert extra and {k.rsplit(".", 1)[-1] for k in extra} == {"t", "clip"}
+    assert all(v == 2.0 for v in extra.values())    # t0 = 2, α0 = 2 as configured
+
+
+def test_qac_twin_without_alpha_takes_its_clips_from_the_trained_ann(relu_run, tmp_path, capsys):
+    out = tmp_path / "qac_data"
+    assert main(["train", *[a if a != "ann" else "qat" for a in DIGITS], "--neuron", "qac", "--neuron-kwargs",
+                 "param=t_alpha", "t=2.0", "--init-weights", str(relu_run), "--max-steps", "1", "--epochs", "1",
+                 "--opt", "sgd", "--lr", "0", "--sched", "constant", "--momentum", "0", "--weight-decay", "0",
+                 "--neuron-lr", "0", "--quant-lr", "0", "--out", str(out)]) == 0
+    assert "QAC clips α from the data" in capsys.readouterr().out
+    twin = load_checkpoint(out).model_state
+    clips = [float(v) for k, v in twin.items() if k.endswith(".clip")]
+    ts = [float(v) for k, v in twin.items() if k.endswith(".t")]
+    assert clips and len(set(clips)) > 1 and all(0 < c != 8.0 for c in clips)   # per layer, from the data
+    assert ts and all(t == 2.0 for t in ts)

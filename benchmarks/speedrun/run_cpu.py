@@ -25,8 +25,9 @@ CONFIGS = {"ann": "configs/speedrun/airbench94_ann_cifar10.yaml", "qcfs": "confi
            "qac": "configs/speedrun/airbench94_qac_cifar10.yaml",
            # recipe v3: the float ANN, then its QCFS twin warm-started from it (train --init-weights)
            "warm_ann": "configs/speedrun/airbench94_warm_ann_cifar10.yaml",
-           "warm_qcfs": "configs/speedrun/airbench94_warm_qcfs4_cifar10.yaml"}
-FLAVOURS = ("ann", "qcfs", "qac", "warm")
+           "warm_qcfs": "configs/speedrun/airbench94_warm_qcfs4_cifar10.yaml",
+           "warm_qac": "configs/speedrun/airbench94_warm_qac_cifar10.yaml"}
+FLAVOURS = ("ann", "qcfs", "qac", "warm", "warm_qac")
 TTA_FLAGS = "--tta-flip --tta-translate"
 
 
@@ -56,8 +57,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/speedrun")
     ap.add_argument("--results", default="benchmarks/results/speedrun_cpu.json")
-    ap.add_argument("--flavours", default="qcfs,qac,ann", help="comma-separated subset of ann,qcfs,qac,warm (in order; warm = recipe v3: "
-                         "float ANN -> QCFS warm start -> LM-HT)")
+    ap.add_argument("--flavours", default="qcfs,qac,ann", help="comma-separated subset of ann,qcfs,qac,warm,warm_qac (in order; warm = recipe v3: "
+                         "float ANN -> QCFS warm start -> LM-HT; warm_qac: QAC warm start from warm's ANN -> "
+                         "mixed-timestep SNN, after warm or with --merge into warm's JSON)")
+    ap.add_argument("--merge", action="store_true",
+                    help="update --results instead of replacing it (e.g. warm_qac after an earlier warm run): this "
+                         "run's keys win, and its commands, timings, loads and commits are added to the earlier ones")
     ap.add_argument("--time-budget-s", type=float, default=None, help="override every config's time_budget_s")
     ap.add_argument("--epochs", type=int, default=None, help="override every config's epochs")
     ap.add_argument("--subset", type=int, default=None, help="train on N images (default: all 50,000)")
@@ -113,14 +118,24 @@ def main() -> int:
                              f"--hybrid-bias-scale L --no-sanity --overwrite --out {out}/warm_lmht_L2T2{data_extra}"),
                  ("eval", f"eval --checkpoint {out}/warm_lmht_L2T2 --op-batches {args.op_batches} --no-plots "
                           f"--no-progress --out {out}/warm_lmht_L2T2_eval{data_extra}")],
+        "warm_qac": [("train", f"train --config {configs['warm_qac']} --init-weights {out}/warm_ann "
+                               f"--out {out}/warm_qac --overwrite --no-progress{train_extra}"),
+                     ("convert", f"convert --checkpoint {out}/warm_qac --to mixed --align aver+aver --overwrite "
+                                 f"--out {out}/warm_qac_mixed{data_extra}"),
+                     ("eval", f"eval --checkpoint {out}/warm_qac_mixed --op-batches {args.op_batches} --no-plots "
+                              f"--no-progress --out {out}/warm_qac_mixed_eval{data_extra}")],
     }
     if not args.no_tta:   # a second, timed evaluation with airbench94's TTA (6 passes per inference)
-        for fl, net in (("qcfs", "lmht_L2T2"), ("qac", "qac_mixed"), ("ann", "ann"), ("warm", "warm_lmht_L2T2")):
+        for fl, net in (("qcfs", "lmht_L2T2"), ("qac", "qac_mixed"), ("ann", "ann"), ("warm", "warm_lmht_L2T2"),
+                        ("warm_qac", "warm_qac_mixed")):
             plan[fl].append(("eval_tta", f"eval --checkpoint {out}/{net} {TTA_FLAGS} --op-batches 1 --no-plots "
                                          f"--no-progress --out {out}/{net}_eval_tta{data_extra}"))
     flavours = [f.strip() for f in args.flavours.split(",") if f.strip()]
     if not set(flavours) <= set(FLAVOURS):
         ap.error(f"--flavours {args.flavours!r}: expected a comma-separated subset of {', '.join(FLAVOURS)}")
+    if "warm_qac" in flavours and "warm" not in flavours and not (out / "warm_ann" / "summary.json").is_file():
+        ap.error(f"--flavours warm_qac starts from the float ANN of the warm flavour, {out}/warm_ann, which is not "
+                 f"there: run --flavours warm,warm_qac (or warm first)")
     commands, timings, loads, step_commits = [], {}, {}, {}
     commit = _commit()       # the code that runs, taken before anything else can change the checkout
     t_all = time.perf_counter()
@@ -211,6 +226,17 @@ def main() -> int:
                                              if k.startswith("warm_") and k != "warm_eval_tta_s"), 1)
         res["warm_wall_seconds_definition"] = ("float ANN training + its evaluation + QCFS warm-start training + "
                                                "LM-HT conversion + SNN evaluation (the TTA evaluation is not included)")
+    if "warm_qac" in flavours:
+        tq = train_info(out / "warm_qac")
+        conv = load(out / "warm_qac_mixed" / "conversion.json")
+        ev = eval_info(out / "warm_qac_mixed_eval")
+        res.update(warm_qac_quantized_top1=conv["ann"]["acc"], warm_qac_train=tq, warm_qac_snn_top1=ev["top1"],
+                   warm_qac_avg_T=(conv.get("average_T") or {}).get("plain"), warm_qac_avg_T_detail=conv.get("average_T"),
+                   warm_qac_snn_eval=ev, warm_qac_convert_top1=conv["snn"]["acc"])
+        if not args.no_tta:
+            res["warm_qac_snn_top1_tta"] = eval_info(out / "warm_qac_mixed_eval_tta")["top1"]
+        res["warm_qac_steps_wall_seconds"] = round(sum(v for k, v in timings.items() if k.startswith("warm_qac_")
+                                                       and k != "warm_qac_eval_tta_s"), 1)
     res["total_wall_seconds"] = round(time.perf_counter() - t_all, 1)
     shortened = any(x is not None for x in (args.time_budget_s, args.epochs, args.subset, args.limit))
     res["complete"] = not shortened
@@ -219,11 +245,27 @@ def main() -> int:
                     "note": "shortened run of the recipe: NOT the full recipe's numbers" if shortened else "full recipe"}
     path = REPO / args.results
     path.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge and path.is_file():
+        earlier = load(path)
+        for key in ("step_seconds", "load_average", "step_commits", "configs"):
+            res[key] = {**earlier.get(key, {}), **res[key]}
+        res["commands"] = earlier.get("commands", []) + res["commands"]
+        res["flavours"] = earlier.get("flavours", []) + [f for f in res["flavours"] if f not in earlier.get("flavours", [])]
+        res["complete"] = bool(earlier.get("complete")) and res["complete"]
+        res["total_wall_seconds"] = round(earlier.get("total_wall_seconds", 0) + res["total_wall_seconds"], 1)
+        res = {**earlier, **res}
+    if "warm_qac" in res.get("flavours", []) and "warm_qac_steps_wall_seconds" in res:
+        ann_steps = [res["step_seconds"].get(k) for k in ("warm_train_ann_s", "warm_eval_ann_s")]
+        if all(v is not None for v in ann_steps):
+            res["warm_qac_wall_seconds"] = round(sum(ann_steps) + res["warm_qac_steps_wall_seconds"], 1)
+            res["warm_qac_wall_seconds_definition"] = ("float ANN training + its evaluation (shared with warm) + QAC "
+                                                       "warm-start training + mixed conversion + SNN evaluation")
     path.write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
     print(json.dumps({k: res.get(k) for k in ("ann_top1", "ann_top1_tta", "quantized_top1", "snn_top1", "snn_top1_tta",
                                               "qac_snn_top1", "qac_snn_top1_tta", "qac_avg_T", "wall_seconds",
                                               "warm_ann_top1", "warm_quantized_top1", "warm_snn_top1",
-                                              "warm_snn_top1_tta", "warm_wall_seconds", "complete")}, indent=1))
+                                              "warm_snn_top1_tta", "warm_wall_seconds", "warm_qac_snn_top1",
+                                              "warm_qac_avg_T", "warm_qac_wall_seconds", "complete")}, indent=1))
     return 0
 
 

@@ -51,8 +51,11 @@ def free_reason(m: nn.Module) -> str | None:
         return "data movement"
     if isinstance(m, MAXPOOLS):
         return "max pooling: comparisons, no accumulate"
-    if isinstance(m, (nn.ReLU, nn.ReLU6, QCFS)):
+    if isinstance(m, (nn.ReLU, nn.ReLU6, nn.GELU, QCFS)):
         return "elementwise ANN activation"
+    from ..models.airbench import LogitScale
+    if isinstance(m, LogitScale):
+        return "readout logit scale: folds into the classifier's weights (fold_logit_scale)"
     if isinstance(m, TemporalAlign):
         return "temporal alignment: data movement (averaging adds not counted)"
     if isinstance(m, DirectEncoder):

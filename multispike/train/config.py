@@ -160,7 +160,7 @@ class TrainConfig:
     init_weights: str | None = _f(None, "warm start: load the weights of this checkpoint (run directory or file, "
                                   "e.g. a float ANN) into the network built from {model}/{neuron}/{model_kwargs} "
                                   "(e.g. its QCFS twin with average pools); parameters the checkpoint lacks (QCFS "
-                                  "clips ϑ) keep their initialisation ({clip_init}); unexpected keys and shape "
+                                  "clips ϑ, set by {clip_init}; QAC quantizer parameters) keep their initialisation; unexpected keys and shape "
                                   "mismatches are errors. The optimizer and schedule start afresh", "training")
     freeze_bn: bool | None = _f(None, "keep BatchNorm layers in eval mode while training (running statistics fixed, "
                                 "γ/β still learned): fine-tune a converted SNN without re-estimating BN statistics "

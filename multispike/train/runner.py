@@ -218,18 +218,24 @@ def _init_weights(cfg: TrainConfig, model: nn.Module, dist: DistInfo) -> None:
     """``init_weights``: the weights of another checkpoint in the freshly built network (a warm start).
 
     Every tensor of the checkpoint must exist in the network with the same shape; the network's own tensors that
-    the checkpoint lacks may only be neuron parameters (a float ANN has no QCFS clips), which keep their
-    initialisation. Structure that has no parameters (pooling, the activation function) may differ: that is the
+    the checkpoint lacks may only belong to its quantizers or neurons (a float ANN has no QCFS clips or QAC
+    parameters), which keep their initialisation. Structure that has no parameters (pooling, the activation function) may differ: that is the
     point, e.g. a GELU/max-pool ANN warm-starting its QCFS/average-pool twin.
     """
+    from ..metrics.monitors import is_spiking_neuron
+    from ..quant.qac import QACQuantizer
+    from ..quant.qcfs import QCFS
     from .checkpoint import CheckpointError, load_checkpoint, load_model_state
-    from .optim import match_neuron_param
 
     ckpt = load_checkpoint(cfg.init_weights)
     check_finite_state(ckpt.model_state, f"checkpoint {ckpt.path}")
     own = model.state_dict()
     missing = [k for k in own if k not in ckpt.model_state]
-    not_neuron = [k for k in missing if not match_neuron_param(k, tuple(cfg.neuron_param_patterns))]
+    # tensors a float network cannot have: those of the quantizers / neurons that replace its activations
+    neuron_owned = {f"{name}.{k}" if name else k for name, m in model.named_modules()
+                    if isinstance(m, (QCFS, QACQuantizer)) or is_spiking_neuron(m)
+                    for k in m.state_dict()}
+    not_neuron = [k for k in missing if k not in neuron_owned]
     if not_neuron:
         raise CheckpointError(f"init_weights {cfg.init_weights}: the checkpoint lacks {len(not_neuron)} tensor(s) "
                               f"of {type(model).__name__} that are not neuron parameters ({', '.join(not_neuron[:5])}"
@@ -245,11 +251,24 @@ def _init_weights(cfg: TrainConfig, model: nn.Module, dist: DistInfo) -> None:
 
 
 def _init_clips(cfg: TrainConfig, model: nn.Module, train_loader: Any, dist: DistInfo) -> None:
-    """QCFS from scratch: clips ϑ from the data (``cfg.clip_init``), unless a threshold was given explicitly."""
-    from ..quant.clip_init import init_qcfs_clips, parse_clip_init
+    """QCFS from scratch or warm-started: clips ϑ from the data (``cfg.clip_init``), unless a threshold was given
+    explicitly; a warm-started (``init_weights``) QAC network likewise gets its clips α, unless ``alpha`` was given."""
+    from ..quant.clip_init import init_qac_alphas, init_qcfs_clips, parse_clip_init
+    from ..quant.qac import QACQuantizer
     from ..quant.qcfs import QCFS
 
     q = parse_clip_init(cfg.clip_init)
+    if q is not None and cfg.init_weights is not None and "alpha" not in cfg.neuron_arguments() and \
+            any(isinstance(m, QACQuantizer) for m in model.modules()):
+        # a QAC twin of a trained float ANN: its clips α from the trained network's pre-activations, as prepare_qat
+        # does for the quantizers it makes from ReLUs
+        batches = _clip_batches(cfg, train_loader, dist)
+        model.to(dist.device)
+        rows = init_qac_alphas(model, batches, q)
+        _broadcast_params(model, (QACQuantizer,), dist)
+        if dist.is_primary:
+            print(f"QAC clips α from the data ({cfg.clip_init} of each layer's pre-activations; --neuron-kwargs "
+                  f"alpha=X keeps X): " + " ".join(f"{r['after']:.3g}" for r in rows))
     if q is None or "threshold" in cfg.neuron_arguments() or not any(isinstance(m, QCFS) for m in model.modules()):
         return
     batches = _clip_batches(cfg, train_loader, dist)
