@@ -72,11 +72,13 @@ def main(argv=None) -> int:
                     row.update(v)
                     row["fwd_new_over_base"] = v["fwd_new"] / v["fwd_base"]
                     row["bwd_new_over_base"] = v["bwd_new"] / v["bwd_base"]
+                    row["bwd_th_new_over_base"] = v["bwd_th_new"] / v["bwd_th_base"]
                     row["fwd_base_x_copy"] = v["fwd_base"] / v["copy"]
                     row["fwd_new_x_copy"] = v["fwd_new"] / v["copy"]
                     row["fwd_bwd_new_x_copy_add"] = (v["fwd_new"] + v["bwd_new"]) / v["copy_add"]
                 print(f"load {load[0]:.2f} | {line}" + (
                     f" | fwd new/base {row['fwd_new_over_base']:.3f} bwd new/base {row['bwd_new_over_base']:.3f}"
+                    f" bwd_th new/base {row['bwd_th_new_over_base']:.3f}"
                     f" | fwd x copy {row['fwd_base_x_copy']:.2f} -> {row['fwd_new_x_copy']:.2f}"
                     f" fwd+bwd x copy+add {row['fwd_bwd_new_x_copy_add']:.2f}" if vals else ""), flush=True)
                 rows.append(row)
