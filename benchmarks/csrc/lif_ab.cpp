@@ -1,6 +1,7 @@
-// Same-process A/B of the IF/LIF CPU kernel: the base revision's lif.cpp (namespace lif_base, included as
-// lif_base_core.h) against the working tree's (namespace lif, lif_new_core.h), next to copy and copy+add loops
-// over the same bytes. Built and run by benchmarks/lif_ab.py, which extracts both cores; not part of the library.
+// Same-process A/B of the IF/LIF CPU kernel: the base revision's lif.cpp (namespace ms_base::lif_base, compiled
+// against the base's ms_common.h helpers as namespace ms_base; lif_base_core.h) against the working tree's
+// (namespace ms::lif, lif_new_core.h), next to copy and copy+add loops over the same bytes. Built and run by
+// benchmarks/lif_ab.py, which extracts both cores; not part of the library.
 // Usage: lif_ab T N reps soft   (one thread; prints one line of ns per element-step and whether y/vT are equal)
 // bwd_*: no parameter gradient; bwd_th_*: with the threshold's gradient (need_theta).
 #include "ms_common.h"
@@ -33,7 +34,8 @@ int main(int argc, char** argv) {
   // the same backward with a learnable threshold (need_theta): the path that also sums parameter gradients
   bt = b;
   bt.need_theta = 1;
-  const Seq<float> qa(a.io), qa2(a2.io), qb(b.io), qbt(bt.io);
+  const ms_base::Seq<float> qa(a.io), qb0(b.io), qbt0(bt.io);
+  const Seq<float> qa2(a2.io), qb(b.io), qbt(bt.io);
   auto now = [] { return std::chrono::steady_clock::now(); };
   const int K = 8;
   const char* names[K] = {"fwd_base", "fwd_new", "bwd_base", "bwd_new", "copy", "copy_add", "bwd_th_base",
@@ -43,11 +45,11 @@ int main(int argc, char** argv) {
   for (int r = 0; r < reps; ++r) {
     for (int k = 0; k < K; ++k) {  // interleaved: slow drifts of the background load hit every variant
       const auto t0 = now();
-      if (k == 0) lif_base::lif_fwd<float, 0, 0>(qa, a);
+      if (k == 0) ms_base::lif_base::lif_fwd<float, 0, 0>(qa, a);
       if (k == 1) lif::lif_fwd<float, 0, 0>(qa2, a2);
-      if (k == 2) lif_base::lif_bwd<float, 0, 0, 0>(qb, b);
+      if (k == 2) ms_base::lif_base::lif_bwd<float, 0, 0, 0>(qb0, b);
       if (k == 3) lif::lif_bwd<float, 0, 0, 0>(qb, b);
-      if (k == 6) lif_base::lif_bwd<float, 0, 0, 0>(qbt, bt);
+      if (k == 6) ms_base::lif_base::lif_bwd<float, 0, 0, 0>(qbt0, bt);
       if (k == 7) lif::lif_bwd<float, 0, 0, 0>(qbt, bt);
       if (k == 4 || k == 5) {
         float* MS_R d = dst.data();
