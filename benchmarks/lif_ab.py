@@ -1,8 +1,8 @@
 """Same-process A/B of the fused IF/LIF CPU kernel: a base revision's ``csrc/lif.cpp`` against the working tree's.
 
-Both kernel sources are compiled into one small program (``benchmarks/csrc/lif_ab.cpp``, only the float32
-post-reset IF instantiations, so it builds in seconds rather than the library's minutes) with the library's own
-flags, and timed interleaved in one process next to copy / copy+add loops over the same bytes. That makes the
+Both kernel sources (each with its revision's shared helpers of ``ms_common.h``) are compiled into one small
+program (``benchmarks/csrc/lif_ab.cpp``, only the float32 post-reset IF instantiations, so it builds in seconds
+rather than the library's minutes) with the library's own flags, and timed interleaved in one process next to copy / copy+add loops over the same bytes. That makes the
 old/new ratio meaningful even on a shared machine, where absolute times are not. It also checks that the new
 forward's spikes and final membrane are bit-identical to the base's. Per-element times are the minimum over
 ``--reps`` interleaved repetitions, in ns per element-step.
@@ -31,12 +31,23 @@ def _core(source: str, namespace: str) -> str:
     return core.replace("namespace lif {", f"namespace {namespace} {{", 1)
 
 
+def _common(header: str) -> str:
+    """The shared helpers of a revision's ``ms_common.h`` (its ``namespace ms`` part) as ``namespace ms_base``.
+
+    The base core is compiled against its own revision's helpers (surrogates, exp, scaffolding), so a change there
+    shows in the ratios too; the preamble before them (the ABI records, the macros) is the working tree's."""
+    return header[header.index("namespace ms {"):].replace("namespace ms {", "namespace ms_base {", 1)
+
+
 def build(base: str, workdir: Path) -> Path:
     sys.path.insert(0, str(ROOT))
     from multispike.kernels import _build
-    old = subprocess.run(["git", "show", f"{base}:multispike/kernels/csrc/lif.cpp"], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout
-    (workdir / "lif_base_core.h").write_text(_core(old, "lif_base"))
+
+    def show(path: str) -> str:
+        return subprocess.run(["git", "show", f"{base}:multispike/kernels/csrc/{path}"], cwd=ROOT, check=True,
+                              capture_output=True, text=True).stdout
+    old = _core(show("lif.cpp"), "lif_base").replace("namespace ms {", "namespace ms_base {", 1)
+    (workdir / "lif_base_core.h").write_text(_common(show("ms_common.h")) + old)
     (workdir / "lif_new_core.h").write_text(_core((CSRC / "lif.cpp").read_text(), "lif"))
     info = _build.build_info() if _build.load_library() is not None else {}
     flags = [f for f in info.get("flags", ["-O2", "-ftree-vectorize", "-std=c++17", "-ffp-contract=off",
@@ -72,11 +83,13 @@ def main(argv=None) -> int:
                     row.update(v)
                     row["fwd_new_over_base"] = v["fwd_new"] / v["fwd_base"]
                     row["bwd_new_over_base"] = v["bwd_new"] / v["bwd_base"]
+                    row["bwd_th_new_over_base"] = v["bwd_th_new"] / v["bwd_th_base"]
                     row["fwd_base_x_copy"] = v["fwd_base"] / v["copy"]
                     row["fwd_new_x_copy"] = v["fwd_new"] / v["copy"]
                     row["fwd_bwd_new_x_copy_add"] = (v["fwd_new"] + v["bwd_new"]) / v["copy_add"]
                 print(f"load {load[0]:.2f} | {line}" + (
                     f" | fwd new/base {row['fwd_new_over_base']:.3f} bwd new/base {row['bwd_new_over_base']:.3f}"
+                    f" bwd_th new/base {row['bwd_th_new_over_base']:.3f}"
                     f" | fwd x copy {row['fwd_base_x_copy']:.2f} -> {row['fwd_new_x_copy']:.2f}"
                     f" fwd+bwd x copy+add {row['fwd_bwd_new_x_copy_add']:.2f}" if vals else ""), flush=True)
                 rows.append(row)

@@ -1,7 +1,9 @@
-// Same-process A/B of the IF/LIF CPU kernel: the base revision's lif.cpp (namespace lif_base, included as
-// lif_base_core.h) against the working tree's (namespace lif, lif_new_core.h), next to copy and copy+add loops
-// over the same bytes. Built and run by benchmarks/lif_ab.py, which extracts both cores; not part of the library.
+// Same-process A/B of the IF/LIF CPU kernel: the base revision's lif.cpp (namespace ms_base::lif_base, compiled
+// against the base's ms_common.h helpers as namespace ms_base; lif_base_core.h) against the working tree's
+// (namespace ms::lif, lif_new_core.h), next to copy and copy+add loops over the same bytes. Built and run by
+// benchmarks/lif_ab.py, which extracts both cores; not part of the library.
 // Usage: lif_ab T N reps soft   (one thread; prints one line of ns per element-step and whether y/vT are equal)
+// bwd_*: no parameter gradient; bwd_th_*: with the threshold's gradient (need_theta).
 #include "ms_common.h"
 #include "lif_base_core.h"
 #include "lif_new_core.h"
@@ -24,25 +26,32 @@ int main(int argc, char** argv) {
   a.io.dtype = 0; a.io.nthreads = 1;
   a.theta = 1; a.leak = 1; a.tau = 1; a.v_reset = 0; a.v_init = 0; a.sp0 = 4; a.sp1 = 0;
   a.leak_mode = 0; a.soft = soft; a.fire_ge = 1;
-  LifArgs a2 = a, b = a;
+  LifArgs a2 = a, b = a, bt;
   a.io.y = y.data(); a.io.vT = vT.data();
   a2.io.y = y2.data(); a2.io.vT = vT2.data();
   double pg[3];
   b.io.gy = gy.data(); b.io.gx = gx.data(); b.io.pgrad = pg;
-  const Seq<float> qa(a.io), qa2(a2.io), qb(b.io);
+  // the same backward with a learnable threshold (need_theta): the path that also sums parameter gradients
+  bt = b;
+  bt.need_theta = 1;
+  const ms_base::Seq<float> qa(a.io), qb0(b.io), qbt0(bt.io);
+  const Seq<float> qa2(a2.io), qb(b.io), qbt(bt.io);
   auto now = [] { return std::chrono::steady_clock::now(); };
-  const int K = 6;
-  const char* names[K] = {"fwd_base", "fwd_new", "bwd_base", "bwd_new", "copy", "copy_add"};
+  const int K = 8;
+  const char* names[K] = {"fwd_base", "fwd_new", "bwd_base", "bwd_new", "copy", "copy_add", "bwd_th_base",
+                          "bwd_th_new"};
   double best[K];
   for (double& v : best) v = 1e30;
   for (int r = 0; r < reps; ++r) {
     for (int k = 0; k < K; ++k) {  // interleaved: slow drifts of the background load hit every variant
       const auto t0 = now();
-      if (k == 0) lif_base::lif_fwd<float, 0, 0>(qa, a);
+      if (k == 0) ms_base::lif_base::lif_fwd<float, 0, 0>(qa, a);
       if (k == 1) lif::lif_fwd<float, 0, 0>(qa2, a2);
-      if (k == 2) lif_base::lif_bwd<float, 0, 0, 0>(qb, b);
+      if (k == 2) ms_base::lif_base::lif_bwd<float, 0, 0, 0>(qb0, b);
       if (k == 3) lif::lif_bwd<float, 0, 0, 0>(qb, b);
-      if (k >= 4) {
+      if (k == 6) ms_base::lif_base::lif_bwd<float, 0, 0, 0>(qbt0, bt);
+      if (k == 7) lif::lif_bwd<float, 0, 0, 0>(qbt, bt);
+      if (k == 4 || k == 5) {
         float* MS_R d = dst.data();
         const float* MS_R s = x.data();
         MS_SIMD

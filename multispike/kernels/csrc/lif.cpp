@@ -113,8 +113,10 @@ void lif_fwd(const Seq<S>& q, const LifArgs& c) {
 // ---------------------------------------------------------------------------------------------- backward
 // Per block (state_backward): recompute m(t) for all t into the scratch, then run the adjoint backwards. Parameter
 // gradients are summed per element over t, then per block in double (backward_blocks sums the blocks in order).
+// This general form (reset form, firing comparison as runtime selects) serves the calls with parameter gradients;
+// lif_bwd_plain below the calls without.
 template <typename S, int LM, int NORM, int SK>
-void lif_bwd(const Seq<S>& q, const LifArgs& c) {
+void lif_bwd_params(const Seq<S>& q, const LifArgs& c) {
   backward_blocks<S>(q.T, q.N, q.nthreads, STATE_ROWS + 4, 3, q.pgrad,
                      [&](int64_t i0, int n, int BS, S* M, S* work, double* part) {
     const Consts<S, LM> k(c);
@@ -194,6 +196,81 @@ void lif_bwd(const Seq<S>& q, const LifArgs& c) {
     part[1] = row_sum(ale, n);
     part[2] = row_sum(ata, n);
   });
+}
+
+// Backward without parameter gradients (the usual case: fixed θ, λ, τ), with the reset form (SOFT) and the firing
+// comparison (GE) as compile-time constants like the forward. The general form computes both reset forms, both
+// comparisons, the θ-gradient chain and its accumulator row for every element and blends; here only the adjoint
+// itself is left. The recompute is the forward's loop (fwd_step's expressions: the same spikes) storing m(t), and
+// the adjoint performs the general form's IEEE operations in the same order, so the gradients are unchanged.
+template <typename S, int LM, int NORM, int SK, int SOFT, int GE>
+void lif_bwd_plain(const Seq<S>& q, const LifArgs& c) {
+  backward_blocks<S>(q.T, q.N, q.nthreads, STATE_ROWS, 3, q.pgrad,
+                     [&](int64_t i0, int n, int BS, S* M, S* work, double* part) {
+    const Consts<S, LM> k(c);
+    const S theta = k.theta, leak = k.leak, tau = k.tau, vr0 = k.vr0, v_reset = k.v_reset;
+    const S sp0 = (S)c.sp0, sp1 = (S)c.sp1;
+    const int detach = c.detach_reset;
+    // payload θ·s: gs = g_y·θ; a spike payload multiplies by exactly 1 (g_y·1 == g_y), one mul instead of a select
+    const S gscale = c.payload_theta ? theta : S(1);
+    const S inv_tau = S(1) / k.tau, one_m_inv_tau = S(1) - S(1) / k.tau;
+    const S inv_theta = S(1) / theta;
+    const S gv_mul = (LM == LM_PR || LM == LM_PRN) ? leak : one_m_inv_tau;
+    state_backward<S, LM == LM_PRN>(q, i0, n, BS, M, work, k.v_init, false,
+        [&](const S* MS_R xt, S* MS_R v, S* MS_R lr, S* MS_R Mt, int n) MS_INLINE {
+          MS_SIMD
+          for (int i = 0; i < n; ++i) {
+            const S m = charge<S, LM>(v[i], lr[i], xt[i], leak, tau, vr0);
+            const S arg = spike_arg<NORM>(m, theta);
+            const S s = GE ? (arg >= S(0) ? S(1) : S(0)) : (arg > S(0) ? S(1) : S(0));
+            if (LM == LM_PRN) lr[i] = theta * s;
+            v[i] = SOFT ? m - theta * s : m * (S(1) - s) + v_reset * s;
+            Mt[i] = m;
+          }
+        },
+        [&](const S* MS_R Mt, const S* MS_R gyt, S* MS_R gxt, S* MS_R gv, S* MS_R glr, int n) MS_INLINE {
+          MS_SIMD
+          for (int i = 0; i < n; ++i) {
+            const S m = Mt[i];
+            const S arg = spike_arg<NORM>(m, theta);
+            const S s = GE ? (arg >= S(0) ? S(1) : S(0)) : (arg > S(0) ? S(1) : S(0));
+            const S g_v = gv[i];
+            S gsr, gm0;
+            if (SOFT) {
+              gsr = -theta * g_v;
+              if (LM == LM_PRN) gsr = gsr + theta * glr[i];
+              gm0 = g_v;
+            } else {
+              gsr = g_v * (v_reset - m);
+              gm0 = g_v * (S(1) - s);
+            }
+            S gs = gyt[i] * gscale;
+            gs = detach ? gs : gs + gsr;
+            const S garg = gs * surrogate<S, SK>(arg, sp0, sp1);
+            const S gm = NORM ? gm0 + garg * inv_theta : gm0 + garg;
+            gxt[i] = LM == LM_DI ? gm * inv_tau : gm;
+            gv[i] = gm * gv_mul;
+            if (LM == LM_PRN) glr[i] = gm * (leak - S(1));
+          }
+        },
+        [&](const S*, S*, S*, int) MS_INLINE {}, [&](const S*, const S*, const S*, int) MS_INLINE {});
+    part[0] = part[1] = part[2] = 0.0;
+  });
+}
+
+template <typename S, int LM, int NORM, int SK>
+void lif_bwd(const Seq<S>& q, const LifArgs& c) {
+  const bool pgrads = q.pgrad && (c.need_theta || (c.need_leak && (LM == LM_PR || LM == LM_PRN)) ||
+                                  (c.need_tau && (LM == LM_DI || LM == LM_DS)));
+  if (pgrads) return lif_bwd_params<S, LM, NORM, SK>(q, c);
+  // reset_leak=False (LM_PRN) implies a soft reset (Consts): no hard-reset instantiation
+  if (c.soft || LM == LM_PRN) {
+    if (c.fire_ge) lif_bwd_plain<S, LM, NORM, SK, 1, 1>(q, c);
+    else lif_bwd_plain<S, LM, NORM, SK, 1, 0>(q, c);
+  } else {
+    if (c.fire_ge) lif_bwd_plain<S, LM, NORM, SK, 0, 1>(q, c);
+    else lif_bwd_plain<S, LM, NORM, SK, 0, 0>(q, c);
+  }
 }
 
 }  // namespace lif

@@ -117,33 +117,8 @@ struct Seq {
 
 // ---------------------------------------------------------------------------------------------- exp
 // Branch-free exp with only + - * and integer bit operations so that loops using it vectorise. Cody-Waite
-// reduction x = n ln2 + r, |r| <= ln2/2, Taylor polynomial (float: degree 7, rel. error < 1e-7; double:
-// degree 13, rel. error ~1e-16), 2^n assembled in the exponent bits. Used only by the backward.
-static inline float ms_exp(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits
-  float t = x * 1.44269504088896341f + magic;
-  float fn = t - magic;
-  float r = x - fn * 0.693359375f;
-  r = r - fn * -2.12194440e-4f;
-  float p = 1.9841269841e-4f;
-  p = p * r + 1.3888888889e-3f;
-  p = p * r + 8.3333333333e-3f;
-  p = p * r + 4.1666666667e-2f;
-  p = p * r + 1.6666666667e-1f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  int32_t tb, mb;
-  std::memcpy(&tb, &t, 4);
-  std::memcpy(&mb, &magic, 4);
-  int32_t bits = (tb - mb + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, 4);
-  return p * scale;
-}
-
+// reduction x = n ln2 + r, |r| <= ln2/2, Taylor polynomial of degree 13 (rel. error ~1e-16), 2^n assembled in the
+// exponent bits. Used only by the double backward (float: sigmoid_deriv).
 static inline double ms_exp(double x) {
   x = x < -708.0 ? -708.0 : x;
   x = x > 709.0 ? 709.0 : x;
@@ -180,12 +155,51 @@ static inline double ms_exp(double x) {
 //   atan:    p0 = alpha/2, p1 = pi/2*alpha   h' = p0 / (1 + (p1 x)^2)
 //   rect:    p0 = a/2,     p1 = 1/a          h' = |x| < p0 ? p1 : 0
 //   tri:     p0 = width,   p1 = scale        h' = max(0, p0 - |x|) * p1
+// Sigmoid derivative alpha * sg * (1 - sg), sg = sig(alpha x): the reference's expression on the reference's rounded
+// alpha x. It is the backward's most expensive expression (each SIMD op costs about as much as copying the
+// element), so the float form is ms_exp's reduction with fewer ops: the same Cody-Waite split of -z = n ln2 + r,
+// but carried out on r' = -r = z + n ln2 (the negation of z saved), and e^r = P(-r') by a degree-6 near-minimax
+// polynomial (rel. error 1.7e-8 with float coefficients; ms_exp: degree-7 Taylor, 5e-9) whose odd coefficients
+// carry the sign. Against the correctly rounded sigmoid in the reference's formula it matches as often as ms_exp's
+// form (max. abs. difference 2.4e-7 for both, alpha 4); reducing via 2^y, y = -z log2(e), would save 3 more ops
+// but doubled that difference (the rounding of y).
+static inline float sigmoid_deriv(float x, float alpha) {
+  float z = alpha * x;
+  z = z > 87.0f ? 87.0f : z;  // e^-z within float's normal range
+  z = z < -88.0f ? -88.0f : z;
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits
+  const float t = z * -1.44269504088896341f + magic;
+  const float fn = t - magic;
+  float r = z + fn * 0.693359375f;  // -r of ms_exp: the same roundings, exactly negated
+  r = r + fn * -2.12194440e-4f;
+  float p = 1.38436537e-3f;
+  p = p * r + -8.37415550e-3f;
+  p = p * r + 4.16680016e-2f;
+  p = p * r + -1.66664317e-1f;
+  p = p * r + 4.99999940e-1f;
+  p = p * r + -1.0f;
+  p = p * r + 1.0f;
+  int32_t tb, mb;
+  std::memcpy(&tb, &t, 4);
+  std::memcpy(&mb, &magic, 4);
+  const int32_t bits = (tb - mb + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  const float e = p * scale;
+  const float sg = 1.0f / (1.0f + e);
+  return alpha * sg * (1.0f - sg);
+}
+
+static inline double sigmoid_deriv(double x, double alpha) {
+  const double e = ms_exp(-(alpha * x));
+  const double sg = 1.0 / (1.0 + e);
+  return alpha * sg * (1.0 - sg);
+}
+
 template <typename S, int SK>
 static inline S surrogate(S x, S p0, S p1) {
   if (SK == SK_SIGMOID) {
-    S e = ms_exp(-(p0 * x));
-    S sg = S(1) / (S(1) + e);
-    return p0 * sg * (S(1) - sg);
+    return sigmoid_deriv(x, p0);
   } else if (SK == SK_ATAN) {
     S z = p1 * x;
     return p0 / (S(1) + z * z);
