@@ -21,7 +21,7 @@ from .engine import EXIT_AFTER_STEPS_ENV, Trainer, prefix_correct, quantizer_rep
 from .hooks import TRUSTED_HOOKS_ENV, UntrustedHookError, list_convert_hooks, register_convert_hook
 from .guards import NonFiniteError, RunLock, RunLockedError, StopSignals, TrainingInterrupted, ensure_writable_dir
 from .hybrid import call_convert_hook, lmht_hybrid, mlif_hybrid
-from .losses import CEOnMean, TETLoss, build_loss, ce_on_mean, tet_loss
+from .losses import CEOnMean, TETLoss, build_loss, ce_on_mean, distillation_loss, tet_loss
 from .precision import exact_fp32, get_tf32, set_tf32, synchronize
 from .optim import DEFAULT_NEURON_PARAM_PATTERNS, LRSchedule, build_optimizer, build_param_groups, match_neuron_param
 from ..convert.recipe import structure_snapshot

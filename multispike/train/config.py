@@ -47,7 +47,7 @@ DIST_BN = ("reduce", "broadcast", "none")
 RESUME_MUST_MATCH = ("mode", "model", "neuron", "timesteps", "dataset", "dataset_kwargs", "num_classes",
                      "in_channels", "levels", "lanes", "v_threshold", "neuron_kwargs", "model_kwargs", "subset", "opt",
                      "loss", "seed", "batch_size", "ann_checkpoint", "init_from", "init_weights", "prepare_qat",
-                     "quant_opt")
+                     "quant_opt", "distill_from", "distill_weight", "distill_temperature")
 
 
 class ConfigError(ParameterError):
@@ -179,6 +179,16 @@ class TrainConfig:
     latency_weight: float = _f(0.0, "QAT: weight λ of the latency term λ·Σ_l w_l·t_l on the QAC quantizers' "
                                "continuous timesteps (multispike.quant.latency.LatencyRegulariser; 0 = off, QAC's "
                                "cross-entropy only)", "training")
+    distill_from: str | None = _f(None, "knowledge distillation: a trained network (run directory or checkpoint "
+                                  "file, e.g. the float ANN a quantized twin starts from) whose logits the student "
+                                  "learns beside the labels: loss = (1 − {distill_weight})·task + {distill_weight}·τ²·"
+                                  "KL(softmax(teacher/τ) ‖ softmax(student/τ)), τ = {distill_temperature}. The teacher "
+                                  "runs frozen, in eval mode, under the same autocast", "training")
+    distill_weight: float = _f(0.5, "distillation: weight of the KL term, in (0, 1]; 1 = the teacher's soft targets "
+                               "alone", "training")
+    distill_temperature: float = _f(1.0, "distillation: softmax temperature τ (> 0) of teacher and student; the KL "
+                                    "term is scaled by τ² so its gradients keep their size (Hinton et al. 2015)",
+                                    "training")
     latency_per_layer: str = _f("uniform", "QAT: layer weights w_l of the latency term: uniform (1) or macs (the "
                                 "synaptic MACs feeding the layer, normalised to mean 1)", "training",
                                 LATENCY_WEIGHTINGS)
@@ -324,6 +334,9 @@ class TrainConfig:
              "bring their own network: use one of them", "init_weights", "init_from", "mode")
         need(self.init_weights is None or self.model is not None,
              "{init_weights} needs {model} (the network to build and fill)", "init_weights", "model")
+        need(0.0 < self.distill_weight <= 1.0, f"distill_weight must be in (0, 1], got {self.distill_weight}")
+        need(self.distill_temperature > 0 and self.distill_temperature == self.distill_temperature,
+             f"distill_temperature must be > 0, got {self.distill_temperature}")
         need(self.latency_weight >= 0 and self.latency_weight == self.latency_weight,
              f"latency_weight must be >= 0, got {self.latency_weight}")
         need(self.latency_weight == 0 or self.mode in ("qat", "ann"),

@@ -12,6 +12,9 @@ Modes (``TrainConfig.mode``):
   :func:`multispike.train.optim.build_training_optimizer`).
 * ``snn`` - BPTT/STBP on ``model.forward_sequence(x)`` (``[T, B, K]``): CE on the time mean (LM-HT's recipe,
   algorithms.md §2.5) or TET (§7.6).
+* any mode with ``distill_from`` - knowledge distillation from a frozen teacher network (e.g. the float ANN of
+  a quantized twin): ``loss = (1 − α)·task + α·τ²·KL(softmax(z_t/τ) ‖ softmax(z_s/τ))``
+  (:func:`~multispike.train.losses.distillation_loss`); ``train_loss`` still logs the task loss alone.
 * ``hybrid`` - load an ANN checkpoint, rebuild that ANN from the config stored in it, turn it into an SNN with
   a caller-supplied hook ``convert(ann_model, config) -> snn_model`` (LM-HT §2.6, M-LIF §5.6), then train
   like ``snn``.
@@ -75,7 +78,7 @@ from .guards import (NonFiniteError, RunLock, StopSignals, TrainingInterrupted, 
 from .ema import ModelEMA
 from .distributed import (DistInfo, all_gather_object, all_reduce_sum, barrier, init_distributed, seed_everything,
                           sync_bn_stats, unwrap_model, wrap_model)
-from .losses import build_loss
+from .losses import build_loss, distillation_loss
 from .optim import LRSchedule, build_training_optimizer
 from .precision import exact_fp32, set_tf32
 
@@ -155,7 +158,8 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, train_loader: Any, eval_loader: Any, config: TrainConfig,
-                 dist: DistInfo | None = None, model_name: str | None = None) -> None:
+                 dist: DistInfo | None = None, model_name: str | None = None,
+                 teacher: nn.Module | None = None) -> None:
         self.cfg = config
         self.dist = dist if dist is not None else init_distributed(config.device)
         self.model_name = model_name or config.model or type(model).__name__
@@ -174,6 +178,12 @@ class Trainer:
         if config.sync_bn:  # SyncBatchNorm conversion builds new modules: keep self.model pointing at them
             self.model = unwrap_model(self.net).model if self.sequence_loss else unwrap_model(self.net)
         self.loss_fn = build_loss(self.loss_name, config.label_smoothing, config.tet_lambda, config.tet_phi)
+        # knowledge distillation: a frozen teacher (distill_from); never trained, never checkpointed with the run
+        self.teacher = None
+        if teacher is not None:
+            self.teacher = teacher.to(self.dist.device).eval()
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
         # QAC quantizers' (t, α) get their own group (and optimizer, with quant_opt): train/optim.py
         self.optimizer = build_training_optimizer(self.model, config)
         # QAT's optional latency term λ·Σ w_l·t_l (multispike's addition to QAC; quant/qac.py)
@@ -321,7 +331,16 @@ class Trainer:
             out = self.net(x)
         out = out.float()
         task_loss = self.loss_fn(out, y)
-        loss = task_loss if self.regulariser is None else task_loss + self.regulariser()
+        loss = task_loss
+        if self.teacher is not None:
+            with torch.no_grad(), self._autocast():
+                teacher_out = self.teacher(x)
+            alpha = float(self.cfg.distill_weight)
+            kd = distillation_loss(out, teacher_out.float(), self.cfg.distill_temperature)
+            loss = (1.0 - alpha) * task_loss + alpha * kd if alpha < 1.0 else kd
+            reset_net(self.teacher)
+        if self.regulariser is not None:
+            loss = loss + self.regulariser()
         if not self._loss_finite(loss):
             what = loss.item() if not torch.isfinite(loss) else "on another rank"
             raise NonFiniteError(f"training diverged: non-finite loss {what} at step {self.step} (epoch "

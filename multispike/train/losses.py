@@ -7,7 +7,11 @@
   MSE term pulls every logit towards φ (TET-C: ``MSELoss(outputs, zeros.fill_(φ))`` over all T·B·K entries).
   Prediction is still made from ``mean_t O(t)``.
 
-Both accept ``label_smoothing`` (PyTorch's definition: the target distribution is
+* :func:`distillation_loss` - knowledge distillation (Hinton et al. 2015):
+  ``τ²·KL(softmax(z_t/τ) ‖ softmax(z_s/τ))`` per sample, averaged over the batch; the trainer mixes it with the
+  task loss as ``(1 − α)·task + α·KD`` (``distill_from``/``distill_weight``/``distill_temperature``).
+
+The first two accept ``label_smoothing`` (PyTorch's definition: the target distribution is
 ``(1 − ε)·onehot(y) + ε/K``).
 """
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ce_on_mean", "tet_loss", "CEOnMean", "TETLoss", "build_loss", "LOSSES"]
+__all__ = ["ce_on_mean", "tet_loss", "distillation_loss", "CEOnMean", "TETLoss", "build_loss", "LOSSES"]
 
 LOSSES = ("ce", "ce_mean", "tet")
 
@@ -81,6 +85,33 @@ def tet_loss(outputs: torch.Tensor, target: torch.Tensor, lam: float = 1e-3, phi
     if lam > 0:
         loss = loss + lam * F.mse_loss(outputs, torch.full_like(outputs, float(phi)))
     return loss
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Knowledge-distillation term ``τ²·KL(softmax(teacher/τ) ‖ softmax(student/τ))``, mean over the batch.
+
+    Args:
+        student: logits ``[B, K]``, or time-major ``[T, B, K]`` (the time mean is the prediction, as in
+            :func:`ce_on_mean`).
+        teacher: logits ``[B, K]`` or ``[T, B, K]`` of the frozen teacher (no gradient flows into them).
+        temperature: τ > 0; the τ² factor keeps the gradient size independent of τ.
+
+    Example::
+
+        kd = distillation_loss(student(x), teacher(x).detach(), temperature=4.0)
+    """
+    if not float(temperature) > 0:
+        raise ValueError(f"distillation_loss: temperature must be > 0, got {temperature!r}")
+    student = student.mean(0) if student.dim() == 3 else student
+    teacher = teacher.mean(0) if teacher.dim() == 3 else teacher
+    if student.dim() != 2 or student.shape != teacher.shape:
+        raise ValueError(f"distillation_loss: student and teacher logits must both be [B, classes] (or time-major "
+                         f"[T, B, classes]); got {tuple(student.shape)} and {tuple(teacher.shape)} - was the teacher "
+                         f"trained on the same classes?")
+    tau = float(temperature)
+    log_p_student = F.log_softmax(student.float() / tau, dim=-1)
+    log_p_teacher = F.log_softmax(teacher.detach().float() / tau, dim=-1)
+    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * tau * tau
 
 
 class CEOnMean(nn.Module):

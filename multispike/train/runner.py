@@ -250,6 +250,35 @@ def _init_weights(cfg: TrainConfig, model: nn.Module, dist: DistInfo) -> None:
         print(f"weights from {ckpt.path} ({len(ckpt.model_state)} tensors){kept}")
 
 
+def _build_teacher(cfg: TrainConfig, info: Any, dist: DistInfo) -> nn.Module | None:
+    """``distill_from``: the teacher network, rebuilt from its checkpoint (frozen, eval mode), after checking that it
+    was trained on data of the same classes and input size as this run's."""
+    if cfg.distill_from is None:
+        return None
+    from ..data.provenance import check_data
+    from .rebuild import read_checkpoint_meta, rebuild_model
+
+    path, meta = read_checkpoint_meta(cfg.distill_from)
+    record = dict((meta.get("config") or {}).get("data_info") or {})
+    if info is not None and record:
+        check_data(record, info, None, where=f"training split; the teacher network of {path}")
+    mine = cfg.data_info or {}
+    for key in ("mean", "std"):
+        # the teacher sees the student's input tensor: it must have been trained on the same normalisation
+        theirs, ours = record.get(key), mine.get(key)
+        if key in record and key in mine and ((theirs is None) != (ours is None) or (
+                theirs is not None and any(abs(a - b) > 1e-6 for a, b in zip(theirs, ours)))):
+            raise ParameterError(f"{{distill_from}} {path}: the teacher was trained on inputs normalised with "
+                                 f"{key} {theirs}, this run uses {ours} (None: not normalised); distil from a network trained on "
+                                 f"the same data and {{normalize}} setting", "distill_from", "normalize")
+    teacher, name = rebuild_model(cfg.distill_from)
+    check_finite_state(teacher.state_dict(), f"teacher checkpoint {path}")
+    if dist.is_primary:
+        print(f"distillation from {name} ({path}): weight {cfg.distill_weight}, temperature "
+              f"{cfg.distill_temperature}")
+    return teacher
+
+
 def _init_clips(cfg: TrainConfig, model: nn.Module, train_loader: Any, dist: DistInfo) -> None:
     """QCFS from scratch or warm-started: clips ϑ from the data (``cfg.clip_init``), unless a threshold was given
     explicitly; a warm-started (``init_weights``) QAC network likewise gets its clips α, unless ``alpha`` was given."""
@@ -388,7 +417,8 @@ def run_training(cfg: TrainConfig, *, model: nn.Module | None = None, train_load
                 _prepare_qat(cfg, model, train_loader, dist)
         if dist.is_primary:
             save_config(cfg, out, extra={"world_size": dist.world_size, "device": str(dist.device)})
-        trainer = Trainer(model, train_loader, eval_loader, cfg, dist=dist, model_name=model_name)
+        teacher = _build_teacher(cfg, info, dist)
+        trainer = Trainer(model, train_loader, eval_loader, cfg, dist=dist, model_name=model_name, teacher=teacher)
         return trainer.fit(resume=resume_ckpt)
     finally:
         lock.__exit__(None, None, None)
