@@ -71,6 +71,13 @@ def main() -> int:
     ap.add_argument("--prefix", default="", help="command prefix, e.g. 'nice -n 10'")
     ap.add_argument("--config", nargs="+", default=[], metavar="FLAVOUR=YAML",
                     help="train a flavour from another recipe, e.g. qcfs=configs/speedrun/airbench_qcfs4_cifar10.yaml")
+    ap.add_argument("--ann-from", default=None, metavar="RUN",
+                    help="warm / warm_qac: start from this trained float ANN run (e.g. an earlier warm run's "
+                         "warm_ann) instead of training one; its recorded training time counts in the pipeline's "
+                         "wall clock, its evaluation is rerun")
+    ap.add_argument("--distill", action="store_true",
+                    help="warm / warm_qac: train the quantized twins with knowledge distillation from the float ANN "
+                         "(adds --distill-from ANN; weight and temperature come from the config)")
     ap.add_argument("--no-tta", action="store_true",
                     help=f"skip the second evaluation of each network with test-time augmentation ({TTA_FLAGS})")
     args = ap.parse_args()
@@ -94,6 +101,10 @@ def main() -> int:
     if args.limit is not None:
         train_extra += f" --eval-subset {args.limit}"
         data_extra += f" --limit {args.limit}"
+    ann = Path(args.ann_from) if args.ann_from else out / "warm_ann"
+    if args.ann_from and not (ann / "summary.json").is_file():
+        ap.error(f"--ann-from {ann}: no finished training run there (summary.json missing)")
+    warm_extra = train_extra + (f" --distill-from {ann}" if args.distill else "")
     plan: dict[str, list[tuple[str, str]]] = {
         "qcfs": [("train", f"train --config {configs['qcfs']} --out {out}/qcfs --overwrite --no-progress{train_extra}"),
                  ("convert", f"convert --checkpoint {out}/qcfs --to lmht --levels 2 --timesteps 2 --hybrid-bias-scale L "
@@ -110,21 +121,23 @@ def main() -> int:
                          f"--out {out}/ann_eval{data_extra}")],
         "warm": [("train_ann", f"train --config {configs['warm_ann']} --out {out}/warm_ann --overwrite --no-progress"
                                f"{train_extra}"),
-                 ("eval_ann", f"eval --checkpoint {out}/warm_ann --op-batches 1 --no-plots --no-progress "
+                 ("eval_ann", f"eval --checkpoint {ann} --op-batches 1 --no-plots --no-progress "
                               f"--out {out}/warm_ann_eval{data_extra}"),
-                 ("train", f"train --config {configs['warm_qcfs']} --init-weights {out}/warm_ann --out {out}/warm_qcfs "
-                           f"--overwrite --no-progress{train_extra}"),
+                 ("train", f"train --config {configs['warm_qcfs']} --init-weights {ann} --out {out}/warm_qcfs "
+                           f"--overwrite --no-progress{warm_extra}"),
                  ("convert", f"convert --checkpoint {out}/warm_qcfs --to lmht --levels 2 --timesteps 2 "
                              f"--hybrid-bias-scale L --no-sanity --overwrite --out {out}/warm_lmht_L2T2{data_extra}"),
                  ("eval", f"eval --checkpoint {out}/warm_lmht_L2T2 --op-batches {args.op_batches} --no-plots "
                           f"--no-progress --out {out}/warm_lmht_L2T2_eval{data_extra}")],
-        "warm_qac": [("train", f"train --config {configs['warm_qac']} --init-weights {out}/warm_ann "
-                               f"--out {out}/warm_qac --overwrite --no-progress{train_extra}"),
+        "warm_qac": [("train", f"train --config {configs['warm_qac']} --init-weights {ann} "
+                               f"--out {out}/warm_qac --overwrite --no-progress{warm_extra}"),
                      ("convert", f"convert --checkpoint {out}/warm_qac --to mixed --align aver+aver --overwrite "
                                  f"--out {out}/warm_qac_mixed{data_extra}"),
                      ("eval", f"eval --checkpoint {out}/warm_qac_mixed --op-batches {args.op_batches} --no-plots "
                               f"--no-progress --out {out}/warm_qac_mixed_eval{data_extra}")],
     }
+    if args.ann_from:   # the ANN is not trained again: its recorded training time stands in for the step
+        plan["warm"] = [st for st in plan["warm"] if st[0] != "train_ann"]
     if not args.no_tta:   # a second, timed evaluation with airbench94's TTA (6 passes per inference)
         for fl, net in (("qcfs", "lmht_L2T2"), ("qac", "qac_mixed"), ("ann", "ann"), ("warm", "warm_lmht_L2T2"),
                         ("warm_qac", "warm_qac_mixed")):
@@ -133,9 +146,9 @@ def main() -> int:
     flavours = [f.strip() for f in args.flavours.split(",") if f.strip()]
     if not set(flavours) <= set(FLAVOURS):
         ap.error(f"--flavours {args.flavours!r}: expected a comma-separated subset of {', '.join(FLAVOURS)}")
-    if "warm_qac" in flavours and "warm" not in flavours and not (out / "warm_ann" / "summary.json").is_file():
-        ap.error(f"--flavours warm_qac starts from the float ANN of the warm flavour, {out}/warm_ann, which is not "
-                 f"there: run --flavours warm,warm_qac (or warm first)")
+    if "warm_qac" in flavours and "warm" not in flavours and not (ann / "summary.json").is_file():
+        ap.error(f"--flavours warm_qac starts from the float ANN of the warm flavour, {ann}, which is not "
+                 f"there: run --flavours warm,warm_qac (or warm first), or name a trained ANN with --ann-from")
     commands, timings, loads, step_commits = [], {}, {}, {}
     commit = _commit()       # the code that runs, taken before anything else can change the checkout
     t_all = time.perf_counter()
@@ -158,10 +171,17 @@ def main() -> int:
             if rc != 0:
                 print(f"step {fl}/{step} failed with exit code {rc}", file=sys.stderr)
                 return rc
+    if args.ann_from and "warm" in flavours:
+        # the pipeline's wall clock still includes the ANN's training: the time that run recorded (its summary)
+        timings["warm_train_ann_s"] = round(json.loads((ann / "summary.json").read_text())["elapsed_s"], 1)
     res: dict = {"commit": commit, "step_commits": step_commits, "cpu": _cpu(), "torch_threads_per_run": 2, "commands": commands,
                  "configs": {k: configs[k] for fl in flavours for k in (("warm_ann", "warm_qcfs") if fl == "warm"
                                                                           else (fl,))}, "step_seconds": timings, "load_average": loads,
                  "flavours": flavours, "tta": None if args.no_tta else TTA_FLAGS,
+                 "ann_from": None if not args.ann_from else {
+                     "run": str(ann), "note": "float ANN reused from this earlier run, not trained again; "
+                     "step_seconds.warm_train_ann_s is the training time its summary.json records"},
+                 "distill": f"--distill-from {ann}" if args.distill else None,
                  "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
     def load(p: Path) -> dict:
@@ -213,7 +233,7 @@ def main() -> int:
         if not args.no_tta:
             res["ann_top1_tta"] = eval_info(out / "ann_eval_tta")["top1"]
     if "warm" in flavours:
-        ta = train_info(out / "warm_ann")
+        ta = train_info(ann)
         tq = train_info(out / "warm_qcfs")
         conv = load(out / "warm_lmht_L2T2" / "conversion.json")
         ev = eval_info(out / "warm_lmht_L2T2_eval")
