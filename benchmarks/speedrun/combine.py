@@ -8,6 +8,12 @@ the keys of issue 15 (``ann_top1``, ``quantized_top1``, ``snn_top1``, ``snn_T``,
     PYTHONPATH=. python benchmarks/speedrun/combine.py runs/sr_ann.json runs/sr_qcfs.json runs/sr_qac.json \\
         --out benchmarks/results/speedrun_cpu.json
 
+A warm-start run (recipes v3/v4: ``run_cpu.py --flavours warm,warm_qac`` writes one JSON) becomes the summary with
+``--warm FILE``; its ``wall_seconds`` is the issue's (quantized training through SNN evaluation) and
+``pipeline_wall_seconds`` adds the float ANN it starts from:
+
+    PYTHONPATH=. python benchmarks/speedrun/combine.py --warm benchmarks/results/speedrun_cpu_v4_kd.json
+
 Flip test-time augmentation (``multispike eval --tta-flip``) of the same checkpoints is added under ``tta_flip`` with
 ``--tta KEY=EVAL_DIR`` (keys: ann, quantized, snn, qac_quantized, qac_snn); ``--update`` adds it to an existing
 summary instead of rebuilding it from the parts:
@@ -41,6 +47,38 @@ def combine(parts: list[dict]) -> dict:
     commits = sorted({r.get("commit") for r in out["runs"].values() if r.get("commit")})
     out["commit"] = commits[0] if len(commits) == 1 else commits
     out["complete"] = bool(out["runs"]) and all(r.get("complete") for r in out["runs"].values())
+    return out
+
+
+def from_warm(warm: dict, source: str) -> dict:
+    """The issue-15 summary from a warm-start run of ``run_cpu.py`` (``--flavours warm,warm_qac``; recipe v3/v4).
+
+    ``wall_seconds`` follows the issue's definition (quantized ANN training through SNN evaluation);
+    ``pipeline_wall_seconds`` adds the float ANN's training and evaluation, which a warm start depends on."""
+    steps = warm.get("step_seconds", {})
+    missing = [k for k in ("warm_ann_top1", "warm_quantized_top1", "warm_snn_top1", "warm_qac_snn_top1",
+                           "warm_qac_avg_T") if k not in warm]
+    if missing:
+        raise ValueError(f"{source} is not a complete warm + warm_qac run: it lacks {', '.join(missing)}")
+    out = {"recipe": "warm start (float ANN -> QCFS / QAC twins)", "source": source,
+           "ann_top1": warm["warm_ann_top1"], "quantized_top1": warm["warm_quantized_top1"],
+           "snn_top1": warm["warm_snn_top1"], "snn_T": warm.get("warm_snn_T"), "snn_L": warm.get("warm_snn_L"),
+           "snn_eval": warm.get("warm_snn_eval"), "qac_quantized_top1": warm.get("warm_qac_quantized_top1"),
+           "qac_snn_top1": warm["warm_qac_snn_top1"], "qac_avg_T": warm["warm_qac_avg_T"],
+           "qac_avg_T_detail": warm.get("warm_qac_avg_T_detail"), "qac_snn_eval": warm.get("warm_qac_snn_eval"),
+           "snn_top1_tta": warm.get("warm_snn_top1_tta"), "qac_snn_top1_tta": warm.get("warm_qac_snn_top1_tta"),
+           "tta": warm.get("tta"),
+           "wall_seconds": round(sum(steps.get(k, 0.0) for k in ("warm_train_s", "warm_convert_s", "warm_eval_s")), 1),
+           "wall_seconds_definition": "QCFS twin training + LM-HT conversion + SNN evaluation (issue 15's definition)",
+           "qac_wall_seconds": round(sum(steps.get(k, 0.0) for k in ("warm_qac_train_s", "warm_qac_convert_s",
+                                                                       "warm_qac_eval_s")), 1),
+           "pipeline_wall_seconds": warm.get("warm_wall_seconds"),
+           "pipeline_wall_seconds_definition": warm.get("warm_wall_seconds_definition"),
+           "qac_pipeline_wall_seconds": warm.get("warm_qac_wall_seconds")}
+    for key in ("commit", "step_commits", "commands", "cpu", "complete", "date", "configs", "step_seconds",
+                "load_average", "ann_from", "distill", "torch_threads_per_run", "scale"):
+        if key in warm:
+            out[key] = warm[key]
     return out
 
 
@@ -85,11 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/speedrun_cpu.json"))
     ap.add_argument("--update", type=Path, default=None, help="add --tta to this existing summary (written to --out "
                                                                    "if given, else in place)")
+    ap.add_argument("--warm", type=Path, default=None,
+                    help="build the summary from one warm-start run (run_cpu.py --flavours warm,warm_qac) instead")
     ap.add_argument("--tta", nargs="+", default=[], metavar="KEY=EVAL_DIR",
                     help=f"flip-TTA eval directories (result.json inside); keys: {', '.join(TTA_KEYS)}")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
-    files = list(args.parts) + ([args.update] if args.update else [])
+    files = list(args.parts) + ([args.update] if args.update else []) + ([args.warm] if args.warm else [])
     tta_files = {}
     for item in args.tta:
         key, _, path = item.partition("=")
@@ -98,7 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     if missing or not files:
         print(f"error: no such result file: {', '.join(missing) or '(none given)'}", file=sys.stderr)
         return 2
-    if args.update:
+    if args.warm:
+        try:
+            res = from_warm(json.loads(args.warm.read_text()), str(args.warm))
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    elif args.update:
         res = json.loads(args.update.read_text())
         if "--out" not in argv:
             args.out = args.update
