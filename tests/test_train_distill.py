@@ -10,9 +10,7 @@ from multispike.cli.main import main
 from multispike.train import distillation_loss, load_checkpoint
 from multispike.train.config import ConfigError, TrainConfig
 
-QUICK = ["--no-progress", "--num-threads", "1"]
-DIGITS = ["--dataset", "digits", "--model", "vgg_small", "--model-kwargs", "input_size=8", "--batch-size", "32",
-          "--no-augment", "--crop-padding", "0", "--eval-subset", "64", "--timesteps", "1", "--mode", "ann", *QUICK]
+from conftest import DIGITS_ARGS as DIGITS
 
 
 def _by_hand(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> float:
@@ -67,46 +65,39 @@ def test_config_refuses_distillation_settings_out_of_range(kwargs):
         TrainConfig(model="vgg_small", distill_from="teacher", **kwargs).validate()
 
 
-@pytest.fixture(scope="module")
-def teacher_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher") / "relu"
-    torch.manual_seed(0)
-    assert main(["train", "--neuron", "relu", "--epochs", "1", "--subset", "256", "--opt", "adam", "--lr", "0.003",
-                 "--weight-decay", "0", *DIGITS, "--out", str(out)]) == 0
-    return out
-
-
-def test_a_student_identical_to_its_teacher_gets_no_gradient_from_pure_distillation(teacher_run, tmp_path, capsys):
+def test_a_student_identical_to_its_teacher_gets_no_gradient_from_pure_distillation(digits_relu_run, tmp_path,
+                                                                                     capsys):
     # the student starts from the teacher's weights and keeps BN in eval mode, so both compute the same logits: with
     # distill_weight 1 the loss is KL = 0 with zero gradient, and three SGD steps at lr 0.1 leave every weight as it was
     out = tmp_path / "student"
-    assert main(["train", "--neuron", "relu", "--init-weights", str(teacher_run), "--distill-from", str(teacher_run),
+    teacher_run = str(digits_relu_run)
+    assert main(["train", "--neuron", "relu", "--init-weights", teacher_run, "--distill-from", teacher_run,
                  "--distill-weight", "1", "--freeze-bn", "--max-steps", "3", "--epochs", "1", "--subset", "96",
                  "--opt", "sgd", "--lr", "0.1", "--sched", "constant", "--momentum", "0", "--weight-decay", "0",
                  *DIGITS, "--out", str(out)]) == 0
     assert "distillation from" in capsys.readouterr().out
-    teacher = load_checkpoint(teacher_run).model_state
+    teacher = load_checkpoint(digits_relu_run).model_state
     student = load_checkpoint(out)
     assert set(student.model_state) == set(teacher)          # the teacher is not saved with the student
     for key, value in teacher.items():
         torch.testing.assert_close(student.model_state[key], value, rtol=0, atol=1e-7, msg=key)
-    assert student.meta["config"]["distill_from"] == str(teacher_run)
+    assert student.meta["config"]["distill_from"] == str(digits_relu_run)
 
 
-def test_a_quantized_student_learns_from_the_teacher_and_the_labels(teacher_run, tmp_path):
+def test_a_quantized_student_learns_from_the_teacher_and_the_labels(digits_relu_run, tmp_path):
     out = tmp_path / "qcfs"
-    assert main(["train", "--neuron", "qcfs", "--levels", "4", "--init-weights", str(teacher_run), "--distill-from",
-                 str(teacher_run), "--distill-weight", "0.7", "--distill-temperature", "2", "--max-steps", "3",
+    assert main(["train", "--neuron", "qcfs", "--levels", "4", "--init-weights", str(digits_relu_run), "--distill-from",
+                 str(digits_relu_run), "--distill-weight", "0.7", "--distill-temperature", "2", "--max-steps", "3",
                  "--epochs", "1", "--subset", "96", "--opt", "sgd", "--lr", "0.05", "--sched", "constant",
                  *DIGITS, "--out", str(out)]) == 0
-    teacher = load_checkpoint(teacher_run).model_state
+    teacher = load_checkpoint(digits_relu_run).model_state
     student = load_checkpoint(out).model_state
     moved = [k for k, v in teacher.items() if "weight" in k and not torch.equal(student[k], v)]
     assert moved, "the distilled QCFS twin did not train"
 
 
-def test_a_teacher_trained_on_other_normalisation_is_refused(teacher_run, tmp_path, capsys):
-    code = main(["train", "--neuron", "relu", "--distill-from", str(teacher_run), "--no-normalize", "--epochs", "1",
+def test_a_teacher_trained_on_other_normalisation_is_refused(digits_relu_run, tmp_path, capsys):
+    code = main(["train", "--neuron", "relu", "--distill-from", str(digits_relu_run), "--no-normalize", "--epochs", "1",
                  "--subset", "64", *DIGITS, "--out", str(tmp_path / "bad")])
     err = capsys.readouterr().err
     assert code != 0 and "teacher" in err and "normalis" in err

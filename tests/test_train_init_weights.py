@@ -9,29 +9,19 @@ from multispike.train import load_checkpoint
 from multispike.train.config import ConfigError, TrainConfig
 from multispike.train.rebuild import rebuild_model
 
-QUICK = ["--no-progress", "--num-threads", "1"]
-DIGITS = ["--dataset", "digits", "--model", "vgg_small", "--model-kwargs", "input_size=8", "--batch-size", "32",
-          "--no-augment", "--crop-padding", "0", "--eval-subset", "64", "--timesteps", "1", "--mode", "ann", *QUICK]
+from conftest import DIGITS_ARGS as DIGITS
 
 
-@pytest.fixture(scope="module")
-def relu_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ann") / "relu"
-    torch.manual_seed(0)
-    assert main(["train", "--neuron", "relu", "--epochs", "1", "--subset", "256", "--opt", "adam", "--lr", "0.003",
-                 "--weight-decay", "0", *DIGITS, "--out", str(out)]) == 0
-    return out
-
-
-def test_qcfs_twin_starts_from_the_ann_weights_with_clips_from_the_data(relu_run, tmp_path, capsys):
+def test_qcfs_twin_starts_from_the_ann_weights_with_clips_from_the_data(digits_relu_run, tmp_path, capsys):
     out = tmp_path / "qcfs"
     # one step at lr 0: every trained tensor must still be the ANN's (BN running statistics do move)
-    assert main(["train", "--neuron", "qcfs", "--levels", "4", "--init-weights", str(relu_run), "--max-steps", "1",
-                 "--epochs", "1", "--opt", "sgd", "--lr", "0", "--sched", "constant", "--momentum", "0", "--weight-decay", "0",
+    assert main(["train", "--neuron", "qcfs", "--levels", "4", "--init-weights", str(digits_relu_run),
+                 "--max-steps", "1", "--epochs", "1", "--opt", "sgd", "--lr", "0", "--sched", "constant",
+                 "--momentum", "0", "--weight-decay", "0",
                  "--neuron-lr", "0", *DIGITS, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "kept the initial" in printed and "QCFS clips" in printed
-    ann = load_checkpoint(relu_run).model_state
+    ann = load_checkpoint(digits_relu_run).model_state
     twin = load_checkpoint(out)
     for key, value in ann.items():
         if "running_" in key or "num_batches_tracked" in key:
@@ -43,16 +33,16 @@ def test_qcfs_twin_starts_from_the_ann_weights_with_clips_from_the_data(relu_run
     assert all(0 < float(v) != 8.0 for v in clips.values())
     model, _ = rebuild_model(twin)
     assert sum(isinstance(m, QCFS) for m in model.modules()) == len(clips)
-    assert twin.meta["config"]["init_weights"] == str(relu_run)
+    assert twin.meta["config"]["init_weights"] == str(digits_relu_run)
 
 
-def test_a_checkpoint_of_another_network_is_refused_with_the_missing_tensors(relu_run, tmp_path, capsys):
-    code = main(["train", "--neuron", "qcfs", "--levels", "4", "--init-weights", str(relu_run), "--epochs", "1",
+def test_a_checkpoint_of_another_network_is_refused_with_the_missing_tensors(digits_relu_run, tmp_path, capsys):
+    code = main(["train", "--neuron", "qcfs", "--levels", "4", "--init-weights", str(digits_relu_run), "--epochs", "1",
                  *[a for a in DIGITS if a not in ("--model-kwargs", "input_size=8")], "--model", "digits_cnn",
                  "--out", str(tmp_path / "bad")])
     err = capsys.readouterr().err
     assert code != 0
-    assert "init_weights" in err and str(relu_run) in err
+    assert "init_weights" in err and str(digits_relu_run) in err
 
 
 def test_init_weights_conflicts_with_init_from_and_needs_a_model():
@@ -62,13 +52,13 @@ def test_init_weights_conflicts_with_init_from_and_needs_a_model():
         TrainConfig(model=None, mode="hybrid", init_weights="a", ann_checkpoint="b").validate()
 
 
-def test_qac_twin_keeps_its_quantizer_parameters_and_takes_every_ann_tensor(relu_run, tmp_path):
+def test_qac_twin_keeps_its_quantizer_parameters_and_takes_every_ann_tensor(digits_relu_run, tmp_path):
     out = tmp_path / "qac"
     assert main(["train", *[a if a != "ann" else "qat" for a in DIGITS], "--neuron", "qac", "--neuron-kwargs",
-                 "param=t_alpha", "alpha=2.0", "t=2.0", "--init-weights", str(relu_run), "--max-steps", "1",
+                 "param=t_alpha", "alpha=2.0", "t=2.0", "--init-weights", str(digits_relu_run), "--max-steps", "1",
                  "--epochs", "1", "--opt", "sgd", "--lr", "0", "--sched", "constant", "--momentum", "0",
                  "--weight-decay", "0", "--neuron-lr", "0", "--quant-lr", "0", "--out", str(out)]) == 0
-    ann = load_checkpoint(relu_run).model_state
+    ann = load_checkpoint(digits_relu_run).model_state
     twin = load_checkpoint(out).model_state
     for key, value in ann.items():
         if "running_" not in key and "num_batches_tracked" not in key:
@@ -78,10 +68,10 @@ def test_qac_twin_keeps_its_quantizer_parameters_and_takes_every_ann_tensor(relu
     assert all(v == 2.0 for v in extra.values())    # t0 = 2, α0 = 2 as configured
 
 
-def test_qac_twin_without_alpha_takes_its_clips_from_the_trained_ann(relu_run, tmp_path, capsys):
+def test_qac_twin_without_alpha_takes_its_clips_from_the_trained_ann(digits_relu_run, tmp_path, capsys):
     out = tmp_path / "qac_data"
     assert main(["train", *[a if a != "ann" else "qat" for a in DIGITS], "--neuron", "qac", "--neuron-kwargs",
-                 "param=t_alpha", "t=2.0", "--init-weights", str(relu_run), "--max-steps", "1", "--epochs", "1",
+                 "param=t_alpha", "t=2.0", "--init-weights", str(digits_relu_run), "--max-steps", "1", "--epochs", "1",
                  "--opt", "sgd", "--lr", "0", "--sched", "constant", "--momentum", "0", "--weight-decay", "0",
                  "--neuron-lr", "0", "--quant-lr", "0", "--out", str(out)]) == 0
     assert "QAC clips α from the data" in capsys.readouterr().out
