@@ -98,3 +98,18 @@ def timed_rounds(tasks: dict[str, Callable[[], object]], per_round: Callable[[st
                 times[k].append(time.perf_counter() - t0)
             gc.collect()
     return times
+
+
+def with_spikingjelly_containers(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every multispike ``SeqToANNContainer`` swapped for SpikingJelly's ``layer.SeqToANNContainer``
+    holding the same layers: the network as a SpikingJelly user builds it, so the peer rows measure SpikingJelly's
+    containers as well as its neurons (ours keep no activation for a leading average pool, for instance)."""
+    from spikingjelly.activation_based import layer
+
+    from multispike.layers import SeqToANNContainer
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is SeqToANNContainer:
+                setattr(parent, name, layer.SeqToANNContainer(*child))
+    return model

@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.bench_common import (commit, floor_tasks, hardware, loadavg, stats,  # noqa: E402
-                                     timed_rounds, versions)
+                                     timed_rounds, versions, with_spikingjelly_containers)
 
 #: goal name -> (comparison, bound, description); "<=" means the measured value must not exceed the bound.
 GOALS = {
@@ -177,7 +177,8 @@ def _build(model: str, variant: str, T: int, batch: int):
         from spikingjelly.activation_based import functional, neuron, surrogate
         spec = functools.partial(neuron.IFNode, v_reset=None, surrogate_function=surrogate.Sigmoid(alpha=4.0),
                                  step_mode="m")
-        return create_model(model, neuron=spec, T=T), functional.reset_net
+        # SpikingJelly's own containers too: the network as its users build it (bench_common)
+        return with_spikingjelly_containers(create_model(model, neuron=spec, T=T)), functional.reset_net
     m = create_model(model, neuron="if", T=T, neuron_kwargs={"backend": "cpp"})
     base = variant[:-len("_pool_off")] if variant.endswith("_pool_off") else variant  # pool: set by the env
     if base == "snn_bytes":

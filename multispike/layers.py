@@ -119,6 +119,42 @@ class _InputPacker:
         return packed
 
 
+# Average pools need only the *shape* of their input for the backward (the gradient is spread evenly over each
+# window), yet autograd's avg_pool2d saves the whole input tensor.
+_SHAPE_ONLY_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+                     nn.AdaptiveAvgPool3d)
+
+
+class _ShapeOnly:
+    """``saved_tensors_hooks`` pack function keeping only the shape of one tensor (an average pool's input)."""
+
+    __slots__ = ("storage_ptr",)
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.storage_ptr = x.untyped_storage().data_ptr()
+
+    def __call__(self, t: torch.Tensor):
+        if t.device.type == "meta" or t.untyped_storage().data_ptr() != self.storage_ptr:
+            return t
+        return _ShapeStub(tuple(t.shape), t.dtype, t.device)
+
+
+class _ShapeStub(tuple):
+    """What :class:`_ShapeOnly` keeps instead of a tensor: (shape, dtype, device)."""
+
+    def __new__(cls, shape, dtype, device):
+        return super().__new__(cls, (shape, dtype, device))
+
+
+def _unpack_shape_only(packed):
+    if isinstance(packed, _ShapeStub):
+        shape, dtype, device = packed
+        # a zero-stride view of one element: the pool's backward reads sizes, never values (bit-exact gradients,
+        # tests/test_layers_spike_storage.py); the gradient it returns is contiguous
+        return torch.zeros((), dtype=dtype, device=device).expand(shape)
+    return _unpack_exact_uint8(packed)
+
+
 class SeqToANNContainer(nn.Sequential):
     """Run stateless modules on the merged ``T·B`` batch: ``[T, B, ...] -> [T, B, ...]``.
 
@@ -135,6 +171,11 @@ class SeqToANNContainer(nn.Sequential):
     ``_PROBE_AFTER_FAILURES`` inputs in a row that are not spikes (an ANN's ReLU output, an image) a container
     stops checking and re-probes every ``_REPROBE_EVERY`` calls. Nothing changes without autograd, under
     ``torch.compile``/tracing, or under a caller's own ``saved_tensors_hooks`` (activation checkpointing).
+
+    A container whose first layer is an average pool (``AvgPool*d``, ``AdaptiveAvgPool*d``) never saves its input:
+    the pool's backward needs only the input's shape, so autograd keeps the shape instead of the tensor (always on,
+    bit-identical gradients; e.g. 56 of 246 MiB of saved activations of ``airbench_cifar`` at T = 4, batch 32,
+    benchmarks/memory_breakdown.py). Same conditions as above: autograd on, no compile/tracing, no outer hooks.
     """
 
     spike_storage: str = "float"
@@ -157,11 +198,22 @@ class SeqToANNContainer(nn.Sequential):
                 return False
         return not _outer_saved_tensor_hooks_active()
 
+    def _pool_first(self, x: torch.Tensor) -> bool:
+        if len(self) == 0 or not isinstance(self[0], _SHAPE_ONLY_POOLS) or not torch.is_grad_enabled() or \
+                not x.requires_grad:
+            return False
+        if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return False
+        return not _outer_saved_tensor_hooks_active()
+
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         check_sequence(x_seq, "SeqToANNContainer")
         T, B = x_seq.shape[:2]
         x = x_seq.flatten(0, 1)
-        if self._should_pack(x):
+        if self._pool_first(x):
+            with torch.autograd.graph.saved_tensors_hooks(_ShapeOnly(x), _unpack_shape_only):
+                y = super().forward(x)
+        elif self._should_pack(x):
             with torch.autograd.graph.saved_tensors_hooks(_InputPacker(x, self), _unpack_exact_uint8):
                 y = super().forward(x)
         else:

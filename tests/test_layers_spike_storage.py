@@ -144,3 +144,50 @@ def test_an_input_changed_in_place_between_two_saves_is_saved_twice():
     box(x.clone()).sum().backward()
     # d/dw of sum(x*w + 3x*w) over T = 2 rows of ones: 1*2 + 3*2 = 8 per weight
     assert torch.equal(box[0].w.grad, torch.full((3,), 8.0))
+
+
+def _saved_pool_inputs(loss: torch.Tensor) -> list[torch.Tensor]:
+    """The ``self`` tensors the average-pool nodes of a graph keep for backward."""
+    out, stack, seen = [], [loss.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if "AvgPool" in type(node).__name__:
+            out.append(node._saved_self)
+        stack += [n for n, _ in node.next_functions]
+    return out
+
+
+@pytest.mark.parametrize("pool", [nn.AvgPool2d(2), nn.AvgPool2d(3, stride=2, padding=1), nn.AdaptiveAvgPool2d(2)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_leading_average_pool_keeps_only_its_input_shape_with_bit_identical_gradients(pool, channels_last):
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 8, 15, 15)
+    if channels_last:
+        x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(3, 4, 8, 15, 15)
+    lean_in, plain_in = x.clone().requires_grad_(), x.clone().requires_grad_()
+    box = SeqToANNContainer(pool, nn.Conv2d(8, 5, 1))
+    lean = box(lean_in)
+    saved = _saved_pool_inputs(lean.sum())
+    # the pool's saved input is a zero-stride view of one element: no activation memory
+    assert len(saved) == 1 and all(s == 0 for s in saved[0].stride()) and saved[0].shape == (12, 8, 15, 15)
+    plain = box[1](box[0](plain_in.flatten(0, 1))).view(3, 4, *lean.shape[2:])
+    assert torch.equal(lean, plain)
+    grad = torch.randn_like(lean)
+    lean.backward(grad)
+    plain.backward(grad)
+    assert torch.equal(lean_in.grad, plain_in.grad)
+
+
+def test_average_pool_inputs_stay_saved_under_outer_hooks_and_in_the_snn_zoo_net_they_are_not():
+    box = SeqToANNContainer(nn.AvgPool2d(2))
+    x = torch.randn(2, 3, 4, 8, 8, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):   # e.g. activation checkpointing
+        kept = _saved_pool_inputs(box(x).sum())
+    assert kept[0].stride() != (0, 0, 0, 0)
+    net = create_model("airbench_cifar", neuron="if", T=2)
+    out = net(torch.randn(2, 3, 32, 32))
+    pools = _saved_pool_inputs(out.sum())
+    assert pools and all(all(s == 0 for s in p.stride()) for p in pools)
