@@ -1,4 +1,4 @@
-"""Training: the engine (ANN / QAT / SNN / hybrid), losses (CE on the time mean, TET), optimizers and
+"""Training: the engine (ANN / QAT / SNN / hybrid), losses (CE on the time mean, TET, knowledge distillation), optimizers and
 per-iteration schedules, crash-safe checkpoints, YAML configs and DDP plumbing; ``budget`` (per-phase seeds, step
 timing with the Trainer's own step, equal-epoch plans) and ``precision`` (exact-fp32 evaluation, TF32) for studies
 that train many short phases under a wall-clock budget (the evidence suite in ``benchmarks/evidence``).
@@ -43,6 +43,6 @@ __all__ = [
     "call_convert_hook", "lmht_hybrid", "mlif_hybrid",
     "build_loaders", "build_model", "load_convert_hook", "run_training", "subset_indices",
     "describe_checkpoint", "needs_rebuild", "rebuild_model", "structure_snapshot",
-    "CEOnMean", "TETLoss", "build_loss", "ce_on_mean", "tet_loss",
+    "CEOnMean", "TETLoss", "build_loss", "ce_on_mean", "tet_loss", "distillation_loss",
     "DEFAULT_NEURON_PARAM_PATTERNS", "LRSchedule", "build_optimizer", "build_param_groups", "match_neuron_param",
 ]
