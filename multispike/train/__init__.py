@@ -1,7 +1,7 @@
-"""Training: the engine (ANN / QAT / SNN / hybrid), losses (CE on the time mean, TET, knowledge distillation), optimizers and
-per-iteration schedules, crash-safe checkpoints, YAML configs and DDP plumbing; ``budget`` (per-phase seeds, step
-timing with the Trainer's own step, equal-epoch plans) and ``precision`` (exact-fp32 evaluation, TF32) for studies
-that train many short phases under a wall-clock budget (the evidence suite in ``benchmarks/evidence``).
+"""Training: the engine (ANN / QAT / SNN / hybrid), losses (CE on the time mean, TET, knowledge distillation),
+optimizers and per-iteration schedules, crash-safe checkpoints, YAML configs and DDP plumbing; ``budget`` (per-phase
+seeds, step timing with the Trainer's own step, equal-epoch plans) and ``precision`` (exact-fp32 evaluation, TF32)
+for studies that train many short phases under a wall-clock budget (the evidence suite in ``benchmarks/evidence``).
 
 Example::
 
