@@ -113,3 +113,30 @@ def with_spikingjelly_containers(model: torch.nn.Module) -> torch.nn.Module:
             if type(child) is SeqToANNContainer:
                 setattr(parent, name, layer.SeqToANNContainer(*child))
     return model
+
+
+def build_network_variant(model: str, variant: str, T: int):
+    """``(network, reset function)`` of one benchmark variant of a zoo network: ``ann`` (ReLU, T = 1), ``snn``
+    (multispike IF, C++ kernel), ``snn_bytes`` (spikes saved for backward as uint8), ``snn_spikingjelly``
+    (SpikingJelly 2.0's ``IFNode``, soft reset, sigmoid surrogate, in SpikingJelly's own containers). A
+    ``_pool_off`` suffix builds the same network (the buffer pool is switched off by the environment)."""
+    import functools
+
+    from multispike.layers import set_spike_storage
+    from multispike.models import create_model
+    from multispike.neurons.base import reset_net
+    torch.manual_seed(0)
+    if variant == "ann":
+        return create_model(model, neuron="relu", T=1), lambda m: None
+    if variant == "snn_spikingjelly":
+        from spikingjelly.activation_based import functional, neuron, surrogate
+        spec = functools.partial(neuron.IFNode, v_reset=None, surrogate_function=surrogate.Sigmoid(alpha=4.0),
+                                 step_mode="m")
+        return with_spikingjelly_containers(create_model(model, neuron=spec, T=T)), functional.reset_net
+    m = create_model(model, neuron="if", T=T, neuron_kwargs={"backend": "cpp"})
+    base = variant[:-len("_pool_off")] if variant.endswith("_pool_off") else variant
+    if base == "snn_bytes":
+        set_spike_storage(m, "bytes")
+    elif base != "snn":
+        raise ValueError(f"unknown variant {variant!r}")
+    return m, reset_net

@@ -18,7 +18,6 @@ it counts live saved bytes, not the allocator's or the kernel buffer pool's cach
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import time
@@ -30,29 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.bench_common import commit, hardware, versions, with_spikingjelly_containers  # noqa: E402
-
-
-def build(model: str, variant: str, T: int) -> tuple[torch.nn.Module, object]:
-    """(network, reset function) of one variant."""
-    from multispike.layers import set_spike_storage
-    from multispike.models import create_model
-    from multispike.neurons.base import reset_net
-    torch.manual_seed(0)
-    if variant == "ann":
-        return create_model(model, neuron="relu", T=1), lambda m: None
-    if variant == "snn_spikingjelly":
-        from spikingjelly.activation_based import functional, neuron, surrogate
-        spec = functools.partial(neuron.IFNode, v_reset=None, surrogate_function=surrogate.Sigmoid(alpha=4.0),
-                                 step_mode="m")
-        # SpikingJelly's own containers too: the network as its users build it (bench_common)
-        return with_spikingjelly_containers(create_model(model, neuron=spec, T=T)), functional.reset_net
-    m = create_model(model, neuron="if", T=T, neuron_kwargs={"backend": "cpp"})
-    if variant == "snn_bytes":
-        set_spike_storage(m, "bytes")
-    elif variant != "snn":
-        raise ValueError(f"unknown variant {variant!r}")
-    return m, reset_net
+from benchmarks.bench_common import build_network_variant, commit, hardware, versions  # noqa: E402
 
 
 def _tensors(value) -> list[torch.Tensor]:
@@ -174,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = {}
         for variant in args.variants.split(","):
             try:
-                m, reset = build(model, variant, args.T)
+                m, reset = build_network_variant(model, variant, args.T)
             except ImportError as exc:
                 res["skipped"][f"{model}/{variant}"] = f"{type(exc).__name__}: {exc}"
                 continue

@@ -39,7 +39,6 @@ whether the machine was shared (load average above 0.5 per core at the start, or
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import json
 import os
@@ -55,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.bench_common import (commit, floor_tasks, hardware, loadavg, stats,  # noqa: E402
-                                     timed_rounds, versions, with_spikingjelly_containers)
+                                     timed_rounds, versions, build_network_variant)
 
 #: goal name -> (comparison, bound, description); "<=" means the measured value must not exceed the bound.
 GOALS = {
@@ -166,26 +165,8 @@ def bench_neurons(T: int, rest: tuple[int, ...], reps: int, warmup: int, rounds:
 
 # ------------------------------------------------------------------------------------------------ networks
 def _build(model: str, variant: str, T: int, batch: int):
-    """(model, reset function) for ANN / SNN / SpikingJelly variants of a zoo network."""
-    from multispike.layers import set_spike_storage
-    from multispike.models import create_model
-    from multispike.neurons.base import reset_net
-    torch.manual_seed(0)
-    if variant == "ann":
-        return create_model(model, neuron="relu", T=1), lambda m: None
-    if variant == "snn_spikingjelly":
-        from spikingjelly.activation_based import functional, neuron, surrogate
-        spec = functools.partial(neuron.IFNode, v_reset=None, surrogate_function=surrogate.Sigmoid(alpha=4.0),
-                                 step_mode="m")
-        # SpikingJelly's own containers too: the network as its users build it (bench_common)
-        return with_spikingjelly_containers(create_model(model, neuron=spec, T=T)), functional.reset_net
-    m = create_model(model, neuron="if", T=T, neuron_kwargs={"backend": "cpp"})
-    base = variant[:-len("_pool_off")] if variant.endswith("_pool_off") else variant  # pool: set by the env
-    if base == "snn_bytes":
-        set_spike_storage(m, "bytes")
-    elif base != "snn":
-        raise ValueError(f"unknown variant {variant!r}")
-    return m, reset_net
+    """(model, reset function) for ANN / SNN / SpikingJelly variants of a zoo network (bench_common)."""
+    return build_network_variant(model, variant, T)
 
 
 def _steps(m, reset, batch: int):

@@ -84,3 +84,18 @@ def test_gpu_checks_dry_run(tmp_path):
             assert "CUDA-only" in rows[(neuron, v)]["skipped"]
     assert rows[("if", "plain")]["time_per_timestep_vs_ann"] > 0
     assert rows[("if", "trainer")]["vs_plain"] > 0
+
+
+def test_memory_breakdown_counts_saved_tensors_at_their_packed_size(tmp_path):
+    mb = _load("memory_breakdown")
+    out = tmp_path / "mem.json"
+    assert mb.main(["--models", "airbench_cifar", "--variants", "ann,snn,snn_bytes", "--T", "2", "--batch", "2",
+                    "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["models"]["airbench_cifar"]
+    snn, packed = rows["snn"], rows["snn_bytes"]
+    # the average pools keep only shapes, so no pool node owns saved memory; the neuron kernel saves its input
+    pools = {op: mib for op, mib in snn["by_op_mib"].items() if "AvgPool" in op}
+    assert pools and all(mib == 0 for mib in pools.values()) and snn["by_op_mib"]["FusedSequenceBackward"] > 0
+    # bytes storage: the spike inputs of the convs are kept as uint8 and counted at that size
+    assert packed["saved_mib"] < snn["saved_mib"] and packed["by_dtype_mib"].get("uint8", 0) > 0
+    assert snn["saved_mib"] > rows["ann"]["saved_mib"] and snn["vs_spikingjelly"] is None

@@ -101,3 +101,10 @@ def test_a_teacher_trained_on_other_normalisation_is_refused(digits_relu_run, tm
                  "--subset", "64", *DIGITS, "--out", str(tmp_path / "bad")])
     err = capsys.readouterr().err
     assert code != 0 and "teacher" in err and "normalis" in err
+
+
+def test_a_missing_teacher_is_refused_naming_the_option_and_path(tmp_path, capsys):
+    code = main(["train", "--neuron", "relu", "--distill-from", str(tmp_path / "no_such_run"), "--epochs", "1",
+                 "--subset", "64", *DIGITS, "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err
+    assert code != 0 and "distill_from" in err and "no_such_run" in err

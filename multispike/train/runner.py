@@ -252,13 +252,18 @@ def _init_weights(cfg: TrainConfig, model: nn.Module, dist: DistInfo) -> None:
 
 def _build_teacher(cfg: TrainConfig, info: Any, dist: DistInfo) -> nn.Module | None:
     """``distill_from``: the teacher network, rebuilt from its checkpoint (frozen, eval mode), after checking that it
-    was trained on data of the same classes and input size as this run's."""
+    was trained on data of the same classes, input size and normalisation as this run's."""
     if cfg.distill_from is None:
         return None
     from ..data.provenance import check_data
+    from .checkpoint import CheckpointError
     from .rebuild import read_checkpoint_meta, rebuild_model
 
-    path, meta = read_checkpoint_meta(cfg.distill_from)
+    try:
+        path, meta = read_checkpoint_meta(cfg.distill_from)
+    except CheckpointError as exc:
+        raise CheckpointError(f"distill_from (the teacher network): {exc}; give a trained run directory or "
+                              f"checkpoint file") from None
     record = dict((meta.get("config") or {}).get("data_info") or {})
     if info is not None and record:
         check_data(record, info, None, where=f"training split; the teacher network of {path}")
@@ -269,8 +274,8 @@ def _build_teacher(cfg: TrainConfig, info: Any, dist: DistInfo) -> nn.Module | N
         if key in record and key in mine and ((theirs is None) != (ours is None) or (
                 theirs is not None and any(abs(a - b) > 1e-6 for a, b in zip(theirs, ours)))):
             raise ParameterError(f"{{distill_from}} {path}: the teacher was trained on inputs normalised with "
-                                 f"{key} {theirs}, this run uses {ours} (None: not normalised); distil from a network trained on "
-                                 f"the same data and {{normalize}} setting", "distill_from", "normalize")
+                                 f"{key} {theirs}, this run uses {ours} (None: not normalised); distil from a network "
+                                 f"trained on the same data and {{normalize}} setting", "distill_from", "normalize")
     teacher, name = rebuild_model(cfg.distill_from)
     check_finite_state(teacher.state_dict(), f"teacher checkpoint {path}")
     if dist.is_primary:
