@@ -5,7 +5,8 @@ For a zoo network at T timesteps (``airbench_cifar`` and ``resnet20_cifar`` by d
 training forward runs, then its autograd graph is walked from the loss: every tensor a node keeps for backward
 (built-in nodes' ``_saved_*``, custom Functions' ``saved_tensors`` and tensor attributes of their ``ctx``). Each
 distinct storage is counted once (an op that saves its input and the op before it that saves the same tensor as its
-output share it), attributed to the first node met from the loss, and summed by node type. Variants as in ``perf_goals.py``: ``ann`` (ReLU, T = 1), ``snn`` (multispike IF, C++ kernel),
+output share it), attributed to the first node met from the loss, and summed by node type. Variants as in
+``perf_goals.py``: ``ann`` (ReLU, T = 1), ``snn`` (multispike IF, C++ kernel),
 ``snn_bytes`` (``set_spike_storage(model, "bytes")``) and ``snn_spikingjelly`` (SpikingJelly 2.0's ``IFNode``, soft
 reset, sigmoid surrogate; needs an interpreter with SpikingJelly).
 
