@@ -149,7 +149,7 @@ def digits_ann():
         torch.set_num_threads(threads)
 
 
-def _qat(digits_ann, tmp_path, latency_weight: float) -> tuple[nn.Module, dict]:
+def _qat(digits_ann, tmp_path, latency_weight: float, **extra) -> tuple[nn.Module, dict]:
     from multispike.train import resolve_config, run_training
 
     ann, train, test, _ = digits_ann
@@ -158,7 +158,8 @@ def _qat(digits_ann, tmp_path, latency_weight: float) -> tuple[nn.Module, dict]:
     cfg = resolve_config(overrides=dict(
         mode="qat", model="digits_cnn", timesteps=1, epochs=2, opt="adam", lr=1e-3, weight_decay=0.0,
         quant_opt="adam", quant_lr=3e-2, latency_weight=latency_weight, latency_per_layer="macs",
-        out=str(tmp_path / f"lam{latency_weight}"), progress=False, num_classes=10, in_channels=1, num_threads=1))
+        out=str(tmp_path / f"lam{latency_weight}"), progress=False, num_classes=10, in_channels=1, num_threads=1,
+        **extra))
     summary = run_training(cfg, model=net, train_loader=train, eval_loader=test)
     return net, summary
 
@@ -183,3 +184,44 @@ def test_short_qat_run_with_latency_term_lowers_and_differentiates_T_l(digits_an
                      + format_timestep_table([{"epoch": r["epoch"], "layers": r["qac_layers"]} for r in epochs])
                      + "\n")
     assert "latency_term" not in [r for r in open(tmp_path / "lam0.0" / "log.jsonl")][0]
+
+
+@pytest.mark.parametrize("ema_mode", [None, "lookahead"])
+def test_qat_run_fixes_T_l_for_the_last_part_and_meets_the_budget(digits_ann, tmp_path, ema_mode):
+    """timestep_freeze_fraction: after the fix the T_l never change, t gets no update while the clips still
+    learn, the weighted mean meets timestep_budget, the log and summary record it, and the checkpoint keeps the
+    fixed T_l (so `multispike convert --to mixed` runs exactly them) - also when the weights saved are an EMA
+    (lookahead copies the average back into the model every few steps)."""
+    import json
+
+    from multispike.quant.qac import QACQuantizer
+    from multispike.train.checkpoint import load_checkpoint
+
+    ema = dict(ema_decay=0.9, ema_mode=ema_mode, ema_every=2) if ema_mode else {}
+    net, summary = _qat(digits_ann, tmp_path, 1e-2, timestep_freeze_fraction=0.5, timestep_budget=2.0, **ema)
+    out = tmp_path / "lam0.01"
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    fixes = [r for r in log if r.get("event") == "timesteps_fixed"]
+    assert len(fixes) == 1
+    fix = fixes[0]
+    steps_per_epoch = len(digits_ann[1])
+    assert fix["step"] == steps_per_epoch          # half of two epochs: fixed before the first step of epoch 2
+    assert fix["weighting"] == "macs" and fix["budget"] == 2.0 and fix["mean_T"] <= 2.0 + 1e-9
+    assert fix["mean_T_rounded"] >= fix["mean_T"]
+    quantizers = {n: m for n, m in net.named_modules() if isinstance(m, QACQuantizer)}
+    assert set(fix["layers"]) == set(quantizers)
+    epochs = [r for r in log if r.get("event") == "epoch"]
+    for name, q in quantizers.items():
+        assert q.is_fixed and q.timesteps == fix["layers"][name]["T"]
+        if not ema_mode:   # the level parameter got no update after the fix (lookahead copies the average in)
+            assert float(q.t.detach()) == fix["layers"][name]["T"]
+        row = next(r for r in epochs[-1]["qac_layers"] if r["layer"] == name)
+        assert row["T"] == q.timesteps
+    # the clips kept learning in epoch 2
+    alphas = [{r["layer"]: r["alpha"] for r in e["qac_layers"]} for e in epochs]
+    assert any(abs(alphas[1][n] - alphas[0][n]) > 1e-6 for n in quantizers)
+    assert summary["timestep_fix"]["lowered"] == fix["lowered"]
+    ckpt = load_checkpoint(out)
+    saved = {k[: -len(".fixed_T")]: int(v) for k, v in ckpt.model_state.items() if k.endswith(".fixed_T")}
+    assert saved == {n: q.timesteps for n, q in quantizers.items()}
+    assert summary["final_acc"] > 0.8

@@ -64,8 +64,9 @@ def test_qac_twin_keeps_its_quantizer_parameters_and_takes_every_ann_tensor(digi
         if "running_" not in key and "num_batches_tracked" not in key:
             assert torch.equal(twin[key], value), key
     extra = {k: float(v) for k, v in twin.items() if k not in ann}
-    assert extra and {k.rsplit(".", 1)[-1] for k in extra} == {"t", "clip"}
-    assert all(v == 2.0 for v in extra.values())    # t0 = 2, α0 = 2 as configured
+    assert extra and {k.rsplit(".", 1)[-1] for k in extra} == {"t", "clip", "fixed_T"}
+    assert all(v == 2.0 for k, v in extra.items() if not k.endswith("fixed_T"))    # t0 = 2, α0 = 2 as configured
+    assert all(v == 0 for k, v in extra.items() if k.endswith("fixed_T"))          # T_l still learnable
 
 
 def test_qac_twin_without_alpha_takes_its_clips_from_the_trained_ann(digits_relu_run, tmp_path, capsys):

@@ -3,7 +3,8 @@
 :class:`LatencyRegulariser` adds ``λ·Σ_l w_l·t_l`` to the task loss, with ``w_l = 1`` or the synaptic MACs
 feeding layer ``l`` normalised to mean 1 (:func:`quantizer_macs`), and its exact gradient through every
 parameterisation of :class:`~multispike.quant.qac.QACQuantizer`. :func:`quantizer_parameters` gives the
-learnable pairs their own optimizer group; :func:`format_timestep_table` prints the per-epoch ``T_l (t)`` table.
+learnable pairs their own optimizer group; :func:`fix_timesteps` ends the search for T_l (round, meet a budget on
+the mean, freeze); :func:`format_timestep_table` prints the per-epoch ``T_l (t)`` table.
 Split from :mod:`multispike.quant.qac` (which re-exports these names, with a deprecation warning).
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import nn
 from .qac import QACQuantizer
 
 __all__ = ["LATENCY_WEIGHTINGS", "LatencyRegulariser", "quantizer_macs", "quantizer_parameters",
-           "format_timestep_table", "synapse_macs"]
+           "format_timestep_table", "synapse_macs", "fix_timesteps"]
 
 #: How :class:`LatencyRegulariser` weights each layer's timestep: ``uniform`` (w_l = 1, the penalty is λ·Σ t_l,
 #: i.e. λ·N·(plain average T)) or ``macs`` (w_l ∝ the MACs of the synaptic op feeding the layer, normalised to
@@ -237,6 +238,65 @@ class LatencyRegulariser:
             if hasattr(self, "macs"):
                 out["macs"] = self.macs
         return out
+
+
+def fix_timesteps(model: nn.Module, budget: float | None = None,
+                  layer_weights: Mapping[str, float] | None = None) -> dict:
+    """Fix every QAC quantizer's ``T_l`` (:meth:`QACQuantizer.fix_timesteps`), meeting a budget on the mean T.
+
+    Why: with the latency term, a layer whose accuracy gain from one more level just balances the penalty
+    settles on a rounding boundary (t = 2.50 measured: the cross-entropy pulls up while ``T_l = 2``, the penalty
+    pulls down while ``T_l = 3``), so which side its ``T_l`` ends on is chance, and four such layers lifted a
+    plain mean of continuous t = 2.48 to a mean ``T_l`` of 2.86. Fixing the T_l before the end of training and
+    training on lets the weights and clips adapt to the T the SNN will run.
+
+    Each layer starts at ``round(t_l)``. With ``budget`` B, while the weighted mean ``Σ w_l·T_l / Σ w_l`` exceeds
+    B, the layer with ``T_l > 1`` whose ``t_l`` lies closest above its lower rounding boundary, per unit weight
+    (smallest ``(t_l − (T_l − ½)) / w_l``; ``T_l − 1`` with ``t_to_T="ceil"``), loses one level - the layers the latency term had already pushed
+    furthest down go first. Any budget >= 1 can be met (every weighted layer at T = 1).
+
+    Args:
+        model: a QAT model (after :func:`~multispike.quant.qat.prepare_qat`).
+        budget: the largest allowed weighted mean ``T_l`` (None: only round and fix).
+        layer_weights: ``{quantizer name: w_l ≥ 0}`` (default 1 each, the plain mean the QAC paper reports);
+            e.g. :attr:`LatencyRegulariser.weights` to weight layers as the latency term does.
+
+    Returns:
+        a JSON-ready record: ``layers`` (name -> ``{"t", "T_rounded", "T"}``), ``mean_T`` (weighted, after),
+        ``mean_T_rounded`` (before the budget), ``budget`` and ``lowered`` (names, in order).
+    """
+    quantizers = [(name, m) for name, m in model.named_modules() if isinstance(m, QACQuantizer)]
+    if not quantizers:
+        raise ValueError(f"fix_timesteps: {type(model).__name__} has no QACQuantizer; run prepare_qat() first")
+    if budget is not None and not (math.isfinite(float(budget)) and float(budget) >= 1.0):
+        raise ValueError(f"fix_timesteps: budget must be a mean timestep >= 1 (every layer runs at least one step), "
+                         f"got {budget!r}")
+    weights = {n: 1.0 for n, _ in quantizers} if layer_weights is None else \
+        {n: float(layer_weights.get(n, 0.0)) for n, _ in quantizers}
+    if any(not math.isfinite(w) or w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"fix_timesteps: layer weights must be finite, >= 0 and not all 0, got {weights}")
+    total_w = sum(weights.values())
+    t_learned = {n: q.continuous_timesteps for n, q in quantizers}
+    t = dict(t_learned)
+    T = {n: q.timesteps for n, q in quantizers}
+    rounded = dict(T)
+    below = {n: 0.5 if q.t_to_T == "round" else 1.0 for n, q in quantizers}   # T_l's lower boundary: T_l − below
+
+    def mean() -> float:
+        return sum(weights[n] * T[n] for n in T) / total_w
+
+    lowered = []
+    while budget is not None and mean() > float(budget) + 1e-12:
+        candidates = [n for n in T if T[n] > 1 and weights[n] > 0]   # never empty: budget >= 1 is reachable
+        name = min(candidates, key=lambda n: (max(t[n] - (T[n] - below[n]), 0.0) / weights[n], n))
+        T[name] -= 1
+        t[name] = min(t[name], T[name] + 1 - below[name])   # the next cut of this layer starts from its new boundary
+        lowered.append(name)
+    for name, q in quantizers:
+        q.fix_timesteps(T[name])
+    return {"layers": {n: {"t": t_learned[n], "T_rounded": rounded[n], "T": T[n]} for n, _ in quantizers},
+            "mean_T": mean(), "mean_T_rounded": sum(weights[n] * rounded[n] for n in T) / total_w,
+            "budget": budget, "lowered": lowered}
 
 
 def format_timestep_table(epochs: Sequence[Mapping]) -> str:

@@ -267,6 +267,56 @@ class QACQuantizer(nn.Module):
         else:  # d_alpha
             self.d = nn.Parameter(torch.tensor(alpha / t))
             self.clip = nn.Parameter(torch.tensor(alpha))
+        # 0: T_l = round(t) follows the learnable pair; k >= 1: T_l is fixed at k (fix_timesteps) and the
+        # parameter that only sets the level count gets no gradient. Saved with the model, so a fixed layer
+        # stays fixed through checkpoints, EMA copies and conversion.
+        self.register_buffer("fixed_T", torch.zeros((), dtype=torch.int64))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # checkpoints written before fixed_T existed load as "not fixed"
+        state_dict.setdefault(prefix + "fixed_T", torch.zeros((), dtype=torch.int64))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    # --- fixing the timestep (the end of QAT) ---------------------------------------------------------------
+    @property
+    def is_fixed(self) -> bool:
+        """Whether ``T_l`` is fixed (:meth:`fix_timesteps`) instead of following the learnable pair."""
+        return int(self.fixed_T) > 0
+
+    def _level_parameter(self) -> nn.Parameter:
+        """The parameter that only sets the level count once the scale is known: ``t`` or ``n`` (cases 4, 2, 1;
+        case 1's clip is ``d·T_l``), or α in case 3 (``T = α/d``, the clip is ``d·T_l``)."""
+        p1, p2 = self.learnable_pair()
+        return p2 if self.param == "d_alpha" else p1
+
+    @torch.no_grad()
+    def fix_timesteps(self, T: int | None = None) -> int:
+        """Fix this layer's timestep at ``T`` (default: the current ``T_l``) and return it.
+
+        From now on the forward pass uses ``T`` whatever the learnable pair says, the level parameter (``t``,
+        ``n``, or α in case 3) is set to represent ``T`` exactly and gets no gradient, and
+        :meth:`continuous_t` is the constant ``T`` (the latency term no longer pulls on it). The scale
+        parameter (α, or the step d) keeps learning, so the weights and clip adapt to the final ``T`` - the
+        fine-tuning phase of mixed-precision training with learned bit widths.
+        """
+        T = self.timesteps if T is None else T
+        if isinstance(T, bool) or not isinstance(T, int) or not 1 <= T <= self.t_max:
+            raise ValueError(f"QACQuantizer.fix_timesteps: T must be an integer in [1, t_max={self.t_max}], got {T!r}")
+        level = self._level_parameter()
+        if self.param == "t_alpha":
+            level.fill_(float(T))
+        elif self.param in ("n_alpha", "n_d"):
+            level.fill_(math.log2(T))
+        else:   # d_alpha: α = d·T
+            level.copy_(self.d.detach() * T)
+        self.fixed_T.fill_(T)
+        return T
+
+    def unfix_timesteps(self) -> None:
+        """Let ``T_l`` follow the learnable pair again (undoes :meth:`fix_timesteps`)."""
+        self.fixed_T.zero_()
 
     # --- the learnable pair, in the order the autograd functions take them -------------------------------
     def learnable_pair(self) -> tuple[nn.Parameter, nn.Parameter]:
@@ -287,7 +337,9 @@ class QACQuantizer(nn.Module):
             self.n.clamp_(0.0, math.log2(self.t_max))
         if self.param == "n_d":
             self.d.clamp_(min=_STEP_MIN)
-        if self.param == "d_alpha":
+        if self.param == "d_alpha" and self.is_fixed:   # α no longer sets T: only keep the step positive
+            self.d.clamp_(min=_STEP_MIN)
+        elif self.param == "d_alpha":
             # Case 3 diverges as d -> 0 (T = α/d -> ∞, the paper's "INF"): keep T = α/d in [1, t_max].
             a = float(self.clip)
             self.d.clamp_(a / self.t_max, a)
@@ -295,7 +347,9 @@ class QACQuantizer(nn.Module):
     # --- derived quantities -------------------------------------------------------------------------------
     @property
     def continuous_timesteps(self) -> float:
-        """The continuous level count before rounding: ``t``, ``2ⁿ`` or ``α/d``."""
+        """The continuous level count before rounding: ``t``, ``2ⁿ`` or ``α/d`` (``T_l`` once fixed)."""
+        if self.is_fixed:
+            return float(self.fixed_T)
         if self.param == "t_alpha":
             return float(self.t.detach())
         if self.param in ("n_alpha", "n_d"):
@@ -306,7 +360,9 @@ class QACQuantizer(nn.Module):
         """The continuous level count as a differentiable function of the learnable pair:
         ``t`` (case 4), ``2ⁿ`` (cases 1-2) or ``α/d`` (case 3). Scalar tensor with the autograd graph; this
         is what :class:`LatencyRegulariser` penalises (``∂/∂t = 1``, ``∂/∂n = ln2·2ⁿ``, ``∂/∂α = 1/d``,
-        ``∂/∂d = −α/d²``)."""
+        ``∂/∂d = −α/d²``). Once fixed (:meth:`fix_timesteps`): the constant ``T_l``, without a graph."""
+        if self.is_fixed:
+            return self.fixed_T.to(self.learnable_pair()[0].dtype)
         if self.param == "t_alpha":
             return self.t
         if self.param in ("n_alpha", "n_d"):
@@ -315,7 +371,9 @@ class QACQuantizer(nn.Module):
 
     @property
     def timesteps(self) -> int:
-        """The integer timestep ``T_l`` this layer runs for (``max(1, round(t))`` or ``ceil``)."""
+        """The integer timestep ``T_l`` this layer runs for (``max(1, round(t))`` or ``ceil``; or the fixed one)."""
+        if self.is_fixed:
+            return int(self.fixed_T)
         return timesteps_from_continuous(self.continuous_timesteps, self.t_to_T, self.t_max)
 
     @property
@@ -349,10 +407,13 @@ class QACQuantizer(nn.Module):
         if self.training:
             self.project_()
         p1, p2 = self.learnable_pair()
+        if self.is_fixed:   # the level parameter no longer matters: no gradient reaches it
+            p1, p2 = (p1, p2.detach()) if self.param == "d_alpha" else (p1.detach(), p2)
         return _QACFunction.apply(x, p1, p2, self.timesteps, _CASES[self.param])
 
     def extra_repr(self) -> str:
-        return (f"param={self.param!r}, T={self.timesteps} (t={self.continuous_timesteps:.4g}), "
+        fixed = ", fixed" if self.is_fixed else ""
+        return (f"param={self.param!r}, T={self.timesteps}{fixed} (t={self.continuous_timesteps:.4g}), "
                 f"alpha={self.alpha:.4g}, t_to_T={self.t_to_T!r}, t_max={self.t_max}")
 
 
@@ -375,8 +436,8 @@ def quantizer_summary(model: nn.Module) -> list[dict]:
 
     Works on a QAT model (QACQuantizer, QCFS) and on a converted mixed-timestep SNN (AlignedNeuron).
     Keys: ``layer`` (module name), ``kind``, ``T`` (integer T_l), ``bit_width`` (log₂ T_l), ``alpha``
-    (clip α, equal to the SNN threshold θ_l) and, for QAC quantizers, ``t`` (the continuous value) and
-    ``param``. The training engine logs this every epoch.
+    (clip α, equal to the SNN threshold θ_l) and, for QAC quantizers, ``t`` (the continuous value),
+    ``param`` and ``fixed`` (:meth:`QACQuantizer.fix_timesteps`). The training engine logs this every epoch.
     """
     rows = []
     for name, m in model.named_modules():
@@ -386,7 +447,7 @@ def quantizer_summary(model: nn.Module) -> list[dict]:
         row = {"layer": name or type(m).__name__, "kind": type(m).__name__, "T": T, "bit_width": math.log2(T),
                "alpha": alpha}
         if isinstance(m, QACQuantizer):
-            row.update(t=m.continuous_timesteps, param=m.param)
+            row.update(t=m.continuous_timesteps, param=m.param, fixed=m.is_fixed)
         rows.append(row)
     return rows
 

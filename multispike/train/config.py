@@ -192,6 +192,15 @@ class TrainConfig:
     latency_per_layer: str = _f("uniform", "QAT: layer weights w_l of the latency term: uniform (1) or macs (the "
                                 "synaptic MACs feeding the layer, normalised to mean 1)", "training",
                                 LATENCY_WEIGHTINGS)
+    timestep_freeze_fraction: float = _f(0.0, "QAT: train the last fraction of the schedule (e.g. 0.2) with every "
+                                         "QAC layer's T_l fixed at round(t_l) - lowered to meet {timestep_budget} - "
+                                         "so weights and clips adapt to the T the SNN will run "
+                                         "(multispike.quant.latency.fix_timesteps; 0 = t learns to the end)",
+                                         "training")
+    timestep_budget: float | None = _f(None, "QAT: the largest mean T_l allowed when the T_l are fixed (at "
+                                       "{timestep_freeze_fraction}); layers nearest their lower rounding boundary "
+                                       "lose a level first. Weighted as {latency_per_layer} (uniform: the plain "
+                                       "average QAC reports)", "training")
 
     # --- optimizer -------------------------------------------------------------------------------------
     opt: str = _f("sgd", "optimizer", "optimizer", OPTIMIZERS)
@@ -341,6 +350,16 @@ class TrainConfig:
              f"latency_weight must be >= 0, got {self.latency_weight}")
         need(self.latency_weight == 0 or self.mode in ("qat", "ann"),
              f"latency_weight acts on QAC quantizers; use it with mode qat (mode is {self.mode!r})")
+        need(0.0 <= self.timestep_freeze_fraction < 1.0,
+             f"timestep_freeze_fraction must be in [0, 1) (the fraction of training run with fixed T_l), got "
+             f"{self.timestep_freeze_fraction}")
+        need(self.timestep_freeze_fraction == 0 or self.mode == "qat",
+             f"timestep_freeze_fraction fixes the T_l of QAC quantizers; use it with mode qat (mode is {self.mode!r})")
+        need(self.timestep_budget is None or (self.timestep_budget >= 1 and self.timestep_budget == self.timestep_budget),
+             f"timestep_budget must be a mean timestep >= 1, got {self.timestep_budget}")
+        need(self.timestep_budget is None or self.timestep_freeze_fraction > 0,
+             "{timestep_budget} is applied when the T_l are fixed: set {timestep_freeze_fraction} > 0 (e.g. 0.2)",
+             "timestep_budget", "timestep_freeze_fraction")
         need(self.quant_lr is None or self.quant_lr >= 0, f"quant_lr must be >= 0, got {self.quant_lr}")
         need(self.quant_weight_decay is None or self.quant_weight_decay >= 0,
              f"quant_weight_decay must be >= 0, got {self.quant_weight_decay}")

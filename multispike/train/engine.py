@@ -72,7 +72,7 @@ from ..metrics.prefix import prefix_correct, sequence_outputs
 from ..neurons.base import reset_net
 from .checkpoint import (Checkpoint, CheckpointError, atomic_write_text, capture_rng_state, load_model_state,
                          restore_rng_state, save_checkpoint)
-from .config import TrainConfig, config_conflicts
+from .config import ConfigError, TrainConfig, config_conflicts
 from .guards import (NonFiniteError, RunLock, StopSignals, TrainingInterrupted, check_finite_state,
                      nonfinite_entries)
 from .ema import ModelEMA
@@ -191,6 +191,14 @@ class Trainer:
         if config.latency_weight > 0:
             from ..quant.latency import LatencyRegulariser
             self.regulariser = LatencyRegulariser(self.model, config.latency_weight, config.latency_per_layer)
+        # QAT: the T_l are fixed for the last timestep_freeze_fraction of the schedule (quant/latency.py)
+        self.timestep_fix: dict | None = None
+        if config.timestep_freeze_fraction:
+            from ..quant.qac import QACQuantizer
+            if not any(isinstance(m, QACQuantizer) for m in self.model.modules()):
+                raise ConfigError(f"{{timestep_freeze_fraction}} fixes the T_l of QAC quantizers, but "
+                                  f"{type(self.model).__name__} has none (QAT with prepare_qat / neuron qac makes them)",
+                                  "timestep_freeze_fraction")
         self.steps_per_epoch = len(train_loader)
         self.schedule = LRSchedule(config.sched, config.lr, self.steps_per_epoch, config.epochs,
                                    warmup_epochs=self._warmup_epochs(config), warmup_lr=config.warmup_lr,
@@ -326,6 +334,7 @@ class Trainer:
         y = y.to(self.dist.device, non_blocking=True)
         if self.cfg.channels_last and x.dim() == 4:   # a no-op when the loader already converted the batch
             x = x.contiguous(memory_format=torch.channels_last)
+        self._maybe_fix_timesteps(x)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             out = self.net(x)
@@ -364,6 +373,48 @@ class Trainer:
                 self.ema.update(self.model)
         logits = out.mean(0) if out.dim() == 3 else out
         return task_loss.detach(), (logits.argmax(-1) == y).sum()
+
+    def _timesteps_fixed(self) -> bool:
+        from ..quant.qac import QACQuantizer
+        return any(m.is_fixed for m in self.model.modules() if isinstance(m, QACQuantizer))
+
+    def _maybe_fix_timesteps(self, x: torch.Tensor) -> None:
+        """QAT with ``timestep_freeze_fraction`` f: once the schedule passes 1 − f, fix every QAC layer's T_l
+        (rounded, lowered to ``timestep_budget``) in the model and its EMA, log it, and train on."""
+        frac = self.cfg.timestep_freeze_fraction
+        if not frac or self.timestep_fix is not None:
+            return
+        if self._timesteps_fixed():   # resumed after the fix: the checkpoint's fixed_T buffers hold it
+            self.timestep_fix = {"resumed": True}
+            return
+        due = self._schedule_step() >= (1.0 - frac) * max(self.schedule.total_steps, 1)
+        if self.dist.world_size > 1:   # the time-based schedule differs per rank: fix on every rank at once
+            due = bool(all_reduce_sum([float(due)], self.dist)[0] > 0)
+        if not due:
+            return
+        from ..quant.latency import fix_timesteps, quantizer_macs
+        weights = None
+        if self.cfg.latency_per_layer == "macs":
+            if self.regulariser is not None:
+                weights = self.regulariser.weights
+            else:
+                macs = quantizer_macs(self.model, x[:2].to(self.dist.device))
+                total = sum(macs.values()) or 1.0
+                weights = {n: v / total for n, v in macs.items()}
+        record = fix_timesteps(self.model, self.cfg.timestep_budget, weights)
+        if self.ema is not None:
+            from ..quant.qac import QACQuantizer
+            for name, m in self.ema.module.named_modules():
+                if isinstance(m, QACQuantizer):
+                    m.fix_timesteps(record["layers"][name]["T"])
+        record.update(event="timesteps_fixed", step=self.step, epoch=self.epoch + 1,
+                      weighting=self.cfg.latency_per_layer)
+        self.timestep_fix = record
+        self.log(record)
+        budget = f" (budget {record['budget']:g}; lowered {', '.join(record['lowered']) or 'none'})" \
+            if record["budget"] is not None else ""
+        self._print(f"step {self.step}: T_l fixed at " + " ".join(str(v["T"]) for v in record["layers"].values())
+                    + f", mean {record['mean_T']:.3g} (rounded t: {record['mean_T_rounded']:.3g}){budget}")
 
     # -- epochs ------------------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict:
@@ -808,4 +859,5 @@ class Trainer:
             "weights": "ema" if self.ema is not None else "online", "tta_flip": self.cfg.tta_flip,
             "tta_translate": self.cfg.tta_translate,
             "amp": self.cfg.amp if self.amp_dtype is not None else "none",
+            **({"timestep_fix": self.timestep_fix} if self.timestep_fix is not None else {}),
         }
