@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -387,7 +388,8 @@ class Trainer:
         if self._timesteps_fixed():   # resumed after the fix: the checkpoint's fixed_T buffers hold it
             self.timestep_fix = {"resumed": True}
             return
-        due = self._schedule_step() >= (1.0 - frac) * max(self.schedule.total_steps, 1)
+        # floor: a short run still trains its last step(s) with the fixed T_l
+        due = self._schedule_step() >= math.floor((1.0 - frac) * max(self.schedule.total_steps, 1))
         if self.dist.world_size > 1:   # the time-based schedule differs per rank: fix on every rank at once
             due = bool(all_reduce_sum([float(due)], self.dist)[0] > 0)
         if not due:
