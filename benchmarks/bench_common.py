@@ -117,12 +117,14 @@ def with_spikingjelly_containers(model: torch.nn.Module) -> torch.nn.Module:
 
 def build_network_variant(model: str, variant: str, T: int):
     """``(network, reset function)`` of one benchmark variant of a zoo network: ``ann`` (ReLU, T = 1), ``snn``
-    (multispike IF, C++ kernel), ``snn_bytes`` (spikes saved for backward as uint8), ``snn_spikingjelly``
-    (SpikingJelly 2.0's ``IFNode``, soft reset, sigmoid surrogate, in SpikingJelly's own containers). A
-    ``_pool_off`` suffix builds the same network (the buffer pool is switched off by the environment)."""
+    (multispike IF, C++ kernel), ``snn_bytes`` (spikes saved for backward as uint8), ``snn_rbn`` (BN outputs
+    rebuilt by the next neuron's backward, :func:`multispike.layers.set_recompute_bn`), ``snn_bytes_rbn`` (both),
+    ``snn_spikingjelly`` (SpikingJelly 2.0's ``IFNode``, soft reset, sigmoid surrogate, in SpikingJelly's own
+    containers). A ``_pool_off`` suffix builds the same network (the buffer pool is switched off by the
+    environment)."""
     import functools
 
-    from multispike.layers import set_spike_storage
+    from multispike.layers import set_recompute_bn, set_spike_storage
     from multispike.models import create_model
     from multispike.neurons.base import reset_net
     torch.manual_seed(0)
@@ -135,8 +137,10 @@ def build_network_variant(model: str, variant: str, T: int):
         return with_spikingjelly_containers(create_model(model, neuron=spec, T=T)), functional.reset_net
     m = create_model(model, neuron="if", T=T, neuron_kwargs={"backend": "cpp"})
     base = variant[:-len("_pool_off")] if variant.endswith("_pool_off") else variant
-    if base == "snn_bytes":
-        set_spike_storage(m, "bytes")
-    elif base != "snn":
+    if base not in ("snn", "snn_bytes", "snn_rbn", "snn_bytes_rbn"):
         raise ValueError(f"unknown variant {variant!r}")
+    if "_bytes" in base:
+        set_spike_storage(m, "bytes")
+    if base.endswith("_rbn"):
+        set_recompute_bn(m)
     return m, reset_net

@@ -139,7 +139,7 @@ def _walk(model, x, loss, packed: _PackedSizes) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="airbench_cifar,resnet20_cifar")
-    ap.add_argument("--variants", default="ann,snn,snn_bytes,snn_spikingjelly")
+    ap.add_argument("--variants", default="ann,snn,snn_bytes,snn_rbn,snn_bytes_rbn,snn_spikingjelly")
     ap.add_argument("--T", type=int, default=4)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--out", default="benchmarks/results/memory_breakdown_cpu.json")

@@ -15,7 +15,8 @@ from .neurons.base import StepModule, check_positive_int, check_sequence
 
 __all__ = ["SeqToANNContainer", "MultiStepContainer", "DirectEncoder", "MeanOverTime", "to_time_major",
            "align_time", "parse_align", "TemporalAlign", "ResidualAdd", "ALIGN_METHODS",
-           "flatten_time", "unflatten_time", "SPIKE_STORAGE_MODES", "set_spike_storage", "pack_exact_uint8"]
+           "flatten_time", "unflatten_time", "SPIKE_STORAGE_MODES", "set_spike_storage", "pack_exact_uint8",
+           "set_recompute_bn"]
 
 
 def flatten_time(x_seq: torch.Tensor) -> torch.Tensor:
@@ -172,6 +173,11 @@ class SeqToANNContainer(nn.Sequential):
     stops checking and re-probes every ``_REPROBE_EVERY`` calls. Nothing changes without autograd, under
     ``torch.compile``/tracing, or under a caller's own ``saved_tensors_hooks`` (activation checkpointing).
 
+    BN recompute (training memory, opt-in: ``recompute_bn = True`` or :func:`set_recompute_bn`): a container that
+    ends in a BatchNorm returns an output the next fused spiking neuron rebuilds in its backward from BN's input
+    instead of saving it (:mod:`multispike.recompute`; bit-identical rebuild, float32/float64 outside autocast,
+    training mode only).
+
     A container whose first layer is an average pool (``AvgPool*d``, ``AdaptiveAvgPool*d``) never saves its input:
     the pool's backward needs only the input's shape, so autograd keeps the shape instead of the tensor (always on,
     bit-identical gradients; e.g. 56 of 246 MiB of saved activations of ``airbench_cifar`` at T = 4, batch 32,
@@ -179,6 +185,7 @@ class SeqToANNContainer(nn.Sequential):
     """
 
     spike_storage: str = "float"
+    recompute_bn: bool = False
     _PROBE_AFTER_FAILURES = 3
     _REPROBE_EVERY = 64
 
@@ -206,19 +213,48 @@ class SeqToANNContainer(nn.Sequential):
             return False
         return not _outer_saved_tensor_hooks_active()
 
+    def _run(self, x: torch.Tensor, recompute: bool):
+        """The layers on the merged batch; with ``recompute``, a final BatchNorm also yields its recipe."""
+        if not recompute:
+            return super().forward(x), None
+        from .recompute import batch_norm_with_recipe, can_recompute_bn
+        h = x
+        for layer in list(self)[:-1]:
+            h = layer(h)
+        if not can_recompute_bn(self[-1], h):
+            return self[-1](h), None
+        return batch_norm_with_recipe(self[-1], h)
+
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         check_sequence(x_seq, "SeqToANNContainer")
         T, B = x_seq.shape[:2]
         x = x_seq.flatten(0, 1)
+        # decided before this container's own saved-tensor hooks below are pushed (an outer caller's hooks win)
+        recompute = self.recompute_bn and len(self) > 0 and torch.is_grad_enabled() and \
+            not _outer_saved_tensor_hooks_active()
         if self._pool_first(x):
             with torch.autograd.graph.saved_tensors_hooks(_ShapeOnly(x), _unpack_shape_only):
-                y = super().forward(x)
+                y, recipe = self._run(x, recompute)
         elif self._should_pack(x):
             with torch.autograd.graph.saved_tensors_hooks(_InputPacker(x, self), _unpack_exact_uint8):
-                y = super().forward(x)
+                y, recipe = self._run(x, recompute)
         else:
-            y = super().forward(x)
-        return y.view(T, B, *y.shape[1:])
+            y, recipe = self._run(x, recompute)
+        out = y.view(T, B, *y.shape[1:])
+        if recipe is not None:
+            from .recompute import attach_recipe
+            attach_recipe(out, recipe)
+        return out
+
+
+def set_recompute_bn(net: nn.Module, enabled: bool = True) -> nn.Module:
+    """Let every :class:`SeqToANNContainer` of ``net`` that ends in a BatchNorm hand the next fused spiking neuron
+    a recipe to rebuild its input in the backward instead of saving it (:mod:`multispike.recompute`). Returns
+    ``net``."""
+    for m in net.modules():
+        if isinstance(m, SeqToANNContainer):
+            m.recompute_bn = bool(enabled)
+    return net
 
 
 def set_spike_storage(net: nn.Module, mode: str) -> nn.Module:

@@ -15,6 +15,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from ..neurons.params import NeuronParameters, keyword_entry
+from ..recompute import BNRecipe, recipe_of
 from ._abi import FLOAT_CODES, Plan
 from ._common import empty_seq, empty_step, match_layout, reference, step_layout
 
@@ -22,12 +23,14 @@ __all__ = ["Call", "FusedSequence", "CppEngine", "run_planned", "cpp_entry"]
 
 
 class Call(NamedTuple):
-    """One kernel call: the engine, the plan, the per-step layout and engine-specific extras."""
+    """One kernel call: the engine, the plan, the per-step layout and engine-specific extras; ``recipe``: how to
+    rebuild the input in the backward instead of saving it (:mod:`multispike.recompute`), or None."""
 
     engine: object
     plan: Plan
     strides: tuple[int, ...]
     extra: object = None
+    recipe: object = None
 
 
 def _tstride(t: torch.Tensor) -> int:
@@ -40,15 +43,25 @@ class FusedSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, call: Call, x, v0, lr0, *params):
         y, vT, lrT = call.engine.forward(call, x, v0, lr0)
-        ctx.save_for_backward(x, v0, lr0)
+        if call.recipe is not None:   # keep what rebuilds x (BN's input, already saved by BN), not x itself
+            ctx.save_for_backward(*call.recipe.tensors(), v0, lr0)
+            ctx.x_shape = x.shape
+            call = call._replace(recipe=None)
+        else:
+            ctx.save_for_backward(x, v0, lr0)
         ctx.call = call
         ctx.set_materialize_grads(False)
         return y, vT, lrT
 
     @staticmethod
     def backward(ctx, gy, gvT, glrT):
-        x, v0, lr0 = ctx.saved_tensors
+        saved = ctx.saved_tensors
         call = ctx.call
+        if len(saved) > 3:   # rebuilt input, bit-identical to the forward's (multispike.recompute.bn_apply)
+            *recipe, v0, lr0 = saved
+            x = match_layout(BNRecipe.rebuild(recipe, ctx.x_shape), call.strides, seq=True)
+        else:
+            x, v0, lr0 = saved
         strides = call.strides
         gy = match_layout(torch.zeros_like(x) if gy is None else gy, strides, seq=True)
         gvT = None if gvT is None else match_layout(gvT, strides, seq=False)
@@ -72,6 +85,8 @@ def run_planned(engine, x_seq: torch.Tensor, v0, lr0, plan: Plan, extra=None):
     lr0 = None if lr0 is None else match_layout(lr0, strides, seq=False)
     call = Call(engine, plan, strides, extra)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, v0, lr0, *plan.params)):
+        if x is x_seq:   # a BN output that can be rebuilt (SeqToANNContainer with recompute_bn)
+            call = call._replace(recipe=recipe_of(x_seq))
         return FusedSequence.apply(call, x, v0, lr0, *plan.params)
     return engine.forward(call, x, v0, lr0)
 

@@ -1,0 +1,220 @@
+"""BN recompute (multispike.recompute, SeqToANNContainer.recompute_bn): the neuron after ``conv -> BN`` rebuilds
+its input in the backward instead of saving it.
+
+* the rebuild is bit-identical to the forward's output, and with the rebuild on the whole network's gradients are
+  bit-identical to the same BN saving its output (the neuron sees exactly the forward's input);
+* the BN itself matches ``nn.BatchNorm`` (output, gradients of input/weight/bias against autograd in float64,
+  running statistics with momentum and cumulative averaging);
+* the neuron really keeps no copy of the BN output; anything unusual (modified in place, eval, autocast, a BN
+  that is not last, SyncBatchNorm, outer saved-tensor hooks) falls back to saving it.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import multispike.kernels._fused as fused
+from multispike.kernels import _build
+from multispike.layers import SeqToANNContainer, set_recompute_bn, set_spike_storage
+from multispike.models import create_model
+from multispike.neurons import IFNeuron, LIFNeuron
+from multispike.recompute import BNRecipe, batch_norm_with_recipe, can_recompute_bn, recipe_of
+
+needs_cpp = pytest.mark.skipif(_build.load_library() is None, reason="the C++ kernels are not built here")
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view({torch.float32: torch.int32, torch.float64: torch.int64}[t.dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_bn_matches_torch_batchnorm_and_rebuilds_bit_for_bit(dtype, affine, momentum):
+    torch.manual_seed(0)
+    ref = nn.BatchNorm2d(5, affine=affine, momentum=momentum).to(dtype)
+    if affine:
+        with torch.no_grad():
+            ref.weight.uniform_(0.5, 1.5)
+            ref.bias.uniform_(-0.5, 0.5)
+    ours = copy.deepcopy(ref)
+    for _ in range(2):   # two steps: cumulative averaging (momentum None) needs num_batches_tracked right
+        h = (torch.randn(6, 5, 4, 3, dtype=dtype) * 2 + 1).requires_grad_()
+        h_ref = h.detach().clone().requires_grad_()
+        assert can_recompute_bn(ours, h)
+        y, recipe = batch_norm_with_recipe(ours, h)
+        y_ref = ref(h_ref)
+        assert torch.equal(_bits(BNRecipe.rebuild(recipe.tensors(), y.shape)), _bits(y.detach()))
+        tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(y, y_ref, **tol)
+        g = torch.randn_like(y)
+        y.backward(g)
+        y_ref.backward(g)
+        torch.testing.assert_close(h.grad, h_ref.grad, **tol)
+        if affine:
+            torch.testing.assert_close(ours.weight.grad, ref.weight.grad, **tol)
+            torch.testing.assert_close(ours.bias.grad, ref.bias.grad, **tol)
+        torch.testing.assert_close(ours.running_mean, ref.running_mean, **tol)
+        torch.testing.assert_close(ours.running_var, ref.running_var, **tol)
+        assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked)
+
+
+def test_bn_gradient_equals_autograd_through_plain_ops():
+    """The statistics are functions of h: native_batch_norm_backward's training formula must include that."""
+    from multispike.recompute import _BatchNormFunction
+
+    torch.manual_seed(1)
+    eps = 1e-5
+    h = torch.randn(7, 3, 2, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    var, mean = torch.var_mean(h.detach(), dim=[0, 2], correction=0)
+    ours = _BatchNormFunction.apply(h, w, b, mean, torch.rsqrt(var + eps), eps)
+    var_k, mean_k = torch.var_mean(h, dim=[0, 2], correction=0, keepdim=True)
+    plain = (h - mean_k) / torch.sqrt(var_k + eps) * w.view(1, 3, 1) + b.view(1, 3, 1)
+    torch.testing.assert_close(ours, plain, rtol=1e-12, atol=1e-12)
+    gy = torch.randn(7, 3, 2, dtype=torch.float64)
+    for a, r in zip(torch.autograd.grad(ours, (h, w, b), gy), torch.autograd.grad(plain, (h, w, b), gy)):
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-12)
+
+
+def _step(net, x, y):
+    out = net(x)
+    nn.functional.cross_entropy(out, y).backward()
+    return out.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+
+@needs_cpp
+@pytest.mark.parametrize("model_name, neuron, T, storage, channels_last", [
+    ("resnet20_cifar", "if", 4, "float", False),
+    ("airbench_cifar", "if", 2, "bytes", False),
+    ("vgg_small", "lif", 3, "float", True),
+])
+def test_network_gradients_bit_identical_with_and_without_the_rebuild(model_name, neuron, T, storage,
+                                                                      channels_last, monkeypatch):
+    torch.manual_seed(0)
+    extra = {"input_size": [16, 16]} if model_name == "vgg_small" else {}
+    net = create_model(model_name, neuron=neuron, T=T, neuron_kwargs={"backend": "cpp"}, **extra)
+    set_spike_storage(net, storage)
+    set_recompute_bn(net)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    saving = copy.deepcopy(net)
+    x = torch.randn(3, 3, 16, 16)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (3,))
+    used = []
+
+    def spy(t):
+        r = recipe_of(t)
+        used.append(r is not None)
+        return r
+
+    monkeypatch.setattr(fused, "recipe_of", spy)
+    out_a, grads_a = _step(net, x, y)
+    assert any(used)
+    monkeypatch.setattr(fused, "recipe_of", lambda t: None)   # same BN, the neuron saves its input
+    out_b, grads_b = _step(saving, x, y)
+    assert torch.equal(out_a, out_b)
+    assert grads_a.keys() == grads_b.keys()
+    for k in grads_a:
+        assert torch.equal(_bits(grads_a[k]), _bits(grads_b[k])), k
+
+
+@needs_cpp
+def test_network_matches_torch_batchnorm_closely():
+    torch.manual_seed(0)
+    net = create_model("resnet20_cifar", neuron="if", T=2, neuron_kwargs={"backend": "cpp"})
+    plain = copy.deepcopy(net)
+    set_recompute_bn(net)
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    out_a, grads_a = _step(net, x, y)
+    out_b, grads_b = _step(plain, x, y)
+    torch.testing.assert_close(out_a, out_b, rtol=1e-4, atol=1e-4)
+    for k in grads_a:
+        torch.testing.assert_close(grads_a[k], grads_b[k], rtol=1e-3, atol=1e-5)
+    for (k, a), (_, b) in zip(net.named_buffers(), plain.named_buffers()):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-6)
+
+
+def _neuron_saved(out: torch.Tensor) -> list[torch.Tensor]:
+    node = out.grad_fn
+    while type(node).__name__ != "FusedSequenceBackward":
+        node = node.next_functions[0][0]
+    return [t for t in node.saved_tensors if t is not None]
+
+
+@needs_cpp
+@pytest.mark.parametrize("neuron_cls", [IFNeuron, LIFNeuron])
+def test_the_neuron_keeps_no_copy_of_the_bn_output(neuron_cls):
+    torch.manual_seed(0)
+    body = SeqToANNContainer(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4))
+    neuron = neuron_cls(step_mode="m", backend="cpp")
+    x = torch.randn(3, 2, 2, 5, 5)
+    for recompute in (False, True):
+        body.recompute_bn = recompute
+        h = body(x)
+        assert (recipe_of(h) is not None) == recompute
+        s = neuron(h)
+        ptrs = {t.untyped_storage().data_ptr() for t in _neuron_saved(s)}
+        assert (h.untyped_storage().data_ptr() in ptrs) == (not recompute)
+        s.sum().backward()
+        neuron.reset()
+
+
+@needs_cpp
+def test_in_place_change_falls_back_to_saving_and_stays_correct():
+    torch.manual_seed(0)
+    body = SeqToANNContainer(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4))
+    body.recompute_bn = True
+    ref_body = copy.deepcopy(body)
+    ref_body.recompute_bn = False
+    neuron = IFNeuron(step_mode="m", backend="cpp")
+    x = torch.randn(3, 2, 2, 5, 5)
+    grads = []
+    for b in (body, ref_body):
+        h = b(x)
+        h.mul_(1.5)                       # the recipe no longer describes h
+        assert recipe_of(h) is None
+        neuron(h).sum().backward()
+        neuron.reset()
+        grads.append(b[0].weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+
+
+def test_no_recipe_where_it_does_not_apply():
+    torch.manual_seed(0)
+    x = torch.randn(2, 2, 3, 4, 4)
+
+    def recipe(container, inp=x):
+        container.recompute_bn = True
+        return recipe_of(container(inp))
+
+    bn_last = SeqToANNContainer(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    assert recipe(bn_last) is not None
+    assert recipe(SeqToANNContainer(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 1))) is None       # BN not last
+    assert recipe(SeqToANNContainer(nn.Conv2d(3, 4, 1))) is None
+    bn_last.eval()
+    assert recipe(bn_last) is None                                                         # running statistics
+    bn_last.train()
+    with torch.no_grad():
+        assert recipe(bn_last) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert recipe(bn_last) is None
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):                # e.g. checkpointing
+        assert recipe(bn_last) is None
+    assert recipe(SeqToANNContainer(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)).double(), x.double()) is not None
+    assert not can_recompute_bn(nn.SyncBatchNorm(4), torch.randn(2, 4, 3, 3))
+
+
+def test_set_recompute_bn_flags_every_container():
+    net = create_model("resnet20_cifar", neuron="if", T=2)
+    assert set_recompute_bn(net) is net
+    containers = [m for m in net.modules() if isinstance(m, SeqToANNContainer)]
+    assert containers and all(m.recompute_bn for m in containers)
+    set_recompute_bn(net, False)
+    assert not any(m.recompute_bn for m in containers)
