@@ -22,7 +22,8 @@ is missing). Sections:
     (``--net-T``): one training step (forward, cross-entropy, backward, SGD) and one inference step, in one
     worker process per model that interleaves the variants round by round. Variants: ``snn`` (the shipped
     default), ``snn_bytes`` (``set_spike_storage(model, "bytes")``: spike inputs saved for backward as uint8;
-    the before/after of that option in the same run) and SpikingJelly.
+    the before/after of that option in the same run), ``snn_rbn`` (``set_recompute_bn``: the neuron after a BN
+    rebuilds its input in the backward), ``snn_bytes_rbn`` (both) and SpikingJelly.
     The goal ratio is the SNN's time per timestep over the ANN's: ``t_snn / (T · t_ann)``. A torch.profiler
     breakdown (self CPU time by op, one SNN and one ANN training step) says where the time goes.
 ``memory``
@@ -236,9 +237,10 @@ def net_worker(cfg: dict) -> dict:
         for ph in ("train", "infer"):
             ratios[f"{v}_{ph}_per_timestep_vs_ann"] = (out["times"][f"{v}_{ph}"]["median_ms"]
                                                        / (T * out["times"][f"ann_{ph}"]["median_ms"]))
-    if "snn" in runs and "snn_bytes" in runs:
-        ratios["snn_bytes_vs_snn_train"] = (out["times"]["snn_bytes_train"]["median_ms"]
-                                            / out["times"]["snn_train"]["median_ms"])
+    for v in ("snn_bytes", "snn_rbn", "snn_bytes_rbn"):   # the training-time cost of each memory option
+        if "snn" in runs and v in runs:
+            ratios[f"{v}_vs_snn_train"] = (out["times"][f"{v}_train"]["median_ms"]
+                                           / out["times"]["snn_train"]["median_ms"])
     out["ratios"] = ratios
     if cfg.get("profile"):
         out["profile"] = {v: _profile(runs[v][0]) for v in ("ann", "snn") if v in runs}
@@ -336,8 +338,12 @@ def goal_rows(result: dict) -> list[dict]:
     mem = {(m.get("model"), m.get("variant")): m for m in result.get("memory", []) if "error" not in m}
     for model in sorted({k[0] for k in mem}):
         sj = mem.get((model, "snn_spikingjelly"))
-        notes = {"snn": "", "snn_bytes": "spike_storage='bytes'", "snn_pool_off": "kernel buffer pool off",
-                 "snn_bytes_pool_off": "spike_storage='bytes', kernel buffer pool off"}
+        notes = {"snn": "", "snn_bytes": "spike_storage='bytes'", "snn_rbn": "set_recompute_bn",
+                 "snn_bytes_rbn": "spike_storage='bytes' + set_recompute_bn",
+                 "snn_pool_off": "kernel buffer pool off",
+                 "snn_bytes_pool_off": "spike_storage='bytes', kernel buffer pool off",
+                 "snn_rbn_pool_off": "set_recompute_bn, kernel buffer pool off",
+                 "snn_bytes_rbn_pool_off": "spike_storage='bytes' + set_recompute_bn, kernel buffer pool off"}
         for v, note in notes.items():
             ours = mem.get((model, v))
             if ours and sj:
@@ -465,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         # that outlives the step; the *_pool_off rows (MULTISPIKE_KERNEL_POOL_MB=0) show the memory without it.
         mem_variants = list(variants)
         if not args.quick:
-            mem_variants += [f"{v}_pool_off" for v in ("snn", "snn_bytes") if v in variants]
+            mem_variants += [f"{v}_pool_off" for v in ("snn", "snn_bytes", "snn_rbn", "snn_bytes_rbn") if v in variants]
         for model in args.models.split(","):
             for v in mem_variants:
                 cfg = {"model": model, "variant": v, "T": args.net_T, "batch": args.batch, "steps": 3,

@@ -218,3 +218,35 @@ def test_set_recompute_bn_flags_every_container():
     assert containers and all(m.recompute_bn for m in containers)
     set_recompute_bn(net, False)
     assert not any(m.recompute_bn for m in containers)
+
+
+@needs_cpp
+def test_multispike_train_applies_the_memory_options(tmp_path, monkeypatch):
+    """``--recompute-bn --spike-storage bytes`` reach the model the trainer runs, the recipes are used, and the
+    run's loss matches the same run without them (up to BN's float rounding)."""
+    import json
+
+    from multispike.cli.main import main
+    from conftest import DIGITS_ARGS
+
+    used = []
+
+    def spy(t):
+        r = recipe_of(t)
+        used.append(r is not None)
+        return r
+
+    monkeypatch.setattr(fused, "recipe_of", spy)
+    args = [a if a != "ann" else "snn" for a in DIGITS_ARGS]
+    args = [a if a != "1" or args[i - 1] != "--timesteps" else "2" for i, a in enumerate(args)]
+    common = ["train", *args, "--neuron", "if", "--neuron-kwargs", "backend=cpp", "--max-steps", "2", "--epochs", "1",
+              "--opt", "sgd", "--lr", "0.01", "--seed", "3"]
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert not any(used)
+    assert main([*common, "--recompute-bn", "--spike-storage", "bytes", "--out", str(tmp_path / "lean")]) == 0
+    assert any(used)
+    plain = json.loads((tmp_path / "plain" / "summary.json").read_text())
+    lean = json.loads((tmp_path / "lean" / "summary.json").read_text())
+    assert lean["final_train_loss"] == pytest.approx(plain["final_train_loss"], rel=1e-3)
+    config = json.loads((tmp_path / "lean" / "config.json").read_text())
+    assert config["recompute_bn"] is True and config["spike_storage"] == "bytes"

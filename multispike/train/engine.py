@@ -174,6 +174,13 @@ class Trainer:
         self.model = model.to(self.dist.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # training-memory options; the defaults leave a model's own settings alone
+        if config.spike_storage != "float":
+            from ..layers import set_spike_storage
+            set_spike_storage(self.model, config.spike_storage)
+        if config.recompute_bn:
+            from ..layers import set_recompute_bn
+            set_recompute_bn(self.model)
         inner = _SequenceForward(self.model) if self.sequence_loss else self.model
         self.net = wrap_model(inner, self.dist, sync_bn=config.sync_bn)
         if config.sync_bn:  # SyncBatchNorm conversion builds new modules: keep self.model pointing at them
