@@ -233,6 +233,18 @@ def test_help(command, capsys):
     assert "example" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", ["train", "qat"])
+def test_help_names_other_settings_by_their_flags(command, capsys):
+    """A setting's help that refers to another one ({field} in TrainConfig) shows that setting's flag."""
+    import re
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = "".join(capsys.readouterr().out.split())   # argparse wraps lines, also inside a flag's name
+    assert not re.search(r"\{[a-z_]+\}", out)
+    assert "task+--distill-weight" in out and "fixed(at--timestep-freeze-fraction)" in out
+
+
 def test_bad_inputs(runs, tmp_path, capsys):
     def err(argv: list[str]) -> str:
         assert main(argv) == 2, argv

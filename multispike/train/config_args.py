@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from typing import Any
 
 from ..data.provenance import parse_key_value
@@ -32,6 +33,9 @@ def _optional(conv):
     return parse
 
 
+_FIELD_REF = re.compile(r"\{([a-z_]+)\}")
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--config`` and one flag per :class:`TrainConfig` key.
 
@@ -47,7 +51,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         tp, optional = _unwrap_optional(_HINTS[name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag = "--" + name.replace("_", "-")
-        help_text = f.metadata["help"]
+        # other settings named as {field} (the ConfigError convention) read as their flags here
+        help_text = _FIELD_REF.sub(lambda m: "--" + m.group(1).replace("_", "-") if m.group(1) in _FIELDS
+                                   else m.group(0), f.metadata["help"])
         if "default" not in help_text:
             help_text += f" (default: {default!r})"
         # argparse %-formats help strings: a literal % (a percentile such as 99.9%) must be doubled
