@@ -62,6 +62,24 @@ def test_bn_matches_torch_batchnorm_and_rebuilds_bit_for_bit(dtype, affine, mome
         assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked)
 
 
+@pytest.mark.parametrize("bn_cls, shape", [(nn.BatchNorm1d, (6, 5)), (nn.BatchNorm1d, (6, 5, 4)),
+                                           (nn.BatchNorm3d, (2, 5, 3, 2, 2))])
+def test_bn_matches_torch_batchnorm_in_1d_and_3d(bn_cls, shape):
+    torch.manual_seed(0)
+    ref = bn_cls(5)
+    ours = copy.deepcopy(ref)
+    h = torch.randn(*shape, requires_grad=True)
+    h_ref = h.detach().clone().requires_grad_()
+    y, recipe = batch_norm_with_recipe(ours, h)
+    y_ref = ref(h_ref)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(_bits(BNRecipe.rebuild(recipe.tensors(), y.shape)), _bits(y.detach()))
+    y.sum().backward()
+    y_ref.sum().backward()
+    torch.testing.assert_close(h.grad, h_ref.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.running_var, ref.running_var, rtol=1e-5, atol=1e-6)
+
+
 def test_bn_gradient_equals_autograd_through_plain_ops():
     """The statistics are functions of h: native_batch_norm_backward's training formula must include that."""
     from multispike.recompute import _BatchNormFunction
