@@ -486,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     print(f"memory {model} {v}: peak training memory {res['peak_training_memory_MiB']:.1f} MiB",
                           flush=True)
-    result["loadavg_after"] = loadavg()
+    result["loadavg_after"] = load_after = loadavg()
     if args.update:
         # replace only the sections run now; the rest of the file (and its provenance) stays, and the rerun is
         # recorded with its own commit, date, load averages and reason
@@ -500,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         result = base
     result["goal_rows"] = goal_rows(result)
     print_table(result["goal_rows"])
-    print(f"load average before {load0}, after {result['loadavg_after']}; machine shared: {shared}")
+    print(f"load average before {load0}, after {load_after}; machine shared: {shared}")   # this run's, not the file's
     out = args.out or args.update or (None if args.quick else
                                       str(ROOT / "benchmarks" / "results" / "perf_goals_cpu.json"))
     if out:
