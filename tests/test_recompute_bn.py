@@ -99,6 +99,19 @@ def test_bn_gradient_equals_autograd_through_plain_ops():
         torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-12)
 
 
+def _spy_on_recipes(monkeypatch) -> list[bool]:
+    """Record, per fused-kernel call with autograd, whether a BN recipe replaced the saved input."""
+    used: list[bool] = []
+
+    def spy(t):
+        r = recipe_of(t)
+        used.append(r is not None)
+        return r
+
+    monkeypatch.setattr(fused, "recipe_of", spy)
+    return used
+
+
 def _step(net, x, y):
     out = net(x)
     nn.functional.cross_entropy(out, y).backward()
@@ -125,14 +138,7 @@ def test_network_gradients_bit_identical_with_and_without_the_rebuild(model_name
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (3,))
-    used = []
-
-    def spy(t):
-        r = recipe_of(t)
-        used.append(r is not None)
-        return r
-
-    monkeypatch.setattr(fused, "recipe_of", spy)
+    used = _spy_on_recipes(monkeypatch)
     out_a, grads_a = _step(net, x, y)
     assert any(used)
     monkeypatch.setattr(fused, "recipe_of", lambda t: None)   # same BN, the neuron saves its input
@@ -247,14 +253,7 @@ def test_multispike_train_applies_the_memory_options(tmp_path, monkeypatch):
     from multispike.cli.main import main
     from conftest import DIGITS_ARGS
 
-    used = []
-
-    def spy(t):
-        r = recipe_of(t)
-        used.append(r is not None)
-        return r
-
-    monkeypatch.setattr(fused, "recipe_of", spy)
+    used = _spy_on_recipes(monkeypatch)
     args = [a if a != "ann" else "snn" for a in DIGITS_ARGS]
     args = [a if a != "1" or args[i - 1] != "--timesteps" else "2" for i, a in enumerate(args)]
     common = ["train", *args, "--neuron", "if", "--neuron-kwargs", "backend=cpp", "--max-steps", "2", "--epochs", "1",
