@@ -442,3 +442,41 @@ def test_buffer_pool_reuse_is_safe():
     y4 = KERNEL(x)[0]
     torch.testing.assert_close(y4, keep, atol=0, rtol=0)
     empty_cache()
+
+
+def test_buffer_pool_trim_releases_other_sizes_only_when_a_backward_needs_a_new_block():
+    from multispike.kernels._common import BufferPool
+
+    pool = BufferPool(1 << 30, min_bytes=1024, trim=True)
+    if not pool.enabled:
+        pytest.skip("buffer pool unavailable (private storage API)")
+    a = pool.empty((4096,), (1,), torch.float32)          # 16 KiB
+    b = pool.empty((8192,), (1,), torch.float32)          # 32 KiB
+    del a, b                                              # both blocks unused now
+    c = pool.empty((2048,), (1,), torch.float32)          # a new size outside backward: nothing released
+    assert pool.cached_bytes == (4096 + 8192 + 2048) * 4
+    del c
+    seen = []
+
+    class NeedsBlock(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            seen.append(pool.empty((1024,), (1,), torch.float32))   # a new size inside backward: trim first
+            return g * 2
+
+    x = torch.ones(3, requires_grad=True)
+    NeedsBlock.apply(x).sum().backward()
+    assert pool.cached_bytes == 1024 * 4                  # only the block just handed out stays
+    same = pool.empty((1024,), (1,), torch.float32)       # its own size is never trimmed while in use
+    assert same.data_ptr() != seen[0].data_ptr() and pool.cached_bytes == 2 * 1024 * 4
+    plain = BufferPool(1 << 30, min_bytes=1024)           # default: no trimming
+    d = plain.empty((4096,), (1,), torch.float32)
+    del d
+    seen.clear()
+    pool = plain
+    NeedsBlock.apply(x).sum().backward()
+    assert plain.cached_bytes == (4096 + 1024) * 4
