@@ -120,8 +120,8 @@ def build_network_variant(model: str, variant: str, T: int):
     (multispike IF, C++ kernel), ``snn_bytes`` (spikes saved for backward as uint8), ``snn_rbn`` (BN outputs
     rebuilt by the next neuron's backward, :func:`multispike.layers.set_recompute_bn`), ``snn_bytes_rbn`` (both),
     ``snn_spikingjelly`` (SpikingJelly 2.0's ``IFNode``, soft reset, sigmoid surrogate, in SpikingJelly's own
-    containers). A ``_pool_off`` or ``_pool_trim`` suffix builds the same network (the buffer pool is switched
-    off, or set to trim in backward, by the environment)."""
+    containers). A ``_pool_off`` suffix builds the same network (the buffer pool is switched off by the
+    environment)."""
     import functools
 
     from multispike.layers import set_recompute_bn, set_spike_storage
@@ -136,9 +136,7 @@ def build_network_variant(model: str, variant: str, T: int):
                                  step_mode="m")
         return with_spikingjelly_containers(create_model(model, neuron=spec, T=T)), functional.reset_net
     m = create_model(model, neuron="if", T=T, neuron_kwargs={"backend": "cpp"})
-    base = variant
-    for suffix in ("_pool_off", "_pool_trim"):   # environment settings of the kernels' buffer pool
-        base = base[:-len(suffix)] if base.endswith(suffix) else base
+    base = variant[:-len("_pool_off")] if variant.endswith("_pool_off") else variant
     if base not in ("snn", "snn_bytes", "snn_rbn", "snn_bytes_rbn"):
         raise ValueError(f"unknown variant {variant!r}")
     if "_bytes" in base:

@@ -32,8 +32,7 @@ is missing). Sections:
     resident-set peak tracks live memory: ``ru_maxrss`` over three training steps minus the resident size
     before the first one. ``*_pool_off`` rows repeat the SNN with the CPU kernels' output-buffer pool disabled
     (``MULTISPIKE_KERNEL_POOL_MB=0``): the pool keeps freed spike buffers cached, which hides most of the
-    saving of ``snn_bytes``; ``*_pool_trim`` rows with ``MULTISPIKE_KERNEL_POOL_TRIM=1`` (unused blocks released
-    when a backward needs a new one).
+    saving of ``snn_bytes``.
 
 The JSON records the commit, hardware, versions, threads, load averages before and after each section and
 whether the machine was shared (load average above 0.5 per core at the start, or ``--shared``).
@@ -344,10 +343,7 @@ def goal_rows(result: dict) -> list[dict]:
                  "snn_pool_off": "kernel buffer pool off",
                  "snn_bytes_pool_off": "spike_storage='bytes', kernel buffer pool off",
                  "snn_rbn_pool_off": "set_recompute_bn, kernel buffer pool off",
-                 "snn_bytes_rbn_pool_off": "spike_storage='bytes' + set_recompute_bn, kernel buffer pool off",
-                 "snn_pool_trim": "buffer pool trims in backward",
-                 "snn_rbn_pool_trim": "set_recompute_bn, buffer pool trims in backward",
-                 "snn_bytes_rbn_pool_trim": "spike_storage='bytes' + set_recompute_bn, buffer pool trims in backward"}
+                 "snn_bytes_rbn_pool_off": "spike_storage='bytes' + set_recompute_bn, kernel buffer pool off"}
         for v, note in notes.items():
             ours = mem.get((model, v))
             if ours and sj:
@@ -476,14 +472,12 @@ def main(argv: list[str] | None = None) -> int:
         mem_variants = list(variants)
         if not args.quick:
             mem_variants += [f"{v}_pool_off" for v in ("snn", "snn_bytes", "snn_rbn", "snn_bytes_rbn") if v in variants]
-            mem_variants += [f"{v}_pool_trim" for v in ("snn", "snn_rbn", "snn_bytes_rbn") if v in variants]
         for model in args.models.split(","):
             for v in mem_variants:
                 cfg = {"model": model, "variant": v, "T": args.net_T, "batch": args.batch, "steps": 3,
                        "threads": args.threads}
                 lb = loadavg()
-                venv = dict(env, MULTISPIKE_KERNEL_POOL_MB="0") if v.endswith("_pool_off") else \
-                    dict(env, MULTISPIKE_KERNEL_POOL_TRIM="1") if v.endswith("_pool_trim") else env
+                venv = dict(env, MULTISPIKE_KERNEL_POOL_MB="0") if v.endswith("_pool_off") else env
                 res = _subprocess("--mem-worker", cfg, env=venv, in_process=args.quick)
                 res["loadavg_before"], res["loadavg_after"] = lb, loadavg()
                 result["memory"].append(res)

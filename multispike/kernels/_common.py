@@ -77,16 +77,12 @@ class BufferPool:
     ``torch.utils.deterministic.fill_uninitialized_memory``.
 
     The total cached size is bounded by ``MULTISPIKE_KERNEL_POOL_MB`` (default 1024; 0 disables the pool);
-    :func:`empty_cache` releases every unused block. ``trim`` (``MULTISPIKE_KERNEL_POOL_TRIM=1``): when a
-    backward pass needs a new block, the pool first releases its unused blocks of other sizes - the freed spike
-    buffers of later layers cannot serve the earlier ones, and would otherwise stay resident while autograd
-    allocates the gradients (the next forward pass allocates them again).
+    :func:`empty_cache` releases every unused block.
     """
 
-    def __init__(self, limit_bytes: int, min_bytes: int = 1 << 20, trim: bool = False) -> None:
+    def __init__(self, limit_bytes: int, min_bytes: int = 1 << 20) -> None:
         self.limit = limit_bytes
         self.min_bytes = min_bytes
-        self.trim = trim
         self._blocks: dict[int, list[torch.Tensor]] = {}
         self._bytes = 0
         self._lock = threading.Lock()
@@ -126,8 +122,6 @@ class BufferPool:
                         return block
                     blocks.remove(block)
                     self._bytes -= nbytes
-            if self.trim and _in_backward():
-                self._evict(self._bytes)   # every unused block (none of this size is unused: see above)
             if self._bytes + nbytes > self.limit:
                 self._evict(self._bytes + nbytes - self.limit)
                 if self._bytes + nbytes > self.limit:
@@ -170,14 +164,7 @@ class BufferPool:
             self._evict(self._bytes)
 
 
-def _in_backward() -> bool:
-    """Whether an autograd backward pass is running on this thread (a node is being executed)."""
-    current = getattr(torch._C, "_current_autograd_node", None)
-    return current is not None and current() is not None
-
-
-POOL = BufferPool(int(float(os.environ.get("MULTISPIKE_KERNEL_POOL_MB", "1024")) * (1 << 20)),
-                  trim=os.environ.get("MULTISPIKE_KERNEL_POOL_TRIM", "0") == "1")
+POOL = BufferPool(int(float(os.environ.get("MULTISPIKE_KERNEL_POOL_MB", "1024")) * (1 << 20)))
 
 
 def empty_cache() -> None:
