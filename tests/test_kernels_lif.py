@@ -442,3 +442,29 @@ def test_buffer_pool_reuse_is_safe():
     y4 = KERNEL(x)[0]
     torch.testing.assert_close(y4, keep, atol=0, rtol=0)
     empty_cache()
+
+
+def test_buffer_pool_best_fit_reuses_a_larger_unused_block_within_its_factor():
+    from multispike.kernels._common import BufferPool
+
+    pool = BufferPool(1 << 30, min_bytes=1024, reuse_factor=4)
+    exact = BufferPool(1 << 30, min_bytes=1024)
+    if not pool.enabled:
+        pytest.skip("buffer pool unavailable (private storage API)")
+    big = pool.empty((4, 1024), (1024, 1), torch.float32)          # 16 KiB block
+    big_ptr = big.data_ptr()
+    held = pool.empty((4, 256), (256, 1), torch.float32)           # in use: a new 4 KiB block
+    assert held.data_ptr() != big_ptr
+    del big
+    small = pool.empty((2, 512), (512, 1), torch.float32)          # 4 KiB: the free 16 KiB block serves it
+    assert small.data_ptr() == big_ptr and small.shape == (2, 512) and small.stride() == (512, 1)
+    small.fill_(1.0)
+    assert torch.equal(small, torch.ones(2, 512))
+    assert pool.cached_bytes == (4096 + 1024) * 4                  # no growth
+    del small
+    tiny = pool.empty((256,), (1,), torch.float32)                 # 1 KiB: 16 KiB is beyond 4x, 4 KiB block is in use
+    assert tiny.data_ptr() != big_ptr
+    e = exact.empty((4, 1024), (1024, 1), torch.float32)
+    e_ptr = e.data_ptr()
+    del e
+    assert exact.empty((2, 512), (512, 1), torch.float32).data_ptr() != e_ptr   # the default reuses exact sizes

@@ -80,9 +80,10 @@ class BufferPool:
     :func:`empty_cache` releases every unused block.
     """
 
-    def __init__(self, limit_bytes: int, min_bytes: int = 1 << 20) -> None:
+    def __init__(self, limit_bytes: int, min_bytes: int = 1 << 20, reuse_factor: int = 1) -> None:
         self.limit = limit_bytes
         self.min_bytes = min_bytes
+        self.reuse_factor = reuse_factor
         self._blocks: dict[int, list[torch.Tensor]] = {}
         self._bytes = 0
         self._lock = threading.Lock()
@@ -115,13 +116,18 @@ class BufferPool:
 
     def _block(self, nbytes: int) -> torch.Tensor | None:
         with self._lock:
-            blocks = self._blocks.get(nbytes, [])
-            for block in list(blocks):
-                if self._free(block):
-                    if self._intact(block, nbytes):
-                        return block
-                    blocks.remove(block)
-                    self._bytes -= nbytes
+            # best fit: the smallest unused block of at least nbytes (and at most reuse_factor x nbytes), so the
+            # outputs a forward frees early (spikes an average pool or uint8 storage no longer needs) serve its
+            # later, smaller outputs instead of the pool growing by new blocks
+            sizes = [nbytes] + sorted(sz for sz in self._blocks if nbytes < sz <= nbytes * self.reuse_factor)
+            for size in sizes:
+                blocks = self._blocks.get(size, [])
+                for block in list(blocks):
+                    if self._free(block):
+                        if self._intact(block, size):
+                            return block
+                        blocks.remove(block)
+                        self._bytes -= size
             if self._bytes + nbytes > self.limit:
                 self._evict(self._bytes + nbytes - self.limit)
                 if self._bytes + nbytes > self.limit:
@@ -164,7 +170,8 @@ class BufferPool:
             self._evict(self._bytes)
 
 
-POOL = BufferPool(int(float(os.environ.get("MULTISPIKE_KERNEL_POOL_MB", "1024")) * (1 << 20)))
+POOL = BufferPool(int(float(os.environ.get("MULTISPIKE_KERNEL_POOL_MB", "1024")) * (1 << 20)),
+                  reuse_factor=int(os.environ.get("MULTISPIKE_KERNEL_POOL_FIT", "1")))
 
 
 def empty_cache() -> None:
