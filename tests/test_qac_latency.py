@@ -225,3 +225,30 @@ def test_qat_run_fixes_T_l_for_the_last_part_and_meets_the_budget(digits_ann, tm
     saved = {k[: -len(".fixed_T")]: int(v) for k, v in ckpt.model_state.items() if k.endswith(".fixed_T")}
     assert saved == {n: q.timesteps for n, q in quantizers.items()}
     assert summary["final_acc"] > 0.8
+
+
+def test_resuming_after_the_fix_keeps_it_and_its_record(digits_ann, tmp_path):
+    """A resumed run finds its T_l fixed (checkpoint buffers), does not fix again, and keeps the fix's log record."""
+    import json
+
+    from multispike.quant.qac import QACQuantizer
+    from multispike.train import resolve_config, run_training
+
+    first_net, first = _qat(digits_ann, tmp_path, 1e-2, timestep_freeze_fraction=0.5, timestep_budget=2.0)
+    out = tmp_path / "lam0.01"
+    ann, train, test, _ = digits_ann
+    net = copy.deepcopy(ann)
+    prepare_qat(net, t=4.0, alpha=4.0)
+    cfg = resolve_config(overrides=dict(
+        mode="qat", model="digits_cnn", timesteps=1, epochs=3, opt="adam", lr=1e-3, weight_decay=0.0,
+        quant_opt="adam", quant_lr=3e-2, latency_weight=1e-2, latency_per_layer="macs", out=str(out), resume="auto",
+        progress=False, num_classes=10, in_channels=1, num_threads=1, timestep_freeze_fraction=0.5,
+        timestep_budget=2.0))
+    summary = run_training(cfg, model=net, train_loader=train, eval_loader=test)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log if r.get("event") == "epoch"] == [1, 2, 3]
+    fixes = [r for r in log if r.get("event") == "timesteps_fixed"]
+    assert len(fixes) == 1 and summary["timestep_fix"] == fixes[0] == {**first["timestep_fix"]}
+    T_first = [m.timesteps for m in first_net.modules() if isinstance(m, QACQuantizer)]
+    assert [m.timesteps for m in net.modules() if isinstance(m, QACQuantizer)] == T_first
+    assert all(m.is_fixed for m in net.modules() if isinstance(m, QACQuantizer))

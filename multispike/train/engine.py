@@ -730,8 +730,11 @@ class Trainer:
                 continue  # a line cut by the kill
             if rec.get("event") == "epoch" and rec.get("epoch", 0) < self.epoch + 1:
                 kept.append(line)
+            elif rec.get("event") == "timesteps_fixed" and rec.get("step", 0) <= self.step:
+                kept.append(line)   # the fix the checkpoint's fixed_T buffers hold: its record stays with the run
+                self.timestep_fix = rec
         atomic_write_text(self.log_path, "".join(k + "\n" for k in kept))
-        self.history = [json.loads(k) for k in kept]
+        self.history = [r for r in map(json.loads, kept) if r.get("event") == "epoch"]
 
     def fit(self, resume: Checkpoint | None = None) -> dict:
         """Train ``config.epochs`` epochs (continuing from ``resume``); returns the summary record.
