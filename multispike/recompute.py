@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["BNRecipe", "bn_apply", "batch_norm_with_recipe", "recipe_of", "can_recompute_bn"]
+__all__ = ["BNRecipe", "bn_apply", "batch_norm_with_recipe", "attach_recipe", "recipe_of", "can_recompute_bn"]
 
 _ATTR = "_ms_bn_recipe"
 _PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)   # not SyncBatchNorm: its statistics are global
@@ -43,14 +43,14 @@ def bn_apply(h: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, weight: 
 
 
 class BNRecipe:
-    """What rebuilds one BN output: the input ``h``, batch mean and inverse std, weight, bias; the output's shape
-    and the version of the output tensor when the recipe was attached."""
+    """What rebuilds one BN output: the input ``h``, batch mean and inverse std, weight, bias; once attached
+    (:func:`attach_recipe`), the shape and version of the tensor it describes."""
 
     __slots__ = ("h", "mean", "invstd", "weight", "bias", "shape", "version")
 
-    def __init__(self, h, mean, invstd, weight, bias, shape, version) -> None:
+    def __init__(self, h, mean, invstd, weight, bias) -> None:
         self.h, self.mean, self.invstd, self.weight, self.bias = h, mean, invstd, weight, bias
-        self.shape, self.version = tuple(shape), version
+        self.shape, self.version = None, None   # of the tensor it is attached to (attach_recipe)
 
     def tensors(self) -> tuple:
         return self.h, self.mean, self.invstd, self.weight, self.bias
@@ -122,7 +122,7 @@ def batch_norm_with_recipe(bn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor
                                                   bn.running_var if tracked else None, momentum)
         invstd = torch.rsqrt(var + bn.eps)
     y = _BatchNormFunction.apply(h, bn.weight, bn.bias, mean, invstd, bn.eps)
-    return y, BNRecipe(h, mean, invstd, bn.weight, bn.bias, y.shape, y._version)
+    return y, BNRecipe(h, mean, invstd, bn.weight, bn.bias)
 
 
 def attach_recipe(out: torch.Tensor, recipe: BNRecipe) -> torch.Tensor:

@@ -49,6 +49,7 @@ class FusedSequence(torch.autograd.Function):
             call = call._replace(recipe=None)
         else:
             ctx.save_for_backward(x, v0, lr0)
+            ctx.x_shape = None
         ctx.call = call
         ctx.set_materialize_grads(False)
         return y, vT, lrT
@@ -57,7 +58,7 @@ class FusedSequence(torch.autograd.Function):
     def backward(ctx, gy, gvT, glrT):
         saved = ctx.saved_tensors
         call = ctx.call
-        if len(saved) > 3:   # rebuilt input, bit-identical to the forward's (multispike.recompute.bn_apply)
+        if ctx.x_shape is not None:   # rebuilt input, bit-identical to the forward's (multispike.recompute.bn_apply)
             *recipe, v0, lr0 = saved
             x = match_layout(BNRecipe.rebuild(recipe, ctx.x_shape), call.strides, seq=True)
         else:

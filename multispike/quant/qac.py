@@ -408,7 +408,8 @@ class QACQuantizer(nn.Module):
             self.project_()
         p1, p2 = self.learnable_pair()
         if self.is_fixed:   # the level parameter no longer matters: no gradient reaches it
-            p1, p2 = (p1, p2.detach()) if self.param == "d_alpha" else (p1.detach(), p2)
+            level = self._level_parameter()
+            p1, p2 = (p.detach() if p is level else p for p in (p1, p2))
         return _QACFunction.apply(x, p1, p2, self.timesteps, _CASES[self.param])
 
     def extra_repr(self) -> str:

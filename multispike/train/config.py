@@ -357,12 +357,14 @@ class TrainConfig:
         need(self.latency_weight == 0 or self.mode in ("qat", "ann"),
              f"latency_weight acts on QAC quantizers; use it with mode qat (mode is {self.mode!r})")
         need(0.0 <= self.timestep_freeze_fraction < 1.0,
-             f"timestep_freeze_fraction must be in [0, 1) (the fraction of training run with fixed T_l), got "
-             f"{self.timestep_freeze_fraction}")
+             "{timestep_freeze_fraction} must be in [0, 1) (the fraction of training run with fixed T_l, e.g. 0.2), "
+             f"got {self.timestep_freeze_fraction}", "timestep_freeze_fraction")
         need(self.timestep_freeze_fraction == 0 or self.mode == "qat",
-             f"timestep_freeze_fraction fixes the T_l of QAC quantizers; use it with mode qat (mode is {self.mode!r})")
+             "{timestep_freeze_fraction} fixes the T_l of QAC quantizers; use it with {mode} qat "
+             f"(mode is {self.mode!r})", "timestep_freeze_fraction", "mode")
         need(self.timestep_budget is None or (self.timestep_budget >= 1 and self.timestep_budget == self.timestep_budget),
-             f"timestep_budget must be a mean timestep >= 1, got {self.timestep_budget}")
+             "{timestep_budget} must be a mean timestep >= 1 (every layer runs at least one step), got "
+             f"{self.timestep_budget}", "timestep_budget")
         need(self.timestep_budget is None or self.timestep_freeze_fraction > 0,
              "{timestep_budget} is applied when the T_l are fixed: set {timestep_freeze_fraction} > 0 (e.g. 0.2)",
              "timestep_budget", "timestep_freeze_fraction")

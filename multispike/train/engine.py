@@ -392,9 +392,6 @@ class Trainer:
         frac = self.cfg.timestep_freeze_fraction
         if not frac or self.timestep_fix is not None:
             return
-        if self._timesteps_fixed():   # resumed after the fix: the checkpoint's fixed_T buffers hold it
-            self.timestep_fix = {"resumed": True}
-            return
         # floor: a short run still trains its last step(s) with the fixed T_l
         due = self._schedule_step() >= math.floor((1.0 - frac) * max(self.schedule.total_steps, 1))
         if self.dist.world_size > 1:   # the time-based schedule differs per rank: fix on every rank at once
@@ -759,6 +756,8 @@ class Trainer:
             self._prepare_log_for_resume()
             self._print(f"resumed from {resume.path} at epoch {self.epoch + 1}, batch {self._resume_batch}, "
                         f"step {self.step}")
+        if cfg.timestep_freeze_fraction and self.timestep_fix is None and self._timesteps_fixed():
+            self.timestep_fix = {"resumed": True}   # fixed already (checkpoint buffers), its log record not found
         t_start = time.perf_counter()
         self._t_fit = t_start
         final_eval: dict = {}
