@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from .neurons.base import StepModule, check_positive_int, check_sequence
+from .recompute import (PACKED_COPY_ATTR, add_with_recipe, attach_recipe, batch_norm_with_recipe,
+                        can_recompute_bn)
 
 __all__ = ["SeqToANNContainer", "MultiStepContainer", "DirectEncoder", "MeanOverTime", "to_time_major",
            "align_time", "parse_align", "TemporalAlign", "ResidualAdd", "ALIGN_METHODS",
@@ -217,7 +219,6 @@ class SeqToANNContainer(nn.Sequential):
         """The layers on the merged batch; with ``recompute``, a final BatchNorm also yields its recipe."""
         if not recompute:
             return super().forward(x), None
-        from .recompute import batch_norm_with_recipe, can_recompute_bn
         h = x
         for layer in list(self)[:-1]:
             h = layer(h)
@@ -236,13 +237,16 @@ class SeqToANNContainer(nn.Sequential):
             with torch.autograd.graph.saved_tensors_hooks(_ShapeOnly(x), _unpack_shape_only):
                 y, recipe = self._run(x, recompute)
         elif self._should_pack(x):
-            with torch.autograd.graph.saved_tensors_hooks(_InputPacker(x, self), _unpack_exact_uint8):
+            packer = _InputPacker(x, self)
+            with torch.autograd.graph.saved_tensors_hooks(packer, _unpack_exact_uint8):
                 y, recipe = self._run(x, recompute)
+            packed = packer.cache.get((tuple(x.shape), x.stride(), x.storage_offset(), x.dtype, x._version))
+            if isinstance(packed, tuple):   # keep the copy findable for a residual addition (packed_copy_of)
+                setattr(x_seq, PACKED_COPY_ATTR, (packed[0].view(x_seq.shape), x_seq._version))
         else:
             y, recipe = self._run(x, recompute)
         out = y.view(T, B, *y.shape[1:])
         if recipe is not None:
-            from .recompute import attach_recipe
             attach_recipe(out, recipe)
         return out
 
@@ -387,4 +391,6 @@ class ResidualAdd(nn.Module):
     def forward(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != shortcut.shape[0]:
             shortcut = align_time(shortcut, x.shape[0], self.align)
-        return x + shortcut
+            return x + shortcut
+        # with recompute_bn the sum can carry a recipe, so the neuron after it saves no copy (multispike.recompute)
+        return add_with_recipe(x, shortcut)

@@ -12,16 +12,23 @@ tensors, so the rebuilt input is bit-identical and the neuron's backward sees ex
 ATen's ``native_batch_norm_backward`` with the saved statistics. The values differ from ``nn.BatchNorm2d``'s only
 by float rounding (its fused CPU kernel orders the operations differently); tests/test_recompute_bn.py.
 
+Residual blocks (``BN(conv(s)) + shortcut -> neuron``, :class:`multispike.layers.ResidualAdd`): the sum gets an
+:class:`AddRecipe` - the BN recipe plus the shortcut, which the block keeps anyway (the spikes its first conv
+saves, or the uint8 copy ``spike_storage="bytes"`` made of them, or a downsampling BN's recipe) - so the neuron
+after the addition saves no copy either.
+
 The recipe travels as an attribute of the container's output tensor and is used only if that very tensor, not
 modified in place since (version counter), reaches a fused CPU kernel (:func:`multispike.kernels._fused.run_planned`);
 anything else simply saves the tensor as before.
 """
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
 from torch import nn
 
-__all__ = ["BNRecipe", "bn_apply", "batch_norm_with_recipe", "attach_recipe", "recipe_of", "can_recompute_bn"]
+__all__ = ["BNRecipe", "AddRecipe", "add_with_recipe", "packed_copy_of", "PACKED_COPY_ATTR", "bn_apply", "batch_norm_with_recipe", "attach_recipe", "recipe_of", "can_recompute_bn"]
 
 _ATTR = "_ms_bn_recipe"
 _PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)   # not SyncBatchNorm: its statistics are global
@@ -53,13 +60,55 @@ class BNRecipe:
         self.shape, self.version = None, None   # of the tensor it is attached to (attach_recipe)
 
     def tensors(self) -> tuple:
+        """What the consumer saves (``save_for_backward``) in place of the output."""
         return self.h, self.mean, self.invstd, self.weight, self.bias
 
-    @staticmethod
-    def rebuild(tensors, shape) -> torch.Tensor:
-        """The output again, from :meth:`tensors` (as saved by the consumer) and ``shape``."""
-        with torch.no_grad():
-            return bn_apply(*tensors).view(shape)
+    def rebuilder(self) -> Callable[[Sequence[torch.Tensor]], torch.Tensor]:
+        """A function of :meth:`tensors` (as saved) that returns the output again; holds no tensor itself."""
+        shape = self.shape
+
+        def rebuild(saved):
+            with torch.no_grad():
+                return bn_apply(*saved).view(shape)
+        return rebuild
+
+
+class AddRecipe:
+    """What rebuilds a residual sum ``x + shortcut`` (:class:`multispike.layers.ResidualAdd`) whose ``x`` is a BN
+    output with a :class:`BNRecipe`: that recipe, and the shortcut as a :class:`BNRecipe` (a downsampling
+    conv + BN), as an exact ``uint8`` copy (spikes already packed by ``spike_storage="bytes"``), or as the tensor
+    itself (a spike tensor the next conv keeps anyway). Rebuilt with the same operation in the same order as the
+    forward's ``x + shortcut``, so bit for bit."""
+
+    __slots__ = ("x", "shortcut", "shortcut_dtype", "shape", "version")
+
+    def __init__(self, x: BNRecipe, shortcut: "BNRecipe | torch.Tensor", shortcut_dtype: torch.dtype | None = None):
+        self.x, self.shortcut = x, shortcut
+        self.shortcut_dtype = shortcut_dtype   # set when ``shortcut`` is the uint8 copy of a tensor of this dtype
+        self.shape, self.version = None, None
+
+    def tensors(self) -> tuple:
+        tail = self.shortcut.tensors() if isinstance(self.shortcut, BNRecipe) else (self.shortcut,)
+        return self.x.tensors() + tail
+
+    def rebuilder(self) -> Callable[[Sequence[torch.Tensor]], torch.Tensor]:
+        rebuild_x, n_x = self.x.rebuilder(), len(self.x.tensors())
+        if isinstance(self.shortcut, BNRecipe):
+            rebuild_s = self.shortcut.rebuilder()
+        elif self.shortcut_dtype is not None:
+            dtype = self.shortcut_dtype
+
+            def rebuild_s(saved):
+                q = saved[0]
+                return torch.empty_strided(q.shape, q.stride(), dtype=dtype, device=q.device).copy_(q)
+        else:
+            def rebuild_s(saved):
+                return saved[0]
+
+        def rebuild(saved):
+            with torch.no_grad():
+                return rebuild_x(saved[:n_x]) + rebuild_s(saved[n_x:])
+        return rebuild
 
 
 class _BatchNormFunction(torch.autograd.Function):
@@ -125,16 +174,51 @@ def batch_norm_with_recipe(bn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor
     return y, BNRecipe(h, mean, invstd, bn.weight, bn.bias)
 
 
-def attach_recipe(out: torch.Tensor, recipe: BNRecipe) -> torch.Tensor:
-    """Mark ``out`` (a view of the BN output, e.g. ``[T, B, ...]``) as rebuildable by ``recipe``."""
+def attach_recipe(out: torch.Tensor, recipe: "BNRecipe | AddRecipe") -> torch.Tensor:
+    """Mark ``out`` (e.g. the ``[T, B, ...]`` view of a BN output) as rebuildable by ``recipe``."""
     recipe.shape, recipe.version = tuple(out.shape), out._version
     setattr(out, _ATTR, recipe)
     return out
 
 
-def recipe_of(x: torch.Tensor) -> BNRecipe | None:
+def recipe_of(x: torch.Tensor) -> "BNRecipe | AddRecipe | None":
     """The recipe attached to ``x`` if it still describes ``x`` (same shape, not modified in place), else None."""
     recipe = getattr(x, _ATTR, None)
     if recipe is None or recipe.shape != tuple(x.shape) or recipe.version != x._version:
         return None
     return recipe
+
+
+PACKED_COPY_ATTR = "_ms_uint8_copy"
+
+
+def packed_copy_of(t: torch.Tensor) -> torch.Tensor | None:
+    """The exact ``uint8`` copy that a :class:`multispike.layers.SeqToANNContainer` with ``spike_storage="bytes"``
+    saved of its input ``t`` (attribute ``PACKED_COPY_ATTR``; same shape, ``t`` not modified since), or None. A
+    residual addition reuses it to keep its shortcut in a quarter of the bytes (:func:`add_with_recipe`)."""
+    entry = getattr(t, PACKED_COPY_ATTR, None)
+    if entry is None:
+        return None
+    q, version = entry
+    return q if version == t._version and q.shape == t.shape else None
+
+
+def add_with_recipe(x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """``x + shortcut``, marked rebuildable (:class:`AddRecipe`) when ``x`` carries a :class:`BNRecipe`, autograd is
+    on and the shortcut has ``x``'s shape: the next fused neuron then saves no copy of the sum. The shortcut is
+    referenced through its own BN recipe, its exact uint8 copy (:func:`packed_copy_of`), or
+    itself - never through another residual sum, whose rebuild would chain back through the whole network."""
+    out = x + shortcut
+    if not torch.is_grad_enabled() or not out.requires_grad or shortcut.shape != x.shape or \
+            torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return out
+    rx = recipe_of(x)
+    if not isinstance(rx, BNRecipe):
+        return out
+    rs = recipe_of(shortcut)
+    if isinstance(rs, BNRecipe):
+        recipe = AddRecipe(rx, rs)
+    else:
+        q = packed_copy_of(shortcut)
+        recipe = AddRecipe(rx, shortcut) if q is None else AddRecipe(rx, q, shortcut.dtype)
+    return attach_recipe(out, recipe)

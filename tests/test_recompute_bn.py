@@ -21,7 +21,8 @@ from multispike.kernels import _build
 from multispike.layers import SeqToANNContainer, set_recompute_bn, set_spike_storage
 from multispike.models import create_model
 from multispike.neurons import IFNeuron, LIFNeuron
-from multispike.recompute import BNRecipe, batch_norm_with_recipe, can_recompute_bn, recipe_of
+from multispike.recompute import (AddRecipe, BNRecipe, attach_recipe, batch_norm_with_recipe, can_recompute_bn,
+                                  recipe_of)
 
 needs_cpp = pytest.mark.skipif(_build.load_library() is None, reason="the C++ kernels are not built here")
 
@@ -47,7 +48,8 @@ def test_bn_matches_torch_batchnorm_and_rebuilds_bit_for_bit(dtype, affine, mome
         assert can_recompute_bn(ours, h)
         y, recipe = batch_norm_with_recipe(ours, h)
         y_ref = ref(h_ref)
-        assert torch.equal(_bits(BNRecipe.rebuild(recipe.tensors(), y.shape)), _bits(y.detach()))
+        attach_recipe(y, recipe)
+        assert torch.equal(_bits(recipe.rebuilder()(recipe.tensors())), _bits(y.detach()))
         tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(y, y_ref, **tol)
         g = torch.randn_like(y)
@@ -73,7 +75,8 @@ def test_bn_matches_torch_batchnorm_in_1d_and_3d(bn_cls, shape):
     y, recipe = batch_norm_with_recipe(ours, h)
     y_ref = ref(h_ref)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
-    assert torch.equal(_bits(BNRecipe.rebuild(recipe.tensors(), y.shape)), _bits(y.detach()))
+    attach_recipe(y, recipe)
+    assert torch.equal(_bits(recipe.rebuilder()(recipe.tensors())), _bits(y.detach()))
     y.sum().backward()
     y_ref.sum().backward()
     torch.testing.assert_close(h.grad, h_ref.grad, rtol=1e-4, atol=1e-5)
@@ -121,6 +124,7 @@ def _step(net, x, y):
 @needs_cpp
 @pytest.mark.parametrize("model_name, neuron, T, storage, channels_last", [
     ("resnet20_cifar", "if", 4, "float", False),
+    ("resnet20_cifar", "lif", 2, "bytes", True),
     ("airbench_cifar", "if", 2, "bytes", False),
     ("vgg_small", "lif", 3, "float", True),
 ])
@@ -186,6 +190,105 @@ def test_the_neuron_keeps_no_copy_of_the_bn_output(neuron_cls):
         s = neuron(h)
         ptrs = {t.untyped_storage().data_ptr() for t in _neuron_saved(s)}
         assert (h.untyped_storage().data_ptr() in ptrs) == (not recompute)
+        s.sum().backward()
+        neuron.reset()
+
+
+def _bn_out(channels=4, seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    body = SeqToANNContainer(nn.Conv2d(2, channels, 3, padding=1), nn.BatchNorm2d(channels)).to(dtype)
+    body.recompute_bn = True
+    return body, body(torch.randn(3, 2, 2, 5, 5, dtype=dtype))
+
+
+@pytest.mark.parametrize("kind", ["tensor", "uint8", "bn"])
+def test_a_residual_sum_rebuilds_bit_for_bit(kind):
+    from multispike.layers import ResidualAdd
+    from multispike.recompute import packed_copy_of
+
+    _, x = _bn_out()
+    if kind == "bn":
+        _, shortcut = _bn_out(seed=1)
+    else:
+        spikes = (torch.rand(3, 2, 4, 5, 5) < 0.3).float().requires_grad_()
+        storing = SeqToANNContainer(nn.Conv2d(4, 2, 1))
+        set_spike_storage(storing, "bytes" if kind == "uint8" else "float")
+        storing(spikes)                                  # the block's first conv sees the shortcut first
+        shortcut = spikes
+        assert (packed_copy_of(spikes) is not None) == (kind == "uint8")
+    out = ResidualAdd()(x, shortcut)
+    recipe = recipe_of(out)
+    assert isinstance(recipe, AddRecipe)
+    saved = recipe.tensors()
+    if kind == "uint8":
+        assert saved[-1].dtype == torch.uint8 and saved[-1].shape == out.shape
+    elif kind == "tensor":
+        assert saved[-1] is shortcut
+    else:
+        assert all(t is not shortcut for t in saved)     # through its BN recipe, not the BN output itself
+    assert torch.equal(_bits(recipe.rebuilder()(saved)), _bits(out.detach()))
+
+
+def test_no_residual_recipe_where_it_does_not_apply():
+    from multispike.layers import ResidualAdd
+
+    _, x = _bn_out()
+    add = ResidualAdd()
+    assert recipe_of(add(x, torch.ones(2, 2, 4, 5, 5))) is None     # different T: the aligned copy is new anyway
+    assert recipe_of(add(x, torch.ones(1, 1, 4, 5, 5).expand(3, 2, 4, 5, 5))) is not None
+    assert recipe_of(add(x, torch.ones(3, 2, 4, 1, 1))) is None      # broadcast shortcut
+    assert recipe_of(add(x.detach(), torch.ones_like(x))) is None      # no autograd
+    plain = SeqToANNContainer(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4))
+    assert recipe_of(add(plain(torch.randn(3, 2, 2, 5, 5)), torch.ones_like(x))) is None   # no recompute_bn
+    chained = add(x, torch.ones_like(x))
+    _, x2 = _bn_out(seed=2)
+    again = recipe_of(add(x2, chained))
+    assert isinstance(again, AddRecipe) and again.shortcut is chained   # never a chain of sums
+    with torch.no_grad():
+        assert recipe_of(add(x, torch.ones_like(x))) is None
+
+
+@needs_cpp
+@pytest.mark.parametrize("storage", ["float", "bytes"])
+def test_every_resnet_neuron_rebuilds_its_input(storage, monkeypatch):
+    """resnet20: each block's first neuron rebuilds a BN output, each block's second neuron the
+    residual sum (identity blocks: the spikes, or their uint8 copy; downsampling blocks: a second BN)."""
+    torch.manual_seed(0)
+    net = create_model("resnet20_cifar", neuron="if", T=2, neuron_kwargs={"backend": "cpp"})
+    set_spike_storage(net, storage)
+    set_recompute_bn(net)
+    kinds = []
+
+    def spy(t):
+        r = recipe_of(t)
+        if isinstance(r, AddRecipe):
+            s = r.shortcut
+            kinds.append("add+bn" if isinstance(s, BNRecipe) else "add+uint8" if s.dtype == torch.uint8
+                         else "add+float")
+        else:
+            kinds.append(type(r).__name__)
+        return r
+
+    monkeypatch.setattr(fused, "recipe_of", spy)
+    _step(net, torch.randn(2, 3, 16, 16), torch.randint(0, 10, (2,)))
+    identity = "add+uint8" if storage == "bytes" else "add+float"
+    # the stem runs once on the static image and reaches its neuron expanded over T: saving it costs 1/T already
+    assert sorted(kinds) == sorted(["NoneType"] + ["BNRecipe"] * 9 + ["add+bn"] * 2 + [identity] * 7)
+
+
+@needs_cpp
+def test_the_neuron_after_a_residual_sum_keeps_no_copy_of_it():
+    from multispike.layers import ResidualAdd
+
+    body, _ = _bn_out()
+    neuron = IFNeuron(step_mode="m", backend="cpp")
+    shortcut = (torch.rand(3, 2, 4, 5, 5) < 0.5).float()
+    for recompute in (False, True):
+        body.recompute_bn = recompute
+        out = ResidualAdd()(body(torch.randn(3, 2, 2, 5, 5)), shortcut)
+        s = neuron(out)
+        ptrs = {t.untyped_storage().data_ptr() for t in _neuron_saved(s)}
+        assert (out.untyped_storage().data_ptr() in ptrs) == (not recompute)
         s.sum().backward()
         neuron.reset()
 

@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from ..neurons.params import NeuronParameters, keyword_entry
-from ..recompute import BNRecipe, recipe_of
+from ..recompute import recipe_of
 from ._abi import FLOAT_CODES, Plan
 from ._common import empty_seq, empty_step, match_layout, reference, step_layout
 
@@ -45,11 +45,11 @@ class FusedSequence(torch.autograd.Function):
         y, vT, lrT = call.engine.forward(call, x, v0, lr0)
         if call.recipe is not None:   # keep what rebuilds x (BN's input, already saved by BN), not x itself
             ctx.save_for_backward(*call.recipe.tensors(), v0, lr0)
-            ctx.x_shape = x.shape
+            ctx.rebuild = call.recipe.rebuilder()
             call = call._replace(recipe=None)
         else:
             ctx.save_for_backward(x, v0, lr0)
-            ctx.x_shape = None
+            ctx.rebuild = None
         ctx.call = call
         ctx.set_materialize_grads(False)
         return y, vT, lrT
@@ -58,9 +58,9 @@ class FusedSequence(torch.autograd.Function):
     def backward(ctx, gy, gvT, glrT):
         saved = ctx.saved_tensors
         call = ctx.call
-        if ctx.x_shape is not None:   # rebuilt input, bit-identical to the forward's (multispike.recompute.bn_apply)
+        if ctx.rebuild is not None:   # rebuilt input, bit-identical to the forward's (multispike.recompute)
             *recipe, v0, lr0 = saved
-            x = match_layout(BNRecipe.rebuild(recipe, ctx.x_shape), call.strides, seq=True)
+            x = match_layout(ctx.rebuild(recipe), call.strides, seq=True)
         else:
             x, v0, lr0 = saved
         strides = call.strides
@@ -86,7 +86,7 @@ def run_planned(engine, x_seq: torch.Tensor, v0, lr0, plan: Plan, extra=None):
     lr0 = None if lr0 is None else match_layout(lr0, strides, seq=False)
     call = Call(engine, plan, strides, extra)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, v0, lr0, *plan.params)):
-        if x is x_seq:   # a BN output that can be rebuilt (SeqToANNContainer with recompute_bn)
+        if x is x_seq:   # a BN output or residual sum that can be rebuilt (recompute_bn)
             call = call._replace(recipe=recipe_of(x_seq))
         return FusedSequence.apply(call, x, v0, lr0, *plan.params)
     return engine.forward(call, x, v0, lr0)
