@@ -23,7 +23,7 @@ anything else simply saves the tensor as before.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
