@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--net-T", type=int, default=4)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--iters", type=int, default=2, help="timed network steps per variant and round")
-    ap.add_argument("--variants", default="ann,snn,snn_bytes,snn_spikingjelly")
+    ap.add_argument("--variants", default="ann,snn,snn_bytes,snn_rbn,snn_bytes_rbn,snn_spikingjelly")
     ap.add_argument("--no-peers", action="store_true", help="skip SpikingJelly")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
