@@ -130,8 +130,8 @@ class TrainConfig:
     spike_storage: str = _f("float", "training memory: 'bytes' keeps the spike inputs that conv/linear layers save for "
                             "the backward as uint8, restored bit for bit (multispike.layers.set_spike_storage)",
                             "training", ("float", "bytes"))
-    recompute_bn: bool = _f(False, "training memory: the spiking neuron after a conv+BN rebuilds its input in the "
-                            "backward from BN's input instead of saving it (bit-exact rebuild; float32 without AMP, "
+    recompute_bn: bool = _f(False, "training memory: the spiking neuron after a conv+BN (or after a residual add of "
+                            "one) rebuilds its input in the backward from BN's input instead of saving it (bit-exact rebuild; float32 without AMP, "
                             "fused CPU/Triton neurons; multispike.layers.set_recompute_bn)", "training")
     ema_decay: float | None = _f(None, "keep an exponential moving average of the weights with this decay per update "
                                  "(e.g. 0.99); evaluation uses it and the final checkpoint holds it", "training")
