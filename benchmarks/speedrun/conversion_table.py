@@ -47,6 +47,12 @@ def _run(argv: list[str], log: Path) -> float:
     return wall
 
 
+def _mean_rate(ev: dict) -> float:
+    """Neuron-weighted mean spike rate over the spiking layers of a `multispike eval` result."""
+    layers = ev["spikes"]["layers"]
+    return sum(r["spike_rate"] * r["neurons"] for r in layers) / max(1, sum(r["neurons"] for r in layers))
+
+
 def _pct(x: float) -> float:
     return round(100.0 * x, 2)
 
@@ -99,11 +105,14 @@ def main() -> int:
     if_curve = [_pct(a) for a in if_T8["snn"]["acc_per_t"]]
     if_acc = {T: if_curve[T - 1] for T in (2, 4, 8)}
     lm = {k: _pct(v["snn"]["acc"]) for k, v in lmht.items()}
-    plain = {T: _pct(uniform[T]["compare_align"]["none"]["acc"]) for T in uniform}
-    aver = {T: _pct(uniform[T]["compare_align"]["aver+aver"]["acc"]) for T in uniform}
+    def aligned(T: int, align: str | None) -> float:
+        return _pct(next(r["acc"] for r in uniform[T]["compare_align"] if r["align"] == align))
 
-    def sops(ev: dict) -> float:
-        return float(ev["ops"]["totals"]["multispike"]["sops_per_sample"])
+    plain = {T: aligned(T, None) for T in uniform}
+    aver = {T: aligned(T, "aver+aver") for T in uniform}
+
+    def sops(ev: dict) -> float:   # LM-HT's §6.3 count (first layer excluded), as the evidence table counts them
+        return float(ev["energy"]["lmht_sop"]["sops"])
 
     sop_lmht, sop_if4 = sops(ev_lmht), sops(ev_if4)
     claims = []
@@ -146,8 +155,10 @@ def main() -> int:
         "accuracy_pct": {"qcfs_ann": ann, "if_per_t": if_curve, "lmht": lm, "uniform_plain": plain,
                          "uniform_aver_aver": aver},
         "sops_per_image": {"lmht_L2T2": sop_lmht, "if_T4": sop_if4},
-        "energy": {"lmht_L2T2": ev_lmht["energy"].get("diet", {}).get("delta"),
-                   "if_T4": ev_if4["energy"].get("diet", {}).get("delta")},
+        "energy": {name: {"delta_diet": ev["energy"]["diet"]["delta"], "e_snn_uj_diet": ev["energy"]["diet"]["e_snn_uj"],
+                          "e_sop_uj": ev["energy"]["lmht_sop"]["e_uj"],
+                          "spike_rate": _mean_rate(ev)}
+                   for name, ev in (("lmht_L2T2", ev_lmht), ("if_T4", ev_if4))},
         "claims": claims,
         "complete": args.limit is None,
     }
