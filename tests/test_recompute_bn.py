@@ -125,6 +125,8 @@ def _step(net, x, y):
 @pytest.mark.parametrize("model_name, neuron, T, storage, channels_last", [
     ("resnet20_cifar", "if", 4, "float", False),
     ("resnet20_cifar", "lif", 2, "bytes", True),
+    ("ms_resnet18", "if", 2, "float", False),                    # sums feeding sums: no chained rebuild
+    ("spike_driven_transformer_tiny", "lif", 2, "bytes", False),
     ("airbench_cifar", "if", 2, "bytes", False),
     ("vgg_small", "lif", 3, "float", True),
 ])
