@@ -73,6 +73,9 @@ def pack_exact_uint8(t: torch.Tensor) -> torch.Tensor | None:
     bits = _BITS.get(t.dtype)
     if bits is None or t.numel() == 0 or not _dense(t):
         return None
+    from .kernels.pack_cpp import pack_exact_uint8_cpu, pack_kernel_available
+    if pack_kernel_available(t):   # one pass instead of PyTorch's four (convert, convert back, compare)
+        return pack_exact_uint8_cpu(t)
     q = t.to(torch.uint8)  # preserve_format: same strides for a dense tensor (checked below)
     if q.stride() != t.stride():
         return None
@@ -166,7 +169,8 @@ class SeqToANNContainer(nn.Sequential):
     ``spike_storage = "bytes"`` (per container, or :func:`set_spike_storage` on a model), an input that is a
     spike tensor - every value an integer in ``[0, 255]``, checked bit for bit - is saved as ``uint8`` (a quarter
     of float32's bytes) and restored exactly, with the same strides, when the backward needs it: outputs and
-    gradients are bit-identical to the default ``"float"`` path (tests/test_layers_spike_storage.py). Measured
+    gradients are bit-identical to the default ``"float"`` path (tests/test_layers_spike_storage.py). On CPU the
+    check and the copy are one pass of the C++ library (:mod:`multispike.kernels.pack_cpp`). Measured
     (benchmarks/perf_goals.py, IF SNN at T = 4 on a CPU): peak training memory -16 to -18 % with the CPU
     kernels' buffer pool off (``MULTISPIKE_KERNEL_POOL_MB=0``) but only about -4 % with it on (the pool keeps
     the freed float spike buffers cached), for 2-5 % more training time (about three elementwise passes over

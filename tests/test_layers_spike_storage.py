@@ -9,6 +9,13 @@ from torch.utils.checkpoint import checkpoint
 from multispike.layers import SeqToANNContainer, pack_exact_uint8, set_spike_storage
 from multispike.models import create_model
 
+def _kernels_built() -> bool:
+    from multispike.kernels import _build
+    return _build.load_library() is not None
+
+
+needs_kernels = pytest.mark.skipif(not _kernels_built(), reason="the C++ kernels are not built here")
+
 BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
 
@@ -16,8 +23,21 @@ def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(BITS[a.dtype]), b.view(BITS[b.dtype]))
 
 
+@pytest.fixture(params=["kernel", "torch"])
+def pack_path(request, monkeypatch):
+    """Both implementations of pack_exact_uint8: the one-pass C++ kernel (float32/float64 on CPU) and PyTorch's."""
+    import multispike.kernels.pack_cpp as pack_cpp
+    from multispike.kernels import _build
+
+    if request.param == "kernel" and _build.load_library() is None:
+        pytest.skip("the C++ kernels are not built here")
+    if request.param == "torch":
+        monkeypatch.setattr(pack_cpp, "pack_kernel_available", lambda t: False)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-def test_pack_round_trips_spikes_and_counts(dtype):
+def test_pack_round_trips_spikes_and_counts(dtype, pack_path):
     x = torch.randint(0, 256, (3, 4, 5, 6)).to(dtype)
     q = pack_exact_uint8(x)
     assert q is not None and q.dtype == torch.uint8 and q.stride() == x.stride()
@@ -27,11 +47,45 @@ def test_pack_round_trips_spikes_and_counts(dtype):
     assert q is not None and q.stride() == cl.stride()
 
 
-@pytest.mark.parametrize("bad", [0.5, -1.0, 256.0, -0.0, float("nan"), float("inf"), 1e-30])
-def test_pack_refuses_anything_not_bit_exact(bad):
-    x = torch.zeros(2, 3, 4)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [0.5, -1.0, 256.0, 255.5, -0.0, float("nan"), float("inf"), -float("inf"), 1e-30,
+                                 1e-40, 1e10, -2.0 ** 31, 2.0 ** 31])
+def test_pack_refuses_anything_not_bit_exact(bad, dtype, pack_path):
+    x = torch.zeros(2, 3, 4, dtype=dtype)
     x[1, 2, 3] = bad
     assert pack_exact_uint8(x) is None
+
+
+@pytest.mark.parametrize("where", [0, 70_000, -1])
+def test_pack_of_a_large_tensor_checks_every_block(where, pack_path):
+    """Several kernel blocks and threads: a single bad element anywhere refuses the whole tensor."""
+    torch.manual_seed(0)
+    x = (torch.rand(5, 32, 33, 31) < 0.3).float() * 3
+    q = pack_exact_uint8(x)
+    assert q is not None and torch.equal(q.float(), x)
+    x.view(-1)[where] = 0.25
+    assert pack_exact_uint8(x) is None
+
+
+@needs_kernels
+def test_pack_kernel_agrees_with_pytorch_on_random_values():
+    from hypothesis import given, settings, strategies as st
+
+    from multispike.kernels.pack_cpp import pack_exact_uint8_cpu
+
+    values = st.one_of(st.integers(0, 255).map(float), st.floats(allow_nan=True, allow_infinity=True, width=32))
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(values, min_size=1, max_size=40), st.sampled_from([torch.float32, torch.float64]))
+    def check(vals, dtype):
+        x = torch.tensor(vals, dtype=dtype)
+        exact = x.to(torch.uint8).to(dtype).view(BITS[dtype]).equal(x.view(BITS[dtype]))
+        q = pack_exact_uint8_cpu(x)
+        assert (q is not None) == exact
+        if exact:
+            assert torch.equal(q, x.to(torch.uint8))
+
+    check()
 
 
 def test_pack_refuses_non_dense_and_non_float():

@@ -353,7 +353,7 @@ def _declare(lib: ctypes.CDLL) -> None:
             fn = getattr(lib, f"ms_{family}_{direction}")
             fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.POINTER(record)]
-    for name in ("ms_qcfs_forward", "ms_qcfs_backward", "ms_qac_forward", "ms_qac_backward"):
+    for name in ("ms_qcfs_forward", "ms_qcfs_backward", "ms_qac_forward", "ms_qac_backward", "ms_pack_exact_u8"):
         getattr(lib, name).restype = ctypes.c_int
         getattr(lib, name).argtypes = [ctypes.POINTER(QuantArgs)]
     for record, index in ARGS_INDEX.items():
