@@ -89,6 +89,7 @@ def main() -> int:
         steps.append({"step": name, "command": "multispike " + shlex.join(argv), "wall_seconds": round(wall, 1)})
         return json.loads((out / "result.json").read_text())
 
+    commit_start = _commit()
     t_start = time.perf_counter()
     if_T8 = convert("if_T8", "--to", "if", "--timesteps", "8", "--threshold", "qcfs", "--v-init", "half")
     if_T4 = convert("if_T4", "--to", "if", "--timesteps", "4", "--threshold", "qcfs", "--v-init", "half")
@@ -149,7 +150,7 @@ def main() -> int:
                 "training split by the speedrun recipe; conversion only (no SNN fine-tuning)",
         "source_run": str(args.qcfs), "source_summary": json.loads((Path(args.qcfs) / "summary.json").read_text()),
         "test_images": n, "noise": noise_note(n),
-        "commit": _commit(), "cpu": _cpu(), "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": commit_start, "commit_end": _commit(), "cpu": _cpu(), "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "PYTHONPATH=. python " + shlex.join(["benchmarks/speedrun/conversion_table.py", *sys.argv[1:]]),
         "wall_seconds": round(wall_total, 1), "steps": steps,
         "accuracy_pct": {"qcfs_ann": ann, "if_per_t": if_curve, "lmht": lm, "uniform_plain": plain,
