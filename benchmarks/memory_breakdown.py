@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.bench_common import build_network_variant, commit, hardware, versions  # noqa: E402
+from multispike.kernels import empty_cache  # noqa: E402
 
 
 def _tensors(value) -> list[torch.Tensor]:
@@ -151,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.models.split(","):
         rows = {}
         for variant in args.variants.split(","):
+            # the kernels' buffer pool hands out cached blocks up to 4x the requested size (best fit): blocks left
+            # by an earlier, larger network would be counted as this one's saved storages
+            empty_cache()
             try:
                 m, reset = build_network_variant(model, variant, args.T)
             except ImportError as exc:
