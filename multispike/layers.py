@@ -172,9 +172,10 @@ class SeqToANNContainer(nn.Sequential):
     gradients are bit-identical to the default ``"float"`` path (tests/test_layers_spike_storage.py). On CPU the
     check and the copy are one pass of the C++ library (:mod:`multispike.kernels.pack_cpp`). Measured
     (benchmarks/perf_goals.py, IF SNN at T = 4 on a CPU): peak training memory -16 to -18 % with the CPU
-    kernels' buffer pool off (``MULTISPIKE_KERNEL_POOL_MB=0``) but only about -4 % with it on (the pool keeps
-    the freed float spike buffers cached), for 2-5 % more training time (about three elementwise passes over
-    the input per step); on CUDA each check also waits for the device (``torch.equal``). Hence opt-in. After
+    kernels' buffer pool off (``MULTISPIKE_KERNEL_POOL_MB=0``) but only -5 to -7 % with it on (the pool keeps
+    the freed float spike buffers cached), for 0-4 % more training time (the one-pass pack, and a uint8-to-float
+    copy in the backward); on CUDA the check is PyTorch's four passes and waits for the device (``torch.equal``).
+    Hence opt-in. After
     ``_PROBE_AFTER_FAILURES`` inputs in a row that are not spikes (an ANN's ReLU output, an image) a container
     stops checking and re-probes every ``_REPROBE_EVERY`` calls. Nothing changes without autograd, under
     ``torch.compile``/tracing, or under a caller's own ``saved_tensors_hooks`` (activation checkpointing).
