@@ -13,7 +13,7 @@ from torch import nn
 
 from .neurons.base import StepModule, check_positive_int, check_sequence
 from .recompute import (PACKED_COPY_ATTR, add_with_recipe, attach_recipe, batch_norm_with_recipe,
-                        can_recompute_bn)
+                        can_recompute_bn, packed_copy_of)
 
 __all__ = ["SeqToANNContainer", "MultiStepContainer", "DirectEncoder", "MeanOverTime", "to_time_major",
            "align_time", "parse_align", "TemporalAlign", "ResidualAdd", "ALIGN_METHODS",
@@ -243,6 +243,11 @@ class SeqToANNContainer(nn.Sequential):
                 y, recipe = self._run(x, recompute)
         elif self._should_pack(x):
             packer = _InputPacker(x, self)
+            earlier = packed_copy_of(x_seq)
+            if earlier is not None:   # another container packed this input already (a shortcut's conv): reuse it
+                q = earlier.flatten(0, 1)
+                if q.shape == x.shape and q.stride() == x.stride():
+                    packer.cache[(tuple(x.shape), x.stride(), x.storage_offset(), x.dtype, x._version)] = (q, x.dtype)
             with torch.autograd.graph.saved_tensors_hooks(packer, _unpack_exact_uint8):
                 y, recipe = self._run(x, recompute)
             packed = packer.cache.get((tuple(x.shape), x.stride(), x.storage_offset(), x.dtype, x._version))

@@ -1,6 +1,8 @@
 """SeqToANNContainer's spike storage: a spike input saved for backward as uint8 must change nothing, bit for bit."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -245,3 +247,29 @@ def test_average_pool_inputs_stay_saved_under_outer_hooks_and_in_the_snn_zoo_net
     out = net(torch.randn(2, 3, 32, 32))
     pools = _saved_pool_inputs(out.sum())
     assert pools and all(all(s == 0 for s in p.stride()) for p in pools)
+
+
+def test_two_containers_on_one_input_share_one_uint8_copy(monkeypatch):
+    """A downsampling block's shortcut conv and first conv read the same spikes: packed once, used twice, and the
+    gradients equal the float path's bit for bit."""
+    import multispike.layers as layers
+    from multispike.models.resnet import BasicBlock
+    from multispike.neurons import IFNeuron
+
+    calls = []
+    real = layers.pack_exact_uint8
+    monkeypatch.setattr(layers, "pack_exact_uint8", lambda t: calls.append(tuple(t.shape)) or real(t))
+    torch.manual_seed(0)
+    block = BasicBlock(4, 8, 2, lambda: IFNeuron(step_mode="m"))
+    twin = copy.deepcopy(block)
+    spikes = (torch.rand(2, 3, 4, 6, 6) < 0.4).float().requires_grad_()
+    grads = []
+    for mode, net in (("bytes", block), ("float", twin)):
+        set_spike_storage(net, mode)
+        x = spikes.detach().clone().requires_grad_()
+        net(x).sum().backward()
+        grads.append([x.grad] + [p.grad for p in net.parameters()])
+    assert calls.count((6, 4, 6, 6)) == 1        # the block input: once for both containers
+    assert len(calls) == 2                       # and the first neuron's spikes for the second conv
+    for a, b in zip(*grads):
+        assert _bits_equal(a, b)
