@@ -91,10 +91,9 @@ MS_INLINE inline void fwd_step(const Consts<S, LM>& k, const S* MS_R xt, S* MS_R
   }
 }
 
-template <typename S, int LM, int NORM>
-void lif_fwd(const Seq<S>& q, const LifArgs& c) {
-  // 16 KiB rows: long prefetch streams (1024 and 16384 measured no different)
-  state_forward<S, 4096, LM == LM_PRN>(q, S(0) + (S)c.v_init,
+template <typename S, int LM, int NORM, int BS>
+void lif_fwd_bs(const Seq<S>& q, const LifArgs& c) {
+  state_forward<S, BS, LM == LM_PRN>(q, S(0) + (S)c.v_init,
                                        [&](const S* MS_R xt, S* MS_R yt, S* MS_R v, S* MS_R lr, int n) MS_INLINE {
     // the constants are locals here (not captured): the compiler keeps them in registers across the stores
     const Consts<S, LM> k(c);
@@ -108,6 +107,17 @@ void lif_fwd(const Seq<S>& q, const LifArgs& c) {
       else fwd_step<S, LM, NORM, 0, 0>(k, xt, yt, v, lr, n, pth);
     }
   });
+}
+
+// Block length by T (measured, benchmarks/perf_goals.py shapes and others, one thread, 4-32 MiB inputs): for T <= 5
+// rows of 256 elements ran 1.3-1.9x faster than 4096 (T = 2: 0.55 vs 0.80 ms, T = 3: 0.71 vs 1.37, T = 4: 1.2 vs
+// 2.1 on [T,32,128,16,16]); from T = 6 on the long rows win again (T = 8: 4.7 vs 5.1-5.9 ms). The T rows of x and y
+// a block touches lie N elements apart - usually a multiple of 4 KiB, so they share L1 sets - and short rows keep
+// the few lines in flight per set; with many rows (2T streams) the prefetchers' long streams matter more.
+template <typename S, int LM, int NORM>
+void lif_fwd(const Seq<S>& q, const LifArgs& c) {
+  if (q.T <= 5) lif_fwd_bs<S, LM, NORM, 256>(q, c);
+  else lif_fwd_bs<S, LM, NORM, 4096>(q, c);
 }
 
 // ---------------------------------------------------------------------------------------------- backward
