@@ -439,3 +439,19 @@ def test_lmht_modules_auto_backend(lmht_spy):
             assert a is not None
             torch.testing.assert_close(a, b, atol=1e-5 * max(1.0, float(b.abs().max())), rtol=1e-5)
     assert len(lmht_spy) == len(makers) + 1
+
+
+@pytest.mark.parametrize("T", [2, 4, 6])
+def test_forward_block_lengths_by_T_cover_many_blocks_and_a_tail(T):
+    """The forward kernels pick their block length by T (short rows up to T = 4-5, long ones beyond): with
+    N = 2,100 elements per step (eight 256-element blocks and a tail) every family stays exact against its
+    reference in both regimes, T-GIM mixing included."""
+    x = _inputs((T, 3, 700), torch.float32, seed=50 + T)
+    _check(mlif_cpp.mlif_multistep_cpp, mlif_multistep, x, dict(lanes=4, v_threshold=0.5, leak=0.9),
+           ("v_threshold", "leak"), torch.float32, tol={"atol": 1e-5, "rtol": 1e-5})
+    kw = dict(levels=3, leak=0.9, v_threshold=0.5)
+    _check(lmht_cpp.lmht_multistep_cpp, lmht_multistep, x, kw, ("leak",), torch.float32,
+           tol={"atol": 1e-5, "rtol": 1e-5})
+    omega = _tgim("learnable", T, torch.float32, T)
+    _check(lmht_cpp.lmht_multistep_cpp, lmht_multistep, x, dict(kw, omega=omega), ("leak", "omega"), torch.float32,
+           tol={"atol": 1e-4, "rtol": 1e-4})
