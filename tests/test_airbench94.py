@@ -193,3 +193,29 @@ def test_every_layer_is_counted_or_known_free(neuron, pool):
                                if isinstance(m, nn.Conv2d) else m.in_features) for m, y in outputs.values())
     counted = sum(r.dense_per_step for r in result.layers if r.op == "MAC")
     assert counted == by_hand
+
+
+def test_bn_after_pool_is_airbench94s_order_with_the_same_parameters():
+    """``bn_after_pool``: conv -> pool -> BN in one container (airbench94's order; BN's training statistics from the
+    pooled map). Same parameters, and in eval mode the same function as the default order for a max pool, since BN's
+    scale is fixed at 1 (a per-channel shift commutes with the max)."""
+    torch.manual_seed(0)
+    ours = create_model("airbench94_cifar", neuron="gelu", T=1, pool="max")
+    theirs = create_model("airbench94_cifar", neuron="gelu", T=1, pool="max", bn_after_pool=True)
+    block = theirs.features[1]
+    assert [type(m) for m in block] == [nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d]
+    assert [p.shape for p in ours.parameters()] == [p.shape for p in theirs.parameters()]
+    # identical weights and (non-trivial) BN statistics, entry by entry in registration order: eval outputs agree
+    with torch.no_grad():
+        for m in ours.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.bias.uniform_(-0.3, 0.3)
+    theirs.load_state_dict(dict(zip(theirs.state_dict().keys(), ours.state_dict().values())))
+    ours.eval(), theirs.eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+    # training mode differs: BN's batch statistics come from a different map
+    ours.train(), theirs.train()
+    assert not torch.allclose(ours(x), theirs(x), atol=1e-3)

@@ -102,13 +102,16 @@ class AirbenchNet(TimeMajorModel):
         logit_scale: constant factor on the logits (airbench94: 1/9).
         dirac: Dirac-initialise the first ``in_channels`` filters of each 3x3 conv.
         whiten_frozen: :meth:`init_whitening` freezes the stem filters (airbench94 never trains them).
+        bn_after_pool: airbench94's own order ``conv -> pool -> BN -> act`` (BN's batch statistics then come from
+            the pooled map, which differs in training mode); the default ``conv -> BN -> pool -> act`` keeps BN
+            next to its conv for the converters. For float-ANN experiments.
     """
 
     def __init__(self, *, num_classes: int = 10, T: int = 1, neuron: Any = "relu",
                  neuron_kwargs: dict[str, Any] | None = None, widths: Sequence[int] = AIRBENCH94_WIDTHS,
                  pool: str = "avg", bn_affine_weight: bool = False, bn_momentum: float = 0.4, bn_eps: float = 1e-12,
                  logit_scale: float = 1.0 / 9.0, dirac: bool = True, whiten_frozen: bool = True,
-                 input_size: int | tuple[int, ...] | None = None, in_channels: int | None = None,
+                 bn_after_pool: bool = False, input_size: int | tuple[int, ...] | None = None, in_channels: int | None = None,
                  neuron_defaults: dict[str, dict[str, Any]] | None = None, event_frames: str = "sequence") -> None:
         owner = "airbench94_cifar"
         size = resolve_input_size(input_size, in_channels, (3, 32, 32), owner)
@@ -147,9 +150,12 @@ class AirbenchNet(TimeMajorModel):
             if H < 1 or W < 1:
                 raise ValueError(f"{owner}: input {size[1]}x{size[2]} is too small (the map vanishes in a pool); "
                                  f"use at least 16x16")
-            layers += [SeqToANNContainer(conv3(cin, cout), bn(cout)),
-                       SeqToANNContainer(nn.AvgPool2d(2) if pool == "avg" else nn.MaxPool2d(2)),
-                       self.make_neuron(),
+            pool_layer = nn.AvgPool2d(2) if pool == "avg" else nn.MaxPool2d(2)
+            if bn_after_pool:
+                layers += [SeqToANNContainer(conv3(cin, cout), pool_layer, bn(cout))]
+            else:
+                layers += [SeqToANNContainer(conv3(cin, cout), bn(cout)), SeqToANNContainer(pool_layer)]
+            layers += [self.make_neuron(),
                        SeqToANNContainer(conv3(cout, cout), bn(cout)), self.make_neuron()]
             cin = cout
         self.features = nn.Sequential(*layers)
