@@ -219,3 +219,17 @@ def test_bn_after_pool_is_airbench94s_order_with_the_same_parameters():
     # training mode differs: BN's batch statistics come from a different map
     ours.train(), theirs.train()
     assert not torch.allclose(ours(x), theirs(x), atol=1e-3)
+
+
+def test_head_pool_and_stem_bn_options_match_airbench94s_layers():
+    """``head_pool="max"``: a global max pool before the classifier (airbench94's 3x3 max pool over the final 3x3
+    map); ``stem_bn=False``: the whitened stem conv keeps a bias instead of a BN, and whitening still initialises it."""
+    net = create_model("airbench94_cifar", neuron="gelu", pool="max", head_pool="max", stem_bn=False)
+    assert isinstance(net.classifier[0][0], nn.AdaptiveMaxPool2d)
+    assert len(net.stem) == 1 and net.stem[0].bias is not None
+    x = torch.randn(64, 3, 32, 32)
+    net.init_whitening(x)
+    assert not net.stem[0].weight.requires_grad and net.stem[0].bias.requires_grad
+    assert net(x[:2]).shape == (2, 10)
+    with pytest.raises(ValueError, match="head_pool"):
+        create_model("airbench94_cifar", head_pool="sum")

@@ -105,13 +105,16 @@ class AirbenchNet(TimeMajorModel):
         bn_after_pool: airbench94's own order ``conv -> pool -> BN -> act`` (BN's batch statistics then come from
             the pooled map, which differs in training mode); the default ``conv -> BN -> pool -> act`` keeps BN
             next to its conv for the converters. For float-ANN experiments.
+        head_pool: ``"avg"`` (global average pool, conversion-exact) or ``"max"`` (airbench94's 3x3 max pool over
+            the final map, a global max for 32x32 inputs; float-ANN experiments).
+        stem_bn: BN after the whitened stem conv (default); ``False``: airbench94's conv bias instead.
     """
 
     def __init__(self, *, num_classes: int = 10, T: int = 1, neuron: Any = "relu",
                  neuron_kwargs: dict[str, Any] | None = None, widths: Sequence[int] = AIRBENCH94_WIDTHS,
                  pool: str = "avg", bn_affine_weight: bool = False, bn_momentum: float = 0.4, bn_eps: float = 1e-12,
                  logit_scale: float = 1.0 / 9.0, dirac: bool = True, whiten_frozen: bool = True,
-                 bn_after_pool: bool = False, input_size: int | tuple[int, ...] | None = None, in_channels: int | None = None,
+                 bn_after_pool: bool = False, head_pool: str = "avg", stem_bn: bool = True, input_size: int | tuple[int, ...] | None = None, in_channels: int | None = None,
                  neuron_defaults: dict[str, dict[str, Any]] | None = None, event_frames: str = "sequence") -> None:
         owner = "airbench94_cifar"
         size = resolve_input_size(input_size, in_channels, (3, 32, 32), owner)
@@ -122,6 +125,8 @@ class AirbenchNet(TimeMajorModel):
             raise ValueError(f"{owner}: widths must be 4 positive ints (stem, block1, block2, block3), got {widths!r}")
         if pool not in ("avg", "max"):
             raise ValueError(f"{owner}: pool must be 'avg' or 'max', got {pool!r}")
+        if head_pool not in ("avg", "max"):
+            raise ValueError(f"{owner}: head_pool must be 'avg' or 'max', got {head_pool!r}")
         if not 0.0 <= float(bn_momentum) <= 1.0 or not float(bn_eps) > 0:
             raise ValueError(f"{owner}: bn_momentum must be in [0, 1] and bn_eps > 0, got {bn_momentum!r}, {bn_eps!r}")
         self.widths, self.pool, self.whiten_frozen = widths, pool, bool(whiten_frozen)
@@ -141,7 +146,8 @@ class AirbenchNet(TimeMajorModel):
             return conv
 
         w0, w1, w2, w3 = widths
-        self.stem = SeqToANNContainer(nn.Conv2d(C, w0, 2, padding=0, bias=False), bn(w0))
+        self.stem = (SeqToANNContainer(nn.Conv2d(C, w0, 2, padding=0, bias=False), bn(w0)) if stem_bn else
+                     SeqToANNContainer(nn.Conv2d(C, w0, 2, padding=0, bias=True)))
         H, W = H - 1, W - 1
         layers: list[nn.Module] = [self.make_neuron()]
         cin = w0
@@ -161,7 +167,7 @@ class AirbenchNet(TimeMajorModel):
         self.features = nn.Sequential(*layers)
         self.feature_shape = (w3, H, W)
         self.classifier = nn.Sequential(
-            SeqToANNContainer(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+            SeqToANNContainer(nn.AdaptiveAvgPool2d(1) if head_pool == "avg" else nn.AdaptiveMaxPool2d(1), nn.Flatten()),
             SeqToANNContainer(nn.Linear(w3, num_classes, bias=False), LogitScale(logit_scale)))
 
     def forward_body(self, x_seq: torch.Tensor) -> torch.Tensor:
