@@ -100,6 +100,12 @@ def _outer_saved_tensor_hooks_active() -> bool:
         return True
 
 
+def _saved_view_key(t: torch.Tensor) -> tuple:
+    """Which view of the input a saved tensor is, version included: an in-place change between two saves must not
+    hand the later save the stale copy (saved-tensor hooks bypass autograd's own version check)."""
+    return tuple(t.shape), t.stride(), t.storage_offset(), t.dtype, t._version
+
+
 class _InputPacker:
     """``saved_tensors_hooks`` pack function that stores autograd's saved copies of one input as bytes."""
 
@@ -113,9 +119,7 @@ class _InputPacker:
     def __call__(self, t: torch.Tensor):
         if t.device.type == "meta" or t.untyped_storage().data_ptr() != self.storage_ptr:
             return t  # not the container's input (weights, BN's input, ...): autograd's usual saving
-        # the version too: an in-place change between two saves must not hand the later save the stale copy
-        # (saved-tensor hooks bypass autograd's own version check)
-        key = (tuple(t.shape), t.stride(), t.storage_offset(), t.dtype, t._version)
+        key = _saved_view_key(t)
         if key in self.cache:
             return self.cache[key]
         q = pack_exact_uint8(t)
@@ -247,10 +251,10 @@ class SeqToANNContainer(nn.Sequential):
             if earlier is not None:   # another container packed this input already (a shortcut's conv): reuse it
                 q = earlier.flatten(0, 1)
                 if q.shape == x.shape and q.stride() == x.stride():
-                    packer.cache[(tuple(x.shape), x.stride(), x.storage_offset(), x.dtype, x._version)] = (q, x.dtype)
+                    packer.cache[_saved_view_key(x)] = (q, x.dtype)
             with torch.autograd.graph.saved_tensors_hooks(packer, _unpack_exact_uint8):
                 y, recipe = self._run(x, recompute)
-            packed = packer.cache.get((tuple(x.shape), x.stride(), x.storage_offset(), x.dtype, x._version))
+            packed = packer.cache.get(_saved_view_key(x))
             if isinstance(packed, tuple):   # keep the copy findable for a residual addition (packed_copy_of)
                 setattr(x_seq, PACKED_COPY_ATTR, (packed[0].view(x_seq.shape), x_seq._version))
         else:

@@ -233,3 +233,5 @@ def test_head_pool_and_stem_bn_options_match_airbench94s_layers():
     assert net(x[:2]).shape == (2, 10)
     with pytest.raises(ValueError, match="head_pool"):
         create_model("airbench94_cifar", head_pool="sum")
+    with pytest.raises(ValueError, match="stem_bn must be true or false, got 'no'"):
+        create_model("airbench94_cifar", stem_bn="no")

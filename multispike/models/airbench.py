@@ -127,6 +127,9 @@ class AirbenchNet(TimeMajorModel):
             raise ValueError(f"{owner}: pool must be 'avg' or 'max', got {pool!r}")
         if head_pool not in ("avg", "max"):
             raise ValueError(f"{owner}: head_pool must be 'avg' or 'max', got {head_pool!r}")
+        for name, flag in (("bn_after_pool", bn_after_pool), ("stem_bn", stem_bn)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{owner}: {name} must be true or false, got {flag!r}")
         if not 0.0 <= float(bn_momentum) <= 1.0 or not float(bn_eps) > 0:
             raise ValueError(f"{owner}: bn_momentum must be in [0, 1] and bn_eps > 0, got {bn_momentum!r}, {bn_eps!r}")
         self.widths, self.pool, self.whiten_frozen = widths, pool, bool(whiten_frozen)
