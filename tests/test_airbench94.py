@@ -227,6 +227,7 @@ def test_head_pool_and_stem_bn_options_match_airbench94s_layers():
     net = create_model("airbench94_cifar", neuron="gelu", pool="max", head_pool="max", stem_bn=False)
     assert isinstance(net.classifier[0][0], nn.AdaptiveMaxPool2d)
     assert len(net.stem) == 1 and net.stem[0].bias is not None
+    assert torch.count_nonzero(net.stem[0].bias) == 0   # airbench94 starts conv biases at zero
     x = torch.randn(64, 3, 32, 32)
     net.init_whitening(x)
     assert not net.stem[0].weight.requires_grad and net.stem[0].bias.requires_grad

@@ -61,6 +61,76 @@ def test_bias_lr_scale_gives_biases_their_own_group_with_the_same_decay_per_step
             build_param_groups(model, 0.1, 0.02, bias_lr_scale=bad)
 
 
+
+def test_bias_lr_scope_norm_scales_only_normalisation_parameters():
+    """airbench94 multiplies the lr of its BN biases only; a conv or linear bias trains at the weights' rate."""
+    model = TinyANN()
+    groups = {g["name"]: g for g in build_param_groups(model, 0.1, 0.02, bias_lr_scale=64.0, bias_lr_scope="norm")}
+    assert {id(p) for p in groups["bias"]["params"]} == {id(model.bn.weight), id(model.bn.bias)}
+    assert {id(p) for p in groups["default"]["params"]} == {id(model.conv.weight), id(model.head.weight),
+                                                            id(model.head.bias)}
+    assert groups["default"]["weight_decay"] == 0.02
+    # with no weight decay on biases, the head's bias still goes to the no-decay group
+    nd = {g["name"]: g for g in build_param_groups(model, 0.1, 0.02, bias_lr_scale=64.0, bias_lr_scope="norm",
+                                                   decay_norm_and_bias=False)}
+    assert {id(p) for p in nd["no_decay"]["params"]} == {id(model.head.bias)}
+    with pytest.raises(ValueError, match="bias_lr_scope"):
+        build_param_groups(model, 0.1, 0.02, bias_lr_scale=64.0, bias_lr_scope="conv")
+
+
+# ------------------------------------------------------------------------------------------ freeze_after
+def _snapshots(trainer):
+    """Run fit() and record the parameters at each epoch end."""
+    seen = []
+    orig = trainer.train_epoch
+
+    def epoch_then_record(epoch):
+        out = orig(epoch)
+        seen.append({k: v.detach().clone() for k, v in trainer.model.named_parameters()})
+        return out
+    trainer.train_epoch = epoch_then_record
+    trainer.fit()
+    return seen
+
+
+def test_freeze_after_stops_a_parameter_after_its_epochs_and_nothing_else(tmp_path):
+    torch.manual_seed(0)
+    model = TinyANN()
+    start = model.head.bias.detach().clone()
+    images, labels = _data()
+    # weight decay and momentum would still move a parameter whose gradient were merely zero
+    cfg = _cfg(tmp_path, epochs=3, weight_decay=0.05, momentum=0.9, freeze_after={"head.bias": 1}, batch_size=16)
+    trainer = Trainer(model, TensorLoader(images, labels, 16, seed=1), TensorLoader(images[:16], labels[:16], 16),
+                      cfg)
+    seen = _snapshots(trainer)
+    assert not torch.equal(seen[0]["head.bias"], start)              # trained in epoch 1
+    assert torch.equal(seen[1]["head.bias"], seen[0]["head.bias"])   # then frozen
+    assert torch.equal(seen[2]["head.bias"], seen[0]["head.bias"])
+    assert not torch.equal(seen[2]["head.weight"], seen[1]["head.weight"])   # the rest trains on
+    # a leaf-name pattern (no dot) matches every parameter of that name; 0 epochs: never trained
+    torch.manual_seed(0)
+    model = TinyANN()
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    trainer = Trainer(model, TensorLoader(images, labels, 16, seed=1), TensorLoader(images[:16], labels[:16], 16),
+                      _cfg(tmp_path, epochs=1, weight_decay=0.05, freeze_after={"bias": 0}, batch_size=16,
+                           overwrite=True))
+    trainer.fit()
+    after = dict(trainer.model.named_parameters())
+    assert torch.equal(after["head.bias"], before["head.bias"]) and torch.equal(after["bn.bias"], before["bn.bias"])
+    assert not torch.equal(after["conv.weight"], before["conv.weight"])
+
+
+def test_freeze_after_rejects_bad_entries(tmp_path):
+    from multispike.train.config import ConfigError
+
+    images, labels = _data()
+    loaders = (TensorLoader(images, labels, 16), TensorLoader(images[:16], labels[:16], 16))
+    with pytest.raises(ConfigError, match="matches no trainable parameter"):
+        Trainer(TinyANN(), *loaders, _cfg(tmp_path, freeze_after={"stem.*.bias": 3}))
+    for bad in ({"head.bias": -1}, {"head.bias": 1.5}, {"head.bias": True}, {"": 2}):
+        with pytest.raises(ConfigError, match="freeze_after"):
+            _cfg(tmp_path, freeze_after=bad)
+
 # --------------------------------------------------------------------------------------- linear schedule
 def test_linear_schedule_is_airbench_triangle():
     # airbench94: 23 % of the steps warm up linearly from 0.2 to 1, then linear decay to 0.07

@@ -107,7 +107,9 @@ class AirbenchNet(TimeMajorModel):
             next to its conv for the converters. For float-ANN experiments.
         head_pool: ``"avg"`` (global average pool, conversion-exact) or ``"max"`` (airbench94's 3x3 max pool over
             the final map, a global max for 32x32 inputs; float-ANN experiments).
-        stem_bn: BN after the whitened stem conv (default); ``False``: airbench94's conv bias instead.
+        stem_bn: BN after the whitened stem conv (default); ``False``: airbench94's conv bias instead (zero at
+            the start; airbench94 trains it at the weights' lr for 3 epochs, then freezes it: the trainer's
+            ``bias_lr_scope: norm`` and ``freeze_after: {stem.0.bias: 3}``).
     """
 
     def __init__(self, *, num_classes: int = 10, T: int = 1, neuron: Any = "relu",
@@ -151,6 +153,8 @@ class AirbenchNet(TimeMajorModel):
         w0, w1, w2, w3 = widths
         self.stem = (SeqToANNContainer(nn.Conv2d(C, w0, 2, padding=0, bias=False), bn(w0)) if stem_bn else
                      SeqToANNContainer(nn.Conv2d(C, w0, 2, padding=0, bias=True)))
+        if not stem_bn:   # airbench94 starts its conv biases at zero
+            nn.init.zeros_(self.stem[0].bias)
         H, W = H - 1, W - 1
         layers: list[nn.Module] = [self.make_neuron()]
         cin = w0

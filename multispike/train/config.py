@@ -219,6 +219,12 @@ class TrainConfig:
     decay_norm_and_bias: bool = _f(True, "apply weight decay to biases and normalisation weights too", "optimizer")
     bias_lr_scale: float = _f(1.0, "lr multiplier of biases and normalisation parameters; their weight decay is "
                               "divided by it so lr x wd stays the weights' (airbench94: 64)", "optimizer")
+    bias_lr_scope: str = _f("all", "what bias_lr_scale multiplies: all biases and normalisation parameters, or only "
+                            "normalisation layers' (norm: airbench94, whose whitening-conv bias keeps the weights' lr)",
+                            "optimizer", ("all", "norm"))
+    freeze_after: dict = _f({}, "PATTERN=EPOCHS: train the parameters whose name matches the fnmatch pattern for the "
+                            "first EPOCHS epochs only (airbench94 freezes its whitening bias after 3: stem.0.bias=3)",
+                            "optimizer")
     neuron_lr: float | None = _f(None, "learning rate of thresholds/leaks/T-GIM (default: lr)", "optimizer")
     neuron_weight_decay: float | None = _f(None, "weight decay of the neuron group (default: weight_decay)",
                                            "optimizer")
@@ -329,6 +335,11 @@ class TrainConfig:
              "{ema_mode} lookahead needs {ema_decay} (its largest decay, e.g. 0.774 = 0.95^5)", "ema_mode", "ema_decay")
         need(self.bias_lr_scale > 0 and self.bias_lr_scale == self.bias_lr_scale,
              f"bias_lr_scale must be > 0, got {self.bias_lr_scale}")
+        for pattern, epochs in self.freeze_after.items():
+            need(isinstance(pattern, str) and pattern != "" and isinstance(epochs, int)
+                 and not isinstance(epochs, bool) and epochs >= 0,
+                 f"freeze_after maps parameter-name patterns to whole epochs >= 0 (e.g. stem.0.bias=3), got "
+                 f"{pattern!r}={epochs!r}", "freeze_after")
         need(self.warmup_fraction is None or 0.0 <= self.warmup_fraction <= 1.0,
              f"warmup_fraction must be in [0, 1], got {self.warmup_fraction}")
         need(self.whiten_images >= 0, f"whiten_images must be >= 0, got {self.whiten_images}")

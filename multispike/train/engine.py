@@ -194,6 +194,7 @@ class Trainer:
                 p.requires_grad_(False)
         # QAC quantizers' (t, α) get their own group (and optimizer, with quant_opt): train/optim.py
         self.optimizer = build_training_optimizer(self.model, config)
+        self.freeze_schedule = _freeze_schedule(self.model, config.freeze_after)
         # QAT's optional latency term λ·Σ w_l·t_l (multispike's addition to QAC; quant/qac.py)
         self.regulariser = None
         if config.latency_weight > 0:
@@ -365,6 +366,10 @@ class Trainer:
                                  f"{{clip_grad}}, or check the data; then {{resume}} from the last good checkpoint",
                                  "lr", "clip_grad", "resume")
         self.scaler.scale(loss).backward()
+        for params, epochs in self.freeze_schedule:
+            if self.epoch >= epochs:   # no gradient: SGD/Adam skip the tensor (no momentum, no weight decay)
+                for p in params:
+                    p.grad = None
         if self.cfg.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
@@ -872,3 +877,20 @@ class Trainer:
             "amp": self.cfg.amp if self.amp_dtype is not None else "none",
             **({"timestep_fix": self.timestep_fix} if self.timestep_fix is not None else {}),
         }
+
+
+def _freeze_schedule(model: nn.Module, freeze_after: Mapping[str, int]) -> list[tuple[list[nn.Parameter], int]]:
+    """``freeze_after`` resolved to ``(parameters, epochs)`` pairs: the trainable parameters whose name matches each
+    fnmatch pattern (the full dotted name, or the last component for a pattern without a dot). Freezing drops their
+    gradients after backward rather than setting ``requires_grad``, so a DDP reducer's bucket layout never changes."""
+    from fnmatch import fnmatchcase
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    out = []
+    for pattern, epochs in freeze_after.items():
+        params = [p for n, p in named if fnmatchcase(n if "." in pattern else n.rsplit(".", 1)[-1], pattern)]
+        if not params:
+            raise ConfigError(f"{{freeze_after}} {pattern!r} matches no trainable parameter of {type(model).__name__}"
+                              f" (names such as {', '.join(n for n, _ in named[:4])})", "freeze_after")
+        out.append((params, int(epochs)))
+    return out

@@ -10,7 +10,8 @@ Parameter groups
     * ``"no_decay"``: biases and normalisation parameters, when ``decay_norm_and_bias=False`` (QCFS-C's
       ``regular_set`` puts BN in a group without weight decay);
     * ``"bias"``: biases and normalisation parameters, when ``bias_lr_scale != 1`` (airbench94 trains BN biases
-      at 64x the lr). Their weight decay is divided by the scale, so the decay per step (lr·wd) equals the
+      at 64x the lr; ``bias_lr_scope="norm"`` limits the group to normalisation layers' parameters, as airbench94
+      does). Their weight decay is divided by the scale, so the decay per step (lr·wd) equals the
       weights' (or is 0 with ``decay_norm_and_bias=False``);
     * ``"default"``: everything else.
 
@@ -65,7 +66,7 @@ def match_neuron_param(name: str, patterns: Sequence[str] = DEFAULT_NEURON_PARAM
 def build_param_groups(model: nn.Module, lr: float, weight_decay: float, *, neuron_lr: float | None = None,
                        neuron_weight_decay: float | None = None, neuron_lr_scheduled: bool = True,
                        neuron_patterns: Sequence[str] = DEFAULT_NEURON_PARAM_PATTERNS,
-                       decay_norm_and_bias: bool = True, bias_lr_scale: float = 1.0,
+                       decay_norm_and_bias: bool = True, bias_lr_scale: float = 1.0, bias_lr_scope: str = "all",
                        exclude: Iterable[torch.Tensor] = ()) -> list[dict]:
     """Split ``model``'s trainable parameters into optimizer groups.
 
@@ -83,6 +84,9 @@ def build_param_groups(model: nn.Module, lr: float, weight_decay: float, *, neur
         decay_norm_and_bias: if False, biases and normalisation weights get no weight decay.
         bias_lr_scale: lr multiplier of biases and normalisation parameters (their own ``"bias"`` group, weight
             decay ``weight_decay / bias_lr_scale`` so that lr·wd stays the weights'); 1 keeps them with the weights.
+        bias_lr_scope: ``"all"``: ``bias_lr_scale`` applies to every bias and normalisation parameter; ``"norm"``:
+            to normalisation layers' parameters only (airbench94: a conv's bias, such as its whitening stem's,
+            trains at the weights' rate).
         exclude: parameters to leave out (they go to a group the caller builds, e.g. QAT's ``"quant"`` group).
 
     Example::
@@ -94,6 +98,8 @@ def build_param_groups(model: nn.Module, lr: float, weight_decay: float, *, neur
         raise TypeError(f"neuron_patterns must be a list of strings (fnmatch patterns), got {neuron_patterns!r}")
     if not (isinstance(bias_lr_scale, (int, float)) and math.isfinite(bias_lr_scale) and bias_lr_scale > 0):
         raise ValueError(f"bias_lr_scale must be a finite number > 0, got {bias_lr_scale!r}")
+    if bias_lr_scope not in ("all", "norm"):
+        raise ValueError(f"bias_lr_scope must be 'all' or 'norm', got {bias_lr_scope!r}")
     split_biases = bias_lr_scale != 1.0
     norm_params: set[int] = set()
     if not decay_norm_and_bias or split_biases:
@@ -109,7 +115,8 @@ def build_param_groups(model: nn.Module, lr: float, weight_decay: float, *, neur
         seen.add(id(p))
         if match_neuron_param(name, neuron_patterns):
             neuron.append(p)
-        elif split_biases and (id(p) in norm_params or name.endswith("bias") or p.dim() <= 1):
+        elif split_biases and (id(p) in norm_params or (bias_lr_scope == "all"
+                                                         and (name.endswith("bias") or p.dim() <= 1))):
             biases.append(p)
         elif not decay_norm_and_bias and (id(p) in norm_params or name.endswith("bias") or p.dim() <= 1):
             no_decay.append(p)
@@ -342,7 +349,8 @@ def build_training_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer | C
                                 neuron_lr_scheduled=cfg.neuron_lr_scheduled,
                                 neuron_patterns=tuple(cfg.neuron_param_patterns),
                                 decay_norm_and_bias=cfg.decay_norm_and_bias,
-                                bias_lr_scale=getattr(cfg, "bias_lr_scale", 1.0), exclude=quant)
+                                bias_lr_scale=getattr(cfg, "bias_lr_scale", 1.0),
+                                bias_lr_scope=getattr(cfg, "bias_lr_scope", "all"), exclude=quant)
     kw = dict(momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, betas=cfg.betas,
               eps=cfg.eps)
     if not quant:
