@@ -178,9 +178,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    commit = _commit()   # the code that runs, not what is checked out when it ends
     result = train(args.epochs, args.amp, args.data, args.seed, args.limit_train, args.limit_test,
                    tuple(args.widths) if args.widths else None)
-    result.update(benchmark="airbench_reference", started=started, commit=_commit(), cpu=_cpu(),
+    result.update(benchmark="airbench_reference", started=started, commit=commit, cpu=_cpu(),
                   torch=torch.__version__, threads=args.threads,
                   command="PYTHONPATH=. python benchmarks/speedrun/airbench_reference.py " + " ".join(argv or sys.argv[1:]))
     print(json.dumps({k: v for k, v in result.items() if k != "per_epoch"}))
