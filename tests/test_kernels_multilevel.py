@@ -171,6 +171,53 @@ def test_mlif_fallbacks(case, mlif_spy):
     assert not mlif_spy
 
 
+def _lane_edge_values(dtype: torch.dtype) -> torch.Tensor:
+    """r values at and around every lane edge 2^k (k = -3..70), plus 0, -0, negatives, subnormals, the largest
+    finite number, ±inf and NaN: where the kernel's exponent-bit payload could part from the comparisons."""
+    vals = [0.0, -0.0, -1.0, -2.0, -(2.0 ** 40), 1e-30, torch.finfo(dtype).tiny / 4, torch.finfo(dtype).max,
+            float("inf"), float("-inf"), float("nan"), 3.0, 5.0, 6.0, 7.0, 1.5, 2.5, 12.0, 1e30]
+    edges = torch.tensor([2.0 ** k for k in range(-3, 71)], dtype=dtype)
+    return torch.cat([torch.tensor(vals, dtype=dtype), edges, torch.nextafter(edges, edges * 2),
+                      torch.nextafter(edges, edges * 0)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mlif_payload_exact_at_lane_edges(dtype, mlif_spy):
+    """The kernel reads the highest lane edge passed from r's binary exponent (one pass, no loop over lanes): it must
+    select exactly the reference's weight at exact powers of two, one ulp either side, and at 0/inf/NaN, for every
+    lane-bound and edge-0 comparison, scaled or not, up to the 64 lanes the kernel takes."""
+    r = _lane_edge_values(dtype)
+    n = 0
+    for lanes, bounds, fire_ge, scaled in itertools.product((1, 2, 3, 4, 7, 8, 24, 25, 53, 64), ("paper", "floor"),
+                                                             (False, True), (False, True)):
+        # theta = 1, v_init = 0, one step: m = x and r = m / theta_e, with theta_e = 2^-(S-1) when scaled
+        unit = 2.0 ** -(lanes - 1) if scaled else 1.0
+        x = (r * unit).view(1, -1)
+        kw = dict(lanes=lanes, v_threshold=1.0, leak=0.9, lane_bounds=bounds, fire_ge=fire_ge, scaled=scaled)
+        y1, s1, _ = mlif_cpp.mlif_multistep_cpp(x, **kw)
+        y2, s2, _ = mlif_multistep(x, **kw)
+        torch.testing.assert_close(y1, y2, atol=0, rtol=0, equal_nan=True)
+        torch.testing.assert_close(s1.v, s2.v, atol=0, rtol=0, equal_nan=True)
+        n += 1
+    assert len(mlif_spy) == n
+    # more than 64 lanes: the reference runs (exponent bits would leave the range), with the same payload
+    y1, _, _ = mlif_cpp.mlif_multistep_cpp(r.view(1, -1), lanes=65)
+    torch.testing.assert_close(y1, mlif_multistep(r.view(1, -1), lanes=65)[0], atol=0, rtol=0, equal_nan=True)
+    assert len(mlif_spy) == n
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mlif_backward_at_lane_edges_over_steps(dtype):
+    """Several steps of r on and beside the lane edges (finite values), hard and soft reset with learnable θ and
+    leak: exact payloads and states, gradients as the reference (the backward rebuilds the lanes the same way)."""
+    r = _lane_edge_values(dtype)
+    r = r[torch.isfinite(r) & (r.abs() < 2.0 ** 12)]
+    x = torch.stack([r, r.flip(0), r * 0.5, r]).view(4, 1, -1)
+    for reset, lanes in itertools.product(("soft", "hard"), (1, 4, 9)):
+        _check(mlif_cpp.mlif_multistep_cpp, mlif_multistep, x, dict(lanes=lanes, v_threshold=1.0, leak=0.75,
+               reset=reset), ("v_threshold", "leak"), dtype)
+
+
 def test_mlif_invalid_arguments_raise_like_reference():
     x = _inputs((3, 2, 4), torch.float64)
     with pytest.raises(ValueError, match="lanes"):

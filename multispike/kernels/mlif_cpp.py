@@ -10,7 +10,7 @@ Fused: soft (paper form and code form) and hard reset, the SpikingJelly ``decay_
 bounds, scaled lanes, every window surrogate
 (``paper_difference``, ``code_sum``, ``fast_unscaled``) with triangle, sigmoid, atan or rectangular shapes,
 ``fire_ge``, ``detach_reset``, float32/float64, any dense step layout. ``lane_mask`` (lane dropout),
-``return_lanes``, ``store_v_seq``, per-element thresholds and custom shapes run the reference.
+``return_lanes``, ``store_v_seq``, per-element thresholds, custom shapes and more than 64 lanes run the reference.
 
 Example::
 
@@ -53,6 +53,8 @@ def mlif_plan(x_seq, state, p: MLIFParameters):
     if surr is None or theta is None or lk is None:
         return None
     S = cfg.lanes
+    if S > 64:
+        return None  # the kernel's payload builds 2^j from exponent bits (mlif.cpp lane_payload); S <= 64 keeps it exact
     soft = p.reset == "soft"
     paper = soft and not p.reset_leak
     if p.decay_input and paper:

@@ -267,13 +267,26 @@ static void forward_blocks(int64_t T, int64_t N, int BS, int nthreads, Body body
   }
 }
 
+// Backward block length: the block's whole working set - the T scratch rows M plus the `rows` work rows - within
+// 16 KiB, i.e. in L1 (32-48 KiB on current x86 cores) beside the streamed x/gy/gx rows; at least 256 elements (shorter
+// rows starve the prefetchers), at most 4096. Measured (perf_goals shapes [T,32,128,16,16], T = 2/4/8, one thread,
+// Intel Xeon with a 48 KiB L1): against the earlier L2-sized blocks (T x BS within 256 KiB: 4096 elements up to
+// T = 16) forward+backward / copy+add floor fell from 2.2-2.6 to 1.7-2.2 for IF/LIF/M-HT and from 9-15 to 5.3-7 for
+// M-LIF (14 work rows, each pass over them went to L2); 64-128 elements were slower again.
+static inline int pick_backward_block(int64_t T, int elem, int rows) {
+  int64_t bs = 16384 / ((T + rows) * (int64_t)elem);
+  bs = bs > 4096 ? 4096 : bs;
+  bs = bs < 256 ? 256 : bs;
+  return (int)(bs & ~int64_t(15));
+}
+
 // Backward: each thread owns a T x BS scratch M (the recomputed membranes of its block, no zero fill) and `rows`
 // work rows of BS elements; body(i0, n, BS, M, work, part) runs one block and writes its NP parameter-gradient
 // partial sums to part[0..NP). They are summed over blocks in block order into pgrad[0..NP): deterministic
 // whatever the thread count.
 template <typename S, class Body>
 static void backward_blocks(int64_t T, int64_t N, int nthreads, int rows, int64_t NP, double* pgrad, Body body) {
-  const int BS = pick_block(T, (int)sizeof(S));
+  const int BS = pick_backward_block(T, (int)sizeof(S), rows);
   const int64_t nblocks = (N + BS - 1) / BS;
   std::vector<double> partial((size_t)(nblocks * NP), 0.0);
   const int nth = pick_threads(N * T, nthreads);
