@@ -138,11 +138,14 @@ inline const S* block_current(const Seq<S>& q, const LmhtArgs& c, const std::vec
 template <typename S>
 void lmht_fwd(const Seq<S>& q, const LmhtArgs& c) {
   constexpr int BSMAX = 4096;
-  // with mixing, each step reads the T input rows of its block again: keep them in L2 (T * BS elements)
-  // Short rows for short sequences (measured, [T,32,128,16,16], one thread; see lif_fwd): without mixing 256
-  // elements ran 1.2-1.5x faster than 4096 at T = 2 and 4, with mixing only at T = 2; else the long rows win.
-  const int short_rows = c.omega ? q.T <= 2 : q.T <= 5;
-  const int BS = short_rows ? 256 : (c.omega ? std::min(BSMAX, pick_block(q.T, (int)sizeof(S))) : BSMAX);
+  // Without mixing: short rows for short sequences (measured, [T,32,128,16,16], one thread; see lif_fwd): 256
+  // elements ran 1.2-1.5x faster than 4096 at T = 2 and 4; from T = 6 the long rows win.
+  // With mixing each step reads the T input rows of its block again: the T rows within 32 KiB (L1-L2 boundary),
+  // 256-1024 elements. Measured (Intel Xeon, 48 KiB L1, 2 MiB L2, one thread, learnable T-GIM), LM-HT forward with
+  // 1024 against the earlier 256 (T = 2) / T x BS in 256 KiB (4096 at T = 4, 8): 1.33 vs 1.32-1.54 ms (T = 2),
+  // 2.33 vs 3.02 (T = 4), 5.10 vs 6.57 (T = 8).
+  const int64_t mix_bs = std::min<int64_t>(1024, std::max<int64_t>(256, 32768 / (q.T * (int64_t)sizeof(S))));
+  const int BS = c.omega ? (int)(mix_bs & ~int64_t(15)) : (q.T <= 5 ? 256 : BSMAX);
   const std::vector<char> same = repeated_rows(c.omega, q.T);
   forward_blocks(q.T, q.N, BS, q.nthreads, [&](int64_t i0, int n) {
     S v[BSMAX];
@@ -175,20 +178,26 @@ void lmht_bwd(const Seq<S>& q, const LmhtArgs& c) {
   const bool mix = c.omega != nullptr;
   const int64_t T = q.T;
   const std::vector<char> same = repeated_rows(c.omega, T);
-  backward_blocks<S>(T, q.N, q.nthreads, 4, mix ? T + T * T : T, q.pgrad,
+  // with a leak gradient the recomputation also keeps v(t) of every step (T more rows): the leak term of step t
+  // reads v(t-1) instead of firing m(t-1) again (a division per element and step; measured at T = 4 the leak
+  // gradient cost +1.5 ms on a 5.4 ms M-HT forward+backward)
+  const int keep_v = c.need_leak ? 1 : 0;
+  backward_blocks<S>(T, q.N, q.nthreads, 4 + (keep_v ? (int)T : 0), mix ? T + T * T : T, q.pgrad,
                      [&](int64_t i0, int n, int BS, S* M, S* work, double* part) {
-    const S theta = (S)c.theta, in_scale = (S)c.in_scale, v_init = S(0) + (S)c.v_init;
-    const S lo = (S)c.lo, hi = (S)c.hi, L = (S)c.levels;
+    const S in_scale = (S)c.in_scale, v_init = S(0) + (S)c.v_init;
+    const S lo = (S)c.lo, hi = (S)c.hi;
     const int scale_input = c.scale_input, detach_t = c.detach_temporal, detach_r = c.detach_reset;
     S* MS_R v = work;
     S* MS_R gv = v + BS;
     S* MS_R gmb = gv + BS;
     S* MS_R vpb = gmb + BS;
+    S* const V = work + 4 * BS;  // v(t) of every step (keep_v)
     load_or(q.v0, i0, v_init, v, n);
     for (int64_t t = 0; t < T; ++t) {  // forward recomputation (the forward's step), m(t) into the scratch
       int scale;
       const S* xt = block_current<S>(q, c, same, t, i0, n, gmb, &scale);
       step_block<S>(xt, (S)c.lam[t], v, M + t * BS, nullptr, n, c, scale);
+      if (keep_v) std::memcpy(V + t * BS, v, (size_t)n * sizeof(S));
     }
     load_or(q.gvT, i0, S(0), gv, n);
     // Without mixing, dL/dI(t) (times in_scale) is the input gradient of step t. With mixing it replaces m(t) in
@@ -210,16 +219,14 @@ void lmht_bwd(const Seq<S>& q, const LmhtArgs& c) {
         gmb[i] = gm;
         gv[i] = detach_t ? S(0) : gm * lt;
       }
-      if (c.need_leak) {
-        if (t > 0) {
-          const S* MS_R Mp = M + (t - 1) * BS;
-          MS_SIMD
-          for (int i = 0; i < n; ++i) vpb[i] = Mp[i] - level_fire(Mp[i], theta, L);
-        } else {
+      if (keep_v) {
+        const S* MS_R vp = V + (t - 1) * BS;  // v(t-1): bit-identical to the forward's (same step code)
+        if (t == 0) {
           load_or(q.v0, i0, v_init, vpb, n);
+          vp = vpb;
         }
         MS_SIMD
-        for (int i = 0; i < n; ++i) vpb[i] = gmb[i] * vpb[i];
+        for (int i = 0; i < n; ++i) vpb[i] = gmb[i] * vp[i];
         part[t] = row_sum(vpb, n);
       }
     }
