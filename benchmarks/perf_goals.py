@@ -496,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         base.setdefault("reruns", []).append(
             {"sections": sections, "command": result["command"], "commit": result["commit"],
              "date_utc": result["date_utc"], "loadavg_before": load0, "loadavg_after": result["loadavg_after"],
-             "threads": result["settings"]["threads"], "note": args.note})
+             "threads": result["settings"]["threads"], "hardware": result["hardware"], "note": args.note})
         result = base
     result["goal_rows"] = goal_rows(result)
     print_table(result["goal_rows"])
