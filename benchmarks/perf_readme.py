@@ -2,6 +2,8 @@
 """Render the README's performance tables from the JSON of ``benchmarks/perf_goals.py`` (Markdown on stdout).
 
     python benchmarks/perf_readme.py benchmarks/results/perf_goals_cpu.json > /tmp/perf.md
+    python benchmarks/perf_readme.py benchmarks/results/perf_goals_cpu.json --part tables   # README: no goal table
+    python benchmarks/perf_readme.py benchmarks/results/perf_goals_cpu.json --part goals    # the goal table alone
 
 Every number comes from the JSON; nothing is typed in by hand.
 """
@@ -18,7 +20,16 @@ def _f(v: float | None, nd: int = 2) -> str:
     return "n/a" if v is None else f"{v:.{nd}f}"
 
 
-def render(res: dict, source: str = "benchmarks/results/perf_goals_cpu.json") -> str:
+PARTS = ("all", "tables", "goals")
+
+
+def render(res: dict, source: str = "benchmarks/results/perf_goals_cpu.json", part: str = "all") -> str:
+    """Markdown of ``res``: provenance and the neuron/network/memory tables (``tables``), the goal table with its
+    met count (``goals``), or both (``all``)."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+    if part == "goals":
+        return "\n".join(_goal_lines(res) + [f"Source: `{source}`."])
     s = res["settings"]
     hw = res["hardware"]
     out = []
@@ -89,6 +100,14 @@ def render(res: dict, source: str = "benchmarks/results/perf_goals_cpu.json") ->
                 f"{by[(model, v)]['peak_training_memory_MiB']:.0f}" if (model, v) in by else "n/a" for v in variants)
                 + " |")
         out.append("")
+    if part == "all":
+        out += _goal_lines(res)
+    out.append(f"Source: `{source}`.")
+    return "\n".join(out)
+
+
+def _goal_lines(res: dict) -> list[str]:
+    out: list[str] = []
     rows = res.get("goal_rows", [])
     if rows:
         met = sum(1 for r in rows if r["met"])
@@ -101,17 +120,18 @@ def render(res: dict, source: str = "benchmarks/results/perf_goals_cpu.json") ->
             out.append(f"| {r['metric']}{note} | {_f(r['measured'])} | {r['goal']} | "
                        f"{'yes' if r['met'] else '**no**'} |")
         out.append("")
-    out.append(f"Source: `{source}`.")
-    return "\n".join(out)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print(__doc__, file=sys.stderr)
-        return 2
-    path = Path(argv[0])
-    print(render(json.loads(path.read_text()), str(path)))
+    import argparse
+    ap = argparse.ArgumentParser(description="Render the README's performance tables from perf_goals.py JSON")
+    ap.add_argument("json", help="a results file of benchmarks/perf_goals.py")
+    ap.add_argument("--part", choices=PARTS, default="all",
+                    help="tables: provenance and tables; goals: the goal table; all: both (default)")
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    path = Path(args.json)
+    print(render(json.loads(path.read_text()), str(path), args.part))
     return 0
 
 

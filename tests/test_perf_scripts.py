@@ -46,8 +46,13 @@ def test_perf_goals_quick(tmp_path):
     goals = {r["goal_key"] for r in rows}
     assert {"fwd_x_floor", "fwd_bwd_x_floor", "lmht_vs_mht", "train_per_timestep_vs_ann",
             "infer_per_timestep_vs_ann"} <= goals
-    md = _load("perf_readme").render(res, str(out))
+    pr = _load("perf_readme")
+    md = pr.render(res, str(out))
     assert "Goals of issue 19" in md and "`resnet20_cifar`" in md and res["commit"][:12] in md
+    tables, goals = pr.render(res, str(out), "tables"), pr.render(res, str(out), "goals")
+    assert "Goals of issue 19" not in tables and "`resnet20_cifar`" in tables and res["commit"][:12] in tables
+    assert "Goals of issue 19" in goals and "| metric |" in goals and "`resnet20_cifar` |" not in goals
+    assert pr.main([str(out), "--part", "goals"]) == 0
 
 
 def test_perf_goals_worker_subprocess():

@@ -159,7 +159,7 @@ class BufferPool:
         numel = 1
         for s in shape:
             numel *= s
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        nbytes = numel * dtype.itemsize
         block = self._block(nbytes) if self.enabled and nbytes >= self.min_bytes else None
         if block is None:
             return torch.empty_strided(tuple(shape), tuple(strides), dtype=dtype)
@@ -192,7 +192,7 @@ def empty_seq(shape, step_strides: tuple[int, ...], dtype: torch.dtype, device="
 
 def empty_step(shape, strides: tuple[int, ...], dtype: torch.dtype, device="cpu") -> torch.Tensor:
     """A new tensor with the given dense ``strides`` (pooled on CPU, see :class:`BufferPool`)."""
-    if torch.device(device).type == "cpu":
+    if device == "cpu" or torch.device(device).type == "cpu":  # the string test first: no device object per call
         return POOL.empty(shape, strides, dtype)
     return torch.empty_strided(tuple(shape), tuple(strides), dtype=dtype, device=device)
 
