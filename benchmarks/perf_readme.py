@@ -4,6 +4,11 @@
     python benchmarks/perf_readme.py benchmarks/results/perf_goals_cpu.json > /tmp/perf.md
     python benchmarks/perf_readme.py benchmarks/results/perf_goals_cpu.json --part tables   # README: no goal table
     python benchmarks/perf_readme.py benchmarks/results/perf_goals_cpu.json --part goals    # the goal table alone
+    python benchmarks/perf_readme.py benchmarks/results/perf_goals_cpu.json --part tables --update README.md
+    python benchmarks/perf_readme.py benchmarks/results/perf_goals_cpu.json --part all --update docs/performance.md
+
+``--update FILE`` replaces the text between ``<!-- perf_readme:PART begin -->`` and ``<!-- perf_readme:PART end -->``
+in FILE (tests/test_perf_scripts.py checks that the committed README and docs page match the committed JSON).
 
 Every number comes from the JSON; nothing is typed in by hand.
 """
@@ -123,15 +128,37 @@ def _goal_lines(res: dict) -> list[str]:
     return out
 
 
+def markers(part: str) -> tuple[str, str]:
+    """The comment lines that enclose a generated ``part`` in a Markdown file."""
+    return f"<!-- perf_readme:{part} begin -->", f"<!-- perf_readme:{part} end -->"
+
+
+def replace_block(text: str, part: str, body: str) -> str:
+    """``text`` with the block between ``part``'s markers replaced by ``body``; ValueError without the markers."""
+    begin, end = markers(part)
+    i, j = text.find(begin), text.find(end)
+    if i < 0 or j < i:
+        raise ValueError(f"no '{begin}' ... '{end}' block to replace")
+    return text[:i + len(begin)] + "\n" + body + "\n" + text[j:]
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     ap = argparse.ArgumentParser(description="Render the README's performance tables from perf_goals.py JSON")
     ap.add_argument("json", help="a results file of benchmarks/perf_goals.py")
     ap.add_argument("--part", choices=PARTS, default="all",
                     help="tables: provenance and tables; goals: the goal table; all: both (default)")
+    ap.add_argument("--update", metavar="FILE", default=None,
+                    help="replace the part's marked block in FILE instead of printing it")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     path = Path(args.json)
-    print(render(json.loads(path.read_text()), str(path), args.part))
+    md = render(json.loads(path.read_text()), str(path), args.part)
+    if args.update:
+        target = Path(args.update)
+        target.write_text(replace_block(target.read_text(), args.part, md))
+        print(f"updated the {args.part} block of {target}")
+    else:
+        print(md)
     return 0
 
 

@@ -1,0 +1,133 @@
+#!/usr/bin/env python
+"""Interleaved A/B of the neuron modules (fused C++ kernels) between a base revision and the working tree.
+
+The base revision is checked out into a temporary git worktree; the two trees then run alternately, each in a
+fresh process (``--rounds`` times), so that slow drifts of a shared machine's speed hit both sides alike. Each
+process times the issue-19 neuron modules (``perf_goals._neuron_modules``: IF, LIF, M-HT, LM-HT with a learnable
+T-GIM, M-LIF S = 4; ``[T, 32, 128, 16, 16]`` float32) forward and forward+backward, median of ``--reps`` calls.
+The JSON keeps every round and the median over rounds of each side, with both commits, hardware and load.
+
+Example::
+
+    python benchmarks/neurons_ab.py --base 5878b12 --threads 1 --rounds 3 \\
+        --out benchmarks/results/neurons_ab_cpu.json
+
+``--worker`` is the per-process measurement (prints one JSON line); it is what the driver runs in each tree.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def worker(Ts: list[int], reps: int, threads: int) -> dict:
+    import torch
+    sys.path.insert(0, os.getcwd())
+    from benchmarks.perf_goals import _neuron_modules
+
+    torch.set_num_threads(threads)
+
+    def median_ms(fn) -> float:
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1e3
+
+    out = {}
+    for T in Ts:
+        torch.manual_seed(0)
+        x = torch.randn(T, 32, 128, 16, 16) * 0.8 + 0.3
+        dy = torch.randn_like(x)
+        for name, m in _neuron_modules(T).items():
+            params = [p for p in m.parameters() if p.requires_grad]
+
+            def fwd(m=m):
+                m.reset()
+                with torch.no_grad():
+                    m(x)
+
+            def fwd_bwd(m=m, params=params):
+                m.reset()
+                for p in params:
+                    p.grad = None
+                m(x.detach().requires_grad_(True)).backward(dy)
+
+            out[f"{name}_T{T}_fwd_ms"] = median_ms(fwd)
+            out[f"{name}_T{T}_fwd_bwd_ms"] = median_ms(fwd_bwd)
+    return out
+
+
+def _git(*args: str, cwd: Path = ROOT) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _run_tree(tree: Path, args) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--Ts", args.Ts, "--reps", str(args.reps),
+           "--threads", str(args.threads)]
+    res = subprocess.run(cmd, cwd=tree, env=env, check=True, capture_output=True, text=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", default="HEAD~1", help="git revision to compare the working tree against")
+    ap.add_argument("--Ts", default="2,4,8")
+    ap.add_argument("--reps", type=int, default=21)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None, help="JSON path (printed only when omitted)")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    Ts = [int(t) for t in args.Ts.split(",")]
+    if args.worker:
+        print(json.dumps(worker(Ts, args.reps, args.threads)))
+        return 0
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.bench_common import commit, hardware, loadavg
+
+    base_commit = _git("rev-parse", args.base)
+    with tempfile.TemporaryDirectory(prefix="neurons_ab_") as tmp:
+        base_tree = Path(tmp) / "base"
+        _git("worktree", "add", "--detach", str(base_tree), base_commit)
+        try:
+            _run_tree(base_tree, args)  # warm-up: the base's kernel library is built (and cached) here
+            rounds = {"base": [], "new": []}
+            load0 = loadavg()
+            for r in range(args.rounds):
+                for side, tree in (("base", base_tree), ("new", ROOT)):
+                    rounds[side].append(_run_tree(tree, args))
+                    print(f"round {r + 1} {side} done", flush=True)
+        finally:
+            _git("worktree", "remove", "--force", str(base_tree))
+    keys = list(rounds["new"][0])
+    med = {side: {k: statistics.median(r[k] for r in rounds[side]) for k in keys} for side in rounds}
+    ratio = {k: med["new"][k] / med["base"][k] for k in keys}
+    result = {"benchmark": "neurons_ab", "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+              "base_commit": base_commit, "new_commit": commit(), "hardware": hardware(), "threads": args.threads,
+              "reps": args.reps, "loadavg_before": load0, "loadavg_after": loadavg(), "median_ms": med,
+              "new_over_base": ratio, "rounds": rounds}
+    for k in keys:
+        print(f"{k:22s} base {med['base'][k]:8.2f} ms  new {med['new'][k]:8.2f} ms  new/base {ratio[k]:.2f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
