@@ -13,6 +13,8 @@ Example::
         --out benchmarks/results/neurons_ab_cpu.json
 
 ``--worker`` is the per-process measurement (prints one JSON line); it is what the driver runs in each tree.
+``--render JSON`` prints the Markdown table of a results file (``--update FILE`` puts it between
+``<!-- neurons_ab begin -->`` and ``<!-- neurons_ab end -->`` in FILE, e.g. docs/performance.md).
 """
 from __future__ import annotations
 
@@ -70,6 +72,31 @@ def worker(Ts: list[int], reps: int, threads: int) -> dict:
     return out
 
 
+NAMES = {"if": "IF", "lif": "LIF", "mht": "M-HT L=4", "lmht": "LM-HT L=4 (T-GIM)", "mlif": "M-LIF S=4"}
+
+
+def render(res: dict, source: str) -> str:
+    """Markdown: per T and neuron, base -> new median ms and new/base, forward and forward+backward."""
+    med, ratio = res["median_ms"], res["new_over_base"]
+    Ts = sorted({int(k.split("_T")[1].split("_")[0]) for k in ratio})
+    out = [f"`{res['command']}`: base `{res['base_commit'][:12]}`, new `{res['new_commit'][:12]}`, "
+           f"{res['hardware'].get('cpu', '?')}, {res['threads']} torch thread(s), {len(res['rounds']['new'])} "
+           f"interleaved rounds, median of {res['reps']} calls each; load average "
+           f"{res['loadavg_before'][0]:.1f} before / {res['loadavg_after'][0]:.1f} after. Cells: base -> new ms "
+           f"(new/base).", ""]
+    head = "| T | phase | " + " | ".join(NAMES.values()) + " |"
+    out += [head, "|" + "---|" * (head.count("|") - 1)]
+    for T in Ts:
+        for ph, label in (("fwd", "forward"), ("fwd_bwd", "forward+backward")):
+            cells = []
+            for n in NAMES:
+                k = f"{n}_T{T}_{ph}_ms"
+                cells.append(f"{med['base'][k]:.2f} -> {med['new'][k]:.2f} ({ratio[k]:.2f})")
+            out.append(f"| {T} | {label} | " + " | ".join(cells) + " |")
+    out += ["", f"Source: `{source}`."]
+    return "\n".join(out)
+
+
 def _git(*args: str, cwd: Path = ROOT) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
@@ -91,7 +118,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="JSON path (printed only when omitted)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--render", metavar="JSON", default=None, help="print the Markdown table of a results file")
+    ap.add_argument("--update", metavar="FILE", default=None, help="with --render: replace the marked block in FILE")
     args = ap.parse_args(argv)
+    if args.render:
+        sys.path.insert(0, str(ROOT))
+        from benchmarks.perf_readme import replace_block
+        md = render(json.loads(Path(args.render).read_text()), args.render)
+        if args.update:
+            Path(args.update).write_text(replace_block(Path(args.update).read_text(), "neurons_ab", md,
+                                                       marker_pair=("<!-- neurons_ab begin -->",
+                                                                "<!-- neurons_ab end -->")))
+            print(f"updated {args.update}")
+        else:
+            print(md)
+        return 0
     Ts = [int(t) for t in args.Ts.split(",")]
     if args.worker:
         print(json.dumps(worker(Ts, args.reps, args.threads)))

@@ -133,9 +133,10 @@ def markers(part: str) -> tuple[str, str]:
     return f"<!-- perf_readme:{part} begin -->", f"<!-- perf_readme:{part} end -->"
 
 
-def replace_block(text: str, part: str, body: str) -> str:
-    """``text`` with the block between ``part``'s markers replaced by ``body``; ValueError without the markers."""
-    begin, end = markers(part)
+def replace_block(text: str, part: str, body: str, marker_pair: tuple[str, str] | None = None) -> str:
+    """``text`` with the block between ``part``'s markers (or ``marker_pair``) replaced by ``body``; ValueError
+    without the markers."""
+    begin, end = marker_pair or markers(part)
     i, j = text.find(begin), text.find(end)
     if i < 0 or j < i:
         raise ValueError(f"no '{begin}' ... '{end}' block to replace")

@@ -104,3 +104,32 @@ def test_memory_breakdown_counts_saved_tensors_at_their_packed_size(tmp_path):
     # bytes storage: the spike inputs of the convs are kept as uint8 and counted at that size
     assert packed["saved_mib"] < snn["saved_mib"] and packed["by_dtype_mib"].get("uint8", 0) > 0
     assert snn["saved_mib"] > rows["ann"]["saved_mib"] and snn["vs_spikingjelly"] is None
+
+
+def test_generated_performance_blocks_match_the_committed_json():
+    """The README's performance tables and docs/performance.md are regenerated from the committed JSON, never
+    typed in: each marked block equals what perf_readme / neurons_ab render from the results file it names."""
+    pr, nab = _load("perf_readme"), _load("neurons_ab")
+    res = json.loads((ROOT / "benchmarks/results/perf_goals_cpu.json").read_text())
+    checks = [("README.md", "tables", pr.render(res, "benchmarks/results/perf_goals_cpu.json", "tables")),
+              ("docs/performance.md", "all", pr.render(res, "benchmarks/results/perf_goals_cpu.json", "all"))]
+    ab = ROOT / "benchmarks/results/neurons_ab_cpu.json"
+    for path, part, md in checks:
+        text = (ROOT / path).read_text()
+        assert pr.replace_block(text, part, md) == text, f"{path}: the {part} block is stale; rerun perf_readme"
+    text = (ROOT / "docs/performance.md").read_text()
+    md = nab.render(json.loads(ab.read_text()), "benchmarks/results/neurons_ab_cpu.json")
+    pair = ("<!-- neurons_ab begin -->", "<!-- neurons_ab end -->")
+    assert pr.replace_block(text, "neurons_ab", md, marker_pair=pair) == text, "docs/performance.md: stale A/B table"
+
+
+def test_replace_block_needs_its_markers():
+    pr = _load("perf_readme")
+    try:
+        pr.replace_block("no markers here", "tables", "x")
+    except ValueError as exc:
+        assert "perf_readme:tables begin" in str(exc)
+    else:
+        raise AssertionError("a file without the markers must be refused")
+    begin, end = pr.markers("goals")
+    assert pr.replace_block(f"a\n{begin}\nold\n{end}\nb", "goals", "new") == f"a\n{begin}\nnew\n{end}\nb"
