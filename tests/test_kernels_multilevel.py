@@ -502,3 +502,24 @@ def test_forward_block_lengths_by_T_cover_many_blocks_and_a_tail(T):
     omega = _tgim("learnable", T, torch.float32, T)
     _check(lmht_cpp.lmht_multistep_cpp, lmht_multistep, x, dict(kw, omega=omega), ("leak", "omega"), torch.float32,
            tol={"atol": 1e-4, "rtol": 1e-4})
+
+
+@pytest.mark.parametrize("T", [4, 20])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_backward_block_lengths_by_T_cover_many_blocks_and_a_tail(T, dtype):
+    """The backward's block length follows the working set (L1-sized for short sequences, at least 4 KiB rows from
+    T = 17): with N = 3,300 elements per step (several blocks of either length and a tail) IF, M-LIF and LM-HT with
+    a learnable T-GIM (T = 20: more terms than the unrolled mixing) stay exact against their references, parameter
+    gradients included."""
+    from multispike.kernels import lif_cpp
+    from multispike.neurons import lif_multistep
+
+    x = _inputs((T, 3, 1100), dtype, seed=60 + T)
+    loose = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else None
+    _check(lif_cpp.lif_multistep_cpp, lif_multistep, x, dict(v_threshold=0.7, leak=0.9, leak_mode="post_reset"),
+           ("v_threshold", "leak"), dtype, tol=loose)
+    _check(mlif_cpp.mlif_multistep_cpp, mlif_multistep, x, dict(lanes=4, v_threshold=0.5, leak=0.9),
+           ("v_threshold", "leak"), dtype, tol=loose)
+    omega = _tgim("learnable", T, dtype, T)
+    _check(lmht_cpp.lmht_multistep_cpp, lmht_multistep, x, dict(levels=3, leak=0.9, v_threshold=0.5, omega=omega),
+           ("leak", "omega"), dtype, tol=loose)

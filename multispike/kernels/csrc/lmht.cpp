@@ -140,12 +140,13 @@ void lmht_fwd(const Seq<S>& q, const LmhtArgs& c) {
   constexpr int BSMAX = 4096;
   // Without mixing: short rows for short sequences (measured, [T,32,128,16,16], one thread; see lif_fwd): 256
   // elements ran 1.2-1.5x faster than 4096 at T = 2 and 4; from T = 6 the long rows win.
-  // With mixing each step reads the T input rows of its block again: the T rows within 32 KiB (L1-L2 boundary),
-  // 256-1024 elements. Measured (Intel Xeon, 48 KiB L1, 2 MiB L2, one thread, learnable T-GIM), LM-HT forward with
-  // 1024 against the earlier 256 (T = 2) / T x BS in 256 KiB (4096 at T = 4, 8): 1.33 vs 1.32-1.54 ms (T = 2),
-  // 2.33 vs 3.02 (T = 4), 5.10 vs 6.57 (T = 8).
-  const int64_t mix_bs = std::min<int64_t>(1024, std::max<int64_t>(256, 32768 / (q.T * (int64_t)sizeof(S))));
-  const int BS = c.omega ? (int)(mix_bs & ~int64_t(15)) : (q.T <= 5 ? 256 : BSMAX);
+  // With mixing each step reads the T input rows of its block again. Up to T = 8: 1024 elements (float; the T rows
+  // within 32 KiB). Measured (Intel Xeon, 48 KiB L1, 2 MiB L2, one thread, learnable T-GIM), LM-HT forward with 1024
+  // against the earlier 256 (T = 2) / T x BS in 256 KiB (4096 at T = 4, 8): 1.33 vs 1.32-1.54 ms (T = 2), 2.33 vs
+  // 3.02 (T = 4), 5.10 vs 6.57 (T = 8). Longer sequences keep the T rows in L2 (pick_block): at T = 32 256-element
+  // blocks were 1.1-1.4x slower than its 2048.
+  const int BS = !c.omega ? (q.T <= 5 ? 256 : BSMAX)
+                          : (q.T <= 8 ? 4096 / (int)sizeof(S) : std::min(BSMAX, pick_block(q.T, (int)sizeof(S))));
   const std::vector<char> same = repeated_rows(c.omega, q.T);
   forward_blocks(q.T, q.N, BS, q.nthreads, [&](int64_t i0, int n) {
     S v[BSMAX];

@@ -272,9 +272,13 @@ static void forward_blocks(int64_t T, int64_t N, int BS, int nthreads, Body body
 // rows starve the prefetchers), at most 4096. Measured (perf_goals shapes [T,32,128,16,16], T = 2/4/8, one thread,
 // Intel Xeon with a 48 KiB L1): against the earlier L2-sized blocks (T x BS within 256 KiB: 4096 elements up to
 // T = 16) forward+backward / copy+add floor fell from 2.2-2.6 to 1.7-2.2 for IF/LIF/M-HT and from 9-15 to 5.3-7 for
-// M-LIF (14 work rows, each pass over them went to L2); 64-128 elements were slower again.
+// M-LIF (14 work rows, each pass over them went to L2); 64-128 elements were slower again. Long sequences no longer
+// fit L1 at any useful length, and there 4 KiB rows won (T = 32, ms for 256 / 1024 / 4096 elements: IF 78 / 65 / 67,
+// M-HT 85 / 74 / 79, LM-HT 539 / 453 / 427, M-LIF 148 / 119 / 142; at T = 16 256-512 were still best): from T = 17
+// at least 4 KiB per row.
 static inline int pick_backward_block(int64_t T, int elem, int rows) {
   int64_t bs = 16384 / ((T + rows) * (int64_t)elem);
+  if (T > 16 && bs < 4096 / elem) bs = 4096 / elem;
   bs = bs > 4096 ? 4096 : bs;
   bs = bs < 256 ? 256 : bs;
   return (int)(bs & ~int64_t(15));
