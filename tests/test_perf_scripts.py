@@ -133,3 +133,18 @@ def test_replace_block_needs_its_markers():
         raise AssertionError("a file without the markers must be refused")
     begin, end = pr.markers("goals")
     assert pr.replace_block(f"a\n{begin}\nold\n{end}\nb", "goals", "new") == f"a\n{begin}\nnew\n{end}\nb"
+
+
+def test_call_overhead_quick(tmp_path):
+    """The call-overhead breakdown runs every layer (floor, kernel, engine, entry, module) and writes its JSON."""
+    from conftest import require_cpp_library
+
+    require_cpp_library()
+    co = _load("call_overhead")
+    out = tmp_path / "co.json"
+    assert co.main(["--Ts", "2", "--threads", "1", "--reps", "1", "--rounds", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    (run,) = res["runs"]
+    assert set(run["median_ms"]) == set(co.LAYERS) and all(v > 0 for v in run["median_ms"].values())
+    assert run["bytes_bound_x_floor"] == 1.25 and set(run["layer_ms"]) == set(co.LAYERS[1:])
+    assert res["commit"] and res["hardware"]
