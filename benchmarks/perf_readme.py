@@ -151,12 +151,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="tables: provenance and tables; goals: the goal table; all: both (default)")
     ap.add_argument("--update", metavar="FILE", default=None,
                     help="replace the part's marked block in FILE instead of printing it")
+    ap.add_argument("--marker", default=None,
+                    help="with --update: the block's name in its markers (default: perf_readme:PART)")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     path = Path(args.json)
     md = render(json.loads(path.read_text()), str(path), args.part)
     if args.update:
         target = Path(args.update)
-        target.write_text(replace_block(target.read_text(), args.part, md))
+        pair = None if args.marker is None else (f"<!-- {args.marker} begin -->", f"<!-- {args.marker} end -->")
+        target.write_text(replace_block(target.read_text(), args.part, md, marker_pair=pair))
         print(f"updated the {args.part} block of {target}")
     else:
         print(md)

@@ -118,6 +118,10 @@ def test_generated_performance_blocks_match_the_committed_json():
         text = (ROOT / path).read_text()
         assert pr.replace_block(text, part, md) == text, f"{path}: the {part} block is stale; rerun perf_readme"
     text = (ROOT / "docs/performance.md").read_text()
+    one = "benchmarks/results/perf_goals_cpu_neurons_1thread.json"
+    md = pr.render(json.loads((ROOT / one).read_text()), one, "tables")
+    pair = ("<!-- perf_goals_neurons_1thread begin -->", "<!-- perf_goals_neurons_1thread end -->")
+    assert pr.replace_block(text, "tables", md, marker_pair=pair) == text, "docs/performance.md: stale 1-thread table"
     md = nab.render(json.loads(ab.read_text()), "benchmarks/results/neurons_ab_cpu.json")
     pair = ("<!-- neurons_ab begin -->", "<!-- neurons_ab end -->")
     assert pr.replace_block(text, "neurons_ab", md, marker_pair=pair) == text, "docs/performance.md: stale A/B table"
