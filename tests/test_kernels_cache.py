@@ -55,8 +55,12 @@ def cache(tmp_path, monkeypatch, pristine):
     def fake_run(cmd, timeout):
         if cmd[1:] == ["--version"]:
             return real(cmd, timeout)
-        calls.append(cmd[1:-3])   # the flags
-        shutil.copyfile(pristine, cmd[-1])
+        out = cmd[cmd.index("-o") + 1]
+        if "-c" in cmd:   # one translation unit: an object file (the fake link below ignores it)
+            Path(out).write_bytes(b"")
+            return 0, ""
+        calls.append([a for a in cmd[1:cmd.index("-o")] if not a.endswith(".o")])   # the link: the flags
+        shutil.copyfile(pristine, out)
         return 0, ""
 
     monkeypatch.setattr(_build, "_run_tool", fake_run)
@@ -342,3 +346,62 @@ def test_run_tool_kills_the_whole_process_group(tmp_path):
         time.sleep(0.1)
     else:
         pytest.fail(f"the compiler's child {child} survived the time-out")
+
+
+# ------------------------------------------------------------------------------------------- parallel build units
+def test_the_lif_source_declares_its_build_units():
+    assert _build._build_units(_build._sources()) == [("lif.cpp", k) for k in range(1, 5)]
+
+
+def _recording_tool(pristine, fail_unit=None):
+    calls = []
+
+    def run(cmd, timeout):
+        calls.append(cmd)
+        unit = next((a for a in cmd if a.startswith("-DMS_UNIT=")), None)
+        if unit == f"-DMS_UNIT={fail_unit}":
+            return 1, f"error in unit {fail_unit}"
+        out = cmd[cmd.index("-o") + 1]
+        if "-c" in cmd:
+            Path(out).write_bytes(b"")
+        else:
+            shutil.copyfile(pristine, out)
+        return 0, ""
+    return calls, run
+
+
+def test_main_unit_first_then_the_extra_units_then_one_link(tmp_path, monkeypatch, pristine):
+    calls, run = _recording_tool(pristine)
+    monkeypatch.setattr(_build, "_run_tool", run)
+    flags = ["-O2", "-shared", "-fPIC"]
+    out = tmp_path / "lib.so"
+    assert _build._try_build("g++", _build._sources(), flags, out) is None
+    units = [next(a for a in c if a.startswith("-DMS_UNIT=")) for c in calls[:-1]]
+    assert units[0] == "-DMS_UNIT=0" and sorted(units[1:]) == [f"-DMS_UNIT={k}" for k in range(1, 5)]
+    assert all("-c" in c and "-shared" not in c for c in calls[:-1])
+    link = calls[-1]
+    assert "-c" not in link and link[1:4] == flags and sum(a.endswith(".o") for a in link) == 5
+    assert out.read_bytes() == pristine.read_bytes() and Path(str(out) + ".sha256").exists()
+
+
+@pytest.mark.parametrize("fail_unit", [0, 3])
+def test_a_failing_unit_stops_the_build(tmp_path, monkeypatch, pristine, fail_unit):
+    calls, run = _recording_tool(pristine, fail_unit)
+    monkeypatch.setattr(_build, "_run_tool", run)
+    out = tmp_path / "lib.so"
+    err = _build._try_build("g++", _build._sources(), ["-O2", "-shared"], out)
+    assert err == f"error in unit {fail_unit}" and not out.exists()
+    assert all("-c" in c for c in calls)   # no link
+    assert len(calls) == (1 if fail_unit == 0 else 5)   # the main unit fails alone: the others never start
+
+
+def test_the_sources_also_build_as_one_unit(tmp_path):
+    """Without MS_UNIT every instantiation stays in one translation unit (a manual single-file build): checked
+    for syntax and template instantiation, without code generation."""
+    require_cpp_library()
+    cxx = _build.build_info()["compiler"]
+    unity = tmp_path / "all.cpp"
+    unity.write_text("".join(f'#include "{p}"\n' for p in sorted(_build.CSRC.glob("*.cpp"))))
+    res = subprocess.run([cxx, "-std=c++17", "-fsyntax-only", "-fopenmp", f"-I{_build.CSRC}", str(unity)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]

@@ -1,8 +1,11 @@
 // Fused IF/LIF kernels: multispike.neurons.lif_multistep (kernel family "lif", backend "cpp").
+// ms-build-units: 4
+// (multispike.kernels._build: this file's backward instantiations - about 37 of the library's 43 s of compile time,
+// one core - are compiled in 4 more translation units beside the main one; see "Build units" at the end.)
 #include "ms_common.h"
 
 namespace ms {
-// one namespace per family: _build compiles all sources as one translation unit
+// one namespace per family: _build compiles all sources as one translation unit (plus the build units below)
 namespace lif {
 
 // Leak placements: post_reset with reset_leak, post_reset without (DIET/M-LIF paper form), decay_input,
@@ -283,9 +286,39 @@ void lif_bwd(const Seq<S>& q, const LifArgs& c) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------- build units
+// The library is compiled as one main translation unit (MS_UNIT 0: every family and every entry point) and, for this
+// file, 4 more (MS_UNIT 1-4) that hold the backward's instantiations by element type and surrogate form, so that a
+// multi-core machine compiles them side by side (multispike.kernels._build runs them in parallel after unit 0).
+// The main unit declares them `extern template` (it calls, but does not instantiate them); each build unit defines
+// its share by explicit instantiation. Without MS_UNIT (a single-unit build) everything is instantiated here.
+#define MS_LIF_BWD_SHARE(X, S, NM)                                                                               \
+  X(S, 0, NM, 0) X(S, 0, NM, 1) X(S, 0, NM, 2) X(S, 0, NM, 3) X(S, 1, NM, 0) X(S, 1, NM, 1) X(S, 1, NM, 2)      \
+  X(S, 1, NM, 3) X(S, 2, NM, 0) X(S, 2, NM, 1) X(S, 2, NM, 2) X(S, 2, NM, 3) X(S, 3, NM, 0) X(S, 3, NM, 1)      \
+  X(S, 3, NM, 2) X(S, 3, NM, 3)
+#define MS_LIF_BWD_EXTERN(S, LM, NM, SK) extern template void lif_bwd<S, LM, NM, SK>(const Seq<S>&, const LifArgs&);
+#define MS_LIF_BWD_DEFINE(S, LM, NM, SK) template void lif_bwd<S, LM, NM, SK>(const Seq<S>&, const LifArgs&);
+#if defined(MS_UNIT) && MS_UNIT == 0
+MS_LIF_BWD_SHARE(MS_LIF_BWD_EXTERN, float, 0)
+MS_LIF_BWD_SHARE(MS_LIF_BWD_EXTERN, float, 1)
+MS_LIF_BWD_SHARE(MS_LIF_BWD_EXTERN, double, 0)
+MS_LIF_BWD_SHARE(MS_LIF_BWD_EXTERN, double, 1)
+#elif defined(MS_UNIT) && MS_UNIT == 1
+MS_LIF_BWD_SHARE(MS_LIF_BWD_DEFINE, float, 0)
+#elif defined(MS_UNIT) && MS_UNIT == 2
+MS_LIF_BWD_SHARE(MS_LIF_BWD_DEFINE, float, 1)
+#elif defined(MS_UNIT) && MS_UNIT == 3
+MS_LIF_BWD_SHARE(MS_LIF_BWD_DEFINE, double, 0)
+#elif defined(MS_UNIT) && MS_UNIT == 4
+MS_LIF_BWD_SHARE(MS_LIF_BWD_DEFINE, double, 1)
+#elif defined(MS_UNIT)
+#error "lif.cpp: MS_UNIT must be 0-4 (ms-build-units: 4)"
+#endif
+
 }  // namespace lif
 }  // namespace ms
 
+#if !defined(MS_UNIT) || MS_UNIT == 0
 extern "C" {
 
 int ms_lif_forward(const LifArgs* a) {
@@ -312,3 +345,4 @@ int ms_lif_backward(const LifArgs* a) {
 }
 
 }  // extern "C"
+#endif  // the entry points: main unit only
