@@ -85,3 +85,49 @@ def test_a_warm_start_run_becomes_the_issue_summary_with_both_wall_clocks(tmp_pa
     src.write_text(json.dumps(warm))
     assert combine_mod.main(["--warm", str(src), "--out", str(out)]) == 2
     assert "warm_qac_avg_T" in capsys.readouterr().err
+
+
+def _summary_module():
+    spec = importlib.util.spec_from_file_location(
+        "speedrun_summary", Path(__file__).resolve().parents[1] / "benchmarks" / "speedrun" / "summary_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_readme_speedrun_summary_is_generated_from_the_committed_json():
+    """The README's speedrun tables are never typed in: its marked block equals the render of speedrun_cpu.json,
+    whose keys are issue 15's (and the targets table marks each target against the measured value)."""
+    import json
+    root = Path(__file__).resolve().parents[1]
+    st = _summary_module()
+    src = "benchmarks/results/speedrun_cpu.json"
+    res = json.loads((root / src).read_text())
+    for key in ("ann_top1", "quantized_top1", "snn_top1", "snn_T", "qac_snn_top1", "qac_avg_T", "wall_seconds",
+                "commit", "commands", "cpu"):
+        assert key in res, key
+    md = st.render(res, src)
+    readme = (root / "README.md").read_text()
+    begin, end = st.MARKERS
+    assert readme[readme.index(begin) + len(begin):readme.index(end)].strip("\n") == md
+    assert f"| float ANN | ≥ 93.5 % | {100 * res['ann_top1']:.2f} % |" in md
+
+
+def test_summary_targets_follow_the_numbers(tmp_path):
+    """A run meeting every target renders 'yes' everywhere; the QAC layers print in network order."""
+    st = _summary_module()
+    ev = {"accuracy_vs_T": [[1, 0.93], [2, 0.94]], "spike_rate": 0.1, "energy_delta_diet": 10.0,
+          "energy_uj_ann": 500.0, "energy_uj_multispike": 20.0,
+          "layer_timesteps": {"features.10": 2, "features.3": 3, "features.0": 4}}
+    res = {"cpu": "x", "commit": "c" * 40, "date": "d", "snn_eval": ev, "qac_snn_eval": ev, "snn_L": 2, "snn_T": 2,
+           "ann_top1": 0.94, "quantized_top1": 0.93, "snn_top1": 0.93, "qac_quantized_top1": 0.925,
+           "qac_snn_top1": 0.925, "qac_avg_T": 2.4, "wall_seconds": 3000.0}
+    md = st.render(res, "r.json")
+    assert "**no**" not in md and md.count("| yes |") == 7 and "T_l 4,3,2: avg 2.40" in md
+    res["qac_avg_T"] = 2.6
+    assert "| its average T | ≤ 2.5 | 2.60 | **no** |" in st.render(res, "r.json")
+    readme = tmp_path / "R.md"
+    readme.write_text(f"a\n{st.MARKERS[0]}\nold\n{st.MARKERS[1]}\nb\n")
+    (tmp_path / "r.json").write_text(__import__("json").dumps(res))
+    assert st.main([str(tmp_path / "r.json"), "--update", str(readme)]) == 0
+    assert "old" not in readme.read_text() and "T_l 4,3,2" in readme.read_text()
