@@ -150,8 +150,8 @@ class TableRun:
 def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--profile", choices=list(profiles.PROFILES), default="quick",
                     help="scale of the run: quick (CI smoke test, < 1 min on CPU), cpu_small (ResNet-8 on 5k "
-                         "CIFAR-10, about 10 min per table on one CPU thread), cpu (the issue's full mode, about "
-                         "an hour per table on 2 cores), gpu (all tables in about 7 minutes on one GPU)")
+                         "CIFAR-10, about 10 min per table on one CPU thread), cpu (ResNet-20 on the same subset, at most "
+                         "55 min per table on 2 cores; measured 1.4-8 min), gpu (all tables in about 7 minutes on one GPU)")
     ap.add_argument("--data", type=Path, default=None,
                     help="a bundle from make_bundle.py, or the shared datasets folder (default: $MULTISPIKE_DATA, "
                          "<repo>/.evidence_data if it holds a bundle, else <repo>/../shared/datasets)")
