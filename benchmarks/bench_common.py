@@ -6,6 +6,7 @@ scripts use, so that their numbers are taken and recorded the same way.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import platform
 import statistics
@@ -144,3 +145,11 @@ def build_network_variant(model: str, variant: str, T: int):
     if base.endswith("_rbn"):
         set_recompute_bn(m)
     return m, reset_net
+
+
+def save_result(result: dict, out: str | None) -> None:
+    """Write a benchmark's JSON to ``out`` (when given) and say where."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+        print(f"wrote {out}")

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -37,6 +35,7 @@ LAYERS = ("floor", "kernel", "engine", "entry", "module")
 
 
 def measure(T: int, reps: int, rounds: int) -> dict:
+    from benchmarks.bench_common import timed_rounds
     from multispike.kernels import _build
     from multispike.kernels._fused import Call, CppEngine
     from multispike.kernels._common import step_layout
@@ -68,16 +67,8 @@ def measure(T: int, reps: int, rounds: int) -> dict:
              "engine": lambda: engine.forward(call, xs, v0, lr0),
              "entry": lambda: lif_multistep_cpp(x, None),
              "module": module_call}
-    times: dict[str, list[float]] = {k: [] for k in tasks}
     with torch.no_grad():
-        for _ in range(rounds):
-            for name, fn in tasks.items():
-                for _ in range(3):
-                    fn()
-                for _ in range(reps):
-                    t0 = time.perf_counter()
-                    fn()
-                    times[name].append(time.perf_counter() - t0)
+        times = timed_rounds(tasks, lambda name: reps, warmup=3, rounds=rounds)
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     return {"T": T, "shape": list(x.shape), "median_ms": med,
             "x_floor": {k: med[k] / med["floor"] for k in LAYERS},
@@ -86,7 +77,7 @@ def measure(T: int, reps: int, rounds: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.bench_common import commit, hardware, loadavg
+    from benchmarks.bench_common import commit, hardware, loadavg, save_result
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--Ts", default="2,4,8")
@@ -108,9 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"benchmark": "call_overhead", "command": " ".join(["call_overhead.py", *(argv or sys.argv[1:])]),
               "commit": commit(), "hardware": hardware(), "torch": torch.__version__, "loadavg_before": load0,
               "loadavg_after": loadavg(), "runs": runs}
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.out}")
+    save_result(result, args.out)
     return 0
 
 

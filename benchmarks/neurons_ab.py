@@ -38,6 +38,8 @@ def worker(Ts: list[int], reps: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
 
+    # its own timing loop, not bench_common.timed_rounds: the worker runs in the base revision's tree, whose
+    # benchmarks/ may predate any helper it would import
     def median_ms(fn) -> float:
         for _ in range(3):
             fn()
@@ -139,9 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(ROOT))
-    from benchmarks.bench_common import commit, hardware, loadavg
+    from benchmarks.bench_common import commit, hardware, loadavg, save_result
 
-    base_commit = _git("rev-parse", args.base)
+    try:
+        base_commit = _git("rev-parse", "--verify", f"{args.base}^{{commit}}")
+    except subprocess.CalledProcessError:
+        raise SystemExit(f"neurons_ab: --base {args.base!r} is not a commit of this repository "
+                         f"(e.g. HEAD~1, a hash or a branch name)") from None
     with tempfile.TemporaryDirectory(prefix="neurons_ab_") as tmp:
         base_tree = Path(tmp) / "base"
         _git("worktree", "add", "--detach", str(base_tree), base_commit)
@@ -164,9 +170,7 @@ def main(argv: list[str] | None = None) -> int:
               "new_over_base": ratio, "rounds": rounds}
     for k in keys:
         print(f"{k:22s} base {med['base'][k]:8.2f} ms  new {med['new'][k]:8.2f} ms  new/base {ratio[k]:.2f}")
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.out}")
+    save_result(result, args.out)
     return 0
 
 

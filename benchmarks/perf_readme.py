@@ -159,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.update:
         target = Path(args.update)
         pair = None if args.marker is None else (f"<!-- {args.marker} begin -->", f"<!-- {args.marker} end -->")
-        target.write_text(replace_block(target.read_text(), args.part, md, marker_pair=pair))
+        try:
+            target.write_text(replace_block(target.read_text(), args.part, md, marker_pair=pair))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"perf_readme: {target}: {exc}; add the markers where the block belongs") from None
         print(f"updated the {args.part} block of {target}")
     else:
         print(md)

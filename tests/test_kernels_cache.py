@@ -351,6 +351,8 @@ def test_run_tool_kills_the_whole_process_group(tmp_path):
 # ------------------------------------------------------------------------------------------- parallel build units
 def test_the_lif_source_declares_its_build_units():
     assert _build._build_units(_build._sources()) == [("lif.cpp", k) for k in range(1, 5)]
+    with pytest.raises(ValueError, match="x.cpp.*whole number"):
+        _build._build_units({"x.cpp": "// ms-build-units: four\n"})
 
 
 def _recording_tool(pristine, fail_unit=None):

@@ -152,3 +152,15 @@ def test_call_overhead_quick(tmp_path):
     assert set(run["median_ms"]) == set(co.LAYERS) and all(v > 0 for v in run["median_ms"].values())
     assert run["bytes_bound_x_floor"] == 1.25 and set(run["layer_ms"]) == set(co.LAYERS[1:])
     assert res["commit"] and res["hardware"]
+
+
+def test_script_errors_name_the_value_and_the_fix(tmp_path):
+    """A file without the markers and an unknown base revision end with one clear line, not a traceback."""
+    import pytest
+    pr, nab = _load("perf_readme"), _load("neurons_ab")
+    bare = tmp_path / "bare.md"
+    bare.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="bare.md.*add the markers"):
+        pr.main([str(ROOT / "benchmarks/results/perf_goals_cpu.json"), "--update", str(bare)])
+    with pytest.raises(SystemExit, match="'no-such-rev' is not a commit"):
+        nab.main(["--base", "no-such-rev"])
