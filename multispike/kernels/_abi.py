@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from ..neurons.surrogate import ATan, Rectangular, Sigmoid, Triangle
+
 __all__ = ["MsIO", "LifArgs", "MlifArgs", "LmhtArgs", "QuantArgs", "ARGS_INDEX", "Plan", "surrogate_code", "FLOAT_CODES"]
 
 FLOAT_CODES = {torch.float32: 0, torch.float64: 1}
@@ -68,7 +70,6 @@ def surrogate_code(surrogate, derivative_only: bool = False) -> tuple[int, float
     """(kind, p0, p1) of the fused kernels' surrogate derivative, or None for a surrogate they cannot express.
 
     ``derivative_only``: only ``h'`` is used (M-LIF window shapes), so the ``spiking`` flag does not matter."""
-    from ..neurons.surrogate import ATan, Rectangular, Sigmoid, Triangle
     if surrogate is None:
         return 0, 4.0, 0.0  # lif_multistep's default Sigmoid(4)
     if not derivative_only and not getattr(surrogate, "spiking", False):
@@ -104,7 +105,8 @@ class Plan:
         omega: LM-HT only: the T-GIM ``[T, T]`` the kernel mixes with (detached, in the data type), or ``None``.
     """
 
-    __slots__ = ("family", "args_type", "scalars", "flags", "params", "need", "keeps_last_reset", "lam", "omega")
+    __slots__ = ("family", "args_type", "scalars", "flags", "params", "need", "keeps_last_reset", "lam", "omega",
+                 "_record_values")
 
     def __init__(self, family, args_type, scalars: dict, flags: dict, params: tuple, need: tuple[str, ...],
                  keeps_last_reset: bool = False, lam=None, omega=None):
@@ -114,6 +116,7 @@ class Plan:
         self.family, self.args_type, self.scalars, self.flags = family, args_type, scalars, flags
         self.params, self.need, self.keeps_last_reset, self.lam = params, need, keeps_last_reset, lam
         self.omega = omega
+        self._record_values = None
 
     def scalar_list(self) -> list:
         """The doubles in record order (for the Triton launch, which takes them as one device tensor)."""
@@ -121,13 +124,17 @@ class Plan:
 
     def c_args(self, needs: tuple[bool, ...] = ()) -> ctypes.Structure:
         """A filled ctypes record (tensor block left empty); ``needs``: which ``params`` want a gradient."""
-        rec = self.args_type()
-        for name in self.args_type.doubles:
-            setattr(rec, name, float(self.scalars[name]))
-        for name, value in self.flags.items():
-            setattr(rec, name, int(value))
+        values = self._record_values
+        if values is None:
+            # converted once per plan: the backward runs with the forward's values, and the float() of each 0-d
+            # tensor is paid once per call instead of twice
+            values = {name: float(self.scalars[name]) for name in self.args_type.doubles}
+            values.update((name, int(value)) for name, value in self.flags.items())
+            self._record_values = values
+        rec = self.args_type(**values)
         for name, want in zip(self.need, needs):
-            setattr(rec, name, int(bool(getattr(rec, name)) or bool(want)))
+            if want:
+                setattr(rec, name, 1)
         return rec
 
     def n_pgrad(self, T: int) -> int:

@@ -43,9 +43,9 @@ def step_layout(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
     ``strides`` the strides of one step ``x'[0]``, which every per-step tensor of the kernel then shares."""
     if x.dim() == 0:
         raise ValueError("a time-major sequence needs at least one dimension")
-    if not is_dense(x[0]):
+    if not x.is_contiguous() and not is_dense(x[0]):
         x = x.contiguous()
-    return x, tuple(x[0].stride())
+    return x, tuple(x.stride()[1:])   # == x[0].stride(), without building the view
 
 
 def _same_layout(t: torch.Tensor, strides: tuple[int, ...]) -> bool:
@@ -55,6 +55,9 @@ def _same_layout(t: torch.Tensor, strides: tuple[int, ...]) -> bool:
 def match_layout(t: torch.Tensor, strides: tuple[int, ...], seq: bool) -> torch.Tensor:
     """``t`` itself if each step (``seq=True``) or the tensor (``seq=False``) has ``strides``, else a copy in
     that layout. Used for incoming gradients and states, which may arrive expanded or transposed."""
+    # the common case first, without building a view: already in the kernel's (dense) layout
+    if (t.is_contiguous() and t.stride()[1:] == strides) if seq else t.stride() == strides:
+        return t
     step = t[0] if seq else t
     if _same_layout(step, strides) and is_dense(step):
         return t
@@ -215,23 +218,24 @@ def initial_state(x_seq: torch.Tensor, state, v_init, *, first: torch.Tensor | N
         else ``None`` and the kernel starts from the scalar ``v_init_value``. ``None`` when a fused kernel cannot
         reproduce the reference (the caller then runs the reference).
     """
-    first = x_seq[0] if first is None else first
     dtype = x_seq.dtype if dtype is None else dtype
-    step_shape = first.shape
-
-    def usable(t) -> bool:
-        return (isinstance(t, torch.Tensor) and t.shape == step_shape and t.dtype == dtype
-                and t.device == x_seq.device)
-
     if state is None:
         vi = scalar_param(v_init, x_seq)
         if vi is None or vi[1] is not None and vi[1].requires_grad:
             # a per-element or learnable initial membrane: materialise it exactly as the reference does
+            first = x_seq[0] if first is None else first
+            step_shape = first.shape
             v0 = torch.zeros_like(first) + v_init
             if v0.shape != step_shape or v0.dtype != dtype:
                 return None
             return v0, None, 0.0
         return None, None, vi[0]
+    step_shape = (x_seq[0] if first is None else first).shape
+
+    def usable(t) -> bool:
+        return (isinstance(t, torch.Tensor) and t.shape == step_shape and t.dtype == dtype
+                and t.device == x_seq.device)
+
     v0 = getattr(state, "v", None)
     if not usable(v0):
         return None
@@ -251,6 +255,8 @@ def scalar_param(value, x: torch.Tensor, allow_grad: bool = True):
     ``x``'s device, broadcast with one step without changing its shape, and - unless it is 0-d (0-d tensors do
     not take part in type promotion) - have ``x``'s dtype.
     """
+    if type(value) is float:   # the common case first: this runs several times per kernel call
+        return value, None
     if isinstance(value, bool):
         return None
     if isinstance(value, numbers.Real) and not isinstance(value, torch.Tensor):
@@ -263,6 +269,8 @@ def scalar_param(value, x: torch.Tensor, allow_grad: bool = True):
         return None
     if value.requires_grad and not allow_grad:
         return None
+    if value.dim() == 0:
+        return value.detach(), value
     if value.dim() > x.dim() - 1 or any(s != 1 for s in value.shape):
         return None
     return value.detach().reshape(()), value

@@ -92,10 +92,6 @@ def run_planned(engine, x_seq: torch.Tensor, v0, lr0, plan: Plan, extra=None):
     return engine.forward(call, x, v0, lr0)
 
 
-def _ptr(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
-
-
 class CppEngine:
     """Calls ``ms_<family>_forward`` / ``ms_<family>_backward`` of the C++ library with one argument record."""
 
@@ -105,12 +101,14 @@ class CppEngine:
     @staticmethod
     def _io(args, x: torch.Tensor, **tensors) -> None:
         io = args.io
-        T, N = x.shape[0], x[0].numel()
-        io.T, io.N, io.xst, io.yst, io.gxst = T, N, _tstride(x), N, N
+        T = x.shape[0]
+        N = x.numel() // T if T else 0
+        io.T, io.N, io.xst, io.yst, io.gxst = T, N, x.stride(0) if T > 1 else N, N, N
         io.dtype, io.nthreads = FLOAT_CODES[x.dtype], torch.get_num_threads()
         io.x = x.data_ptr()
         for name, t in tensors.items():
-            setattr(io, name, _ptr(t))
+            if t is not None:   # the record starts zeroed: absent tensors stay NULL
+                setattr(io, name, t.data_ptr())
 
     def _lam(self, args, plan: Plan, T: int):
         lam = plan.lam

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import torch
 
+from ..neurons.if_lif import LIFState
 from ..neurons.params import LIFParameters
 from ._abi import FLOAT_CODES, LifArgs, Plan, surrogate_code
 from ._common import initial_state, scalar_param
@@ -94,7 +95,6 @@ lif_multistep_cpp = cpp_entry(
 
 def run_lif(lib, x_seq, state, planned):
     """Run the planned LIF kernel (forward only without autograd, else through the autograd function)."""
-    from ..neurons.if_lif import LIFState
     plan, v0, lr0 = planned
     y, vT, lrT = run_planned(CppEngine(lib), x_seq, v0, lr0, plan)
     if not plan.keeps_last_reset:

@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import torch
 
+from ..neurons import mlif as ref_mod
+from ..neurons.if_lif import LIFState
+from ..neurons.mlif import MLIFExtras
 from ..neurons.params import MLIFParameters
 from ._abi import FLOAT_CODES, MlifArgs, Plan, surrogate_code
 from ._common import initial_state, scalar_param
@@ -35,7 +38,6 @@ __all__ = ["mlif_multistep_cpp", "mlif_plan"]
 def mlif_plan(x_seq, state, p: MLIFParameters):
     """``(plan, v0, lr0)`` when the fused kernels reproduce this call exactly, else ``None`` (the reference then
     runs, raising its own errors for invalid arguments)."""
-    from ..neurons import mlif as ref_mod
     if not isinstance(x_seq, torch.Tensor) or x_seq.dtype not in FLOAT_CODES or x_seq.dim() < 2:
         return None
     if x_seq.numel() == 0 or p.lane_mask is not None or p.return_lanes or p.store_v_seq:
@@ -83,8 +85,6 @@ mlif_multistep_cpp = cpp_entry(
 
 def run_mlif(lib, x_seq, state, planned):
     """Run the planned M-LIF kernel."""
-    from ..neurons.if_lif import LIFState
-    from ..neurons.mlif import MLIFExtras
     plan, v0, lr0 = planned
     y, vT, lrT = run_planned(CppEngine(lib), x_seq, v0, lr0, plan)
     if not plan.keeps_last_reset:

@@ -272,9 +272,13 @@ class BaseNeuron(MemoryModule):
         return (y != 0).to(y.dtype)
 
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        return self._run_dynamics(x_seq, self.dynamics_kwargs())
+
+    def _run_dynamics(self, x_seq: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """The family's multi-step function on the selected backend with the options ``kwargs``."""
         backend = resolve_backend(self.family, self.backend, x_seq.device.type)
         fn = get_kernel(self.family, backend)
-        y_seq, self.state, v_seq = fn(x_seq, self.state, store_v_seq=self.store_v_seq, **self.dynamics_kwargs())
+        y_seq, self.state, v_seq = fn(x_seq, self.state, store_v_seq=self.store_v_seq, **kwargs)
         if self.store_v_seq:
             self.v_seq = v_seq
         return y_seq

@@ -381,8 +381,7 @@ class _MultiThresholdNeuron(BaseNeuron):
                     detach_temporal=self.detach_temporal, detach_reset=self.detach_reset,
                     surrogate_width=self.surrogate_width)
 
-    def _check_T(self, x_seq: torch.Tensor) -> None:
-        omega = self.omega
+    def _check_T(self, x_seq: torch.Tensor, omega: torch.Tensor | None) -> None:
         if omega is not None and x_seq.shape[0] != omega.shape[0]:
             raise ValueError(f"{type(self).__name__}: input has T={x_seq.shape[0]} steps (shape "
                              f"{tuple(x_seq.shape)}) but its T-GIM is {omega.shape[0]}×{omega.shape[0]} (built for "
@@ -390,8 +389,9 @@ class _MultiThresholdNeuron(BaseNeuron):
                              f"T={x_seq.shape[0]}.")
 
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        self._check_T(x_seq)
-        return super().multi_step_forward(x_seq)
+        kwargs = self.dynamics_kwargs()   # Ω once per call: it is computed from the T-GIM parameter
+        self._check_T(x_seq, kwargs["omega"])
+        return self._run_dynamics(x_seq, kwargs)
 
     def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.causal:  # the setter prevents this; guard against a state_dict/attribute edit

@@ -36,6 +36,7 @@ surrogates, the T = 1 closed form and the module, kept together so an option is 
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -96,7 +97,12 @@ def _check_threshold(theta, owner: str) -> None:
     if isinstance(theta, torch.Tensor):
         if torch.compiler.is_compiling():
             return
-        if not bool(torch.isfinite(theta).all()) or not bool((theta > 0).all()):
+        if theta.numel() == 1:   # the usual learnable scalar: one read instead of two reductions
+            value = theta.item()
+            ok = math.isfinite(value) and value > 0
+        else:
+            ok = bool(torch.isfinite(theta).all()) and bool((theta > 0).all())
+        if not ok:
             raise ValueError(f"{owner}: v_threshold must be finite and > 0 everywhere, got {theta.detach()}; a "
                              f"learned threshold that went negative needs a smaller threshold learning rate")
     else:
@@ -598,9 +604,10 @@ class OneHotMLIF(MemoryModule):
         self.lanes_seq = None
         self.v_seq = None
 
-    def _lane_mask(self, step: torch.Tensor) -> torch.Tensor | None:
+    def _lane_mask(self, x_seq: torch.Tensor) -> torch.Tensor | None:
         if not (self.training and self.dropout > 0):
             return None
+        step = x_seq[0]
         shape = (step.shape[0], self.lanes, *step.shape[1:])
         if self.dropout_mask is None:
             keep = 1.0 - self.dropout
@@ -612,7 +619,7 @@ class OneHotMLIF(MemoryModule):
         return self.dropout_mask
 
     def _run(self, x_seq: torch.Tensor, fn) -> torch.Tensor:
-        y_seq, self.state, extras = fn(x_seq, self.state, lane_mask=self._lane_mask(x_seq[0]),
+        y_seq, self.state, extras = fn(x_seq, self.state, lane_mask=self._lane_mask(x_seq),
                                        return_lanes=self.store_lanes, store_v_seq=self.store_v_seq,
                                        **self.dynamics_kwargs())
         if self.store_lanes:

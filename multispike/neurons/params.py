@@ -44,13 +44,13 @@ class NeuronParameters:
         Raises:
             TypeError: an option the family does not have, or a required option missing; names ``owner``.
         """
-        names = cls.option_names()
-        unknown = [k for k in options if k not in names]
-        if unknown:
+        names, required = cls._option_table()
+        if not names.issuperset(options):
+            unknown = [k for k in options if k not in names]
             raise TypeError(f"{owner or cls.__name__}() got unexpected keyword argument(s) "
-                            f"{', '.join(map(repr, unknown))}; the {cls.family!r} options are {', '.join(names)}")
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in options
-                   and f.default is dataclasses.MISSING]
+                            f"{', '.join(map(repr, unknown))}; the {cls.family!r} options are "
+                            f"{', '.join(cls.option_names())}")
+        missing = [name for name in required if name not in options]
         if missing:
             raise TypeError(f"{owner or cls.__name__}() missing required keyword argument(s) "
                             f"{', '.join(map(repr, missing))}")
@@ -59,6 +59,18 @@ class NeuronParameters:
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def _option_table(cls) -> tuple[frozenset[str], tuple[str, ...]]:
+        """``(every option name, the required ones)``, computed once per record class: ``from_options`` runs
+        on every kernel call, where ``dataclasses.fields`` cost several microseconds."""
+        table = cls.__dict__.get("_options_cache")
+        if table is None:
+            fields = dataclasses.fields(cls)
+            table = (frozenset(f.name for f in fields),
+                     tuple(f.name for f in fields if f.default is dataclasses.MISSING))
+            type.__setattr__(cls, "_options_cache", table)
+        return table
 
     def as_kwargs(self) -> dict[str, Any]:
         """The options as keyword arguments of the reference function (values not copied)."""
