@@ -34,6 +34,30 @@ sys.path.insert(0, str(ROOT))
 LAYERS = ("floor", "kernel", "engine", "entry", "module")
 
 
+def kernel_only_task(x: torch.Tensor):
+    """A callable that runs the IF forward kernel alone on ``x`` (soft reset, θ = 1): ctypes with a prepared
+    argument record and the same warm output tensors every call - the kernel's own cost. None without the
+    library. Shared with ``perf_goals.py``, which times it beside the modules as their profile."""
+    from multispike.kernels import _build
+    from multispike.kernels._common import step_layout
+    from multispike.kernels._fused import CppEngine
+    from multispike.kernels.lif_cpp import lif_plan
+    from multispike.neurons.params import LIFParameters
+
+    lib = _build.load_library()
+    if lib is None:
+        return None
+    plan, v0, lr0 = lif_plan(x, None, LIFParameters())
+    xs, _ = step_layout(x)
+    args = plan.c_args()
+    y, vT = torch.empty_like(x), torch.empty_like(x[0])
+    CppEngine._io(args, xs, y=y, v0=v0, lr0=lr0, vT=vT, lrT=None)
+
+    def run(keep=(xs, y, vT, args)):   # the tensors the record points to stay alive with the callable
+        return lib.ms_lif_forward(ctypes.byref(args))
+    return run
+
+
 def measure(T: int, reps: int, rounds: int) -> dict:
     from benchmarks.bench_common import timed_rounds
     from multispike.kernels import _build
@@ -43,19 +67,17 @@ def measure(T: int, reps: int, rounds: int) -> dict:
     from multispike.neurons.if_lif import IFNeuron
     from multispike.neurons.params import LIFParameters
 
-    lib = _build.load_library()
-    if lib is None:
-        raise SystemExit("the C++ kernel library is not available (no compiler?): nothing to measure")
     torch.manual_seed(0)
     x = torch.randn(T, 32, 128, 16, 16) * 0.8 + 0.3
+    kernel = kernel_only_task(x)
+    if kernel is None:
+        raise SystemExit("the C++ kernel library is not available (no compiler?): nothing to measure")
+    lib = _build.load_library()
     dst = torch.empty_like(x)
     plan, v0, lr0 = lif_plan(x, None, LIFParameters())
     xs, strides = step_layout(x)
     engine = CppEngine(lib)
     call = Call(engine, plan, strides)
-    args = plan.c_args()
-    y, vT = torch.empty_like(x), torch.empty_like(x[0])
-    engine._io(args, xs, y=y, v0=v0, lr0=lr0, vT=vT, lrT=None)
     module = IFNeuron(v_threshold=1.0, step_mode="m", backend="cpp")
 
     def module_call():
@@ -63,7 +85,7 @@ def measure(T: int, reps: int, rounds: int) -> dict:
         module(x)
 
     tasks = {"floor": lambda: dst.copy_(x),
-             "kernel": lambda: lib.ms_lif_forward(ctypes.byref(args)),
+             "kernel": kernel,
              "engine": lambda: engine.forward(call, xs, v0, lr0),
              "entry": lambda: lif_multistep_cpp(x, None),
              "module": module_call}

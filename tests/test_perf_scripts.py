@@ -46,6 +46,19 @@ def test_perf_goals_quick(tmp_path):
     goals = {r["goal_key"] for r in rows}
     assert {"fwd_x_floor", "fwd_bwd_x_floor", "lmht_vs_mht", "train_per_timestep_vs_ann",
             "infer_per_timestep_vs_ann"} <= goals
+    # "Done when": a missed goal states what bounds it, with the profile numbers of the same run, and what was tried
+    prof = nres["profile"]
+    assert prof["if_kernel_fwd_x_floor"] > 0 and prof["fwd_bytes_bound_x_floor"] == 1.25
+    assert all(f"{n}_bwd_x_bwd_floor" in prof for n in pg.NEURONS)
+    for r in rows:
+        if r["met"]:
+            assert "analysis" not in r
+        else:
+            a = r["analysis"]
+            assert a["bound"] and a["tried"] and isinstance(a["profile"], dict), r["metric"]
+    fwd_rows = [r for r in rows if r["metric"] == "if T=2 fwd / floor" and not r["met"]]
+    for r in fwd_rows:
+        assert set(r["analysis"]["profile"]) >= {"if_kernel_fwd_x_floor", "if_python_layers_ms"}
     pr = _load("perf_readme")
     md = pr.render(res, str(out))
     assert "Goals of issue 19" in md and "`resnet20_cifar`" in md and res["commit"][:12] in md
