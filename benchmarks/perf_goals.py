@@ -354,14 +354,19 @@ ANALYSIS = {
                   "512-bit vectors (-mprefer-vector-width=512): forwards 0.87-1.08x the time, inside this VM's "
                   "drift; not adopted"]},
     "fwd_bwd_x_floor": {
-        "bound": "arithmetic in the backward: it recomputes the membrane and evaluates the surrogate derivative per "
-                 "element and step (M-LIF: one window per lane edge, and the state before each step for the "
-                 "learnable θ and leak; LM-HT: the T-GIM three times), with several passes over L1-resident work "
-                 "rows per step; the bytes are about the floor's",
+        "bound": "the backward's work per streamed byte: it recomputes the membrane and evaluates the surrogate "
+                 "derivative per element and step (M-LIF: one window per lane edge, and the state before each step "
+                 "for the learnable θ and leak; LM-HT: the T-GIM three times) in several passes over L1-resident "
+                 "work rows per step; the bytes are about the floor's. perf annotate of the M-LIF backward (T = 8, "
+                 "one thread): 37 % of its samples on the two lines that first use a streamed row (x in the "
+                 "recomputation, dy in the adjoint), the rest spread over the passes; the backward is 2.7x the "
+                 "forward's samples",
         "tried": ["backward blocks sized to L1 (16 KiB, adopted)", "M-LIF lanes in one pass (adopted)",
                   "M-LIF lanes and windows in registers inside the adjoint (0.92-1.03x; not adopted)",
                   "software prefetch of the next step's rows in the shared backward (IF/LIF 0.94-1.04x, M-LIF "
                   "0.85-0.99x, the untouched M-HT 0.93-0.95x in the same A/B; not adopted)",
+                  "software prefetch (to L2) of each thread's next block in the shared forward and backward "
+                  "(fwd+bwd 0.95-1.04x, T = 8 forwards 1.10-1.21x slower; not adopted)",
                   "512-bit vectors (M-LIF/LM-HT 0.92-0.95x, IF/LIF 0.96-1.05x: at the edge of this VM's drift; not "
                   "adopted)"]},
     "if_speedup_vs_spikingjelly_fwd_bwd": {
