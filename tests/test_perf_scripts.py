@@ -138,6 +138,12 @@ def test_generated_performance_blocks_match_the_committed_json():
     md = nab.render(json.loads(ab.read_text()), "benchmarks/results/neurons_ab_cpu.json")
     pair = ("<!-- neurons_ab begin -->", "<!-- neurons_ab end -->")
     assert pr.replace_block(text, "neurons_ab", md, marker_pair=pair) == text, "docs/performance.md: stale A/B table"
+    small = "benchmarks/results/neurons_ab_cpu_small.json"
+    md = nab.render(json.loads((ROOT / small).read_text()), small)
+    assert "`[T, 4, 16]` float32" in md
+    pair = ("<!-- neurons_ab_small begin -->", "<!-- neurons_ab_small end -->")
+    assert pr.replace_block(text, "neurons_ab_small", md, marker_pair=pair) == text, \
+        "docs/performance.md: stale per-call A/B table"
 
 
 def test_replace_block_needs_its_markers():
@@ -177,3 +183,5 @@ def test_script_errors_name_the_value_and_the_fix(tmp_path):
         pr.main([str(ROOT / "benchmarks/results/perf_goals_cpu.json"), "--update", str(bare)])
     with pytest.raises(SystemExit, match="'no-such-rev' is not a commit"):
         nab.main(["--base", "no-such-rev"])
+    with pytest.raises(SystemExit, match="--shape must be comma-separated integers, got '4,x'"):
+        nab.main(["--shape", "4,x"])
