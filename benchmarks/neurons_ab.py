@@ -86,7 +86,8 @@ def render(res: dict, source: str) -> str:
     med, ratio = res["median_ms"], res["new_over_base"]
     Ts = sorted({int(k.split("_T")[1].split("_")[0]) for k in ratio})
     shape = res.get("shape", [32, 128, 16, 16])
-    out = [f"`{res['command']}`: `[T, {', '.join(map(str, shape))}]` float32, base `{res['base_commit'][:12]}`, new `{res['new_commit'][:12]}`, "
+    out = [f"`{res['command']}`: `[T, {', '.join(map(str, shape))}]` float32, base `{res['base_commit'][:12]}`, "
+           f"new `{res['new_commit'][:12]}`, "
            f"{res['hardware'].get('cpu', '?')}, {res['threads']} torch thread(s), {len(res['rounds']['new'])} "
            f"interleaved rounds, median of {res['reps']} calls each; load average "
            f"{res['loadavg_before'][0]:.1f} before / {res['loadavg_after'][0]:.1f} after. Cells: base -> new ms "
@@ -178,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     ratio = {k: med["new"][k] / med["base"][k] for k in keys}
     result = {"benchmark": "neurons_ab", "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
               "base_commit": base_commit, "new_commit": commit(), "hardware": hardware(), "threads": args.threads,
-              "reps": args.reps, "shape": list(shape), "loadavg_before": load0, "loadavg_after": loadavg(), "median_ms": med,
-              "new_over_base": ratio, "rounds": rounds}
+              "reps": args.reps, "shape": list(shape), "loadavg_before": load0, "loadavg_after": loadavg(),
+              "median_ms": med, "new_over_base": ratio, "rounds": rounds}
     for k in keys:
         print(f"{k:22s} base {med['base'][k]:8.2f} ms  new {med['new'][k]:8.2f} ms  new/base {ratio[k]:.2f}")
     save_result(result, args.out)

@@ -360,7 +360,7 @@ ANALYSIS = {
                  "work rows per step; the bytes are about the floor's. perf annotate of the M-LIF backward (T = 8, "
                  "one thread): 37 % of its samples on the two lines that first use a streamed row (x in the "
                  "recomputation, dy in the adjoint), the rest spread over the passes; the backward is 2.7x the "
-                 "forward's samples",
+                 "forward's samples (benchmarks/results/profile_mlif_backward_perf.txt)",
         "tried": ["backward blocks sized to L1 (16 KiB, adopted)", "M-LIF lanes in one pass (adopted)",
                   "M-LIF lanes and windows in registers inside the adjoint (0.92-1.03x; not adopted)",
                   "software prefetch of the next step's rows in the shared backward (IF/LIF 0.94-1.04x, M-LIF "
