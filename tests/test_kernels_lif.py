@@ -89,7 +89,7 @@ def _compare(x, kwargs, *, state=None, dtype=torch.float64, learn=(), check_grad
     tol = tol or ({"atol": 1e-10, "rtol": 1e-10} if dtype == torch.float64 else {"atol": 1e-6, "rtol": 1e-6})
     outs = []
     for fn in (KERNEL, lif_multistep):
-        xi = x.detach().clone().requires_grad_(check_grad)
+        xi = x.detach().requires_grad_(check_grad)   # the same layout as x (clone() would compact a sliced x)
         kw = dict(kwargs)
         leaves = [xi]
         for name in learn:
@@ -223,6 +223,27 @@ def test_noncontiguous_inputs(layout, spy):
     if layout in ("channels_last", "channels_last_3d", "permuted", "time_sliced", "expanded_time"):
         # dense steps are walked in memory order without a copy: the output keeps the step layout
         assert y[0].stride() == x[0].stride() or y.is_contiguous()
+
+
+@pytest.mark.parametrize("layout", ["expanded_time", "time_sliced", "transposed"])
+def test_incoming_gradient_layouts(layout, spy):
+    """dL/dy arrives in whatever layout autograd produced (an expanded gradient of a sum over time, a slice of a
+    larger gradient, a transposed one); the kernel reads it with its own time stride (0, 2N, ...)."""
+    x = _inputs((5, 3, 4, 6), torch.float64, seed=5)
+    g = torch.randn(10, 3, 4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    if layout == "expanded_time":
+        gy = g[0].expand(5, 3, 4, 6)
+    elif layout == "time_sliced":
+        gy = g[::2]
+    else:
+        gy = g[:5].transpose(2, 3).contiguous().transpose(2, 3)
+    grads = []
+    for fn in (KERNEL, lif_multistep):
+        xi = x.detach().requires_grad_(True)
+        y, _, _ = fn(xi, None, v_threshold=0.9, v_init=0.2, leak=0.9)
+        grads.append(torch.autograd.grad(y, xi, grad_outputs=gy)[0])
+    assert spy
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-10, rtol=1e-10)
 
 
 def test_state_with_other_layout_and_chained_calls():

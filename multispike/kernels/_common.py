@@ -16,8 +16,8 @@ import torch
 
 from .registry import get_kernel
 
-__all__ = ["is_dense", "step_layout", "match_layout", "empty_seq", "empty_step", "scalar_param", "reference",
-           "FLOAT_CODES", "BufferPool", "POOL", "empty_cache"]
+__all__ = ["is_dense", "step_layout", "time_stride", "match_layout", "empty_seq", "empty_step",
+           "scalar_param", "reference", "FLOAT_CODES", "BufferPool", "POOL", "empty_cache"]
 
 FLOAT_CODES = {torch.float32: 0, torch.float64: 1}
 
@@ -46,6 +46,13 @@ def step_layout(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
     if not x.is_contiguous() and not is_dense(x[0]):
         x = x.contiguous()
     return x, tuple(x.stride()[1:])   # == x[0].stride(), without building the view
+
+
+def time_stride(t: torch.Tensor) -> int:
+    """The distance between consecutive steps of a ``[T, ...]`` tensor with dense steps (``t.stride(0)``, or one
+    step's element count when T = 1, where the stride is arbitrary)."""
+    T = t.shape[0]
+    return t.stride(0) if T > 1 else t.numel() // max(T, 1)
 
 
 def _same_layout(t: torch.Tensor, strides: tuple[int, ...]) -> bool:

@@ -17,7 +17,7 @@ import torch
 from ..neurons.params import NeuronParameters, keyword_entry
 from ..recompute import recipe_of
 from ._abi import FLOAT_CODES, Plan
-from ._common import empty_seq, empty_step, match_layout, reference, step_layout
+from ._common import empty_seq, empty_step, match_layout, reference, step_layout, time_stride
 
 __all__ = ["Call", "FusedSequence", "CppEngine", "run_planned", "cpp_entry"]
 
@@ -31,10 +31,6 @@ class Call(NamedTuple):
     strides: tuple[int, ...]
     extra: object = None
     recipe: object = None
-
-
-def _tstride(t: torch.Tensor) -> int:
-    return t.stride(0) if t.shape[0] > 1 else t[0].numel()
 
 
 class FusedSequence(torch.autograd.Function):
@@ -102,8 +98,8 @@ class CppEngine:
     def _io(args, x: torch.Tensor, **tensors) -> None:
         io = args.io
         T = x.shape[0]
-        N = x.numel() // T if T else 0
-        io.T, io.N, io.xst, io.yst, io.gxst = T, N, x.stride(0) if T > 1 else N, N, N
+        N = x.numel() // T
+        io.T, io.N, io.xst, io.yst, io.gxst = T, N, time_stride(x), N, N
         io.dtype, io.nthreads = FLOAT_CODES[x.dtype], torch.get_num_threads()
         io.x = x.data_ptr()
         for name, t in tensors.items():
@@ -145,7 +141,7 @@ class CppEngine:
         pgrad = (ctypes.c_double * plan.n_pgrad(T))()
         args = plan.c_args(needs)
         self._io(args, x, v0=v0, lr0=lr0, gy=gy, gvT=gvT, glrT=glrT, gx=gx, gv0=gv0, glr0=glr0)
-        args.io.gyst = _tstride(gy)
+        args.io.gyst = time_stride(gy)
         args.io.pgrad = pgrad
         keep = self._lam(args, plan, T) if plan.family == "lmht" else None  # noqa: F841
         self._call(f"ms_{plan.family}_backward", args)

@@ -19,7 +19,7 @@ import warnings
 import torch
 
 from ..neurons.params import LIFParameters, LMHTParameters, MLIFParameters, keyword_entry
-from ._common import reference
+from ._common import reference, time_stride
 from ._fused import Call, run_planned
 from .registry import register_kernel
 
@@ -90,10 +90,6 @@ def _step_like(x, strides):
     return torch.empty_strided(tuple(x.shape[1:]), tuple(strides), dtype=x.dtype, device=x.device)
 
 
-def _tstride(t: torch.Tensor) -> int:
-    return t.stride(0) if t.shape[0] > 1 else t[0].numel()
-
-
 def _or(t, other):
     """A placeholder pointer for an absent optional tensor (the kernel never reads it: its HAS_* flag is off)."""
     return t if t is not None else other
@@ -130,7 +126,7 @@ class _TritonEngine:
         lrT = _step_like(x, strides) if plan.keeps_last_reset else None
         state_args = self._state_args(v0, lr0, vT, lrT, x, call)
         _launch(getattr(mod, f"{self.family}_fwd_kernel"), (_cdiv(N, 1024),), x, y, *state_args, p, T, N,
-                _tstride(x), HAS_V0=v0 is not None, F32=x.dtype == torch.float32, BLOCK=1024, num_warps=4,
+                time_stride(x), HAS_V0=v0 is not None, F32=x.dtype == torch.float32, BLOCK=1024, num_warps=4,
                 **self._state_meta(lr0, False), **self._flags(plan, self.FLAGS))
         return y, vT, lrT
 
@@ -145,8 +141,8 @@ class _TritonEngine:
         part = torch.zeros(grid * n_part, dtype=torch.float64, device=x.device)
         scr = torch.empty((T, N) if scratch else (1,), dtype=x.dtype, device=x.device)
         args = self._bwd_args(x, gy, v0, lr0, gvT, glrT, gx, gv0, glr0, call)
-        _launch(getattr(mod, f"{self.family}_bwd_kernel"), (grid,), *args, part, scr, p, T, N, _tstride(x),
-                _tstride(gy), HAS_V0=v0 is not None, HAS_GVT=gvT is not None, WANT_GV0=gv0 is not None,
+        _launch(getattr(mod, f"{self.family}_bwd_kernel"), (grid,), *args, part, scr, p, T, N, time_stride(x),
+                time_stride(gy), HAS_V0=v0 is not None, HAS_GVT=gvT is not None, WANT_GV0=gv0 is not None,
                 NEED_P=self._need_p(needs), SCRATCH=scratch, TP=tp, F32=x.dtype == torch.float32, BLOCK=block,
                 num_warps=4, **self._state_meta(lr0, True, glrT, glr0), **self._flags(plan, self.FLAGS),
                 **self._flags(plan, self.BWD_FLAGS))
