@@ -534,11 +534,12 @@ DDP_SCRIPT = textwrap.dedent('''
             outcome = f"NONFINITE {exc}"
         with open(f"{root}/{case}.rank{dist.rank}", "w") as f:   # files: the ranks' stdout interleaves
             f.write(outcome)
-    # leave together and tear the group down before exit: a gloo group still alive at interpreter exit can abort
-    # a rank whose peer has already closed its sockets (seen once under load as SIGABRT after both cases ran)
-    from multispike.train.distributed import barrier, cleanup_distributed
+    # leave together, and without interpreter finalization: a gloo worker thread that torch keeps alive after DDP
+    # aborts the process if it frees a collective's tensors while the interpreter finalizes (exit_process)
+    from multispike.train import exit_process
+    from multispike.train.distributed import barrier
     barrier(dist)
-    cleanup_distributed()
+    exit_process(0)
 ''')
 
 

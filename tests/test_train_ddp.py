@@ -50,11 +50,12 @@ SCRIPT = TINY_MODEL + textwrap.dedent('''
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f"{out}/final_rank{dist.rank}.safetensors")
     with open(f"{out}/done.rank{dist.rank}", "w") as f:   # a file, not stdout: the ranks' prints interleave
         f.write(str(summary["final_acc"]))
-    # leave together and tear the group down: a gloo group alive at interpreter exit can abort a rank whose peer
-    # has already closed its sockets
-    from multispike.train.distributed import barrier, cleanup_distributed
+    # leave together, and without interpreter finalization: a gloo worker thread that torch keeps alive after DDP
+    # aborts the process if it frees a collective's tensors while the interpreter finalizes (exit_process)
+    from multispike.train import exit_process
+    from multispike.train.distributed import barrier
     barrier(dist)
-    cleanup_distributed()
+    exit_process(0)
 ''')
 
 
@@ -124,3 +125,50 @@ def test_ddp_checkpoint_resumes_in_a_single_process(ddp_run, tmp_path):
     with pytest.warns(UserWarning, match="written by 2 process"):
         summary = run_training(cfg, model=Tiny(), train_loader=train, eval_loader=test, dist=DistInfo())
     assert summary["steps"] == 8 + 8 and summary["world_size"] == 1
+
+
+def test_cli_under_torchrun_trains_and_exits_with_the_commands_code(tmp_path):
+    """``torchrun -m multispike train``: a finished run exits 0 on both ranks (through exit_process, which skips
+    the interpreter finalization that let a gloo worker abort a finished run); an error keeps its exit code."""
+    from conftest import DIGITS_ARGS
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "multispike", "train", "--neuron", "relu", "--epochs", "1", "--subset", "128", *DIGITS_ARGS,
+               "--out", str(out)]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
+    assert (out / "summary.json").exists() and (out / "checkpoints" / "last.json").exists()
+    # the same command again: both ranks refuse the folder with the CLI's bad-input code (2), not a crash
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    assert "multispike train: error:" in proc.stderr and "already holds checkpoints" in proc.stderr
+    assert "exitcode: 2" in proc.stderr or "exitcode  : 2" in proc.stderr, proc.stderr[-3000:]
+
+
+EXIT_SCRIPT = textwrap.dedent('''
+    import atexit, sys
+    from multispike.train import distributed
+    class Finalized:
+        def __del__(self):
+            print("finalized", flush=True)
+    keep = Finalized()                                    # its __del__ would run during interpreter finalization
+    atexit.register(print, "atexit ran")
+    print("buffered", end="")                             # no newline, no flush: exit_process must flush it
+    distributed._group_started = sys.argv[1] == "group"   # as init_distributed leaves it under torchrun
+    distributed.exit_process(3)
+''')
+
+
+@pytest.mark.parametrize("group", ["group", "alone"])
+def test_exit_process_skips_finalization_only_after_a_process_group(tmp_path, group):
+    script = tmp_path / "exit.py"
+    script.write_text(EXIT_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), group], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert proc.stdout.startswith("buffered") and "atexit ran" in proc.stdout
+    # after a group, no finalization (where a gloo worker can abort the process); alone, a plain sys.exit
+    assert ("finalized" in proc.stdout) == (group == "alone")

@@ -128,7 +128,18 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns the exit code (see :data:`EXIT_BAD_INPUT`, :data:`EXIT_FAILURE`; ``128 + N`` after signal N).
     ``--debug`` anywhere on the command line, or ``MULTISPIKE_DEBUG=1``, re-raises with the full traceback.
+    A command that ran under ``torchrun`` (a process group was started) does not return: the process ends
+    through :func:`multispike.train.exit_process`, which skips the interpreter finalization that can abort a
+    finished gloo run.
     """
+    code = _run_command(argv)
+    distributed = sys.modules.get("multispike.train.distributed")   # never imported: no group was started
+    if distributed is not None and distributed._group_started:
+        distributed.exit_process(code)
+    return code
+
+
+def _run_command(argv: list[str] | None) -> int:
     import os
 
     argv = list(sys.argv[1:] if argv is None else argv)

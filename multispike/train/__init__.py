@@ -15,8 +15,8 @@ from .checkpoint import (Checkpoint, CheckpointError, atomic_write_bytes, atomic
 from .config import (MODES, RESUME_MUST_MATCH, ConfigError, TrainConfig, config_conflicts, load_yaml_config,
                      resolve_config, save_config)
 from .config_args import add_config_arguments, config_from_args
-from .distributed import (DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, seed_everything,
-                          sync_bn_stats, unwrap_model, wrap_model)
+from .distributed import (DistInfo, all_reduce_sum, cleanup_distributed, exit_process, init_distributed,
+                          seed_everything, sync_bn_stats, unwrap_model, wrap_model)
 from .engine import EXIT_AFTER_STEPS_ENV, Trainer, prefix_correct, quantizer_report
 from .hooks import TRUSTED_HOOKS_ENV, UntrustedHookError, list_convert_hooks, register_convert_hook
 from .guards import NonFiniteError, RunLock, RunLockedError, StopSignals, TrainingInterrupted, ensure_writable_dir
@@ -35,8 +35,8 @@ __all__ = [
     "load_checkpoint", "load_model_state", "restore_rng_state", "save_checkpoint",
     "MODES", "RESUME_MUST_MATCH", "ConfigError", "TrainConfig", "add_config_arguments", "config_conflicts",
     "config_from_args", "load_yaml_config", "resolve_config", "save_config",
-    "DistInfo", "all_reduce_sum", "cleanup_distributed", "init_distributed", "seed_everything", "sync_bn_stats",
-    "unwrap_model", "wrap_model",
+    "DistInfo", "all_reduce_sum", "cleanup_distributed", "exit_process", "init_distributed", "seed_everything",
+    "sync_bn_stats", "unwrap_model", "wrap_model",
     "EXIT_AFTER_STEPS_ENV", "Trainer", "prefix_correct", "quantizer_report",
     "TRUSTED_HOOKS_ENV", "UntrustedHookError", "list_convert_hooks", "register_convert_hook",
     "NonFiniteError", "RunLock", "RunLockedError", "StopSignals", "TrainingInterrupted", "ensure_writable_dir",
