@@ -19,6 +19,8 @@ Conventions (ecosystem.md §6):
   ``SyncBatchNorm`` (CUDA only - PyTorch's SyncBatchNorm rejects CPU tensors).
 * Each rank seeds its generators with ``seed + rank`` (different dropout masks per rank); the data order is
   the loader's business (it shards one ``(seed, epoch)`` permutation by rank).
+* A script of your own that trains under ``torchrun`` should end with :func:`exit_process` (the CLI does): with
+  torch's gloo group still alive after DDP, interpreter finalization can abort a rank after a finished run.
 """
 from __future__ import annotations
 
