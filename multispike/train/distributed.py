@@ -137,7 +137,7 @@ def exit_process(code: int = 0) -> None:
     after ``destroy_process_group`` (pytorch/pytorch#107298). A worker still releasing a finished collective
     whose tensors Python has already let go of must take the GIL; during finalization that thread is
     terminated and the process aborts (SIGABRT, "terminate called without an active exception") after a run
-    that succeeded - seen in about 1 of 20-40 two-rank runs on a loaded 2-core machine, and torchrun then
+    that succeeded - seen in 2 of 12 and 1 of 40 two-rank runs on a loaded 2-core machine, and torchrun then
     reports the whole job as failed. Skipping finalization is the one exit that cannot meet that worker.
 
     Without a process group this is ``sys.exit(code)``. ``multispike`` (the CLI) ends this way.
