@@ -40,8 +40,8 @@ from torch import nn
 
 from .._errors import ParameterError
 
-__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "exit_process", "seed_everything", "wrap_model", "unwrap_model",
-           "all_reduce_sum", "all_gather_object", "broadcast_object", "sync_bn_stats", "barrier"]
+__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "exit_process", "seed_everything", "wrap_model",
+           "unwrap_model", "all_reduce_sum", "all_gather_object", "broadcast_object", "sync_bn_stats", "barrier"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,9 @@ def _pick_device(device: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+_group_started = False   # init_distributed started a process group in this process (see exit_process)
+
+
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
     """Detect ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK``) and initialise the process group.
 
@@ -113,9 +116,6 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInf
     global _group_started
     _group_started = True
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev, backend=backend)
-
-
-_group_started = False   # init_distributed started a process group in this process (see exit_process)
 
 
 def cleanup_distributed() -> None:
